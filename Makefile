@@ -1,0 +1,58 @@
+# Shoal's build. `make test` and `make demo` are the two commands a new machine needs; both install
+# what they use (Debian packages when run as root, Go modules through the module proxy).
+
+GO          ?= go
+BIN         := bin
+STATICCHECK := $(BIN)/tools/staticcheck
+STATICCHECK_VERSION := v0.8.2
+# Debian packages the tests and the demo use; installed only when missing and only as root.
+APT_PACKAGES := erofs-utils e2fsprogs fuse3 iproute2 util-linux attr
+
+.PHONY: all build test deps lint unit demo bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/shoal ./cmd/shoal
+
+# deps installs the Debian packages the tests need. Not root: say what is missing and go on; tests
+# that need a missing tool skip with the reason.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null || exit 1; \
+	  else echo "not root: cannot install$$missing; tests that need them will skip"; fi; \
+	fi
+
+$(STATICCHECK):
+	GOBIN=$(abspath $(BIN)/tools) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: $(STATICCHECK)
+	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+unit:
+	$(GO) test -race -timeout 20m ./...
+
+test: deps lint unit
+
+demo: deps build
+	./scripts/demo.sh
+
+bench: deps build
+	./scripts/bench.sh
+
+# fuzz runs every fuzz target for FUZZTIME each (default 30s).
+FUZZTIME ?= 30s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; done
+
+clean:
+	rm -rf $(BIN)

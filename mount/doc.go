@@ -1,0 +1,2 @@
+// Package mount mounts and unmounts Shoal images in each frontend mode (fscache, fanotify, FUSE).
+package mount
