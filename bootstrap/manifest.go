@@ -1,0 +1,173 @@
+package bootstrap
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/ipfs/go-cid"
+	"github.com/multiformats/go-multihash"
+	"github.com/opencontainers/go-digest"
+)
+
+// BlockSize is the EROFS block size of every Shoal image. The fscache frontend needs blocks the
+// size of a page, and chunk lengths are rounded up to it.
+const BlockSize = 4096
+
+// ManifestSchemaVersion is the version of the chunk manifest JSON written by this package.
+const ManifestSchemaVersion = 1
+
+// Chunking says how a blob was cut into chunks.
+const (
+	// ChunkingEROFS: chunks are exactly the EROFS chunks (from the inodes' chunk indexes) that file
+	// data occupies in the blob. Identical file content gives identical chunks in every image.
+	ChunkingEROFS = "erofs-chunk-index"
+	// ChunkingFixed: the blob is cut into fixed-size pieces from offset 0. Used for images whose
+	// data is not chunk-indexed.
+	ChunkingFixed = "fixed"
+)
+
+// Chunk is one content-addressed piece of a data blob.
+type Chunk struct {
+	Offset int64   // byte offset in the blob, a multiple of BlockSize
+	Length int64   // bytes, a multiple of BlockSize except possibly the blob's last chunk
+	CID    cid.Cid // CIDv1, raw codec, sha2-256 of exactly Length bytes at Offset
+}
+
+// End is the offset one past the chunk's last byte.
+func (c Chunk) End() int64 { return c.Offset + c.Length }
+
+type chunkJSON struct {
+	Offset int64  `json:"offset"`
+	Length int64  `json:"length"`
+	CID    string `json:"cid"`
+}
+
+// MarshalJSON writes the CID as its string form.
+func (c Chunk) MarshalJSON() ([]byte, error) {
+	return json.Marshal(chunkJSON{c.Offset, c.Length, c.CID.String()})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (c *Chunk) UnmarshalJSON(b []byte) error {
+	var j chunkJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	id, err := cid.Decode(j.CID)
+	if err != nil {
+		return fmt.Errorf("chunk at %d: bad cid %q: %w", j.Offset, j.CID, err)
+	}
+	*c = Chunk{Offset: j.Offset, Length: j.Length, CID: id}
+	return nil
+}
+
+// Manifest lists the chunks of one data blob, sorted by offset and non-overlapping.
+type Manifest struct {
+	SchemaVersion int           `json:"schemaVersion"`
+	Blob          digest.Digest `json:"blob"`     // sha256 digest of the whole blob
+	BlobSize      int64         `json:"blobSize"` // bytes
+	Chunking      string        `json:"chunking"` // ChunkingEROFS or ChunkingFixed
+	ChunkSize     int64         `json:"chunkSize"`
+	Chunks        []Chunk       `json:"chunks"`
+}
+
+// ErrCorrupt is wrapped by every error that reports bytes which do not match their CID.
+var ErrCorrupt = errors.New("content does not match its address")
+
+// ChunkCID returns the CID Shoal gives to data: CIDv1, raw codec, sha2-256.
+func ChunkCID(data []byte) cid.Cid {
+	sum := sha256.Sum256(data)
+	mh, _ := multihash.Encode(sum[:], multihash.SHA2_256) // cannot fail for a known code and 32 bytes
+	return cid.NewCidV1(cid.Raw, mh)
+}
+
+// VerifyChunk reports whether data is exactly the bytes named by id. Only sha2-256 raw CIDs are
+// accepted: a CID naming another hash is an error, not a pass.
+func VerifyChunk(id cid.Cid, data []byte) error {
+	pref := id.Prefix()
+	if pref.Version != 1 || pref.Codec != cid.Raw || pref.MhType != multihash.SHA2_256 {
+		return fmt.Errorf("chunk %s: unsupported cid prefix (want v1 raw sha2-256): %w", id, ErrCorrupt)
+	}
+	if got := ChunkCID(data); !got.Equals(id) {
+		return fmt.Errorf("chunk %s: %d bytes hash to %s: %w", id, len(data), got, ErrCorrupt)
+	}
+	return nil
+}
+
+// Validate checks the manifest's own consistency: known schema and chunking, sorted,
+// non-overlapping, block-aligned chunks inside the blob, CIDs of the accepted kind.
+func (m *Manifest) Validate() error {
+	if m.SchemaVersion != ManifestSchemaVersion {
+		return fmt.Errorf("chunk manifest for %s: schema version %d, want %d", m.Blob, m.SchemaVersion, ManifestSchemaVersion)
+	}
+	if err := m.Blob.Validate(); err != nil {
+		return fmt.Errorf("chunk manifest: blob digest: %w", err)
+	}
+	if m.Chunking != ChunkingEROFS && m.Chunking != ChunkingFixed {
+		return fmt.Errorf("chunk manifest for %s: unknown chunking %q", m.Blob, m.Chunking)
+	}
+	if m.BlobSize < 0 || m.ChunkSize <= 0 || m.ChunkSize%BlockSize != 0 {
+		return fmt.Errorf("chunk manifest for %s: bad sizes (blob %d, chunk %d)", m.Blob, m.BlobSize, m.ChunkSize)
+	}
+	var prev int64
+	for i, c := range m.Chunks {
+		switch {
+		case c.Offset%BlockSize != 0:
+			return fmt.Errorf("chunk manifest for %s: chunk %d offset %d not block-aligned", m.Blob, i, c.Offset)
+		case c.Length <= 0 || c.Length > m.ChunkSize:
+			return fmt.Errorf("chunk manifest for %s: chunk %d length %d out of range", m.Blob, i, c.Length)
+		case c.Offset < prev:
+			return fmt.Errorf("chunk manifest for %s: chunk %d at %d overlaps or is out of order", m.Blob, i, c.Offset)
+		case c.End() > m.BlobSize:
+			return fmt.Errorf("chunk manifest for %s: chunk %d [%d,%d) past blob size %d", m.Blob, i, c.Offset, c.End(), m.BlobSize)
+		case c.Length%BlockSize != 0 && c.End() != m.BlobSize:
+			return fmt.Errorf("chunk manifest for %s: chunk %d length %d not block-aligned", m.Blob, i, c.Length)
+		}
+		pref := c.CID.Prefix()
+		if !c.CID.Defined() || pref.Version != 1 || pref.Codec != cid.Raw || pref.MhType != multihash.SHA2_256 {
+			return fmt.Errorf("chunk manifest for %s: chunk %d: cid %s is not v1 raw sha2-256", m.Blob, i, c.CID)
+		}
+		prev = c.End()
+	}
+	return nil
+}
+
+// ChunksIn returns the chunks that overlap [off, off+length), in offset order. Bytes of the range
+// not covered by any chunk are not file data and read as zeros.
+func (m *Manifest) ChunksIn(off, length int64) []Chunk {
+	if length <= 0 {
+		return nil
+	}
+	end := off + length
+	// First chunk whose end is past off.
+	i := sort.Search(len(m.Chunks), func(i int) bool { return m.Chunks[i].End() > off })
+	j := i
+	for j < len(m.Chunks) && m.Chunks[j].Offset < end {
+		j++
+	}
+	return m.Chunks[i:j]
+}
+
+// DataBytes is the sum of the chunk lengths: what must be fetched to hold the whole blob.
+func (m *Manifest) DataBytes() int64 {
+	var n int64
+	for _, c := range m.Chunks {
+		n += c.Length
+	}
+	return n
+}
+
+// ParseManifest decodes and validates a chunk manifest.
+func ParseManifest(b []byte) (*Manifest, error) {
+	var m Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("chunk manifest: %w", err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
