@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 
 	"github.com/ipfs/go-cid"
@@ -170,4 +171,23 @@ func ParseManifest(b []byte) (*Manifest, error) {
 		return nil, err
 	}
 	return &m, nil
+}
+
+// FixedManifest cuts content of the given size into chunkSize pieces from offset 0 and names each.
+// It is the chunking of blobs whose data is not chunk-indexed, and of bootstraps when they are
+// stored and served like blobs (the fscache frontend reads the bootstrap through the cache too).
+func FixedManifest(r io.ReaderAt, dgst digest.Digest, size, chunkSize int64) (*Manifest, error) {
+	if chunkSize <= 0 || chunkSize%BlockSize != 0 {
+		return nil, fmt.Errorf("fixed chunking of %s: chunk size %d is not a positive multiple of %d", dgst, chunkSize, BlockSize)
+	}
+	m := &Manifest{SchemaVersion: ManifestSchemaVersion, Blob: dgst, BlobSize: size, Chunking: ChunkingFixed, ChunkSize: chunkSize}
+	buf := make([]byte, chunkSize)
+	for off := int64(0); off < size; off += chunkSize {
+		n := min(chunkSize, size-off)
+		if _, err := r.ReadAt(buf[:n], off); err != nil && !(errors.Is(err, io.EOF) && n == 0) {
+			return nil, fmt.Errorf("fixed chunking of %s at %d: %w", dgst, off, err)
+		}
+		m.Chunks = append(m.Chunks, Chunk{Offset: off, Length: n, CID: ChunkCID(buf[:n])})
+	}
+	return m, nil
 }
