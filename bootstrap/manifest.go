@@ -184,7 +184,10 @@ func FixedManifest(r io.ReaderAt, dgst digest.Digest, size, chunkSize int64) (*M
 	buf := make([]byte, chunkSize)
 	for off := int64(0); off < size; off += chunkSize {
 		n := min(chunkSize, size-off)
-		if _, err := r.ReadAt(buf[:n], off); err != nil && !(errors.Is(err, io.EOF) && n == 0) {
+		if k, err := r.ReadAt(buf[:n], off); int64(k) < n {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
 			return nil, fmt.Errorf("fixed chunking of %s at %d: %w", dgst, off, err)
 		}
 		m.Chunks = append(m.Chunks, Chunk{Offset: off, Length: n, CID: ChunkCID(buf[:n])})
