@@ -1,16 +1,29 @@
 package bootstrap
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+
 	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // Media types of a Shoal image's OCI manifest and its parts.
 const (
-	// ArtifactType is the manifest's artifactType (and its config's media type).
+	// ArtifactType is the manifest's artifactType.
 	ArtifactType = "application/vnd.shoal.image.v1"
 	// MediaTypeBootstrap is the EROFS metadata image (superblock, inodes, chunk indexes).
 	MediaTypeBootstrap = "application/vnd.shoal.erofs.bootstrap.v1"
-	// MediaTypeBlob is an EROFS data blob: the device with device_id = its index + 1.
+	// MediaTypeBlob is an EROFS data blob: the device with device_id = AnnotationDevice.
 	MediaTypeBlob = "application/vnd.shoal.erofs.blob.v1"
 	// MediaTypeChunks is a chunk manifest (Manifest, JSON) of the blob named by AnnotationBlob.
 	MediaTypeChunks = "application/vnd.shoal.chunks.v1+json"
@@ -19,6 +32,10 @@ const (
 	AnnotationBlob = "dev.shoal.blob"
 	// AnnotationDevice on a blob layer gives its EROFS device id (1 for the first extra device).
 	AnnotationDevice = "dev.shoal.device"
+
+	// MaxMetadataSize bounds what is read into memory from an image: the OCI manifest, a chunk
+	// manifest, index.json. A 16 MiB chunk manifest describes some 100,000 chunks.
+	MaxMetadataSize = 16 << 20
 )
 
 // Blob is one data blob of an image with its chunk manifest.
@@ -43,4 +60,277 @@ type Image struct {
 type Descriptor struct {
 	Digest digest.Digest
 	Size   int64
+}
+
+// DataBytes is the sum of the image's chunk lengths: what a host fetches to hold all of it.
+func (im *Image) DataBytes() int64 {
+	var n int64
+	for _, b := range im.Blobs {
+		n += b.Manifest.DataBytes()
+	}
+	return n
+}
+
+// FetchFunc returns the bytes of a descriptor's content (at most MaxMetadataSize). ParseImage
+// verifies them against the descriptor's digest.
+type FetchFunc func(desc ocispec.Descriptor) ([]byte, error)
+
+// ParseImage checks a Shoal OCI manifest and loads its chunk manifests through fetch.
+func ParseImage(manifestJSON []byte, fetch FetchFunc) (*Image, error) {
+	if len(manifestJSON) > MaxMetadataSize {
+		return nil, fmt.Errorf("image manifest of %d bytes is larger than %d", len(manifestJSON), MaxMetadataSize)
+	}
+	var m ocispec.Manifest
+	if err := json.Unmarshal(manifestJSON, &m); err != nil {
+		return nil, fmt.Errorf("image manifest: %w", err)
+	}
+	im := &Image{Digest: digest.FromBytes(manifestJSON)}
+	if m.SchemaVersion != 2 {
+		return nil, fmt.Errorf("image manifest %s: schemaVersion %d, want 2", im.Digest, m.SchemaVersion)
+	}
+	if m.ArtifactType != ArtifactType {
+		return nil, fmt.Errorf("image manifest %s: artifactType %q is not a Shoal image (%s)", im.Digest, m.ArtifactType, ArtifactType)
+	}
+	chunkLayers := map[digest.Digest]ocispec.Descriptor{}
+	var boots int
+	for i, l := range m.Layers {
+		if err := l.Digest.Validate(); err != nil {
+			return nil, fmt.Errorf("image manifest %s: layer %d: %w", im.Digest, i, err)
+		}
+		if l.Size < 0 {
+			return nil, fmt.Errorf("image manifest %s: layer %d: negative size", im.Digest, i)
+		}
+		switch l.MediaType {
+		case MediaTypeBootstrap:
+			boots++
+			im.Bootstrap = Descriptor{Digest: l.Digest, Size: l.Size}
+		case MediaTypeBlob:
+			dev, err := strconv.Atoi(l.Annotations[AnnotationDevice])
+			if err != nil || dev < 1 || dev > 1<<16-1 {
+				return nil, fmt.Errorf("image manifest %s: blob %s: bad %s annotation %q", im.Digest, l.Digest, AnnotationDevice, l.Annotations[AnnotationDevice])
+			}
+			im.Blobs = append(im.Blobs, Blob{Digest: l.Digest, Size: l.Size, Device: dev})
+		case MediaTypeChunks:
+			b := digest.Digest(l.Annotations[AnnotationBlob])
+			if err := b.Validate(); err != nil {
+				return nil, fmt.Errorf("image manifest %s: chunk manifest %s: bad %s annotation: %w", im.Digest, l.Digest, AnnotationBlob, err)
+			}
+			chunkLayers[b] = l
+		}
+	}
+	if boots != 1 {
+		return nil, fmt.Errorf("image manifest %s: %d bootstrap layers, want 1", im.Digest, boots)
+	}
+	sort.Slice(im.Blobs, func(i, j int) bool { return im.Blobs[i].Device < im.Blobs[j].Device })
+	for i := range im.Blobs {
+		b := &im.Blobs[i]
+		if b.Device != i+1 {
+			return nil, fmt.Errorf("image manifest %s: blob devices are not 1..%d (found %d at position %d)", im.Digest, len(im.Blobs), b.Device, i+1)
+		}
+		l, ok := chunkLayers[b.Digest]
+		if !ok {
+			return nil, fmt.Errorf("image manifest %s: blob %s has no chunk manifest", im.Digest, b.Digest)
+		}
+		if l.Size > MaxMetadataSize {
+			return nil, fmt.Errorf("image manifest %s: chunk manifest %s is %d bytes, more than %d", im.Digest, l.Digest, l.Size, MaxMetadataSize)
+		}
+		data, err := fetch(l)
+		if err != nil {
+			return nil, fmt.Errorf("fetching chunk manifest %s: %w", l.Digest, err)
+		}
+		if got := digest.FromBytes(data); got != l.Digest || int64(len(data)) != l.Size {
+			return nil, fmt.Errorf("chunk manifest %s: content has digest %s and %d bytes: %w", l.Digest, got, len(data), ErrCorrupt)
+		}
+		cm, err := ParseManifest(data)
+		if err != nil {
+			return nil, err
+		}
+		if cm.Blob != b.Digest || cm.BlobSize != b.Size {
+			return nil, fmt.Errorf("chunk manifest %s describes %s (%d bytes), layer is %s (%d bytes)", l.Digest, cm.Blob, cm.BlobSize, b.Digest, b.Size)
+		}
+		b.Manifest, b.ManifestDigest = cm, l.Digest
+	}
+	return im, nil
+}
+
+// Layout is an OCI image layout directory (oci-layout, index.json, blobs/sha256/...).
+type Layout struct{ Dir string }
+
+// BlobPath is where content with digest d lives in the layout.
+func (l Layout) BlobPath(d digest.Digest) string {
+	return filepath.Join(l.Dir, "blobs", d.Algorithm().String(), d.Encoded())
+}
+
+// ReadIndex reads and checks index.json.
+func (l Layout) ReadIndex() (*ocispec.Index, error) {
+	b, err := readLimited(filepath.Join(l.Dir, ocispec.ImageIndexFile), MaxMetadataSize)
+	if err != nil {
+		return nil, fmt.Errorf("OCI layout %s: %w", l.Dir, err)
+	}
+	var idx ocispec.Index
+	if err := json.Unmarshal(b, &idx); err != nil {
+		return nil, fmt.Errorf("OCI layout %s: index.json: %w", l.Dir, err)
+	}
+	if _, err := os.Stat(filepath.Join(l.Dir, ocispec.ImageLayoutFile)); err != nil {
+		return nil, fmt.Errorf("OCI layout %s: %w", l.Dir, err)
+	}
+	return &idx, nil
+}
+
+// Fetch reads a descriptor's content from the layout (at most MaxMetadataSize bytes) and checks
+// its digest.
+func (l Layout) Fetch(desc ocispec.Descriptor) ([]byte, error) {
+	if err := desc.Digest.Validate(); err != nil {
+		return nil, err
+	}
+	b, err := readLimited(l.BlobPath(desc.Digest), MaxMetadataSize)
+	if err != nil {
+		return nil, err
+	}
+	if got := digest.FromBytes(b); got != desc.Digest {
+		return nil, fmt.Errorf("layout blob %s has digest %s: %w", desc.Digest, got, ErrCorrupt)
+	}
+	return b, nil
+}
+
+// ReadImage loads the Shoal image of the layout. ref selects a manifest by its
+// org.opencontainers.image.ref.name annotation; "" takes the only Shoal manifest.
+func (l Layout) ReadImage(ref string) (*Image, []byte, error) {
+	idx, err := l.ReadIndex()
+	if err != nil {
+		return nil, nil, err
+	}
+	var pick []ocispec.Descriptor
+	for _, d := range idx.Manifests {
+		if d.MediaType != ocispec.MediaTypeImageManifest {
+			continue
+		}
+		if ref == "" && (d.ArtifactType == ArtifactType || d.ArtifactType == "") || ref != "" && d.Annotations[ocispec.AnnotationRefName] == ref {
+			pick = append(pick, d)
+		}
+	}
+	if len(pick) != 1 {
+		return nil, nil, fmt.Errorf("OCI layout %s: %d image manifests match ref %q, want exactly 1", l.Dir, len(pick), ref)
+	}
+	mb, err := l.Fetch(pick[0])
+	if err != nil {
+		return nil, nil, fmt.Errorf("OCI layout %s: manifest: %w", l.Dir, err)
+	}
+	im, err := ParseImage(mb, l.Fetch)
+	if err != nil {
+		return nil, nil, fmt.Errorf("OCI layout %s: %w", l.Dir, err)
+	}
+	return im, mb, nil
+}
+
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+	}
+	return b, nil
+}
+
+// layoutWriter adds content to a layout directory under construction.
+type layoutWriter struct{ l Layout }
+
+func newLayoutWriter(dir string) (*layoutWriter, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "blobs", "sha256"), 0o755); err != nil {
+		return nil, err
+	}
+	lay, _ := json.Marshal(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
+	if err := os.WriteFile(filepath.Join(dir, ocispec.ImageLayoutFile), lay, 0o644); err != nil {
+		return nil, err
+	}
+	return &layoutWriter{Layout{dir}}, nil
+}
+
+// putFile moves the file at path into the layout under its sha256 and returns its descriptor.
+// path must be on the same filesystem (it is renamed, not copied).
+func (w *layoutWriter) putFile(path, mediaType string) (ocispec.Descriptor, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	f.Close()
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("hashing %s: %w", path, err)
+	}
+	d := digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(h.Sum(nil)))
+	if err := os.Rename(path, w.l.BlobPath(d)); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	return ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: n}, nil
+}
+
+func (w *layoutWriter) putBytes(b []byte, mediaType string) (ocispec.Descriptor, error) {
+	d := digest.FromBytes(b)
+	if err := os.WriteFile(w.l.BlobPath(d), b, 0o644); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	return ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(b))}, nil
+}
+
+// writeImage writes the manifest and index.json for a bootstrap and its blobs already in the
+// layout, with their chunk manifests, and returns the manifest bytes.
+func (w *layoutWriter) writeImage(boot ocispec.Descriptor, blobs []ocispec.Descriptor, manifests []*Manifest, ref string) ([]byte, error) {
+	if len(blobs) != len(manifests) {
+		return nil, errors.New("writeImage: blobs and manifests differ in number")
+	}
+	empty, err := w.putBytes(ocispec.DescriptorEmptyJSON.Data, ocispec.MediaTypeEmptyJSON)
+	if err != nil {
+		return nil, err
+	}
+	empty.Data = ocispec.DescriptorEmptyJSON.Data
+	layers := []ocispec.Descriptor{boot}
+	var chunkLayers []ocispec.Descriptor
+	for i, b := range blobs {
+		b.Annotations = map[string]string{AnnotationDevice: strconv.Itoa(i + 1)}
+		layers = append(layers, b)
+		mj, err := json.Marshal(manifests[i])
+		if err != nil {
+			return nil, err
+		}
+		cd, err := w.putBytes(mj, MediaTypeChunks)
+		if err != nil {
+			return nil, err
+		}
+		cd.Annotations = map[string]string{AnnotationBlob: b.Digest.String()}
+		chunkLayers = append(chunkLayers, cd)
+	}
+	m := ocispec.Manifest{
+		Versioned:    specs.Versioned{SchemaVersion: 2},
+		MediaType:    ocispec.MediaTypeImageManifest,
+		ArtifactType: ArtifactType,
+		Config:       empty,
+		Layers:       append(layers, chunkLayers...),
+	}
+	mb, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	md, err := w.putBytes(mb, ocispec.MediaTypeImageManifest)
+	if err != nil {
+		return nil, err
+	}
+	md.ArtifactType = ArtifactType
+	if ref != "" {
+		md.Annotations = map[string]string{ocispec.AnnotationRefName: ref}
+	}
+	idx := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{md}}
+	ib, err := json.MarshalIndent(idx, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return mb, os.WriteFile(filepath.Join(w.l.Dir, ocispec.ImageIndexFile), ib, 0o644)
 }

@@ -1,0 +1,249 @@
+package bootstrap
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/shoal-p2p/shoal/internal/units"
+)
+
+// DefaultChunkSize is the chunk size of images built without --chunk-size: large enough that a
+// blob's chunk manifest stays small, small enough that a demand read fetches little it does not
+// need.
+const DefaultChunkSize = 1 << 20
+
+// MaxChunkSize bounds chunk sizes: peers exchange whole chunks in one frame.
+const MaxChunkSize = 16 << 20
+
+// BuildOptions configures Build.
+type BuildOptions struct {
+	ChunkSize int64     // power of two, 4 KiB..16 MiB; 0 means DefaultChunkSize
+	Mkfs      string    // mkfs.erofs binary; "" looks it up in PATH
+	Ref       string    // ref name recorded in index.json; "" means "latest"
+	Progress  io.Writer // progress lines, nil for none
+}
+
+// BuildResult summarises a build.
+type BuildResult struct {
+	Image       *Image
+	Files       int   // regular files
+	Dirs        int   // directories, the root included
+	Others      int   // symlinks, devices, fifos, sockets
+	FileBytes   int64 // sum of regular file sizes (hard links counted once)
+	BlobBytes   int64 // size of the data blob(s)
+	Chunks      int   // chunks over all blobs
+	ChunkBytes  int64 // bytes the chunks cover
+	DedupSaved  int64 // FileBytes that identical chunks did not store again
+	Bootstrap   int64 // bootstrap size
+	MkfsElapsed time.Duration
+}
+
+// ErrNoMkfs is returned when mkfs.erofs cannot be found.
+var ErrNoMkfs = errors.New("mkfs.erofs not found (install erofs-utils)")
+
+// Build turns the directory tree src into a Shoal image in the OCI layout directory out, which
+// must not exist yet. It drives mkfs.erofs (4 KiB blocks, chunk-indexed files, all data in one
+// blob), computes the chunk manifests and writes the layout. On error nothing is left at out.
+func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResult, error) {
+	if opts.ChunkSize == 0 {
+		opts.ChunkSize = DefaultChunkSize
+	}
+	if c := opts.ChunkSize; c < BlockSize || c > MaxChunkSize || c&(c-1) != 0 {
+		return nil, fmt.Errorf("chunk size %d: must be a power of two from %d to %d", c, BlockSize, MaxChunkSize)
+	}
+	if opts.Ref == "" {
+		opts.Ref = "latest"
+	}
+	mkfs := opts.Mkfs
+	if mkfs == "" {
+		p, err := exec.LookPath("mkfs.erofs")
+		if err != nil {
+			return nil, ErrNoMkfs
+		}
+		mkfs = p
+	}
+	progress := opts.Progress
+	if progress == nil {
+		progress = io.Discard
+	}
+	st, err := os.Stat(src)
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("source %s is not a directory", src)
+	}
+	if _, err := os.Lstat(out); err == nil {
+		return nil, fmt.Errorf("output %s already exists: choose a new directory", out)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("output: %w", err)
+	}
+	res := &BuildResult{}
+	if err := scanSource(ctx, src, res, progress); err != nil {
+		return nil, err
+	}
+	parent := filepath.Dir(filepath.Clean(out))
+	stage, err := os.MkdirTemp(parent, "."+filepath.Base(out)+".building-")
+	if err != nil {
+		return nil, fmt.Errorf("output: %w", err)
+	}
+	defer os.RemoveAll(stage)
+	bootPath := filepath.Join(stage, "bootstrap")
+	blobPath := filepath.Join(stage, "blob")
+
+	fmt.Fprintf(progress, "mkfs.erofs: %d files, %s\n", res.Files, units.Bytes(res.FileBytes))
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, mkfs, "--quiet",
+		fmt.Sprintf("--chunksize=%d", opts.ChunkSize),
+		"--blobdev="+blobPath,
+		"-Eforce-chunk-indexes",
+		bootPath, src)
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("mkfs.erofs failed: %w: %s", err, strings.TrimSpace(lastLines(stderr.String(), 10)))
+	}
+	res.MkfsElapsed = time.Since(start)
+	bootFile, err := os.Open(bootPath)
+	if err != nil {
+		return nil, err
+	}
+	defer bootFile.Close()
+	bst, err := bootFile.Stat()
+	if err != nil {
+		return nil, err
+	}
+	res.Bootstrap = bst.Size()
+	efs, err := Open(bootFile, bst.Size())
+	if err != nil {
+		return nil, fmt.Errorf("reading the image mkfs.erofs wrote: %w", err)
+	}
+	if efs.BlockSize() != BlockSize {
+		return nil, fmt.Errorf("mkfs.erofs wrote %d-byte blocks; Shoal needs %d", efs.BlockSize(), BlockSize)
+	}
+	if n := len(efs.Devices()); n != 1 {
+		return nil, fmt.Errorf("mkfs.erofs wrote %d extra devices, want 1", n)
+	}
+	blobFile, err := os.Open(blobPath)
+	if err != nil {
+		return nil, err
+	}
+	defer blobFile.Close()
+	blobSt, err := blobFile.Stat()
+	if err != nil {
+		return nil, err
+	}
+	res.BlobBytes = blobSt.Size()
+	fmt.Fprintf(progress, "chunking: %s blob\n", units.Bytes(res.BlobBytes))
+	blobDigest, err := digest.SHA256.FromReader(io.NewSectionReader(blobFile, 0, blobSt.Size()))
+	if err != nil {
+		return nil, fmt.Errorf("hashing blob: %w", err)
+	}
+	manifests, err := ChunkManifests(efs, []BlobData{{Digest: blobDigest, Size: blobSt.Size(), R: blobFile}}, opts.ChunkSize)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range manifests {
+		res.Chunks += len(m.Chunks)
+		res.ChunkBytes += m.DataBytes()
+	}
+	res.DedupSaved = max(0, res.FileBytes-res.ChunkBytes)
+
+	w, err := newLayoutWriter(filepath.Join(stage, "layout"))
+	if err != nil {
+		return nil, err
+	}
+	bootDesc, err := w.putFile(bootPath, MediaTypeBootstrap)
+	if err != nil {
+		return nil, err
+	}
+	blobDesc, err := w.putFile(blobPath, MediaTypeBlob)
+	if err != nil {
+		return nil, err
+	}
+	if blobDesc.Digest != blobDigest {
+		return nil, fmt.Errorf("blob changed while building (%s, then %s)", blobDigest, blobDesc.Digest)
+	}
+	mb, err := w.writeImage(bootDesc, []ocispec.Descriptor{blobDesc}, manifests, opts.Ref)
+	if err != nil {
+		return nil, fmt.Errorf("writing layout: %w", err)
+	}
+	im, err := ParseImage(mb, w.l.Fetch)
+	if err != nil {
+		return nil, fmt.Errorf("reading back the layout: %w", err)
+	}
+	if err := os.Rename(w.l.Dir, out); err != nil {
+		return nil, fmt.Errorf("output: %w", err)
+	}
+	res.Image = im
+	return res, nil
+}
+
+// scanSource counts the tree and fails early, naming the path, on anything mkfs.erofs could not
+// read.
+func scanSource(ctx context.Context, src string, res *BuildResult, progress io.Writer) error {
+	seen := map[[2]uint64]bool{}
+	last := time.Now()
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			res.Dirs++
+			f, err := os.Open(p)
+			if err != nil {
+				return fmt.Errorf("source: %w", err)
+			}
+			f.Close()
+		case d.Type().IsRegular():
+			info, err := d.Info()
+			if err != nil {
+				return fmt.Errorf("source: %w", err)
+			}
+			if id, ok := fileID(info); ok {
+				if seen[id] {
+					return nil
+				}
+				seen[id] = true
+			}
+			f, err := os.Open(p)
+			if err != nil {
+				return fmt.Errorf("source: %w", err)
+			}
+			f.Close()
+			res.Files++
+			res.FileBytes += info.Size()
+		default:
+			res.Others++
+		}
+		if time.Since(last) > time.Second {
+			last = time.Now()
+			fmt.Fprintf(progress, "scanning: %d files, %s\n", res.Files, units.Bytes(res.FileBytes))
+		}
+		return nil
+	})
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
