@@ -1,0 +1,33 @@
+// Package cachefiles is Shoal's frontend for the kernel's cachefiles on-demand mode: EROFS images
+// mounted with fsid= (fscache mode) read their bootstrap and blobs through /dev/cachefiles, and this
+// package answers the kernel's OPEN, READ and CLOSE requests from a Resolver.
+//
+// It owns: the wire codec of /dev/cachefiles messages and commands (msg.go), the device (dir, tag,
+// bind ondemand, restore), the epoll-driven request loop with a bounded pool of READ workers
+// (Server), the failover hand-off of the device fd from a long-lived supervisor to each new worker
+// process over a unix socket with SCM_RIGHTS (Supervisor, Handover), and the mount(2) option string
+// of an fscache-mode mount (MountOptions). It must not touch the chunk store's files: in fscache mode
+// the kernel writes the backing files under <dir>/cache itself, through the anonymous fds this
+// package pwrites into; it does not mount anything either (package mount does).
+//
+// Keys: the volume key is "erofs,<domain>" (VolumeKey); the cookie key of the bootstrap is the fsid
+// and that of each blob is its device= string. Shoal uses the digest string "sha256:<hex>" for both.
+//
+// Usage, in a daemon that survives its own restarts:
+//
+//	// supervisor process (long-lived; holds /dev/cachefiles)
+//	dev, _ := cachefiles.OpenDevice(cachefiles.DefaultDevicePath)
+//	_ = dev.Bind("/var/lib/shoal/fscache", "shoal")
+//	sup, _ := cachefiles.NewSupervisor(dev, cachefiles.SupervisorConfig{Socket: sock, Worker: newWorkerCmd})
+//	_ = sup.Run(ctx)
+//
+//	// worker process (restartable, upgradable)
+//	dev, _ := cachefiles.Handover(ctx, sock) // receives the fd and writes "restore"
+//	srv, _ := cachefiles.NewServer(dev, resolver, cachefiles.Config{})
+//	_ = srv.Run(ctx)
+//
+// Tests: msg_test.go and fuzz_test.go check the codec byte for byte; emulation_test.go runs the
+// Server against an EMULATION of the kernel side (a socketpair as the device, temp files as the
+// anonymous fds, a hook in place of the READ_COMPLETE ioctl) for fast tests; kernel_test.go boots a
+// real Linux 6.12 under qemu (scripts/kernel, `make kernel-test`) and runs vm_test.go inside it.
+package cachefiles

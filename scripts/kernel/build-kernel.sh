@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# build-kernel.sh: builds, once, a small Linux 6.12 kernel with cachefiles on-demand mode and EROFS
+# (tinyconfig + config.fragment) from Debian's linux-source-6.12, and prints the path of its bzImage.
+#
+# The result is cached outside the repository in $SHOAL_CACHE_ROOT (default /var/cache/shoal) under
+# kernel-6.12-<hash of config.fragment>/bzImage; a second run prints the cached path at once. The build
+# log is kept beside it (build.log). Needs root for the Debian packages it installs when missing.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+out=$(kernel_dir)
+if [ -s "$out/bzImage" ]; then
+	echo "$out/bzImage"
+	exit 0
+fi
+mkdir -p "$SHOAL_CACHE_ROOT"
+# One build at a time: a second caller waits for the first.
+exec 9>"$SHOAL_CACHE_ROOT/.kernel-build.lock"
+flock 9
+if [ -s "$out/bzImage" ]; then
+	echo "$out/bzImage"
+	exit 0
+fi
+
+apt_install bc flex bison libelf-dev libssl-dev cpio make gcc xz-utils
+work="$SHOAL_CACHE_ROOT/build-$KERNEL_SERIES-$(config_hash)"
+mkdir -p "$work" "$out"
+start=$(date +%s)
+
+src=$(ls -d "$work"/linux-source-"$KERNEL_SERIES" 2>/dev/null || true)
+if [ -z "$src" ]; then
+	log "fetching linux-source-$KERNEL_SERIES"
+	tarball=$(fetch_linux_source "$work")
+	log "unpacking $tarball"
+	tar -C "$work" -xf "$tarball"
+	src="$work/linux-source-$KERNEL_SERIES"
+fi
+
+log "configuring (tinyconfig + config.fragment)"
+run_logged "$out/config.log" make -C "$src" tinyconfig
+run_logged "$out/config.log" "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$KERNEL_SCRIPTS_DIR/config.fragment"
+run_logged "$out/config.log" make -C "$src" olddefconfig
+# Every requested option must have survived dependency resolution.
+missing=""
+while IFS= read -r line; do
+	case "$line" in CONFIG_*) grep -qx "$line" "$src/.config" || missing="$missing $line" ;; esac
+done <"$KERNEL_SCRIPTS_DIR/config.fragment"
+[ -z "$missing" ] || die "options not in the final .config:$missing"
+
+log "building bzImage with $(nproc) jobs (log: $out/build.log)"
+run_logged "$out/build.log" make -C "$src" -j"$(nproc)" bzImage
+cp "$src/.config" "$out/config"
+cp "$src/arch/x86/boot/bzImage" "$out/bzImage.tmp"
+mv "$out/bzImage.tmp" "$out/bzImage"
+echo "$(( $(date +%s) - start ))" >"$out/build-seconds"
+log "kernel built in $(cat "$out/build-seconds")s: $out/bzImage"
+echo "$out/bzImage"

@@ -1,0 +1,81 @@
+# Shared helpers for Shoal's kernel test scripts. Source it; it defines functions only.
+#
+# Nothing here names a package registry: apt sources are derived at run time from the machine's own
+# Debian entry.
+
+KERNEL_SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SHOAL_CACHE_ROOT=${SHOAL_CACHE_ROOT:-/var/cache/shoal}
+KERNEL_SERIES=6.12
+
+log() { printf '%s kernel: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+
+# run_logged LOG CMD...: runs CMD with its output in LOG; on failure prints the log's tail and dies.
+run_logged() {
+	local logf=$1
+	shift
+	if ! "$@" >"$logf" 2>&1; then
+		log "command failed: $* (log: $logf); last lines:"
+		tail -n 40 "$logf" >&2
+		exit 1
+	fi
+}
+
+# config_hash prints the key of the cached kernel: a hash of the config fragment and the series.
+config_hash() {
+	{ echo "$KERNEL_SERIES"; cat "$KERNEL_SCRIPTS_DIR/config.fragment"; } | sha256sum | cut -c1-16
+}
+
+# kernel_dir prints the directory that holds (or will hold) the cached bzImage.
+kernel_dir() { echo "$SHOAL_CACHE_ROOT/kernel-$KERNEL_SERIES-$(config_hash)"; }
+
+# apt_install PKG...: installs the Debian packages that are missing, from the machine's own lists.
+apt_install() {
+	local missing=() p
+	for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	[ "$(id -u)" = 0 ] || die "not root: cannot install ${missing[*]}"
+	log "installing ${missing[*]}"
+	if [ ! -e "$SHOAL_CACHE_ROOT/.apt-updated" ]; then
+		mkdir -p "$SHOAL_CACHE_ROOT"
+		apt-get update -qq >/dev/null && touch "$SHOAL_CACHE_ROOT/.apt-updated"
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# debian_uri prints the first URIs: entry of the machine's Debian apt source (deb822 or one-line form).
+debian_uri() {
+	local f uri
+	for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list.d/*.sources; do
+		[ -r "$f" ] || continue
+		uri=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' "$f")
+		[ -n "$uri" ] && { echo "$uri"; return; }
+	done
+	awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) { print $i; exit } }' \
+		/etc/apt/sources.list 2>/dev/null
+}
+
+# fetch_linux_source DIR: downloads linux-source-$KERNEL_SERIES into DIR (no system install), from a
+# private apt list (the machine's own lists are untouched) built from the machine's Debian URI and
+# the bookworm-backports and trixie suites. Prints the path of the source tarball.
+fetch_linux_source() {
+	local dir=$1 uri aptdir
+	uri=$(debian_uri)
+	[ -n "$uri" ] || die "no Debian apt source found on this machine"
+	aptdir="$dir/apt"
+	mkdir -p "$aptdir/lists/partial" "$aptdir/archives/partial"
+	cat >"$aptdir/sources.list" <<EOS
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri bookworm-backports main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri trixie main
+EOS
+	local opts=(-o "Dir::Etc::SourceList=$aptdir/sources.list" -o "Dir::Etc::SourceParts=/nonexistent"
+		-o "Dir::State::Lists=$aptdir/lists" -o "Dir::Cache::Archives=$aptdir/archives"
+		-o "Debug::NoLocking=1")
+	apt-get "${opts[@]}" update -qq >&2 || die "apt-get update (private lists) failed"
+	(cd "$dir" && apt-get "${opts[@]}" download "linux-source-$KERNEL_SERIES" >&2) ||
+		die "apt-get download linux-source-$KERNEL_SERIES failed"
+	local deb
+	deb=$(ls "$dir"/linux-source-"$KERNEL_SERIES"_*.deb | head -n1)
+	dpkg-deb -x "$deb" "$dir/pkg" || die "dpkg-deb -x $deb failed"
+	ls "$dir"/pkg/usr/src/linux-source-"$KERNEL_SERIES".tar.* | head -n1
+}
