@@ -1,0 +1,83 @@
+package chunkstore
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config holds the store's optional settings. Start from DefaultConfig.
+type Config struct {
+	// Domain names the fscache volume ("erofs,<Domain>"); the fscache frontend mounts with
+	// domain_id=<Domain>. Printable ASCII without '/' or ','.
+	Domain string
+	// MaxBytes caps the bytes of present chunks. 0 means no limit. When a write would pass it,
+	// unpinned blobs are evicted, least recently used first, down to LowWatermark of MaxBytes.
+	MaxBytes int64
+	// LowWatermark is the fraction of MaxBytes eviction frees down to, in (0, 1].
+	LowWatermark float64
+	// MaxOpenFiles bounds the backing files kept open (the fd cache). In-use files may briefly
+	// exceed it.
+	MaxOpenFiles int
+	// IndexDir holds the badger index. Empty means <dir>/index.
+	IndexDir string
+	// SyncBatch is the most writes one group commit (one fdatasync per file, one index
+	// transaction) takes.
+	SyncBatch int
+	// IndexCacheBytes bounds badger's block and table-index caches (each), so memory does not
+	// grow with the number of chunks.
+	IndexCacheBytes int64
+	// ManifestCache is how many parsed chunk manifests stay in memory.
+	ManifestCache int
+	// Logger receives the store's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the store's Prometheus metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+}
+
+// DefaultConfig returns the settings used when nothing else is said.
+func DefaultConfig() Config {
+	return Config{
+		Domain:          DefaultDomain,
+		LowWatermark:    0.9,
+		MaxOpenFiles:    256,
+		SyncBatch:       256,
+		IndexCacheBytes: 32 << 20,
+		ManifestCache:   64,
+	}
+}
+
+// Validate checks the settings and says what to change.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Domain == "" {
+		errs = append(errs, errors.New("Domain is empty: use DefaultDomain (\"shoal\") or a name of your own"))
+	} else if strings.Contains(c.Domain, ",") || !plainKey(VolumeKey(c.Domain)) || len(VolumeKey(c.Domain)) > 254 {
+		errs = append(errs, fmt.Errorf("Domain %q: must be printable ASCII without '/' or ',' and at most 248 bytes", c.Domain))
+	}
+	if c.MaxBytes < 0 {
+		errs = append(errs, fmt.Errorf("MaxBytes %d is negative: use 0 for no limit", c.MaxBytes))
+	}
+	if c.LowWatermark <= 0 || c.LowWatermark > 1 {
+		errs = append(errs, fmt.Errorf("LowWatermark %v: must be in (0, 1], e.g. 0.9", c.LowWatermark))
+	}
+	if c.MaxOpenFiles < 4 {
+		errs = append(errs, fmt.Errorf("MaxOpenFiles %d: must be at least 4", c.MaxOpenFiles))
+	}
+	if c.SyncBatch < 1 {
+		errs = append(errs, fmt.Errorf("SyncBatch %d: must be at least 1", c.SyncBatch))
+	}
+	if c.IndexCacheBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("IndexCacheBytes %d: must be at least 1 MiB", c.IndexCacheBytes))
+	}
+	if c.ManifestCache < 1 {
+		errs = append(errs, fmt.Errorf("ManifestCache %d: must be at least 1", c.ManifestCache))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("chunkstore config: %w", errors.Join(errs...))
+	}
+	return nil
+}

@@ -1,0 +1,113 @@
+package chunkstore
+
+import (
+	"container/list"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/shoal-p2p/shoal/bootstrap"
+)
+
+// manifestCache keeps the most recently used parsed manifests; the rest live in the index.
+type manifestCache struct {
+	mu  sync.Mutex
+	max int
+	m   map[digest.Digest]*list.Element
+	lru list.List
+}
+
+type manifestEntry struct {
+	d digest.Digest
+	m *bootstrap.Manifest
+}
+
+func newManifestCache(max int) *manifestCache {
+	return &manifestCache{max: max, m: make(map[digest.Digest]*list.Element)}
+}
+
+func (c *manifestCache) get(d digest.Digest) *bootstrap.Manifest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[d]; ok {
+		c.lru.MoveToFront(e)
+		return e.Value.(*manifestEntry).m
+	}
+	return nil
+}
+
+func (c *manifestCache) put(d digest.Digest, m *bootstrap.Manifest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[d]; ok {
+		e.Value.(*manifestEntry).m = m
+		c.lru.MoveToFront(e)
+		return
+	}
+	c.m[d] = c.lru.PushFront(&manifestEntry{d, m})
+	for c.lru.Len() > c.max {
+		e := c.lru.Back()
+		c.lru.Remove(e)
+		delete(c.m, e.Value.(*manifestEntry).d)
+	}
+}
+
+// badgerLogger sends badger's logs to slog.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any) {
+	b.l.Error(strings.TrimSpace(fmt.Sprintf(f, a...)), "component", "badger")
+}
+func (b badgerLogger) Warningf(f string, a ...any) {
+	b.l.Warn(strings.TrimSpace(fmt.Sprintf(f, a...)), "component", "badger")
+}
+func (b badgerLogger) Infof(f string, a ...any) {
+	b.l.Debug(strings.TrimSpace(fmt.Sprintf(f, a...)), "component", "badger")
+}
+func (b badgerLogger) Debugf(f string, a ...any) {
+	b.l.Debug(strings.TrimSpace(fmt.Sprintf(f, a...)), "component", "badger")
+}
+
+// metrics exposes the store's counters to Prometheus.
+type metrics struct {
+	reg  prometheus.Registerer
+	cols []prometheus.Collector
+}
+
+func newMetrics(s *Store, reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{reg: reg}
+	counter := func(name, help string, f func() int64) {
+		m.cols = append(m.cols, prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_chunkstore_" + name, Help: help}, func() float64 { return float64(f()) }))
+	}
+	gauge := func(name, help string, f func() int64) {
+		m.cols = append(m.cols, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "shoal_chunkstore_" + name, Help: help}, func() float64 { return float64(f()) }))
+	}
+	counter("written_bytes_total", "Chunk bytes written to the store.", s.ctr.bytesWritten.Load)
+	counter("written_chunks_total", "Chunks written to the store.", s.ctr.chunksWritten.Load)
+	counter("marked_chunks_total", "Chunks written by a kernel frontend and marked present.", s.ctr.chunksMarked.Load)
+	counter("evicted_chunks_total", "Chunks evicted to stay under the size limit.", s.ctr.chunksEvicted.Load)
+	counter("evicted_bytes_total", "Bytes evicted to stay under the size limit.", s.ctr.bytesEvicted.Load)
+	counter("verify_failures_total", "Chunks whose bytes did not match their CID.", s.ctr.verifyFailures.Load)
+	counter("read_bytes_total", "Bytes served from the store.", s.ctr.bytesRead.Load)
+	gauge("present_bytes", "Bytes of present chunks.", s.used.Load)
+	gauge("max_bytes", "Configured size limit (0: none).", func() int64 { return s.cfg.MaxBytes })
+	gauge("open_files", "Backing files held open.", func() int64 { return int64(s.files.len()) })
+	for i, c := range m.cols {
+		if err := reg.Register(c); err != nil {
+			for _, r := range m.cols[:i] {
+				reg.Unregister(r)
+			}
+			return nil, fmt.Errorf("chunkstore: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) unregister() {
+	for _, c := range m.cols {
+		m.reg.Unregister(c)
+	}
+}

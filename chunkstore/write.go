@@ -1,0 +1,410 @@
+package chunkstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"unsafe"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/shoal-p2p/shoal/bootstrap"
+	"golang.org/x/sys/unix"
+)
+
+// WriteChunk verifies data against c.CID, writes it at c.Offset of the blob's backing file,
+// makes it durable and then marks the chunk present. A chunk already present is a no-op, and
+// concurrent writers of one chunk do the work once. On any error nothing is marked present.
+func (s *Store) WriteChunk(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, data []byte) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	b, err := s.blob(blob)
+	if err != nil {
+		return fmt.Errorf("write chunk %s: %w", c.CID, err)
+	}
+	if err := s.chunkOf(b, c); err != nil {
+		return fmt.Errorf("write chunk: %w", err)
+	}
+	if int64(len(data)) != c.Length {
+		return fmt.Errorf("write chunk %s at %d of blob %s: %d bytes, want %d: %w", c.CID, c.Offset, blob, len(data), c.Length, ErrInvalid)
+	}
+	if err := bootstrap.VerifyChunk(c.CID, data); err != nil {
+		s.ctr.verifyFailures.Add(1)
+		return fmt.Errorf("write chunk at %d of blob %s: %w: %w", c.Offset, blob, ErrCorrupt, err)
+	}
+	return s.once(ctx, b, c, func() error {
+		release, err := s.reserve(ctx, c.Length)
+		if err != nil {
+			return fmt.Errorf("write chunk %s at %d of blob %s: %w", c.CID, c.Offset, blob, err)
+		}
+		defer release()
+		b.lock.RLock()
+		defer b.lock.RUnlock()
+		f, err := s.files.get(b.path)
+		if err != nil {
+			return fmt.Errorf("write chunk %s of blob %s: open %s: %w", c.CID, blob, b.path, classify(err))
+		}
+		defer s.files.put(f)
+		buf, put := alignedCopy(data)
+		err = pwriteFull(f.fd, buf, c.Offset)
+		put()
+		if err != nil {
+			// Give back whatever blocks the failed write allocated.
+			_ = punch(f.fd, c.Offset, c.Length)
+			return fmt.Errorf("write chunk %s at %d of blob %s to %s: %w", c.CID, c.Offset, blob, b.path, classify(err))
+		}
+		return s.commit(b, f, c, true)
+	})
+}
+
+// MarkPresent is for data a frontend wrote into the backing file itself (through the kernel's
+// anonymous fd or the fanotify event fd): the store reads the chunk's bytes back, verifies them,
+// makes them durable and marks the chunk present.
+func (s *Store) MarkPresent(ctx context.Context, blob digest.Digest, c bootstrap.Chunk) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	b, err := s.blob(blob)
+	if err != nil {
+		return fmt.Errorf("mark chunk %s present: %w", c.CID, err)
+	}
+	if err := s.chunkOf(b, c); err != nil {
+		return fmt.Errorf("mark present: %w", err)
+	}
+	return s.markPresent(ctx, b, c)
+}
+
+func (s *Store) markPresent(ctx context.Context, b *blobState, c bootstrap.Chunk) error {
+	return s.once(ctx, b, c, func() error {
+		release, err := s.reserve(ctx, c.Length)
+		if err != nil {
+			return fmt.Errorf("mark chunk %s at %d of blob %s present: %w", c.CID, c.Offset, b.digest, err)
+		}
+		defer release()
+		b.lock.RLock()
+		defer b.lock.RUnlock()
+		f, err := s.files.get(b.path)
+		if err != nil {
+			return fmt.Errorf("mark chunk %s of blob %s: open %s: %w", c.CID, b.digest, b.path, classify(err))
+		}
+		defer s.files.put(f)
+		buf := make([]byte, c.Length)
+		if err := preadFull(f.fd, buf, c.Offset); err != nil {
+			return fmt.Errorf("mark chunk %s at %d of blob %s: read %s: %w", c.CID, c.Offset, b.digest, b.path, classify(err))
+		}
+		if err := bootstrap.VerifyChunk(c.CID, buf); err != nil {
+			s.ctr.verifyFailures.Add(1)
+			return fmt.Errorf("mark chunk at %d of blob %s present: bytes in %s: %w: %w", c.Offset, b.digest, b.path, ErrCorrupt, err)
+		}
+		return s.commit(b, f, c, false)
+	})
+}
+
+// ScanBlob looks for chunks of the blob that are not marked present but whose ranges hold data in
+// the backing file (SEEK_DATA), verifies them and marks those that match present. It is how data
+// written by the kernel behind the store's back is adopted. It returns how many were adopted.
+func (s *Store) ScanBlob(ctx context.Context, blob digest.Digest) (int, error) {
+	if err := s.enter(); err != nil {
+		return 0, err
+	}
+	defer s.leave()
+	b, err := s.blob(blob)
+	if err != nil {
+		return 0, err
+	}
+	m, err := s.manifest(b)
+	if err != nil {
+		return 0, err
+	}
+	missing, err := s.missing(b, m, 0, b.size)
+	if err != nil || len(missing) == 0 {
+		return 0, err
+	}
+	f, err := s.files.get(b.path)
+	if err != nil {
+		return 0, fmt.Errorf("scan blob %s: %w", blob, classify(err))
+	}
+	ext, err := dataExtents(f.fd)
+	s.files.put(f)
+	if err != nil {
+		return 0, fmt.Errorf("scan blob %s: %w", blob, classify(err))
+	}
+	n := 0
+	for _, c := range missing {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		if !covered(ext, c.Offset, c.Length) {
+			continue
+		}
+		if err := s.markPresent(ctx, b, c); err != nil {
+			if errors.Is(err, ErrCorrupt) {
+				continue
+			}
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// once runs fn for a chunk unless it is present already; concurrent callers for the same chunk
+// wait for the first one and share its result.
+func (s *Store) once(ctx context.Context, b *blobState, c bootstrap.Chunk, fn func() error) error {
+	key := flightKey{b.digest, c.Offset}
+	s.flightMu.Lock()
+	if f, ok := s.flight[key]; ok {
+		s.flightMu.Unlock()
+		select {
+		case <-f.done:
+			return f.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	s.flight[key] = f
+	s.flightMu.Unlock()
+	defer func() {
+		s.flightMu.Lock()
+		delete(s.flight, key)
+		s.flightMu.Unlock()
+		close(f.done)
+	}()
+	// Checked after becoming the only writer: a writer that finished just before us has
+	// already committed.
+	if s.hasChunk(b, c) {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		f.err = err
+		return err
+	}
+	f.err = fn()
+	return f.err
+}
+
+// commitReq asks the committer to make a written chunk durable and mark it present.
+type commitReq struct {
+	b       *blobState
+	f       *openFile
+	c       bootstrap.Chunk
+	written bool // by WriteChunk (counted as bytes written), else marked
+	done    chan error
+}
+
+// commit hands a written chunk to the group committer and waits for the index to record it.
+// The caller holds a reference on f and b.lock shared.
+func (s *Store) commit(b *blobState, f *openFile, c bootstrap.Chunk, written bool) error {
+	req := &commitReq{b: b, f: f, c: c, written: written, done: make(chan error, 1)}
+	s.commitCh <- req
+	return <-req.done
+}
+
+// committer batches commits: one fdatasync per distinct file, then one index batch for all, so
+// concurrent writers share the cost of syncing.
+func (s *Store) committer() {
+	defer s.committerW.Done()
+	for req := range s.commitCh {
+		batch := []*commitReq{req}
+	drain:
+		for len(batch) < s.cfg.SyncBatch {
+			select {
+			case r, ok := <-s.commitCh:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		s.commitBatch(batch)
+	}
+}
+
+func (s *Store) commitBatch(batch []*commitReq) {
+	var files []*openFile
+	seen := make(map[*openFile]bool)
+	for _, r := range batch {
+		if !seen[r.f] {
+			seen[r.f] = true
+			files = append(files, r.f)
+		}
+	}
+	errs := make([]error, len(files))
+	var wg sync.WaitGroup
+	for i, f := range files {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = syncData(f.fd)
+		}()
+	}
+	wg.Wait()
+	synced := make(map[*openFile]error, len(files))
+	for i, f := range files {
+		synced[f] = errs[i]
+	}
+	ok := batch[:0:0]
+	for _, r := range batch {
+		if err := synced[r.f]; err != nil {
+			r.done <- fmt.Errorf("sync chunk %s at %d of blob %s in %s: %w", r.c.CID, r.c.Offset, r.b.digest, r.b.path, classify(err))
+			continue
+		}
+		ok = append(ok, r)
+	}
+	if len(ok) == 0 {
+		return
+	}
+	s.idxMu.Lock()
+	type delta struct{ bytes, chunks int64 }
+	deltas := map[*blobState]*delta{}
+	var wBytes, wChunks, marked int64
+	wb := s.db.NewWriteBatch()
+	for _, r := range ok {
+		_ = wb.Set(presentKey(r.b.digest, r.c.Offset), encodePresent(r.c.Length, r.c.CID))
+		_ = wb.Set(cidKey(r.c.CID, r.b.digest, r.c.Offset), be64(r.c.Length))
+		d := deltas[r.b]
+		if d == nil {
+			d = &delta{}
+			deltas[r.b] = d
+		}
+		d.bytes += r.c.Length
+		d.chunks++
+		if r.written {
+			wBytes += r.c.Length
+			wChunks++
+		} else {
+			marked++
+		}
+	}
+	for b, d := range deltas {
+		rec := b.record()
+		rec.PresentBytes += d.bytes
+		rec.PresentChunks += d.chunks
+		_ = wb.Set(blobKey(b.digest), encodeBlobRecord(rec))
+	}
+	s.ctr.bytesWritten.Add(wBytes)
+	s.ctr.chunksWritten.Add(wChunks)
+	s.ctr.chunksMarked.Add(marked)
+	s.setCounters(wb)
+	err := wb.Flush()
+	if err == nil {
+		for b, d := range deltas {
+			b.presentBytes.Add(d.bytes)
+			b.presentChunks.Add(d.chunks)
+			b.touch()
+			s.used.Add(d.bytes)
+		}
+	} else {
+		s.ctr.bytesWritten.Add(-wBytes)
+		s.ctr.chunksWritten.Add(-wChunks)
+		s.ctr.chunksMarked.Add(-marked)
+	}
+	s.idxMu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("index: %w: %w", ErrIO, err)
+		for _, r := range ok {
+			r.done <- fmt.Errorf("mark chunk %s at %d of blob %s present: %w", r.c.CID, r.c.Offset, r.b.digest, err)
+		}
+		return
+	}
+	evs := make([]Event, len(ok))
+	for i, r := range ok {
+		evs[i] = Event{Kind: ChunkAdded, Blob: r.b.digest, Chunk: r.c}
+	}
+	s.emit(evs)
+	for _, r := range ok {
+		r.done <- nil
+	}
+}
+
+// alignedCopy returns data in a page-aligned buffer whose length is padded with zeros to a
+// multiple of the block size (the form direct I/O and the kernel's anonymous fds need), and a
+// function that returns the buffer to the pool.
+func alignedCopy(data []byte) ([]byte, func()) {
+	n := (len(data) + bootstrap.BlockSize - 1) &^ (bootstrap.BlockSize - 1)
+	if n == len(data) && len(data) > 0 && uintptr(unsafe.Pointer(&data[0]))%bootstrap.BlockSize == 0 {
+		return data, func() {}
+	}
+	var buf []byte
+	var bp *[]byte
+	if n <= poolBufSize {
+		bp = bufPool.Get().(*[]byte)
+		buf = (*bp)[:n]
+	} else {
+		buf = alignedBuf(n)
+	}
+	copy(buf, data)
+	clear(buf[len(data):])
+	return buf, func() {
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+	}
+}
+
+const poolBufSize = 1 << 20
+
+var bufPool = sync.Pool{New: func() any { b := alignedBuf(poolBufSize); return &b }}
+
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+bootstrap.BlockSize)
+	off := (bootstrap.BlockSize - int(uintptr(unsafe.Pointer(&b[0]))%bootstrap.BlockSize)) % bootstrap.BlockSize
+	return b[off : off+n : off+n]
+}
+
+func pwriteFull(fd int, b []byte, off int64) error {
+	for len(b) > 0 {
+		n, err := unix.Pwrite(fd, b, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return unix.EIO
+		}
+		b, off = b[n:], off+int64(n)
+	}
+	return nil
+}
+
+// preadFull reads len(b) bytes at off; bytes past the end of the file read as zeros.
+func preadFull(fd int, b []byte, off int64) error {
+	for len(b) > 0 {
+		n, err := unix.Pread(fd, b, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			clear(b)
+			return nil
+		}
+		b, off = b[n:], off+int64(n)
+	}
+	return nil
+}
+
+// syncData is fdatasync; a variable so tests can inject failures.
+var syncData = func(fd int) error {
+	for {
+		err := unix.Fdatasync(fd)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func punch(fd int, off, length int64) error {
+	length = (length + bootstrap.BlockSize - 1) &^ (bootstrap.BlockSize - 1)
+	return unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+}
