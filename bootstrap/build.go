@@ -48,6 +48,8 @@ type BuildResult struct {
 	DedupSaved  int64 // FileBytes that identical chunks did not store again
 	Bootstrap   int64 // bootstrap size
 	MkfsElapsed time.Duration
+
+	longestName int
 }
 
 // ErrNoMkfs is returned when mkfs.erofs cannot be found.
@@ -113,7 +115,11 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("mkfs.erofs failed: %w: %s", err, strings.TrimSpace(lastLines(stderr.String(), 10)))
+		hint := ""
+		if res.longestName >= 255 {
+			hint = " (the source has a 255-byte name, which some mkfs.erofs versions cannot store)"
+		}
+		return nil, fmt.Errorf("mkfs.erofs failed%s: %w: %s", hint, err, strings.TrimSpace(lastLines(stderr.String(), 10)))
 	}
 	res.MkfsElapsed = time.Since(start)
 	bootFile, err := os.Open(bootPath)
@@ -203,6 +209,7 @@ func scanSource(ctx context.Context, src string, res *BuildResult, progress io.W
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		res.longestName = max(res.longestName, len(d.Name()))
 		switch {
 		case d.IsDir():
 			res.Dirs++

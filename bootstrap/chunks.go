@@ -38,6 +38,7 @@ func ChunkManifests(f *FS, blobs []BlobData, fixedChunk int64) ([]*Manifest, err
 	}
 	indexed := true
 	var chunkSize int64
+	// Pass 1: is every regular file chunk-indexed, and with which chunk size?
 	err := f.Walk(func(p string, in *Inode) error {
 		if !in.Mode.IsRegular() || in.Size == 0 {
 			return nil
@@ -51,7 +52,11 @@ func ChunkManifests(f *FS, blobs []BlobData, fixedChunk int64) ([]*Manifest, err
 			return err
 		}
 		chunkSize = max(chunkSize, int64(1)<<bits)
-		return f.extents(in, func(e Extent) error {
+		return nil
+	})
+	if err == nil && indexed {
+		// Pass 2: the blob bytes each chunk of file data occupies.
+		err = f.WalkExtents(func(p string, in *Inode, e Extent) error {
 			if e.Hole || e.Device == 0 {
 				return nil // holes read as zeros; device 0 is the bootstrap, always local
 			}
@@ -66,7 +71,7 @@ func ChunkManifests(f *FS, blobs []BlobData, fixedChunk int64) ([]*Manifest, err
 			spans[e.Device-1][span{e.DeviceOffset, min(end, b.Size)}] = struct{}{}
 			return nil
 		})
-	})
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -227,8 +227,8 @@ type Inode struct {
 	Size     int64
 	Nlink    uint32
 	UID, GID uint32
-	Mtime    int64 // seconds; 0 for compact inodes (they share the superblock build time)
-	Rdev     uint32
+	Mtime    int64  // seconds; 0 for compact inodes (they share the superblock build time)
+	Rdev     uint32 // device number of a device node, in the kernel's new_encode_dev form
 	Layout   int
 
 	off       int64 // byte offset of the inode in the bootstrap
@@ -293,7 +293,7 @@ func (f *FS) Inode(nid uint64) (*Inode, error) {
 		in.xattrSize = 12 + 4*(int64(icount)-1)
 	}
 	in.Mode = goMode(in.RawMode)
-	if in.Mode.Type() == fs.ModeCharDevice || in.Mode.Type() == fs.ModeDevice {
+	if in.Mode&fs.ModeDevice != 0 {
 		in.Rdev = in.rawU
 	}
 	switch in.Layout {
@@ -681,6 +681,30 @@ func (w *walker) walk(p string, in *Inode, depth int) error {
 		}
 	}
 	return nil
+}
+
+// FileExtentFunc is called by WalkExtents for each extent of each regular file.
+type FileExtentFunc func(path string, in *Inode, e Extent) error
+
+// WalkExtents calls fn for every extent of every regular file, each inode once however many hard
+// links name it. The chunk tables of distinct inodes never overlap in a well-formed image, so
+// more index entries in total than the image has room for means a hostile image; it is an error
+// rather than quadratic work.
+func (f *FS) WalkExtents(fn FileExtentFunc) error {
+	done := map[uint64]bool{}
+	budget := f.size / 4 // the smallest table entry is 4 bytes
+	return f.Walk(func(p string, in *Inode) error {
+		if !in.Mode.IsRegular() || done[in.Nid] {
+			return nil
+		}
+		done[in.Nid] = true
+		return f.extents(in, func(e Extent) error {
+			if budget--; budget < 0 {
+				return formatErr(fmt.Sprintf("inode %d", in.Nid), in.off, "chunk tables claim more entries than the image holds")
+			}
+			return fn(p, in, e)
+		})
+	})
 }
 
 // Lookup resolves an absolute path (symlinks are not followed).
