@@ -1,3 +1,65 @@
 // Package chunkstore keeps verified chunks on local disk, in backing files laid out exactly as the
 // kernel's cachefiles backend lays them out, indexed in badger.
+//
+// It owns the cache directory: backing files at
+// <dir>/cache/I<volume key>/@<hh>/D<cookie key> (VolumeKey, CookieKey, FanDir, BackingPath,
+// FscacheHash), with the user.CacheFiles.cache xattrs the kernel checks (DataXattr, VolumeXattr),
+// so one directory serves the fscache, fanotify and FUSE frontends and survives switching between
+// them. The cookie key of a blob or bootstrap is its digest string ("sha256:…"); the volume key is
+// "erofs,<Config.Domain>". It does not fetch, announce or mount anything: frontends and the p2p
+// layer call it.
+//
+// # Usage
+//
+//	s, err := chunkstore.Open("/var/cache/shoal", chunkstore.DefaultConfig())
+//	if err != nil { ... }
+//	defer s.Close()
+//	_ = s.AddBlob(ctx, manifest)                    // sparse backing file + xattr, idempotent
+//	err = s.WriteChunk(ctx, manifest.Blob, c, data) // verify, pwrite, fdatasync, mark present
+//	missing, _ := s.Missing(manifest.Blob, off, n)  // what to fetch for a read
+//	n, err := s.ReadAt(manifest.Blob, p, off)       // FUSE reads (ErrNotFound if not present)
+//	data, err := s.ReadChunk(ctx, c.CID)            // peers: by CID from any blob, verified
+//	cancel := s.Subscribe(func(e chunkstore.Event) { /* ChunkAdded / ChunkEvicted */ })
+//	_ = s.Pin(manifest.Blob, imageDigest)           // never evicted while pinned
+//	// Kernel frontends write through their own fd, then:
+//	err = s.MarkPresent(ctx, manifest.Blob, c)      // store reads back, verifies, syncs, marks
+//
+// # Index
+//
+// Badger keys (index.go): per blob a record (size, manifest digest, present bytes and chunks, last
+// access, file signature) and its manifest; per present chunk a P key (blob, offset → length, CID)
+// and a C key (CID, blob, offset → length) written and deleted in the same batch, so a CID finds
+// every location holding it; pins; persistent counters. Memory holds one small record per blob and
+// a bounded number of parsed manifests; badger's block and index caches are bounded by
+// Config.IndexCacheBytes, so memory does not grow with the number of chunks.
+//
+// # Writes and crash semantics
+//
+// A chunk is verified against its CID before anything is written. Data goes in with pwrite at its
+// 4 KiB-aligned offset from a page-aligned buffer padded with zeros to a whole block (the form
+// direct I/O and the kernel's anonymous fds use; the last chunk's padding can make the file up to
+// one block longer than the blob, as the kernel's own writes do). Writers then hand the chunk to
+// one group-commit goroutine, which fdatasyncs each distinct file of the batch once and only then
+// writes the index batch that marks the chunks present. Concurrent writers of one chunk share a
+// single write.
+//
+//   - Index says present ⇒ data was durable first. After a crash (process or power) a chunk the
+//     index calls present reads back as its bytes. The index itself is not fsynced per write, so a
+//     power loss can forget recent presence: those chunks are fetched again.
+//   - Eviction reverses the order: the index deletion is synced (DB.Sync) before holes are punched.
+//   - A crash between pwrite and the index write leaves unindexed data; ScanBlob adopts it after
+//     verifying.
+//   - Open reconciles: a backing file whose inode, size and ctime match what Close recorded is
+//     trusted (one stat per blob); any other file (written since, truncated, recreated, missing) is
+//     checked with SEEK_DATA/SEEK_HOLE and chunks whose ranges are not all data lose presence.
+//   - Counters are persisted with each index batch; they may lag by the last batch after a crash.
+//
+// ENOSPC/EDQUOT fail the write with ErrNoSpace, EIO (write or fdatasync) with ErrIO; in both
+// cases nothing is marked present and the range is punched back.
+//
+// # Capacity
+//
+// With Config.MaxBytes set, a write that would pass it first evicts unpinned blobs' chunks, least
+// recently used blob first (access is tracked per blob), down to LowWatermark of MaxBytes. Evicted
+// chunks raise ChunkEvicted events, which the p2p layer uses to withdraw announcements.
 package chunkstore

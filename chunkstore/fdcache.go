@@ -92,15 +92,6 @@ func (c *fdCache) put(f *openFile) {
 	c.shrinkLocked()
 }
 
-// forget drops path from the cache (its file was replaced or removed).
-func (c *fdCache) forget(path string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if f, ok := c.m[path]; ok {
-		c.dropLocked(f)
-	}
-}
-
 func (c *fdCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
