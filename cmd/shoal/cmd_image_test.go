@@ -1,0 +1,112 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/shoal-p2p/shoal/bootstrap"
+)
+
+func TestImageBuildInspect(t *testing.T) {
+	if _, err := exec.LookPath("mkfs.erofs"); err != nil {
+		t.Skip("mkfs.erofs not installed (erofs-utils)")
+	}
+	src := t.TempDir()
+	data := make([]byte, 200_000)
+	rand.Read(data)
+	os.WriteFile(filepath.Join(src, "a.bin"), data, 0o644)
+	os.MkdirAll(filepath.Join(src, "sub"), 0o755)
+	os.WriteFile(filepath.Join(src, "sub", "b.bin"), data, 0o644)
+	out := filepath.Join(t.TempDir(), "img")
+
+	stdout, stderr, code := shoal(t, "image", "build", src, out, "--chunk-size", "64K")
+	if code != 0 {
+		t.Fatalf("build: exit %d\n%s%s", code, stdout, stderr)
+	}
+	for _, want := range []string{"files      2", "chunks     4 of 64.0 KiB", "dedup      194.6 KiB saved" /* 2×200000 file bytes − 200704 chunk bytes */} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("build summary lacks %q:\n%s", want, stdout)
+		}
+	}
+	stdout, stderr, code = shoal(t, "image", "inspect", out, "--json")
+	if code != 0 {
+		t.Fatalf("inspect: exit %d\n%s", code, stderr)
+	}
+	var doc struct {
+		Manifest  string `json:"manifest"`
+		Bootstrap struct {
+			Digest string `json:"digest"`
+			Size   int64  `json:"size"`
+		} `json:"bootstrap"`
+		Blobs []struct {
+			Digest string `json:"digest"`
+			Size   int64  `json:"size"`
+			Chunks []struct {
+				Offset int64  `json:"offset"`
+				Length int64  `json:"length"`
+				CID    string `json:"cid"`
+			} `json:"chunks"`
+		} `json:"blobs"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &doc); err != nil {
+		t.Fatalf("inspect --json: %v\n%s", err, stdout)
+	}
+	if !strings.HasPrefix(doc.Manifest, "sha256:") || !strings.HasPrefix(doc.Bootstrap.Digest, "sha256:") || doc.Bootstrap.Size == 0 || len(doc.Blobs) != 1 {
+		t.Fatalf("inspect --json fields: %+v", doc)
+	}
+	blob, err := os.ReadFile(filepath.Join(out, "blobs", "sha256", strings.TrimPrefix(doc.Blobs[0].Digest, "sha256:")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.Blobs[0].Chunks) != 4 {
+		t.Fatalf("want 4 chunks (the duplicate file shares them), got %d", len(doc.Blobs[0].Chunks))
+	}
+	for _, c := range doc.Blobs[0].Chunks {
+		id, err := cid.Decode(c.CID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bootstrap.VerifyChunk(id, blob[c.Offset:c.Offset+c.Length]); err != nil {
+			t.Error(err)
+		}
+	}
+	// Human form.
+	stdout, _, code = shoal(t, "image", "inspect", out)
+	if code != 0 || !strings.Contains(stdout, "erofs-chunk-index") || !strings.Contains(stdout, doc.Manifest) {
+		t.Fatalf("inspect:\n%s", stdout)
+	}
+}
+
+func TestImageCLIErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"image", "build", "only-one-arg"}, 2, "Usage: shoal image build"},
+		{[]string{"image", "build", t.TempDir(), t.TempDir()}, 1, "already exists"},
+		{[]string{"image", "build", "/nonexistent", filepath.Join(t.TempDir(), "o")}, 1, "no such file"},
+		{[]string{"image", "build", t.TempDir(), filepath.Join(t.TempDir(), "o"), "--chunk-size", "3M"}, 1, "power of two"},
+		{[]string{"image", "build", t.TempDir(), filepath.Join(t.TempDir(), "o"), "--chunk-size", "lots"}, 1, "not a size"},
+		{[]string{"image", "inspect", t.TempDir()}, 1, "index.json"},
+		{[]string{"no-such-command"}, 1, "unknown command"},
+	}
+	for _, c := range cases {
+		_, stderr, code := shoal(t, c.args...)
+		if code != c.code || !strings.Contains(stderr, c.want) {
+			t.Errorf("shoal %v: exit %d, stderr %q; want exit %d mentioning %q", c.args, code, stderr, c.code, c.want)
+		}
+	}
+	stdout, _, code := shoal(t, "help")
+	if code != 0 || !bytes.Contains([]byte(stdout), []byte("image build")) {
+		t.Errorf("help: %d %s", code, stdout)
+	}
+}
