@@ -173,9 +173,9 @@ func (a *authenticator) challenged(resp *http.Response, scopes []string, sent st
 			// The caller bounds the number of rounds.
 			return true
 		case "basic":
-			changed := a.scheme != "basic"
 			a.scheme = "basic"
-			return changed && !a.creds.empty()
+			// Retry unless these very credentials were just refused.
+			return a.creds.Username != "" && !strings.HasPrefix(sent, "Basic ")
 		}
 	}
 	return false

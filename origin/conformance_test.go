@@ -76,6 +76,9 @@ func testSource(t *testing.T, src Source, im *testImage) {
 	})
 	t.Run("Open", func(t *testing.T) {
 		for d, want := range im.blobs {
+			if d == im.desc.Digest {
+				continue // registries keep manifests apart from blobs
+			}
 			got, err := readAll(ctx, src, d)
 			if err != nil {
 				t.Fatalf("blob %s: %v", d, err)

@@ -90,7 +90,9 @@ func NewRegistry(ref Reference, cfg Config) (*Registry, error) {
 func (r *Registry) Reference() Reference { return r.ref }
 
 func (r *Registry) pullScope() []string { return []string{"repository:" + r.ref.Repository + ":pull"} }
-func (r *Registry) pushScope() []string { return []string{"repository:" + r.ref.Repository + ":pull,push"} }
+func (r *Registry) pushScope() []string {
+	return []string{"repository:" + r.ref.Repository + ":pull,push"}
+}
 
 func (r *Registry) describe(obj string) string {
 	return fmt.Sprintf("registry %s repository %s %s", r.ref.Registry, r.ref.Repository, obj)
