@@ -195,7 +195,8 @@ func (r *Registry) attemptError(ctx context.Context, wd *watchdog, what string, 
 		certErr   x509.CertificateInvalidError
 		recErr    tls.RecordHeaderError
 	)
-	if errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &certErr) || errors.As(err, &recErr) {
+	if errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &certErr) || errors.As(err, &recErr) ||
+		strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
 		return fmt.Errorf("%s: TLS: %w (for a plain-HTTP registry, mark it insecure)", what, err)
 	}
 	if errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrBadResponse) {

@@ -166,7 +166,7 @@ func (r *retrier) run(ctx context.Context, what string, attempt func(ctx context
 			return err
 		}
 		if i >= r.retries {
-			return fmt.Errorf("%w (gave up after %d attempts): %w", err, i+1, ErrUnavailable)
+			return fmt.Errorf("%w (gave up after %d attempt(s)): %w", err, i+1, ErrUnavailable)
 		}
 		wait := backoff(i, r.base, r.maxWait, re.after)
 		r.log.Debug("retrying", "what", what, "attempt", i+1, "wait", wait, "err", err)
