@@ -46,7 +46,7 @@ func DefaultConfig() Config {
 		MaxOpenFiles:    256,
 		SyncBatch:       256,
 		IndexCacheBytes: 32 << 20,
-		ManifestCache:   64,
+		ManifestCache:   256,
 	}
 }
 

@@ -23,7 +23,7 @@ func testConfig() chunkstore.Config {
 	return cfg
 }
 
-func open(t *testing.T, dir string, cfg chunkstore.Config) *chunkstore.Store {
+func open(t testing.TB, dir string, cfg chunkstore.Config) *chunkstore.Store {
 	t.Helper()
 	s, err := chunkstore.Open(dir, cfg)
 	if err != nil {
@@ -32,7 +32,7 @@ func open(t *testing.T, dir string, cfg chunkstore.Config) *chunkstore.Store {
 	return s
 }
 
-func writeAll(t *testing.T, s *chunkstore.Store, b storetest.Blob) {
+func writeAll(t testing.TB, s *chunkstore.Store, b storetest.Blob) {
 	t.Helper()
 	for _, c := range b.Manifest.Chunks {
 		if err := s.WriteChunk(context.Background(), b.Digest(), c, b.Bytes(c)); err != nil {

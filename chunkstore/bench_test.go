@@ -1,0 +1,265 @@
+package chunkstore_test
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunkstore"
+	"github.com/shoal-p2p/shoal/chunkstore/storetest"
+	"golang.org/x/sys/unix"
+)
+
+// benchDir is where benchmarks put their files: SHOAL_BENCH_DIR or a temp dir (same disk as
+// the plain-file baseline either way).
+func benchDir(b *testing.B) string {
+	if d := os.Getenv("SHOAL_BENCH_DIR"); d != "" {
+		dir, err := os.MkdirTemp(d, "chunkstore-bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { os.RemoveAll(dir) })
+		return dir
+	}
+	return b.TempDir()
+}
+
+const benchWriters = 4
+
+// BenchmarkWrite writes 1 MiB chunks with 4 concurrent writers through the store (verify,
+// pwrite, group fdatasync, index) and, in the same run, the same bytes with plain pwrite +
+// fdatasync per chunk into a plain file on the same disk. Metrics: MB/s of each and their ratio.
+func BenchmarkWrite(b *testing.B) {
+	dir := benchDir(b)
+	s := open(b, filepath.Join(dir, "store"), testConfig())
+	defer s.Close()
+	const chunk = 1 << 20
+	blob := storetest.NewBlob(b, 42, int64(max(b.N, 1))*chunk, chunk)
+	if err := s.AddBlob(context.Background(), blob.Manifest); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(chunk)
+	b.ResetTimer()
+	start := time.Now()
+	parallel(b.N, func(i int) {
+		c := blob.Manifest.Chunks[i]
+		if err := s.WriteChunk(context.Background(), blob.Digest(), c, blob.Bytes(c)); err != nil {
+			b.Error(err)
+		}
+	})
+	storeDur := time.Since(start)
+	b.StopTimer()
+	fd, err := unix.Open(filepath.Join(dir, "plain"), unix.O_RDWR|unix.O_CREAT, 0o600)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Close(fd)
+	start = time.Now()
+	parallel(b.N, func(i int) {
+		c := blob.Manifest.Chunks[i]
+		if _, err := unix.Pwrite(fd, blob.Bytes(c), c.Offset); err != nil {
+			b.Error(err)
+		}
+		if err := unix.Fdatasync(fd); err != nil {
+			b.Error(err)
+		}
+	})
+	plainDur := time.Since(start)
+	mb := float64(b.N) * chunk / 1e6
+	b.ReportMetric(mb/storeDur.Seconds(), "store-MB/s")
+	b.ReportMetric(mb/plainDur.Seconds(), "plain-MB/s")
+	b.ReportMetric(plainDur.Seconds()/storeDur.Seconds(), "store/plain")
+}
+
+func parallel(n int, fn func(i int)) {
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range benchWriters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				fn(i)
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+}
+
+// BenchmarkRead reads present 1 MiB chunks by CID (index lookup, pread, verify) and by range
+// (ReadAt, no verify), against plain pread of the same bytes from the backing file.
+func BenchmarkRead(b *testing.B) {
+	dir := benchDir(b)
+	s := open(b, dir, testConfig())
+	defer s.Close()
+	const chunk = 1 << 20
+	blob := storetest.NewBlob(b, 43, 64*chunk, chunk)
+	if err := s.AddBlob(context.Background(), blob.Manifest); err != nil {
+		b.Fatal(err)
+	}
+	writeAll(b, s, blob)
+	chunks := blob.Manifest.Chunks
+	fd, err := unix.Open(s.BackingPath(blob.Digest()), unix.O_RDONLY, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, chunk)
+	measure := func(fn func(i int)) float64 {
+		start := time.Now()
+		for i := range b.N {
+			fn(i)
+		}
+		return float64(b.N) * chunk / 1e6 / time.Since(start).Seconds()
+	}
+	b.SetBytes(chunk)
+	b.ResetTimer()
+	byCID := measure(func(i int) {
+		if _, err := s.ReadChunk(context.Background(), chunks[i%len(chunks)].CID); err != nil {
+			b.Error(err)
+		}
+	})
+	b.StopTimer()
+	byRange := measure(func(i int) {
+		if _, err := s.ReadAt(blob.Digest(), buf, chunks[i%len(chunks)].Offset); err != nil {
+			b.Error(err)
+		}
+	})
+	plain := measure(func(i int) {
+		if _, err := unix.Pread(fd, buf, chunks[i%len(chunks)].Offset); err != nil {
+			b.Error(err)
+		}
+	})
+	b.ReportMetric(byCID, "readchunk-MB/s")
+	b.ReportMetric(byRange, "readat-MB/s")
+	b.ReportMetric(plain, "plain-MB/s")
+	b.ReportMetric(byCID/plain, "readchunk/plain")
+	b.ReportMetric(byRange/plain, "readat/plain")
+}
+
+// BenchmarkIndexOps measures presence queries against an index of 100 blobs × 1000 chunks.
+func BenchmarkIndexOps(b *testing.B) {
+	s := open(b, benchDir(b), testConfig())
+	defer s.Close()
+	ms := buildIndex(b, s, 100, 1000)
+	b.Run("HasChunk", func(b *testing.B) {
+		for i := range b.N {
+			m := ms[i%len(ms)]
+			if !s.HasChunk(m.Blob, m.Chunks[(i*7919)%len(m.Chunks)]) {
+				b.Fatal("missing")
+			}
+		}
+	})
+	b.Run("HasCID", func(b *testing.B) {
+		for i := range b.N {
+			m := ms[i%len(ms)]
+			if !s.HasCID(m.Chunks[(i*7919)%len(m.Chunks)].CID) {
+				b.Fatal("missing")
+			}
+		}
+	})
+	b.Run("Missing64", func(b *testing.B) {
+		for i := range b.N {
+			m := ms[i%len(ms)]
+			if miss, err := s.Missing(m.Blob, int64(i%900)*4096, 64*4096); err != nil || len(miss) != 0 {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// fakeManifest describes a blob of n 4 KiB chunks with distinct CIDs, without data.
+func fakeManifest(seed, n int) *bootstrap.Manifest {
+	m := &bootstrap.Manifest{SchemaVersion: bootstrap.ManifestSchemaVersion, Blob: digest.FromString(fmt.Sprint("blob", seed)),
+		BlobSize: int64(n) * 4096, Chunking: bootstrap.ChunkingFixed, ChunkSize: 4096}
+	var key [16]byte
+	binary.LittleEndian.PutUint64(key[:], uint64(seed))
+	for i := range n {
+		binary.LittleEndian.PutUint64(key[8:], uint64(i))
+		m.Chunks = append(m.Chunks, bootstrap.Chunk{Offset: int64(i) * 4096, Length: 4096, CID: bootstrap.ChunkCID(key[:])})
+	}
+	return m
+}
+
+func buildIndex(tb testing.TB, s *chunkstore.Store, blobs, perBlob int) []*bootstrap.Manifest {
+	var ms []*bootstrap.Manifest
+	for i := range blobs {
+		m := fakeManifest(i, perBlob)
+		if err := s.AddBlob(context.Background(), m); err != nil {
+			tb.Fatal(err)
+		}
+		if err := chunkstore.BulkMarkPresent(s, m); err != nil {
+			tb.Fatal(err)
+		}
+		ms = append(ms, m)
+	}
+	return ms
+}
+
+// TestScaleIndex builds an index of SHOAL_CHUNKSTORE_SCALE chunk entries (1000 per blob), reopens
+// it and reports open time, RSS and query rate. Off by default: 10 million entries take minutes.
+//
+//	SHOAL_CHUNKSTORE_SCALE=10000000 go test -run TestScaleIndex -v -timeout 60m ./chunkstore/
+func TestScaleIndex(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("SHOAL_CHUNKSTORE_SCALE"))
+	if n <= 0 {
+		t.Skip("set SHOAL_CHUNKSTORE_SCALE=<chunks> to run the scale measurement")
+	}
+	dir := os.Getenv("SHOAL_BENCH_DIR")
+	if dir == "" {
+		dir = t.TempDir()
+	} else {
+		dir, _ = os.MkdirTemp(dir, "scale")
+		defer os.RemoveAll(dir)
+	}
+	const perBlob = 1000
+	blobs := max(n/perBlob, 1)
+	s := open(t, dir, testConfig())
+	start := time.Now()
+	buildIndex(t, s, blobs, perBlob)
+	t.Logf("built %d blobs × %d chunks in %v; RSS %s", blobs, perBlob, time.Since(start), rss())
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	start = time.Now()
+	s = open(t, dir, testConfig())
+	defer s.Close()
+	t.Logf("reopen (clean, %d blobs) in %v; RSS %s", blobs, time.Since(start), rss())
+	start = time.Now()
+	const q = 200000
+	for i := range q {
+		m := fakeManifest(i%blobs, 1) // chunk 0 of a blob: same CID as built
+		if !s.HasChunk(m.Blob, m.Chunks[0]) {
+			t.Fatal("missing chunk")
+		}
+	}
+	el := time.Since(start)
+	runtime.GC()
+	t.Logf("%d HasChunk in %v (%.0f/s); RSS %s; stats %+v", q, el, q/el.Seconds(), rss(), s.Stats())
+}
+
+func rss() string {
+	b, _ := os.ReadFile("/proc/self/status")
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS") || strings.HasPrefix(l, "VmHWM") {
+			out = append(out, strings.Join(strings.Fields(l), " "))
+		}
+	}
+	return strings.Join(out, ", ")
+}
