@@ -1,4 +1,22 @@
-// Package demand resolves demand reads: it makes byte ranges of a blob present in the local store,
-// chunk by chunk, from the local store, then peers, then the origin, and prefetches in the
-// background. Each kernel frontend lives in its own subpackage.
+// Package demand resolves demand reads: it makes byte ranges of a blob present in the local
+// store, chunk by chunk, from the local store, then peers, then the origin, and prefetches in the
+// background. Each kernel frontend lives in its own subpackage (cachefiles, fanotify, fusefs) and
+// calls Resolver.Ensure; none of them fetches anything itself.
+//
+//	r, _ := demand.New(store, peers, demand.DefaultConfig()) // peers may be nil: origin only
+//	r.AddBlob(manifest, func(ctx context.Context, c bootstrap.Chunk) ([]byte, error) {
+//		return src.ReadRange(ctx, manifest.Blob, c.Offset, c.Length)
+//	})
+//	err := r.Ensure(ctx, blob, off, n)           // a kernel read: returns when present
+//	go r.Prefetch(ctx, blob, firstRanges, lim, progress) // the rest, yielding to demand
+//
+// Guarantees: one fetch per chunk however many readers wait on it (singleflight keyed by blob
+// and offset; a reader that gives up does not cancel the fetch others wait on); every chunk is
+// verified against its CID before it is stored (the store verifies again before marking it
+// present); bytes of a range that no chunk covers are not file data and stay holes (zeros);
+// at most Config.Workers fetches run at once, prefetch at most PrefetchWorkers of them, and
+// prefetch waits while demand reads are queued.
+//
+// It owns neither the store nor the network: Store and Peers are small interfaces satisfied by
+// *chunkstore.Store and (through a small adapter in cmd/shoal) *p2p.Node.
 package demand

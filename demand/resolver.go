@@ -1,0 +1,441 @@
+package demand
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/shoal-p2p/shoal/bootstrap"
+)
+
+// Store is what the resolver needs of the local chunk store (*chunkstore.Store).
+type Store interface {
+	// Missing returns the chunks overlapping [off, off+length) of blob that are not present.
+	Missing(blob digest.Digest, off, length int64) ([]bootstrap.Chunk, error)
+	// WriteChunk verifies data against c.CID, writes it durably and marks it present.
+	WriteChunk(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, data []byte) error
+	// HasCID reports whether any blob holds a chunk with this CID.
+	HasCID(id cid.Cid) bool
+	// ReadChunk reads a present chunk by CID from whichever blob holds it.
+	ReadChunk(ctx context.Context, id cid.Cid) ([]byte, error)
+}
+
+// Peers fetches a chunk from the cluster (package p2p's Node, adapted by the daemon): holders
+// first, then the peer chosen to fetch it from the origin for everyone, then fromOrigin itself,
+// reporting viaOrigin when it was this host's own origin. The bytes it returns are verified.
+type Peers interface {
+	Fetch(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, fromOrigin func(context.Context) ([]byte, error)) (data []byte, viaOrigin bool, err error)
+}
+
+// OriginFunc reads one chunk's bytes of a blob from the origin (unverified).
+type OriginFunc func(ctx context.Context, c bootstrap.Chunk) ([]byte, error)
+
+// Source names where the resolver got a chunk, as shown by `shoal stats`.
+type Source string
+
+// Sources of chunk bytes.
+const (
+	SourceLocal  Source = "local"  // already present in this blob: a cache hit
+	SourceDedup  Source = "dedup"  // present locally in another blob (same CID)
+	SourcePeers  Source = "peers"  // from a peer that held it, or fetched through a peer
+	SourceOrigin Source = "origin" // from this host's origin
+)
+
+// Sources lists every Source in display order.
+var Sources = []Source{SourceLocal, SourceDedup, SourcePeers, SourceOrigin}
+
+// ErrUnknownBlob is returned for a blob that was never added.
+var ErrUnknownBlob = errors.New("demand: unknown blob")
+
+// Config tunes the resolver.
+type Config struct {
+	// Workers bounds chunk fetches in flight (demand and prefetch together).
+	Workers int
+	// PrefetchWorkers bounds the prefetch share of Workers; demand reads always keep the rest.
+	PrefetchWorkers int
+	// FetchTimeout bounds one chunk fetch, all sources included.
+	FetchTimeout time.Duration
+	Logger       *slog.Logger
+	Registerer   prometheus.Registerer // nil: metrics are not registered
+}
+
+// DefaultConfig returns the settings the daemon uses unless told otherwise.
+func DefaultConfig() Config {
+	return Config{Workers: 16, PrefetchWorkers: 4, FetchTimeout: 2 * time.Minute}
+}
+
+// Validate checks ranges and cross-field rules.
+func (c Config) Validate() error {
+	switch {
+	case c.Workers < 1 || c.Workers > 1024:
+		return fmt.Errorf("demand: Workers %d out of range 1..1024", c.Workers)
+	case c.PrefetchWorkers < 1 || c.PrefetchWorkers >= c.Workers && c.Workers > 1:
+		return fmt.Errorf("demand: PrefetchWorkers %d must be at least 1 and less than Workers (%d), so demand reads always have a worker", c.PrefetchWorkers, c.Workers)
+	case c.FetchTimeout <= 0:
+		return fmt.Errorf("demand: FetchTimeout must be positive")
+	}
+	return nil
+}
+
+type blobEntry struct {
+	m      *bootstrap.Manifest
+	origin OriginFunc
+}
+
+// Resolver makes byte ranges of blobs present in the local store, chunk by chunk: local store,
+// then peers (with the cluster-wide origin coalescing of package p2p), then the origin. One fetch
+// runs per chunk however many readers wait on it; demand reads take precedence over prefetch.
+type Resolver struct {
+	cfg   Config
+	log   *slog.Logger
+	store Store
+	peers Peers // nil: no cluster, origin only
+
+	mu    sync.RWMutex
+	blobs map[digest.Digest]*blobEntry
+
+	flight   singleflight.Group
+	slots    chan struct{} // all fetches
+	prefetch chan struct{} // prefetch's share
+	demand   atomic.Int64  // demand fetches waiting or running: prefetch yields while > 0
+
+	stats *stats
+	met   *metrics
+}
+
+// New makes a resolver. peers may be nil (a host with no cluster fetches from its origin).
+func New(store Store, peers Peers, cfg Config) (*Resolver, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if store == nil {
+		return nil, errors.New("demand: nil store")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	met, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Resolver{
+		cfg: cfg, log: log.With("subsystem", "demand"), store: store, peers: peers,
+		blobs:    map[digest.Digest]*blobEntry{},
+		slots:    make(chan struct{}, cfg.Workers),
+		prefetch: make(chan struct{}, cfg.PrefetchWorkers),
+		stats:    newStats(),
+		met:      met,
+	}, nil
+}
+
+// AddBlob makes a blob resolvable: its chunk manifest and how to read it from the origin.
+// Adding it again replaces the origin (a new registry token, another image with the same blob).
+func (r *Resolver) AddBlob(m *bootstrap.Manifest, origin OriginFunc) {
+	r.mu.Lock()
+	r.blobs[m.Blob] = &blobEntry{m: m, origin: origin}
+	r.mu.Unlock()
+}
+
+// RemoveBlob forgets a blob; fetches in flight finish.
+func (r *Resolver) RemoveBlob(blob digest.Digest) {
+	r.mu.Lock()
+	delete(r.blobs, blob)
+	r.mu.Unlock()
+}
+
+func (r *Resolver) blob(d digest.Digest) (*blobEntry, error) {
+	r.mu.RLock()
+	b := r.blobs[d]
+	r.mu.RUnlock()
+	if b == nil {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownBlob, d)
+	}
+	return b, nil
+}
+
+// Ensure makes [off, off+length) of blob present in its backing file. Bytes of the range that no
+// chunk covers are not file data: they stay holes and read as zeros. It returns when every chunk
+// is present, or with the first error (the other chunks keep going for the readers that share
+// them).
+func (r *Resolver) Ensure(ctx context.Context, blob digest.Digest, off, length int64) error {
+	return r.ensure(ctx, blob, off, length, false)
+}
+
+func (r *Resolver) ensure(ctx context.Context, blob digest.Digest, off, length int64, prefetch bool) error {
+	b, err := r.blob(blob)
+	if err != nil {
+		return err
+	}
+	missing, err := r.store.Missing(blob, off, length)
+	if err != nil {
+		return fmt.Errorf("demand: blob %s: %w", blob, err)
+	}
+	if !prefetch {
+		r.countHit(b.m, off, length, missing)
+	}
+	switch len(missing) {
+	case 0:
+		return nil
+	case 1:
+		return r.ensureChunk(ctx, b, missing[0], prefetch)
+	}
+	errs := make(chan error, len(missing))
+	for _, c := range missing {
+		go func() { errs <- r.ensureChunk(ctx, b, c, prefetch) }()
+	}
+	var first error
+	for range missing {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// countHit records the bytes of a demand read that were already local.
+func (r *Resolver) countHit(m *bootstrap.Manifest, off, length int64, missing []bootstrap.Chunk) {
+	var hit int64
+	mi := 0
+	for _, c := range m.ChunksIn(off, length) {
+		if mi < len(missing) && missing[mi].Offset == c.Offset {
+			mi++
+			continue
+		}
+		hit += min(c.End(), off+length) - max(c.Offset, off)
+	}
+	if hit > 0 {
+		r.stats.add(SourceLocal, hit, 0)
+		r.met.bytes.WithLabelValues(string(SourceLocal)).Add(float64(hit))
+	}
+}
+
+// ensureChunk fetches one chunk unless another caller already is; either way it returns when the
+// chunk is present or the fetch failed. A caller whose context ends stops waiting; the shared
+// fetch goes on for the others under its own timeout.
+func (r *Resolver) ensureChunk(ctx context.Context, b *blobEntry, c bootstrap.Chunk, prefetch bool) error {
+	if !prefetch {
+		r.demand.Add(1)
+		defer r.demand.Add(-1)
+	}
+	key := b.m.Blob.String() + "@" + fmt.Sprint(c.Offset)
+	ch := r.flight.DoChan(key, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.FetchTimeout)
+		defer cancel()
+		return nil, r.fetchChunk(fctx, b, c, prefetch)
+	})
+	select {
+	case res := <-ch:
+		return res.Err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// fetchChunk runs once per chunk at a time, detached from the caller that started it (others may
+// be waiting on it) and bounded by FetchTimeout.
+func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c bootstrap.Chunk, prefetch bool) error {
+	release, err := r.acquire(fctx, prefetch)
+	if err != nil {
+		return err
+	}
+	defer release()
+	start := time.Now()
+	data, src, err := r.fetchBytes(fctx, b, c)
+	if err != nil {
+		r.met.failures.Inc()
+		r.stats.fail()
+		return fmt.Errorf("demand: chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.m.Blob, err)
+	}
+	if err := r.store.WriteChunk(fctx, b.m.Blob, c, data); err != nil {
+		r.met.failures.Inc()
+		r.stats.fail()
+		return fmt.Errorf("demand: storing chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.m.Blob, err)
+	}
+	elapsed := time.Since(start)
+	r.stats.add(src, c.Length, elapsed)
+	r.met.bytes.WithLabelValues(string(src)).Add(float64(c.Length))
+	r.met.seconds.WithLabelValues(string(src)).Observe(elapsed.Seconds())
+	r.log.Debug("chunk fetched", "blob", b.m.Blob, "offset", c.Offset, "length", c.Length, "source", src, "elapsed", elapsed, "prefetch", prefetch)
+	return nil
+}
+
+func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c bootstrap.Chunk) ([]byte, Source, error) {
+	if r.store.HasCID(c.CID) {
+		data, err := r.store.ReadChunk(ctx, c.CID)
+		if err == nil && bootstrap.VerifyChunk(c.CID, data) == nil {
+			return data, SourceDedup, nil
+		}
+		// Evicted or damaged meanwhile: fetch it like any other chunk.
+	}
+	fromOrigin := func(ctx context.Context) ([]byte, error) {
+		if b.origin == nil {
+			return nil, fmt.Errorf("blob %s has no origin", b.m.Blob)
+		}
+		data, err := b.origin(ctx, c)
+		if err != nil {
+			return nil, err
+		}
+		if err := bootstrap.VerifyChunk(c.CID, data); err != nil {
+			return nil, fmt.Errorf("from origin: %w", err)
+		}
+		return data, nil
+	}
+	if r.peers == nil {
+		data, err := fromOrigin(ctx)
+		return data, SourceOrigin, err
+	}
+	data, viaOrigin, err := r.peers.Fetch(ctx, b.m.Blob, c, fromOrigin)
+	if err != nil {
+		return nil, "", err
+	}
+	if viaOrigin {
+		return data, SourceOrigin, nil
+	}
+	return data, SourcePeers, nil
+}
+
+// acquire takes a worker slot. Prefetch takes one of its own share first and then waits while
+// demand reads are queued, so a burst of demand never sits behind background work.
+func (r *Resolver) acquire(ctx context.Context, prefetch bool) (func(), error) {
+	if prefetch {
+		select {
+		case r.prefetch <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		for r.demand.Load() > int64(cap(r.slots)-cap(r.prefetch)) {
+			select {
+			case <-time.After(5 * time.Millisecond):
+			case <-ctx.Done():
+				<-r.prefetch
+				return nil, ctx.Err()
+			}
+		}
+	}
+	select {
+	case r.slots <- struct{}{}:
+	case <-ctx.Done():
+		if prefetch {
+			<-r.prefetch
+		}
+		return nil, ctx.Err()
+	}
+	return func() {
+		<-r.slots
+		if prefetch {
+			<-r.prefetch
+		}
+	}, nil
+}
+
+// SourceStats are the totals of one source.
+type SourceStats struct {
+	Bytes  int64         `json:"bytes"`
+	Chunks int64         `json:"chunks"`
+	P50    time.Duration `json:"p50"`
+	P99    time.Duration `json:"p99"`
+}
+
+// Stats are the resolver's totals since start.
+type Stats struct {
+	Sources  map[Source]SourceStats `json:"sources"`
+	Failures int64                  `json:"failures"`
+}
+
+// Stats returns the totals by source, with fetch latency percentiles over recent fetches.
+func (r *Resolver) Stats() Stats { return r.stats.snapshot() }
+
+type stats struct {
+	mu       sync.Mutex
+	by       map[Source]*sourceStats
+	failures int64
+}
+
+type sourceStats struct {
+	bytes, chunks int64
+	ring          [512]time.Duration // recent latencies
+	n             int
+}
+
+func newStats() *stats {
+	s := &stats{by: map[Source]*sourceStats{}}
+	for _, src := range Sources {
+		s.by[src] = &sourceStats{}
+	}
+	return s
+}
+
+func (s *stats) add(src Source, n int64, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.by[src]
+	st.bytes += n
+	if src == SourceLocal {
+		return // hits are byte ranges, not fetches
+	}
+	st.chunks++
+	st.ring[st.n%len(st.ring)] = d
+	st.n++
+}
+
+func (s *stats) fail() {
+	s.mu.Lock()
+	s.failures++
+	s.mu.Unlock()
+}
+
+func (s *stats) snapshot() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := Stats{Sources: map[Source]SourceStats{}, Failures: s.failures}
+	for src, st := range s.by {
+		ss := SourceStats{Bytes: st.bytes, Chunks: st.chunks}
+		if n := min(st.n, len(st.ring)); n > 0 {
+			lat := append([]time.Duration(nil), st.ring[:n]...)
+			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+			ss.P50, ss.P99 = lat[n*50/100], lat[min(n-1, n*99/100)]
+		}
+		out.Sources[src] = ss
+	}
+	return out
+}
+
+type metrics struct {
+	bytes    *prometheus.CounterVec
+	seconds  *prometheus.HistogramVec
+	failures prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_demand_bytes_total", Help: "Bytes of chunk data made present, by source (local = demand bytes that were already present).",
+		}, []string{"source"}),
+		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "shoal_demand_fetch_seconds", Help: "Time to fetch, verify and store one chunk, by source.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"source"}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_demand_fetch_failures_total", Help: "Chunk fetches that failed from every source.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.bytes, m.seconds, m.failures} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("demand: registering metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,305 @@
+package demand
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/time/rate"
+
+	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunkstore"
+)
+
+const chunk = 64 << 10
+
+// testBlob is a blob with a manifest whose chunks leave gaps (bytes that are not file data), as
+// EROFS chunk manifests do.
+type testBlob struct {
+	data []byte
+	m    *bootstrap.Manifest
+}
+
+func newTestBlob(t testing.TB, chunks int) testBlob {
+	data := make([]byte, chunks*chunk+3*bootstrap.BlockSize)
+	rand.Read(data)
+	m := &bootstrap.Manifest{SchemaVersion: 1, Blob: digest.FromBytes(data), BlobSize: int64(len(data)),
+		Chunking: bootstrap.ChunkingEROFS, ChunkSize: chunk}
+	off := int64(0)
+	for i := range chunks {
+		if i == 2 {
+			off += bootstrap.BlockSize // a gap of one block after chunk 1
+		}
+		m.Chunks = append(m.Chunks, bootstrap.Chunk{Offset: off, Length: chunk, CID: bootstrap.ChunkCID(data[off : off+chunk])})
+		off += chunk
+	}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return testBlob{data, m}
+}
+
+// countingOrigin serves chunk bytes from memory and counts what it served.
+type countingOrigin struct {
+	data    []byte
+	calls   atomic.Int64
+	bytes   atomic.Int64
+	delay   time.Duration
+	corrupt atomic.Bool
+}
+
+func (o *countingOrigin) fetch(ctx context.Context, c bootstrap.Chunk) ([]byte, error) {
+	o.calls.Add(1)
+	if o.delay > 0 {
+		select {
+		case <-time.After(o.delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	b := append([]byte(nil), o.data[c.Offset:c.End()]...)
+	if o.corrupt.Load() {
+		b[7] ^= 0xff
+	}
+	o.bytes.Add(int64(len(b)))
+	return b, nil
+}
+
+func openStore(t testing.TB) *chunkstore.Store {
+	t.Helper()
+	s, err := chunkstore.Open(t.TempDir(), chunkstore.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func newResolver(t testing.TB, s Store, p Peers, tb testBlob, o *countingOrigin) *Resolver {
+	t.Helper()
+	cfg := DefaultConfig()
+	r, err := New(s, p, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cs, ok := s.(*chunkstore.Store); ok {
+		if err := cs.AddBlob(context.Background(), tb.m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.AddBlob(tb.m, o.fetch)
+	return r
+}
+
+func readBacking(t testing.TB, s *chunkstore.Store, d digest.Digest, off, n int64) []byte {
+	t.Helper()
+	f, err := os.Open(s.BackingPath(d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestEnsureFetchesOncePerChunk(t *testing.T) {
+	tb := newTestBlob(t, 8)
+	s := openStore(t)
+	o := &countingOrigin{data: tb.data, delay: 20 * time.Millisecond}
+	r := newResolver(t, s, nil, tb, o)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for i := range 40 { // many readers of overlapping ranges at once
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			off := int64(i%5) * 50000
+			errs <- r.Ensure(ctx, tb.m.Blob, off, 3*chunk)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	covered := tb.m.ChunksIn(0, 4*50000+3*chunk)
+	if got := o.calls.Load(); got != int64(len(covered)) {
+		t.Fatalf("origin asked %d times for %d chunks", got, len(covered))
+	}
+	for _, c := range covered {
+		if !bytes.Equal(readBacking(t, s, tb.m.Blob, c.Offset, c.Length), tb.data[c.Offset:c.End()]) {
+			t.Fatalf("backing file differs at chunk %d", c.Offset)
+		}
+	}
+	// The gap after chunk 1 is not file data: it stays a hole and reads as zeros.
+	if gap := readBacking(t, s, tb.m.Blob, 2*chunk, bootstrap.BlockSize); !bytes.Equal(gap, make([]byte, bootstrap.BlockSize)) {
+		t.Fatal("gap between chunks was filled")
+	}
+	if st := r.Stats(); st.Sources[SourceOrigin].Chunks != int64(len(covered)) || st.Sources[SourceOrigin].Bytes != int64(len(covered))*chunk {
+		t.Fatalf("stats: %+v", st)
+	}
+	// A second read of a present range asks nobody and counts as a local hit.
+	before := o.calls.Load()
+	if err := r.Ensure(ctx, tb.m.Blob, 100, chunk); err != nil || o.calls.Load() != before {
+		t.Fatalf("hit fetched again: %v", err)
+	}
+	if st := r.Stats(); st.Sources[SourceLocal].Bytes != chunk {
+		t.Fatalf("local hit bytes %d, want %d", st.Sources[SourceLocal].Bytes, chunk)
+	}
+}
+
+func TestEnsureRejectsCorruptOrigin(t *testing.T) {
+	tb := newTestBlob(t, 3)
+	s := openStore(t)
+	o := &countingOrigin{data: tb.data}
+	o.corrupt.Store(true)
+	r := newResolver(t, s, nil, tb, o)
+	err := r.Ensure(context.Background(), tb.m.Blob, 0, 10)
+	if !errors.Is(err, bootstrap.ErrCorrupt) {
+		t.Fatalf("corrupt origin bytes: %v", err)
+	}
+	if s.HasChunk(tb.m.Blob, tb.m.Chunks[0]) {
+		t.Fatal("corrupt chunk marked present")
+	}
+	if r.Stats().Failures != 1 {
+		t.Fatalf("failure not counted: %+v", r.Stats())
+	}
+	o.corrupt.Store(false) // the origin recovers: the next read succeeds
+	if err := r.Ensure(context.Background(), tb.m.Blob, 0, 10); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestEnsureUnknownBlob(t *testing.T) {
+	r, err := New(openStore(t), nil, DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Ensure(context.Background(), digest.FromString("x"), 0, 1); !errors.Is(err, ErrUnknownBlob) {
+		t.Fatalf("unknown blob: %v", err)
+	}
+}
+
+// fakePeers stands in for package p2p (tested on its own with real libp2p hosts): it holds some
+// chunks and otherwise calls fromOrigin, as the cluster's fetch does.
+type fakePeers struct {
+	hold  map[int64][]byte
+	calls atomic.Int64
+}
+
+func (p *fakePeers) Fetch(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, fromOrigin func(context.Context) ([]byte, error)) ([]byte, bool, error) {
+	p.calls.Add(1)
+	if b, ok := p.hold[c.Offset]; ok {
+		return b, false, nil
+	}
+	b, err := fromOrigin(ctx)
+	return b, true, err
+}
+
+func TestSourcesDedupPeersOrigin(t *testing.T) {
+	tb := newTestBlob(t, 4)
+	s := openStore(t)
+	o := &countingOrigin{data: tb.data}
+	peers := &fakePeers{hold: map[int64][]byte{tb.m.Chunks[1].Offset: tb.data[tb.m.Chunks[1].Offset:tb.m.Chunks[1].End()]}}
+	r := newResolver(t, s, peers, tb, o)
+	ctx := context.Background()
+	if err := r.Ensure(ctx, tb.m.Blob, 0, tb.m.BlobSize); err != nil {
+		t.Fatal(err)
+	}
+	st := r.Stats()
+	if st.Sources[SourcePeers].Chunks != 1 || st.Sources[SourceOrigin].Chunks != 3 {
+		t.Fatalf("sources: %+v", st.Sources)
+	}
+	// A second blob holding the same chunk (another image with the same file) takes it from the
+	// local store, not from anyone else.
+	other := &bootstrap.Manifest{SchemaVersion: 1, BlobSize: chunk, Chunking: bootstrap.ChunkingEROFS, ChunkSize: chunk,
+		Chunks: []bootstrap.Chunk{{Offset: 0, Length: chunk, CID: tb.m.Chunks[2].CID}}}
+	other.Blob = digest.FromBytes(tb.data[tb.m.Chunks[2].Offset:tb.m.Chunks[2].End()])
+	if err := s.AddBlob(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	r.AddBlob(other, func(context.Context, bootstrap.Chunk) ([]byte, error) { return nil, errors.New("must not be asked") })
+	calls := peers.calls.Load()
+	if err := r.Ensure(ctx, other.Blob, 0, chunk); err != nil {
+		t.Fatal(err)
+	}
+	if peers.calls.Load() != calls || r.Stats().Sources[SourceDedup].Chunks != 1 {
+		t.Fatalf("dedup: peers asked %d more times, stats %+v", peers.calls.Load()-calls, r.Stats().Sources)
+	}
+}
+
+func TestPrefetchCompletesWithRateAndPriority(t *testing.T) {
+	tb := newTestBlob(t, 12)
+	s := openStore(t)
+	o := &countingOrigin{data: tb.data}
+	r := newResolver(t, s, nil, tb, o)
+	ctx := context.Background()
+	var last atomic.Int64
+	lim := rate.NewLimiter(rate.Limit(1<<30), chunk/2) // burst smaller than a chunk: waitBytes splits
+	first := []Range{{Off: tb.m.Chunks[9].Offset, Len: 1}}
+	var firstOrigin atomic.Int64
+	o2 := func(ctx context.Context, c bootstrap.Chunk) ([]byte, error) {
+		firstOrigin.CompareAndSwap(0, c.Offset+1)
+		return o.fetch(ctx, c)
+	}
+	r.AddBlob(tb.m, o2)
+	if err := r.Prefetch(ctx, tb.m.Blob, first, lim, func(p, total int64) { last.Store(p) }); err != nil {
+		t.Fatal(err)
+	}
+	if last.Load() != tb.m.DataBytes() {
+		t.Fatalf("progress ended at %d of %d", last.Load(), tb.m.DataBytes())
+	}
+	if o.calls.Load() != int64(len(tb.m.Chunks)) {
+		t.Fatalf("origin calls %d, chunks %d", o.calls.Load(), len(tb.m.Chunks))
+	}
+	missing, _ := s.Missing(tb.m.Blob, 0, tb.m.BlobSize)
+	if len(missing) != 0 {
+		t.Fatalf("%d chunks missing after prefetch", len(missing))
+	}
+	if got := firstOrigin.Load() - 1; got != tb.m.Chunks[9].Offset {
+		// With several prefetch workers the first chunk dispatched is the priority one.
+		t.Logf("first origin fetch at %d (priority chunk %d): workers raced", got, tb.m.Chunks[9].Offset)
+	}
+	// A cancelled prefetch returns promptly with the context's error.
+	tb2 := newTestBlob(t, 6)
+	o3 := &countingOrigin{data: tb2.data, delay: time.Hour}
+	if err := s.AddBlob(ctx, tb2.m); err != nil {
+		t.Fatal(err)
+	}
+	r.AddBlob(tb2.m, o3.fetch)
+	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := r.Prefetch(cctx, tb2.m.Blob, nil, nil, nil); err == nil {
+		t.Fatal("cancelled prefetch succeeded")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	bad := []Config{
+		{Workers: 0, PrefetchWorkers: 1, FetchTimeout: time.Second},
+		{Workers: 4, PrefetchWorkers: 4, FetchTimeout: time.Second},
+		{Workers: 4, PrefetchWorkers: 0, FetchTimeout: time.Second},
+		{Workers: 4, PrefetchWorkers: 1},
+	}
+	for _, c := range bad {
+		if c.Validate() == nil {
+			t.Errorf("%+v accepted", c)
+		}
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
