@@ -1,0 +1,173 @@
+package p2p
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config holds the optional settings of a Node. Start from DefaultConfig and check with Validate
+// (New calls it).
+type Config struct {
+	// ListenAddrs are libp2p multiaddrs to listen on (TCP and QUIC by default).
+	ListenAddrs []string
+	// IdentityKeyPath is the file of the host's private key, created (mode 0600) on first start so
+	// the peer ID survives restarts. Empty: a new key each start (tests).
+	IdentityKeyPath string
+	// PSK, if set, makes a private network: only hosts with the same 32-byte key can connect.
+	// libp2p's QUIC cannot carry a PSK, so QUIC listen addresses are refused with one.
+	PSK []byte
+	// Allowlist, if not empty, is the only peers this host talks to: others cannot connect,
+	// fetch or announce.
+	Allowlist []peer.ID
+
+	// StaticPeers are multiaddrs with /p2p/<id> (--peer), dialled at start and redialled while
+	// disconnected.
+	StaticPeers []string
+	// DNSAddr is a name whose _dnsaddr TXT records list peer multiaddrs ("cluster.example.com" or
+	// "/dnsaddr/cluster.example.com"), resolved every DNSInterval.
+	DNSAddr     string
+	DNSInterval time.Duration
+	// MDNS turns on multicast DNS discovery on the LAN.
+	MDNS bool
+	// DHT turns on the Kademlia DHT (LAN mode, protocol prefix /shoal): blob-level provider
+	// records find hosts that hold or want a blob beyond the directly discovered ones.
+	DHT bool
+	// DHTFindInterval is how often providers of the registered blobs are looked up.
+	DHTFindInterval time.Duration
+	// RedialInterval is how often static and DNS peers are redialled while disconnected.
+	RedialInterval time.Duration
+
+	// ConnsLow and ConnsHigh are the connection manager's watermarks; peers that share a blob
+	// with this host are protected from trimming.
+	ConnsLow, ConnsHigh int
+	// MaxMemory bounds the libp2p resource manager's memory (bytes); MaxFDs its file descriptors.
+	MaxMemory int64
+	MaxFDs    int
+
+	// RequestTimeout bounds one chunk request to a peer that holds the chunk, dial included.
+	RequestTimeout time.Duration
+	// CoalesceTimeout bounds a fetch-through request: the chosen peer's origin fetch included.
+	// After it the requester goes to the origin itself.
+	CoalesceTimeout time.Duration
+	// HedgeDelay is the hedge delay used until a peer has enough latency samples; after that a
+	// request is hedged to the next holder once it runs past the peer's recent p90, but never
+	// sooner than MinHedgeDelay.
+	HedgeDelay    time.Duration
+	MinHedgeDelay time.Duration
+	// MaxAttempts bounds the peers asked for one chunk before coalescing or the origin.
+	MaxAttempts int
+
+	// PeerConcurrency bounds the requests served to one peer at once; PeerRequestRate and
+	// PeerRequestBurst its requests per second. Over them a request is answered busy.
+	PeerConcurrency  int
+	PeerRequestRate  float64
+	PeerRequestBurst int
+	// PeerUploadRate bounds the bytes per second uploaded to one peer; 0 is unlimited.
+	PeerUploadRate int64
+	// BanAfter corrupt or truncated responses ban a peer for BanDuration. FloodBanAfter requests
+	// refused for going over the rate ban it too.
+	BanAfter      int
+	FloodBanAfter int
+	BanDuration   time.Duration
+
+	// Logger receives the subsystem's logs (nil: slog.Default()).
+	Logger *slog.Logger
+	// Registerer receives the shoal_p2p_* metrics (nil: not registered).
+	Registerer prometheus.Registerer
+}
+
+// DefaultConfig returns settings for a daemon on a LAN.
+func DefaultConfig() Config {
+	return Config{
+		ListenAddrs:      []string{"/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1", "/ip6/::/tcp/4001", "/ip6/::/udp/4001/quic-v1"},
+		DNSInterval:      time.Minute,
+		MDNS:             true,
+		DHT:              true,
+		DHTFindInterval:  30 * time.Second,
+		RedialInterval:   10 * time.Second,
+		ConnsLow:         200,
+		ConnsHigh:        400,
+		MaxMemory:        1 << 30,
+		MaxFDs:           4096,
+		RequestTimeout:   10 * time.Second,
+		CoalesceTimeout:  60 * time.Second,
+		HedgeDelay:       200 * time.Millisecond,
+		MinHedgeDelay:    5 * time.Millisecond,
+		MaxAttempts:      4,
+		PeerConcurrency:  32,
+		PeerRequestRate:  2000,
+		PeerRequestBurst: 4000,
+		BanAfter:         3,
+		FloodBanAfter:    1000,
+		BanDuration:      10 * time.Minute,
+	}
+}
+
+// Validate checks ranges and combinations and says which setting to change.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("p2p config: "+format, a...)) }
+	if len(c.ListenAddrs) == 0 {
+		bad("ListenAddrs is empty: give at least one, e.g. /ip4/0.0.0.0/tcp/4001")
+	}
+	if len(c.PSK) != 0 {
+		if len(c.PSK) != 32 {
+			bad("PSK is %d bytes, want 32", len(c.PSK))
+		}
+		for _, a := range c.ListenAddrs {
+			if strings.Contains(a, "/quic") {
+				bad("listen address %s: QUIC cannot carry a private network key; use TCP addresses with PSK", a)
+			}
+		}
+	}
+	pos := func(name string, d time.Duration) {
+		if d <= 0 {
+			bad("%s is %v, want > 0", name, d)
+		}
+	}
+	pos("RequestTimeout", c.RequestTimeout)
+	pos("CoalesceTimeout", c.CoalesceTimeout)
+	pos("HedgeDelay", c.HedgeDelay)
+	pos("BanDuration", c.BanDuration)
+	pos("RedialInterval", c.RedialInterval)
+	if c.DNSAddr != "" {
+		pos("DNSInterval", c.DNSInterval)
+	}
+	if c.DHT {
+		pos("DHTFindInterval", c.DHTFindInterval)
+	}
+	if c.MinHedgeDelay < 0 || c.MinHedgeDelay > c.HedgeDelay {
+		bad("MinHedgeDelay %v must be in [0, HedgeDelay %v]", c.MinHedgeDelay, c.HedgeDelay)
+	}
+	if c.RequestTimeout > c.CoalesceTimeout {
+		bad("RequestTimeout %v is longer than CoalesceTimeout %v: a fetch-through includes a request", c.RequestTimeout, c.CoalesceTimeout)
+	}
+	if c.MaxAttempts < 1 {
+		bad("MaxAttempts is %d, want >= 1", c.MaxAttempts)
+	}
+	if c.ConnsLow < 1 || c.ConnsHigh < c.ConnsLow {
+		bad("connection watermarks low %d high %d: want 1 <= low <= high", c.ConnsLow, c.ConnsHigh)
+	}
+	if c.MaxMemory < 64<<20 {
+		bad("MaxMemory %d is under 64 MiB: one chunk transfer can need 16 MiB", c.MaxMemory)
+	}
+	if c.MaxFDs < 64 {
+		bad("MaxFDs %d, want >= 64", c.MaxFDs)
+	}
+	if c.PeerConcurrency < 1 || c.PeerRequestRate <= 0 || c.PeerRequestBurst < 1 {
+		bad("per-peer limits concurrency %d rate %v burst %d: want all > 0", c.PeerConcurrency, c.PeerRequestRate, c.PeerRequestBurst)
+	}
+	if c.PeerUploadRate < 0 {
+		bad("PeerUploadRate %d, want >= 0 (0 = unlimited)", c.PeerUploadRate)
+	}
+	if c.BanAfter < 1 || c.FloodBanAfter < 1 {
+		bad("BanAfter %d and FloodBanAfter %d, want >= 1", c.BanAfter, c.FloodBanAfter)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,65 @@
+package p2p
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the shoal_p2p_* series. They exist whether or not a Registerer is configured, so
+// code never checks for nil.
+type metrics struct {
+	fetches        *prometheus.CounterVec // by source: peer, coalesced, origin, failed
+	fetchBytes     *prometheus.CounterVec // by source
+	fetchSeconds   prometheus.Histogram
+	servedRequests *prometheus.CounterVec // by status
+	servedBytes    prometheus.Counter
+	peerFailures   *prometheus.CounterVec // by kind: corrupt, truncated, error, timeout
+	hedges         prometheus.Counter
+	bans           prometheus.Counter
+	presenceIn     prometheus.Counter
+	presenceOut    prometheus.Counter
+	peers          prometheus.GaugeFunc
+}
+
+func newMetrics(reg prometheus.Registerer, connected func() float64) *metrics {
+	m := &metrics{
+		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_p2p_fetches_total", Help: "Chunk fetches by where the data came from (peer, coalesced, origin) or failed.",
+		}, []string{"source"}),
+		fetchBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_p2p_fetch_bytes_total", Help: "Verified chunk bytes fetched, by source.",
+		}, []string{"source"}),
+		fetchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "shoal_p2p_fetch_seconds", Help: "Time to fetch one chunk, any source.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		servedRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_p2p_served_requests_total", Help: "Chunk requests answered to peers, by status.",
+		}, []string{"status"}),
+		servedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_p2p_served_bytes_total", Help: "Chunk bytes uploaded to peers.",
+		}),
+		peerFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_p2p_peer_failures_total", Help: "Failed chunk requests to peers, by kind (corrupt, truncated, error).",
+		}, []string{"kind"}),
+		hedges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_p2p_hedged_requests_total", Help: "Requests sent to a second holder because the first was slower than its p90.",
+		}),
+		bans: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_p2p_bans_total", Help: "Peers banned for corrupt or truncated data or flooding.",
+		}),
+		presenceIn: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_p2p_presence_received_total", Help: "Presence maps received from peers.",
+		}),
+		presenceOut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_p2p_presence_sent_total", Help: "Presence maps sent to peers.",
+		}),
+		peers: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "shoal_p2p_connected_peers", Help: "Peers with an open connection.",
+		}, connected),
+	}
+	if reg != nil {
+		reg.MustRegister(m.fetches, m.fetchBytes, m.fetchSeconds, m.servedRequests, m.servedBytes,
+			m.peerFailures, m.hedges, m.bans, m.presenceIn, m.presenceOut, m.peers)
+	}
+	return m
+}

@@ -1,0 +1,421 @@
+package p2p
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	madns "github.com/multiformats/go-multiaddr-dns"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/shoal-p2p/shoal/bootstrap"
+)
+
+// LocalChunks is what this host serves to peers: the chunk store's read side.
+type LocalChunks interface {
+	HasCID(c cid.Cid) bool
+	ReadChunk(ctx context.Context, c cid.Cid) ([]byte, error)
+}
+
+// ChunkWriter is an optional capability of LocalChunks, found by type assertion. With it, chunks
+// this host fetches from its origin on behalf of peers (fetch-through) are stored, so the host
+// keeps serving them; the store's ChunkAdded event then reaches Announce as for any chunk. It must
+// accept the same chunk twice.
+type ChunkWriter interface {
+	PutChunk(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, data []byte) error
+}
+
+// OriginFunc fetches one chunk of a registered blob from this host's origin (registry).
+type OriginFunc func(ctx context.Context, c bootstrap.Chunk) ([]byte, error)
+
+// Source says where Fetch got a chunk.
+type Source int
+
+// Sources of a fetched chunk.
+const (
+	SourcePeer      Source = iota + 1 // a peer that held it
+	SourceCoalesced                   // the peer chosen to fetch it from the origin for the cluster
+	SourceOrigin                      // this host's own origin
+)
+
+func (s Source) String() string {
+	switch s {
+	case SourcePeer:
+		return "peer"
+	case SourceCoalesced:
+		return "coalesced"
+	case SourceOrigin:
+		return "origin"
+	}
+	return "unknown"
+}
+
+// Sentinel errors.
+var (
+	// ErrUnknownBlob: the blob was not registered with RegisterBlob.
+	ErrUnknownBlob = errors.New("p2p: blob not registered")
+	// ErrClosed: the node was closed.
+	ErrClosed = errors.New("p2p: node closed")
+)
+
+// localBlob is a registered blob: its manifest, origin, and which chunks this host holds.
+type localBlob struct {
+	m      *bootstrap.Manifest
+	origin OriginFunc
+	have   []byte
+}
+
+type chunkRef struct {
+	blob digest.Digest
+	idx  int
+}
+
+// Node is one Shoal host in the peer-to-peer cluster.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	local LocalChunks // may be nil: nothing to serve
+	key   crypto.PrivKey
+	id    peer.ID
+	allow map[peer.ID]bool // nil: everyone
+	met   *metrics
+	seq   atomic.Uint64
+
+	recent recentChunks // chunks fetched lately, served while the caller stores them
+
+	sf    singleflight.Group // Fetch, per CID
+	owned singleflight.Group // holders-or-origin, per CID; never asks another host to fetch through
+
+	mu      sync.Mutex
+	blobs   map[digest.Digest]*localBlob
+	cids    map[cid.Cid][]chunkRef
+	peers   map[peer.ID]*peerState
+	host    host.Host
+	dht     *dht.IpfsDHT
+	ctx     context.Context // Run's context
+	cancel  context.CancelFunc
+	started bool
+	closing bool
+	wg      sync.WaitGroup
+	kick    chan struct{} // wakes the DHT loop when a blob is registered
+	// resolver resolves DNSAddr; nil: the system's (tests inject a mock).
+	resolver *madns.Resolver
+	ready   chan struct{}
+	done    chan struct{}
+}
+
+// New makes a node. It loads (or creates) the identity key and starts nothing: call Run. local
+// may be nil for a host that only fetches.
+func New(cfg Config, local LocalChunks) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	key, err := loadIdentity(cfg.IdentityKeyPath)
+	if err != nil {
+		return nil, err
+	}
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("p2p identity: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	n := &Node{
+		cfg: cfg, log: log.With("subsystem", "p2p"), local: local, key: key, id: id,
+		blobs: map[digest.Digest]*localBlob{},
+		cids:  map[cid.Cid][]chunkRef{},
+		peers: map[peer.ID]*peerState{},
+		kick:  make(chan struct{}, 1),
+		ready: make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	if len(cfg.Allowlist) > 0 {
+		n.allow = map[peer.ID]bool{}
+		for _, p := range cfg.Allowlist {
+			n.allow[p] = true
+		}
+	}
+	n.seq.Store(uint64(time.Now().UnixNano())) // a restarted host's frames must supersede its old ones
+	n.met = newMetrics(cfg.Registerer, func() float64 {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		c := 0
+		for _, ps := range n.peers {
+			if ps.connected {
+				c++
+			}
+		}
+		return float64(c)
+	})
+	return n, nil
+}
+
+// ID is this host's peer ID.
+func (n *Node) ID() peer.ID { return n.id }
+
+// Ready is closed once Run has the host listening.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+// Addrs are this host's listen multiaddrs ending in /p2p/<id>, as given to other hosts' --peer.
+// Empty before Ready.
+func (n *Node) Addrs() []ma.Multiaddr {
+	n.mu.Lock()
+	h := n.host
+	n.mu.Unlock()
+	if h == nil {
+		return nil
+	}
+	out, _ := peer.AddrInfoToP2pAddrs(&peer.AddrInfo{ID: n.id, Addrs: h.Addrs()})
+	return out
+}
+
+// Run starts the host, discovery and protocol handlers and serves until ctx ends or Close.
+func (n *Node) Run(ctx context.Context) error {
+	n.mu.Lock()
+	if n.started || n.closing {
+		n.mu.Unlock()
+		return errors.New("p2p: Run called twice or after Close")
+	}
+	n.started = true
+	ctx, n.cancel = context.WithCancel(ctx)
+	n.ctx = ctx
+	n.mu.Unlock()
+	defer close(n.done)
+
+	h, err := n.newHost()
+	if err != nil {
+		n.cancel()
+		return err
+	}
+	h.Network().Notify(&network.NotifyBundle{ConnectedF: n.onConnected, DisconnectedF: n.onDisconnected})
+	h.SetStreamHandler(ChunkProtocol, n.handleChunk)
+	h.SetStreamHandler(PresenceProtocol, n.handlePresence)
+	n.mu.Lock()
+	n.host = h
+	n.mu.Unlock()
+	if err := n.startDiscovery(ctx, h); err != nil {
+		n.shutdown(h)
+		return err
+	}
+	n.log.Info("p2p host listening", "id", n.id, "addrs", n.Addrs())
+	close(n.ready)
+	<-ctx.Done()
+	n.shutdown(h)
+	return nil
+}
+
+func (n *Node) shutdown(h host.Host) {
+	n.cancel()
+	n.mu.Lock()
+	n.closing = true
+	d := n.dht
+	n.mu.Unlock()
+	if d != nil {
+		_ = d.Close()
+	}
+	_ = h.Close()
+	n.wg.Wait()
+}
+
+// Close stops Run and waits for it. A node is not reusable.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	started := n.started
+	n.closing = true
+	cancel := n.cancel
+	n.mu.Unlock()
+	if !started {
+		return nil
+	}
+	cancel()
+	<-n.done
+	return nil
+}
+
+// goFn runs f in a goroutine that shutdown waits for, unless the node is shutting down.
+func (n *Node) goFn(f func()) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closing {
+		return false
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// RegisterBlob makes this host a member of blob's swarm: it learns the manifest (to map chunks to
+// presence bits), tells connected peers, advertises the blob in the DHT, and, if origin is not
+// nil, becomes a candidate to fetch the blob's chunks from the origin for the cluster. Calling it
+// again replaces the origin and keeps what the host holds.
+func (n *Node) RegisterBlob(m *bootstrap.Manifest, origin OriginFunc) error {
+	if m == nil || len(m.Chunks) > MaxBlobChunks {
+		return fmt.Errorf("p2p: register blob: nil manifest or over %d chunks", MaxBlobChunks)
+	}
+	n.mu.Lock()
+	lb := n.blobs[m.Blob]
+	if lb == nil {
+		lb = &localBlob{m: m, have: make([]byte, (len(m.Chunks)+7)/8)}
+		n.blobs[m.Blob] = lb
+		for i, c := range m.Chunks {
+			n.cids[c.CID] = append(n.cids[c.CID], chunkRef{m.Blob, i})
+		}
+	}
+	lb.origin = origin
+	n.markDirtyLocked(m.Blob)
+	n.mu.Unlock()
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Forget drops a blob (its image was removed): peers forget this host for it.
+func (n *Node) Forget(blob digest.Digest) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	lb := n.blobs[blob]
+	if lb == nil {
+		return
+	}
+	delete(n.blobs, blob)
+	for _, c := range lb.m.Chunks {
+		refs := slices.DeleteFunc(n.cids[c.CID], func(r chunkRef) bool { return r.blob == blob })
+		if len(refs) == 0 {
+			delete(n.cids, c.CID)
+		} else {
+			n.cids[c.CID] = refs
+		}
+	}
+	n.markDirtyLocked(blob)
+}
+
+// Announce tells peers this host now holds chunks of blob (written to the store and verified).
+// Peers learn of it within milliseconds on a LAN.
+func (n *Node) Announce(blob digest.Digest, chunks ...bootstrap.Chunk) error {
+	return n.setHave(blob, true, chunks)
+}
+
+// Withdraw tells peers this host no longer holds chunks of blob (evicted).
+func (n *Node) Withdraw(blob digest.Digest, chunks ...bootstrap.Chunk) error {
+	return n.setHave(blob, false, chunks)
+}
+
+func (n *Node) setHave(blob digest.Digest, have bool, chunks []bootstrap.Chunk) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	lb := n.blobs[blob]
+	if lb == nil {
+		return fmt.Errorf("announce chunks of %s: %w", blob, ErrUnknownBlob)
+	}
+	changed := false
+	for _, c := range chunks {
+		i := chunkIndex(lb.m, c)
+		if i < 0 {
+			return fmt.Errorf("announce chunk %s at %d: not in the manifest of %s", c.CID, c.Offset, blob)
+		}
+		old := lb.have[i/8]
+		if have {
+			lb.have[i/8] |= 1 << (i % 8)
+		} else {
+			lb.have[i/8] &^= 1 << (i % 8)
+		}
+		changed = changed || old != lb.have[i/8]
+	}
+	if changed {
+		n.markDirtyLocked(blob)
+	}
+	return nil
+}
+
+// chunkIndex finds c in m by offset and checks its CID; -1 if absent.
+func chunkIndex(m *bootstrap.Manifest, c bootstrap.Chunk) int {
+	i := sort.Search(len(m.Chunks), func(i int) bool { return m.Chunks[i].Offset >= c.Offset })
+	if i < len(m.Chunks) && m.Chunks[i].Offset == c.Offset && m.Chunks[i].CID.Equals(c.CID) {
+		return i
+	}
+	return -1
+}
+
+// Lookup returns the connected, unbanned peers whose presence maps say they hold the chunk, in
+// any registered blob that contains it.
+func (n *Node) Lookup(c cid.Cid) []peer.ID {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.holdersLocked(c, time.Now())
+}
+
+func (n *Node) holdersLocked(c cid.Cid, now time.Time) []peer.ID {
+	refs := n.cids[c]
+	if len(refs) == 0 {
+		return nil
+	}
+	var out []peer.ID
+	for _, ps := range n.peers {
+		if !ps.connected || ps.banned(now) {
+			continue
+		}
+		for _, r := range refs {
+			if ps.blobs[r.blob].has(r.idx) {
+				out = append(out, ps.id)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Holding reports how many chunks of blob this host has announced.
+func (n *Node) Holding(blob digest.Digest) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	lb := n.blobs[blob]
+	if lb == nil {
+		return 0
+	}
+	c := 0
+	for _, b := range lb.have {
+		for ; b != 0; b &= b - 1 {
+			c++
+		}
+	}
+	return c
+}
+
+// SwarmSize is how many connected peers have told this host they can fetch blob from an origin:
+// the candidates, with this host, of the coalescing rendezvous.
+func (n *Node) SwarmSize(blob digest.Digest) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.fetchersLocked(blob, time.Now()))
+}
+
+func (n *Node) fetchersLocked(blob digest.Digest, now time.Time) []peer.ID {
+	var out []peer.ID
+	for _, ps := range n.peers {
+		if ps.connected && !ps.banned(now) && ps.blobs[blob] != nil && ps.blobs[blob].canFetch {
+			out = append(out, ps.id)
+		}
+	}
+	return out
+}

@@ -1,0 +1,236 @@
+package p2p
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	msmux "github.com/multiformats/go-multistream"
+	"github.com/opencontainers/go-digest"
+)
+
+// maxForeignBlobs bounds the presence maps kept per peer for blobs this host has not registered,
+// so a peer cannot fill our memory with maps of made-up blobs.
+const maxForeignBlobs = 256
+
+const presenceWriteTimeout = 10 * time.Second
+
+// markDirtyLocked queues blob's current state for every connected peer; n.mu must be held.
+func (n *Node) markDirtyLocked(blob digest.Digest) {
+	for _, ps := range n.peers {
+		if ps.connected {
+			ps.dirty[blob] = true
+			wake(ps.wake)
+		}
+	}
+}
+
+func wake(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func (n *Node) onConnected(_ network.Network, c network.Conn) {
+	p := c.RemotePeer()
+	n.mu.Lock()
+	ps := n.peerLocked(p)
+	ps.connected = true
+	if c.Stat().Direction == network.DirInbound && len(ps.found) == 0 {
+		ps.found[FoundInbound] = true
+	}
+	for b := range n.blobs {
+		ps.dirty[b] = true
+	}
+	start := !ps.sending
+	ps.sending = true
+	n.mu.Unlock()
+	wake(ps.wake)
+	if start && !n.goFn(func() { n.sendPresence(ps) }) {
+		n.mu.Lock()
+		ps.sending = false
+		n.mu.Unlock()
+	}
+}
+
+func (n *Node) onDisconnected(nw network.Network, c network.Conn) {
+	p := c.RemotePeer()
+	if nw.Connectedness(p) == network.Connected {
+		return
+	}
+	n.mu.Lock()
+	if ps := n.peers[p]; ps != nil {
+		ps.connected = false
+		clear(ps.blobs) // a peer that left holds nothing for us
+		wake(ps.wake)
+	}
+	n.mu.Unlock()
+}
+
+// snapshotLocked is the frame that tells a peer this host's state for blob.
+func (n *Node) snapshotLocked(blob digest.Digest) Presence {
+	pr := Presence{Seq: n.seq.Add(1), Blob: blob}
+	lb := n.blobs[blob]
+	if lb == nil {
+		pr.Flags = PresenceGone
+		return pr
+	}
+	if lb.origin != nil {
+		pr.Flags |= PresenceCanFetch
+	}
+	pr.NChunks = len(lb.m.Chunks)
+	pr.Bitmap = slices.Clone(lb.have)
+	return pr
+}
+
+// sendPresence is the one goroutine that writes presence frames to ps, over one long-lived
+// stream. It sends each dirty blob's full state, so a burst of Announce calls while a write is in
+// progress goes out as one frame per blob.
+func (n *Node) sendPresence(ps *peerState) {
+	ctx := n.ctx
+	var s network.Stream
+	defer func() {
+		if s != nil {
+			_ = s.Reset()
+		}
+	}()
+	var buf []byte
+	for {
+		select {
+		case <-ps.wake:
+		case <-ctx.Done():
+			return
+		}
+		n.mu.Lock()
+		if !ps.connected || ps.banned(time.Now()) {
+			ps.sending = false
+			n.mu.Unlock()
+			return
+		}
+		buf = buf[:0]
+		var sent []digest.Digest
+		for b := range ps.dirty {
+			var err error
+			if buf, err = AppendPresence(buf, n.snapshotLocked(b)); err == nil {
+				sent = append(sent, b)
+			}
+		}
+		clear(ps.dirty)
+		h := n.host
+		n.mu.Unlock()
+		if len(sent) == 0 {
+			continue
+		}
+		err := func() error {
+			if s == nil {
+				octx, cancel := context.WithTimeout(ctx, presenceWriteTimeout)
+				defer cancel()
+				var err error
+				if s, err = h.NewStream(octx, ps.id, PresenceProtocol); err != nil {
+					return err
+				}
+			}
+			_ = s.SetWriteDeadline(time.Now().Add(presenceWriteTimeout))
+			_, err := s.Write(buf)
+			return err
+		}()
+		if err == nil {
+			n.met.presenceOut.Add(float64(len(sent)))
+			continue
+		}
+		if s != nil {
+			_ = s.Reset()
+			s = nil
+		}
+		var nse msmux.ErrNotSupported[protocol.ID]
+		if errors.As(err, &nse) || errors.Is(err, context.Canceled) {
+			n.mu.Lock()
+			ps.sending = false
+			n.mu.Unlock()
+			return
+		}
+		n.log.Debug("sending presence failed", "peer", ps.id, "err", err)
+		n.mu.Lock()
+		for _, b := range sent {
+			ps.dirty[b] = true
+		}
+		n.mu.Unlock()
+		select {
+		case <-time.After(500 * time.Millisecond):
+			wake(ps.wake)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// handlePresence reads a peer's presence frames until the stream ends.
+func (n *Node) handlePresence(s network.Stream) {
+	p := s.Conn().RemotePeer()
+	if !n.allowed(p) {
+		_ = s.Reset()
+		return
+	}
+	r := bufio.NewReader(s)
+	for {
+		pr, err := ReadPresence(r)
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				n.log.Debug("presence stream ended", "peer", p, "err", err)
+			}
+			_ = s.Reset()
+			return
+		}
+		if !n.applyPresence(p, pr) {
+			_ = s.Reset()
+			return
+		}
+	}
+}
+
+// applyPresence records pr from p; false if p is banned.
+func (n *Node) applyPresence(p peer.ID, pr Presence) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ps := n.peerLocked(p)
+	if ps.banned(time.Now()) {
+		return false
+	}
+	n.met.presenceIn.Inc()
+	old := ps.blobs[pr.Blob]
+	if old != nil && pr.Seq <= old.seq {
+		return true // stale
+	}
+	if pr.Flags&PresenceGone != 0 {
+		delete(ps.blobs, pr.Blob)
+		return true
+	}
+	lb := n.blobs[pr.Blob]
+	if lb == nil && old == nil {
+		foreign := 0
+		for b := range ps.blobs {
+			if n.blobs[b] == nil {
+				foreign++
+			}
+		}
+		if foreign >= maxForeignBlobs {
+			return true
+		}
+	}
+	if lb != nil && pr.NChunks != len(lb.m.Chunks) {
+		n.log.Debug("presence map size disagrees with manifest", "peer", p, "blob", pr.Blob, "chunks", pr.NChunks, "want", len(lb.m.Chunks))
+		return true
+	}
+	ps.blobs[pr.Blob] = &remoteBlob{seq: pr.Seq, canFetch: pr.Flags&PresenceCanFetch != 0, n: pr.NChunks, bits: pr.Bitmap}
+	if lb != nil && n.host != nil {
+		n.host.ConnManager().Protect(p, "shoal-blob")
+	}
+	return true
+}

@@ -1,0 +1,313 @@
+package p2p
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/opencontainers/go-digest"
+)
+
+// Protocol IDs. The version is part of the ID: an incompatible change gets a new ID and both are
+// served during a rollout.
+const (
+	// ChunkProtocol is one request per stream: the requester writes a Request and closes its
+	// side; the responder writes one Response and closes.
+	ChunkProtocol protocol.ID = "/shoal/chunk/1"
+	// PresenceProtocol is a long-lived one-way stream of Presence frames from the opener.
+	PresenceProtocol protocol.ID = "/shoal/presence/1"
+)
+
+// Hard caps on everything a peer can make us read or allocate.
+const (
+	// MaxChunkSize bounds the data of one chunk response.
+	MaxChunkSize = 16 << 20
+	// MaxBlobChunks bounds the chunk count of a presence bitmap (1 Mi bits: a 64 GiB blob at
+	// 64 KiB chunks).
+	MaxBlobChunks = 1 << 23
+	maxDigestLen  = 136 // "sha512:" + 128 hex digits
+	maxCIDLen     = 128
+	maxMsgLen     = 256
+	// maxRequestFrame bounds an encoded Request.
+	maxRequestFrame = 1 + 2*binary.MaxVarintLen64 + maxDigestLen + maxCIDLen + 2*binary.MaxVarintLen64
+	// maxPresenceFrame bounds an encoded Presence.
+	maxPresenceFrame = 1 + 3*binary.MaxVarintLen64 + maxDigestLen + MaxBlobChunks/8
+)
+
+// Errors of the wire codec. A frame that breaks a cap is malformed, not merely large.
+var (
+	ErrMalformed = errors.New("p2p: malformed frame")
+)
+
+// Request flags.
+const (
+	// FlagFetchThrough asks the responder, if it does not hold the chunk, to fetch it from its
+	// origin on the requester's behalf (cluster-wide coalescing).
+	FlagFetchThrough byte = 1 << 0
+)
+
+// Request asks for one chunk by CID. Blob, Offset and Length let a fetch-through responder ask its
+// origin for the right range; a plain request needs only the CID.
+type Request struct {
+	Flags  byte
+	Blob   digest.Digest
+	CID    cid.Cid
+	Offset int64
+	Length int64
+}
+
+// Status of a Response.
+type Status byte
+
+// Response statuses.
+const (
+	StatusOK       Status = 0 // Data follows
+	StatusNotFound Status = 1 // the responder does not hold the chunk (and could not fetch it)
+	StatusBusy     Status = 2 // over a concurrency or rate limit: try another holder
+	StatusRefused  Status = 3 // the requester is not allowed (banned, not on the allowlist)
+	StatusError    Status = 4 // the responder failed (its origin failed, a read failed)
+)
+
+func (s Status) String() string {
+	switch s {
+	case StatusOK:
+		return "ok"
+	case StatusNotFound:
+		return "not found"
+	case StatusBusy:
+		return "busy"
+	case StatusRefused:
+		return "refused"
+	case StatusError:
+		return "error"
+	}
+	return fmt.Sprintf("status(%d)", byte(s))
+}
+
+// Presence flags.
+const (
+	// PresenceCanFetch: the sender has an origin for the blob and accepts fetch-through requests
+	// for it, so it is a candidate of the coalescing rendezvous.
+	PresenceCanFetch byte = 1 << 0
+	// PresenceGone: the sender dropped the blob entirely; forget its map.
+	PresenceGone byte = 1 << 1
+)
+
+// Presence is the sender's full, current state for one blob: which chunk indexes of the blob's
+// manifest it holds. Full state rather than deltas makes updates idempotent and lets a slow
+// stream coalesce many changes into one frame; Seq orders frames from one sender.
+type Presence struct {
+	Flags   byte
+	Seq     uint64
+	Blob    digest.Digest
+	NChunks int
+	Bitmap  []byte // exactly (NChunks+7)/8 bytes, bit i = chunk index i, LSB first
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// AppendRequest appends r's encoding: uvarint frame length, then flags, blob, CID, offset, length.
+func AppendRequest(b []byte, r Request) ([]byte, error) {
+	if len(r.Blob) > maxDigestLen || r.Offset < 0 || r.Length < 0 || r.Length > MaxChunkSize {
+		return b, fmt.Errorf("encode request for %s: %w", r.CID, ErrMalformed)
+	}
+	var body []byte
+	body = append(body, r.Flags)
+	body = appendString(body, string(r.Blob))
+	body = appendString(body, r.CID.KeyString())
+	body = binary.AppendUvarint(body, uint64(r.Offset))
+	body = binary.AppendUvarint(body, uint64(r.Length))
+	b = binary.AppendUvarint(b, uint64(len(body)))
+	return append(b, body...), nil
+}
+
+// ReadRequest reads one request frame.
+func ReadRequest(r *bufio.Reader) (Request, error) {
+	body, err := readFrame(r, maxRequestFrame)
+	if err != nil {
+		return Request{}, err
+	}
+	return parseRequest(body)
+}
+
+func parseRequest(body []byte) (Request, error) {
+	p := parser{b: body}
+	var req Request
+	req.Flags = p.byte()
+	req.Blob = digest.Digest(p.str(maxDigestLen))
+	cb := p.str(maxCIDLen)
+	off := p.uvarint()
+	ln := p.uvarint()
+	if p.err != nil || len(p.b) != 0 {
+		return Request{}, fmt.Errorf("request: %w", ErrMalformed)
+	}
+	if off > 1<<62 || ln > MaxChunkSize {
+		return Request{}, fmt.Errorf("request: offset %d length %d: %w", off, ln, ErrMalformed)
+	}
+	req.Offset, req.Length = int64(off), int64(ln)
+	c, err := cid.Cast([]byte(cb))
+	if err != nil {
+		return Request{}, fmt.Errorf("request: cid: %w", ErrMalformed)
+	}
+	req.CID = c
+	return req, nil
+}
+
+// AppendResponseHeader appends the header of a response: the status byte, then for StatusOK the
+// uvarint data length (the data follows unframed), otherwise a uvarint-prefixed message.
+func AppendResponseHeader(b []byte, st Status, dataLen int, msg string) []byte {
+	b = append(b, byte(st))
+	if st == StatusOK {
+		return binary.AppendUvarint(b, uint64(dataLen))
+	}
+	if len(msg) > maxMsgLen {
+		msg = msg[:maxMsgLen]
+	}
+	return appendString(b, msg)
+}
+
+// ReadResponse reads a response. For StatusOK it reads exactly want bytes of data: a response
+// announcing another length is malformed (it never makes us allocate more than want), and one
+// that ends early is io.ErrUnexpectedEOF. want must be at most MaxChunkSize.
+func ReadResponse(r *bufio.Reader, want int64) (Status, []byte, string, error) {
+	sb, err := r.ReadByte()
+	if err != nil {
+		return 0, nil, "", err
+	}
+	st := Status(sb)
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return st, nil, "", noEOF(err)
+	}
+	if st != StatusOK {
+		if n > maxMsgLen {
+			return st, nil, "", fmt.Errorf("response message of %d bytes: %w", n, ErrMalformed)
+		}
+		msg := make([]byte, n)
+		if _, err := io.ReadFull(r, msg); err != nil {
+			return st, nil, "", noEOF(err)
+		}
+		return st, nil, string(msg), nil
+	}
+	if want < 0 || want > MaxChunkSize || n != uint64(want) {
+		return st, nil, "", fmt.Errorf("response of %d bytes, want %d: %w", n, want, ErrMalformed)
+	}
+	data := make([]byte, n)
+	if _, err := io.ReadFull(r, data); err != nil {
+		return st, nil, "", noEOF(err)
+	}
+	return st, data, "", nil
+}
+
+// AppendPresence appends p's encoding: uvarint frame length, flags, seq, blob, nchunks, bitmap.
+func AppendPresence(b []byte, p Presence) ([]byte, error) {
+	if len(p.Blob) > maxDigestLen || p.NChunks < 0 || p.NChunks > MaxBlobChunks || len(p.Bitmap) != (p.NChunks+7)/8 {
+		return b, fmt.Errorf("encode presence for %s: %w", p.Blob, ErrMalformed)
+	}
+	body := make([]byte, 0, 1+3*binary.MaxVarintLen64+len(p.Blob)+len(p.Bitmap))
+	body = append(body, p.Flags)
+	body = binary.AppendUvarint(body, p.Seq)
+	body = appendString(body, string(p.Blob))
+	body = binary.AppendUvarint(body, uint64(p.NChunks))
+	body = append(body, p.Bitmap...)
+	b = binary.AppendUvarint(b, uint64(len(body)))
+	return append(b, body...), nil
+}
+
+// ReadPresence reads one presence frame.
+func ReadPresence(r *bufio.Reader) (Presence, error) {
+	body, err := readFrame(r, maxPresenceFrame)
+	if err != nil {
+		return Presence{}, err
+	}
+	return parsePresence(body)
+}
+
+func parsePresence(body []byte) (Presence, error) {
+	p := parser{b: body}
+	var pr Presence
+	pr.Flags = p.byte()
+	pr.Seq = p.uvarint()
+	pr.Blob = digest.Digest(p.str(maxDigestLen))
+	n := p.uvarint()
+	if p.err != nil || n > MaxBlobChunks || uint64(len(p.b)) != (n+7)/8 {
+		return Presence{}, fmt.Errorf("presence: %w", ErrMalformed)
+	}
+	pr.NChunks = int(n)
+	pr.Bitmap = p.b
+	return pr, nil
+}
+
+// readFrame reads a uvarint length and that many bytes, refusing lengths over max before
+// allocating.
+func readFrame(r *bufio.Reader, max int) ([]byte, error) {
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, err // io.EOF here is a clean end of stream
+	}
+	if n > uint64(max) {
+		return nil, fmt.Errorf("frame of %d bytes over the %d limit: %w", n, max, ErrMalformed)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, noEOF(err)
+	}
+	return b, nil
+}
+
+func noEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// parser reads fields from a frame body; the first error sticks.
+type parser struct {
+	b   []byte
+	err error
+}
+
+func (p *parser) byte() byte {
+	if p.err != nil || len(p.b) < 1 {
+		p.err = ErrMalformed
+		return 0
+	}
+	v := p.b[0]
+	p.b = p.b[1:]
+	return v
+}
+
+func (p *parser) uvarint() uint64 {
+	if p.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(p.b)
+	if n <= 0 {
+		p.err = ErrMalformed
+		return 0
+	}
+	p.b = p.b[n:]
+	return v
+}
+
+func (p *parser) str(max int) string {
+	n := p.uvarint()
+	if p.err != nil {
+		return ""
+	}
+	if n > uint64(max) || n > uint64(len(p.b)) {
+		p.err = ErrMalformed
+		return ""
+	}
+	s := string(p.b[:n])
+	p.b = p.b[n:]
+	return s
+}
