@@ -76,9 +76,9 @@ var _ interface {
 	InterceptUpgraded(network.Conn) (bool, control.DisconnectReason)
 } = gater{}
 
-func (g gater) InterceptPeerDial(p peer.ID) bool                  { return g.n.allowed(p) }
-func (g gater) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool  { return g.n.allowed(p) }
-func (g gater) InterceptAccept(network.ConnMultiaddrs) bool       { return true }
+func (g gater) InterceptPeerDial(p peer.ID) bool                                { return g.n.allowed(p) }
+func (g gater) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool                { return g.n.allowed(p) }
+func (g gater) InterceptAccept(network.ConnMultiaddrs) bool                     { return true }
 func (g gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
 func (g gater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
 	return g.n.allowed(p)

@@ -114,8 +114,8 @@ type Node struct {
 	kick    chan struct{} // wakes the DHT loop when a blob is registered
 	// resolver resolves DNSAddr; nil: the system's (tests inject a mock).
 	resolver *madns.Resolver
-	ready   chan struct{}
-	done    chan struct{}
+	ready    chan struct{}
+	done     chan struct{}
 }
 
 // New makes a node. It loads (or creates) the identity key and starts nothing: call Run. local

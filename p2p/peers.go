@@ -77,11 +77,11 @@ type peerState struct {
 	upLimit  *rate.Limiter // nil: unlimited
 	sem      chan struct{}
 
-	bytesDown, bytesUp     int64
+	bytesDown, bytesUp      int64
 	requestsOut, requestsIn int64
-	errors, corrupt        int64
-	strikes, refused       int
-	bannedUntil            time.Time
+	errors, corrupt         int64
+	strikes, refused        int
+	bannedUntil             time.Time
 }
 
 func (n *Node) newPeerState(p peer.ID) *peerState {
