@@ -62,6 +62,16 @@ func parseChallengeHeader(s string) []challenge {
 				break
 			}
 			p.skipSpace()
+			if p.done() || p.peek() == '=' || p.peek() == ',' {
+				// token68 ("abc==") or an empty value: no parameter.
+				for p.consume('=') {
+				}
+				p.skipSpace()
+				if !p.consume(',') {
+					break
+				}
+				continue
+			}
 			var val string
 			if p.peek() == '"' {
 				val = p.quoted()
@@ -75,9 +85,6 @@ func parseChallengeHeader(s string) []challenge {
 			}
 		}
 		out = append(out, c)
-		if p.i == 0 || p.done() {
-			return out
-		}
 	}
 }
 
