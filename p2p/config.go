@@ -126,6 +126,9 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	if _, err := parsePeers(c.StaticPeers); err != nil {
+		bad("StaticPeers: %v", err)
+	}
 	pos := func(name string, d time.Duration) {
 		if d <= 0 {
 			bad("%s is %v, want > 0", name, d)

@@ -43,8 +43,13 @@ func (n *Node) onConnected(_ network.Network, c network.Conn) {
 	n.mu.Lock()
 	ps := n.peerLocked(p)
 	ps.connected = true
-	if c.Stat().Direction == network.DirInbound && len(ps.found) == 0 {
-		ps.found[FoundInbound] = true
+	if len(ps.found) == 0 {
+		switch {
+		case c.Stat().Direction == network.DirInbound:
+			ps.found[FoundInbound] = true
+		case n.cfg.DHT: // the DHT is the only dialer of peers no mechanism reported
+			ps.found[FoundDHT] = true
+		}
 	}
 	for b := range n.blobs {
 		ps.dirty[b] = true

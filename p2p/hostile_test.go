@@ -1,0 +1,288 @@
+package p2p
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/shoal-p2p/shoal/bootstrap"
+)
+
+// hostile is a raw libp2p host that claims to hold every chunk of a blob and misbehaves when
+// asked for one.
+type hostile struct {
+	host.Host
+	kind string
+}
+
+func startHostile(t *testing.T, kind string, m *bootstrap.Manifest, o *countingOrigin, victim *testNode) *hostile {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableRelay())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	hp := &hostile{h, kind}
+	h.SetStreamHandler(ChunkProtocol, func(s network.Stream) {
+		req, err := ReadRequest(bufio.NewReader(s))
+		if err != nil {
+			_ = s.Reset()
+			return
+		}
+		data := o.chunks[req.CID]
+		switch kind {
+		case "corrupt":
+			bad := append([]byte(nil), data...)
+			bad[len(bad)/2] ^= 0xff
+			_, _ = s.Write(AppendResponseHeader(nil, StatusOK, len(bad), ""))
+			_, _ = s.Write(bad)
+			_ = s.Close()
+		case "truncated":
+			_, _ = s.Write(AppendResponseHeader(nil, StatusOK, len(data), ""))
+			_, _ = s.Write(data[:len(data)/2])
+			_ = s.Close()
+		case "stall":
+			_, _ = io.Copy(io.Discard, s) // until the requester gives up and resets
+			<-t.Context().Done()
+		case "leave":
+			_, _ = s.Write(AppendResponseHeader(nil, StatusOK, len(data), ""))
+			_, _ = s.Write(data[:len(data)/3])
+			go func() { _ = h.Close() }()
+		}
+	})
+	ctx := t.Context()
+	if err := h.Connect(ctx, peer.AddrInfo{ID: victim.ID(), Addrs: victim.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	// Claim every chunk.
+	bits := make([]byte, (len(m.Chunks)+7)/8)
+	for i := range bits {
+		bits[i] = 0xff
+	}
+	if len(m.Chunks)%8 != 0 {
+		bits[len(bits)-1] = byte(1<<(len(m.Chunks)%8)) - 1
+	}
+	s, err := h.NewStream(ctx, victim.ID(), PresenceProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := AppendPresence(nil, Presence{Seq: 1, Blob: m.Blob, NChunks: len(m.Chunks), Bitmap: bits})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	return hp
+}
+
+// flood sends chunk requests for made-up CIDs from 16 streams at once until the victim cuts it
+// off or d passes.
+func flood(ctx context.Context, h host.Host, victim peer.ID, d time.Duration) (sent int) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil; i++ {
+				s, err := h.NewStream(ctx, victim, ChunkProtocol)
+				if err != nil {
+					if h.Network().Connectedness(victim) != network.Connected {
+						return
+					}
+					continue
+				}
+				req := Request{CID: bootstrap.ChunkCID([]byte{byte(i), byte(i >> 8)}), Length: 4096}
+				b, _ := AppendRequest(nil, req)
+				_, _ = s.Write(b)
+				_ = s.CloseWrite()
+				_, _, _, _ = ReadResponse(bufio.NewReader(s), 4096)
+				_ = s.Reset()
+				mu.Lock()
+				sent++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return sent
+}
+
+func TestHostilePeers(t *testing.T) {
+	m, o := makeImage(t, 32, 32<<10, 7)
+	honest := startNode(t, testConfig())
+	if err := honest.RegisterBlob(m, o.fetch); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range m.Chunks {
+		if err := honest.store.PutChunk(t.Context(), m.Blob, c, o.chunks[c.CID]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := testConfig()
+	cfg.StaticPeers = []string{honest.Addrs()[0].String()}
+	cfg.BanAfter = 2
+	cfg.MaxAttempts = 6
+	cfg.HedgeDelay = 100 * time.Millisecond
+	cfg.RequestTimeout = 3 * time.Second
+	cfg.PeerRequestRate = 50
+	cfg.PeerRequestBurst = 50
+	cfg.FloodBanAfter = 100
+	reader := startNode(t, cfg)
+	if err := reader.RegisterBlob(m, o.fetch); err != nil {
+		t.Fatal(err)
+	}
+	hostiles := map[string]*hostile{}
+	for _, kind := range []string{"corrupt", "truncated", "stall", "leave"} {
+		hostiles[kind] = startHostile(t, kind, m, o, reader)
+	}
+	waitFor(t, 30*time.Second, "the reader to see every claimed holder", func() bool {
+		return len(reader.Lookup(m.Chunks[0].CID)) == 5
+	})
+	flooder, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableRelay())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = flooder.Close() })
+	if err := flooder.Connect(t.Context(), peer.AddrInfo{ID: reader.ID(), Addrs: reader.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	floodDone := make(chan int, 1)
+	go func() { floodDone <- flood(t.Context(), flooder, reader.ID(), 20*time.Second) }()
+
+	srcs, err := readImage(t.Context(), reader, m, o, 2)
+	if err != nil {
+		t.Fatalf("read with hostile peers: %v", err) // readImage verifies every chunk
+	}
+	sent := <-floodDone
+	t.Logf("sources %v; origin requests %d; flooder sent %d requests", srcs, o.requests.Load(), sent)
+
+	stats := map[peer.ID]PeerStats{}
+	for _, st := range reader.Peers() {
+		stats[st.ID] = st
+	}
+	for _, kind := range []string{"corrupt", "truncated"} {
+		st := stats[hostiles[kind].ID()]
+		if !st.Banned || st.Corrupt < 2 {
+			t.Errorf("%s peer: banned %v after %d bad responses, want banned after 2", kind, st.Banned, st.Corrupt)
+		}
+	}
+	if st := stats[flooder.ID()]; !st.Banned {
+		t.Errorf("flooding peer not banned after %d requests", st.RequestsIn)
+	}
+	if st := stats[honest.ID()]; st.Banned || st.BytesDown == 0 {
+		t.Errorf("honest peer: banned %v, %d bytes down", st.Banned, st.BytesDown)
+	}
+	// A banned peer cannot come back.
+	h := hostiles["corrupt"]
+	if err := h.Connect(t.Context(), peer.AddrInfo{ID: reader.ID(), Addrs: reader.Addrs()}); err == nil {
+		// The dial may succeed at the transport before the gater's verdict reaches it; a stream
+		// must not.
+		if s, err := h.NewStream(t.Context(), reader.ID(), ChunkProtocol); err == nil {
+			_, _ = s.Write([]byte{0})
+			if _, err := s.Read(make([]byte, 1)); err == nil {
+				t.Error("banned peer got an answer")
+			}
+		}
+	}
+}
+
+func TestAllowlist(t *testing.T) {
+	m, o := makeImage(t, 4, 8<<10, 3)
+	friend := startNode(t, testConfig())
+	cfg := testConfig()
+	cfg.Allowlist = []peer.ID{friend.ID()}
+	holder := startNode(t, cfg)
+	stranger := startNode(t, testConfig())
+	for _, n := range []*testNode{friend, holder, stranger} {
+		if err := n.RegisterBlob(m, o.fetch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range m.Chunks {
+		if err := holder.store.PutChunk(t.Context(), m.Blob, c, o.chunks[c.CID]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ai := peer.AddrInfo{ID: holder.ID(), Addrs: holder.Addrs()}
+	if err := friend.host.Connect(t.Context(), ai); err != nil {
+		t.Fatal(err)
+	}
+	_ = stranger.host.Connect(t.Context(), ai) // refused by the gater
+	c := m.Chunks[0]
+	waitFor(t, 10*time.Second, "the friend to see the holder's chunks", func() bool { return len(friend.Lookup(c.CID)) == 1 })
+	_, src, err := friend.Fetch(t.Context(), m.Blob, c, nil)
+	if err != nil || src != SourcePeer {
+		t.Fatalf("allowed peer: source %v, err %v; want from the peer", src, err)
+	}
+	before := o.requests.Load()
+	_, src, err = stranger.Fetch(t.Context(), m.Blob, c, nil)
+	if err != nil || src != SourceOrigin || o.requests.Load() != before+1 {
+		t.Fatalf("peer outside the allowlist: source %v, err %v; want only the origin", src, err)
+	}
+	if len(stranger.Lookup(c.CID)) != 0 {
+		t.Error("peer outside the allowlist learned who holds the chunk")
+	}
+}
+
+func TestPrivateNetwork(t *testing.T) {
+	key := func(b byte) []byte {
+		k := make([]byte, 32)
+		for i := range k {
+			k[i] = b
+		}
+		return k
+	}
+	cfg := testConfig()
+	cfg.PSK = key(1)
+	a := startNode(t, cfg)
+	b := startNode(t, cfg)
+	cfg.PSK = key(2)
+	c := startNode(t, cfg)
+	ai := peer.AddrInfo{ID: a.ID(), Addrs: a.Addrs()}
+	if err := b.host.Connect(t.Context(), ai); err != nil {
+		t.Fatalf("same key: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	if err := c.host.Connect(ctx, ai); err == nil {
+		t.Fatal("a host with another network key connected")
+	}
+}
+
+// TestOwnerFails: the host the rendezvous picks cannot reach its origin; the others fall back to
+// their own and every read completes.
+func TestOwnerFails(t *testing.T) {
+	m, o := makeImage(t, 16, 8<<10, 5)
+	nodes := startCluster(t, 3, nil)
+	broken := func(context.Context, bootstrap.Chunk) ([]byte, error) { return nil, errors.New("registry unreachable") }
+	for i, n := range nodes {
+		fn := o.fetch
+		if i == 2 {
+			fn = broken
+		}
+		if err := n.RegisterBlob(m, fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range nodes {
+		waitFor(t, 30*time.Second, "the swarm", func() bool { return n.SwarmSize(m.Blob) == 2 })
+	}
+	for _, n := range nodes[:2] {
+		if _, err := readImage(t.Context(), n, m, o, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
