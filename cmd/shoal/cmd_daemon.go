@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/shoal-p2p/shoal/internal/daemon"
+	"github.com/shoal-p2p/shoal/internal/units"
+)
+
+func init() {
+	register(&command{name: "daemon", summary: "run the Shoal daemon", run: runDaemon})
+	register(&command{name: "mount", summary: "mount an image (REF|LAYOUT_DIR MOUNTPOINT)", run: runMount})
+	register(&command{name: "umount", summary: "unmount an image", run: runUmount})
+	register(&command{name: "images", summary: "list the daemon's images and mounts", run: runImages})
+	register(&command{name: "stats", summary: "show where bytes come from, per image and per peer", run: runStats})
+	register(&command{name: "peers", summary: "list peers (--self: this host's addresses)", run: runPeers})
+	register(&command{name: "prefetch", summary: "make a whole image local without mounting it", run: runPrefetch})
+}
+
+func runDaemon(ctx context.Context, args []string) error {
+	fs := newFlags("daemon", "[flags]", "Runs the Shoal daemon: the chunk store, peers, kernel frontends and the control API.\n"+
+		"Settings come from --config FILE (YAML, keys below), then SHOAL_* environment variables, then flags.")
+	// Precedence: defaults < config file < SHOAL_* environment < flags. The file's path is needed
+	// before the flags are parsed into the config, so it is looked up first.
+	cfg := daemon.DefaultConfig()
+	configPath := fs.String("config", os.Getenv("SHOAL_CONFIG"), "YAML config file with the keys below (env SHOAL_CONFIG)")
+	if p := lookupFlag(args, "config"); p != "" {
+		*configPath = p
+	}
+	if *configPath != "" {
+		if err := cfg.LoadFile(*configPath); err != nil {
+			return err
+		}
+	}
+	if err := cfg.ApplyEnv(os.Getenv); err != nil {
+		return err
+	}
+	cfg.RegisterFlags(fs)
+	if pos, err := parseInterspersed(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		fs.Usage()
+		return errUsage
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	log := newLogger(cfg.LogFormat, cfg.LogLevel)
+	slog.SetDefault(log)
+	daemon.Version = version
+	d, err := daemon.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	return d.Run(ctx)
+}
+
+func newLogger(format, level string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// apiFlag adds --api (default $SHOAL_API, then the daemon's default socket).
+func apiFlag(fs *flag.FlagSet) *string {
+	def := os.Getenv(daemon.EnvAPISocket)
+	if def == "" {
+		def = daemon.DefaultAPISocket
+	}
+	return fs.String("api", def, "the daemon's control socket (env "+daemon.EnvAPISocket+")")
+}
+
+func runMount(ctx context.Context, args []string) error {
+	fs := newFlags("mount", "REF|LAYOUT_DIR MOUNTPOINT [--mode auto|fscache|fanotify|fuse]",
+		"Asks the daemon to mount an image. auto picks fscache when /dev/cachefiles on-demand works, else\nfanotify, else FUSE, and says which.")
+	api := apiFlag(fs)
+	mode := fs.String("mode", "auto", "auto, fscache, fanotify or fuse")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		fs.Usage()
+		return errUsage
+	}
+	ref := absIfLayout(pos[0])
+	resp, err := daemon.NewClient(*api).Mount(ctx, daemon.MountRequest{Ref: ref, Mountpoint: pos[1], Mode: *mode})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("mounted %s at %s (%s mode; %s)\n", pos[0], resp.Mountpoint, resp.Mode, resp.Reason)
+	return nil
+}
+
+// absIfLayout makes a local layout directory absolute: the daemon's working directory is not the
+// user's.
+func absIfLayout(ref string) string {
+	if st, err := os.Stat(ref); err == nil && st.IsDir() {
+		if abs, err := absPath(ref); err == nil {
+			return abs
+		}
+	}
+	return ref
+}
+
+func runUmount(ctx context.Context, args []string) error {
+	fs := newFlags("umount", "MOUNTPOINT", "Asks the daemon to unmount an image.")
+	api := apiFlag(fs)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return errUsage
+	}
+	mp, _ := absPath(pos[0])
+	return daemon.NewClient(*api).Umount(ctx, mp)
+}
+
+func runImages(ctx context.Context, args []string) error {
+	fs := newFlags("images", "[--json]", "Lists the daemon's images: mounts with their mode, how much is local, prefetch.")
+	api := apiFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	st, err := daemon.NewClient(*api).Stats(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(st.Images)
+	}
+	daemon.RenderImages(os.Stdout, st.Images)
+	return nil
+}
+
+func runStats(ctx context.Context, args []string) error {
+	fs := newFlags("stats", "[--json] [--watch]", "Shows bytes by source (local, peers, origin), per image and per peer.\n"+
+		"--json prints the documented schema (docs/stats.md).")
+	api := apiFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	watch := fs.Bool("watch", false, "refresh every --interval until interrupted")
+	interval := fs.Duration("interval", 2*time.Second, "refresh interval of --watch")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	c := daemon.NewClient(*api)
+	for {
+		st, err := c.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			if err := printJSON(st); err != nil {
+				return err
+			}
+		} else {
+			if *watch {
+				fmt.Print("\033[H\033[2J") // home and clear: refresh in place
+			}
+			daemon.RenderStats(os.Stdout, st)
+		}
+		if !*watch {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(*interval):
+		}
+	}
+}
+
+func runPeers(ctx context.Context, args []string) error {
+	fs := newFlags("peers", "[--self] [--json]", "Lists peers and how they were found; --self prints this host's multiaddrs, one a line.")
+	api := apiFlag(fs)
+	self := fs.Bool("self", false, "print this host's own multiaddrs (with /p2p/<peer ID>)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	c := daemon.NewClient(*api)
+	if *self {
+		st, err := c.Status(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Println(strings.Join(st.Addrs, "\n"))
+		return nil
+	}
+	st, err := c.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(st.Peers)
+	}
+	daemon.RenderPeers(os.Stdout, st.Peers)
+	return nil
+}
+
+func runPrefetch(ctx context.Context, args []string) error {
+	fs := newFlags("prefetch", "REF|LAYOUT_DIR [--wait]", "Warms this host's cache with a whole image without mounting it (preheat).")
+	api := apiFlag(fs)
+	wait := fs.Bool("wait", false, "wait until the image is local, showing progress")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return errUsage
+	}
+	c := daemon.NewClient(*api)
+	resp, err := c.Prefetch(ctx, absIfLayout(pos[0]))
+	if err != nil {
+		return err
+	}
+	if !*wait {
+		fmt.Printf("prefetching %s (%s)\n", pos[0], resp.Image)
+		return nil
+	}
+	tty := isTerminal(os.Stderr)
+	last := ""
+	for {
+		st, err := c.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		var im *daemon.ImageReport
+		for i := range st.Images {
+			if st.Images[i].Digest == resp.Image {
+				im = &st.Images[i]
+			}
+		}
+		if im == nil {
+			return fmt.Errorf("image %s disappeared from the daemon", resp.Image)
+		}
+		line := fmt.Sprintf("%s %s %s of %s", daemon.Bar(im.BytesPresent, im.Bytes, 30), fmt.Sprintf("%3d%%", pct(im.BytesPresent, im.Bytes)),
+			units.Bytes(im.BytesPresent), units.Bytes(im.Bytes))
+		if tty {
+			fmt.Fprintf(os.Stderr, "\r%s", line)
+		} else if line != last {
+			fmt.Fprintln(os.Stderr, line)
+		}
+		last = line
+		switch im.Prefetch {
+		case "done":
+			if tty {
+				fmt.Fprintln(os.Stderr)
+			}
+			fmt.Printf("%s is local: %s from peers, %s from origin so far on this host\n", pos[0], units.Bytes(st.Bytes.Peers), units.Bytes(st.Bytes.Origin))
+			return nil
+		case "failed":
+			return errors.New("prefetch failed: " + im.PrefetchError)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func pct(a, b int64) int64 {
+	if b == 0 {
+		return 100
+	}
+	return 100 * a / b
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,286 @@
+package daemon
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/shoal-p2p/shoal/internal/units"
+)
+
+// Config is every setting of `shoal daemon`. Each field has a YAML key (config file), a flag and
+// an environment variable (SHOAL_<KEY> in upper case); flags beat the environment, which beats
+// the file, which beats the defaults.
+type Config struct {
+	DataDir   string   `yaml:"data_dir" flag:"data" help:"directory for the cache, index, identity key and state"`
+	APISocket string   `yaml:"api_socket" flag:"api" env:"SHOAL_API" help:"unix socket of the control API (the CLI's --api)"`
+	Listen    []string `yaml:"listen" flag:"listen" help:"libp2p listen multiaddr (repeatable)"`
+	Peers     []string `yaml:"peers" flag:"peer" help:"static peer multiaddr ending in /p2p/<peer ID> (repeatable)"`
+	PeerDNS   string   `yaml:"peer_dns" flag:"peer-dns" help:"DNS name whose _dnsaddr TXT records list peers"`
+	MDNS      bool     `yaml:"mdns" flag:"mdns" help:"discover peers on the LAN with multicast DNS"`
+	DHT       bool     `yaml:"dht" flag:"dht" help:"run the Kademlia DHT (LAN mode, /shoal prefix) for blob provider records"`
+	PSKFile   string   `yaml:"psk_file" flag:"psk-file" help:"file with a 32-byte pre-shared key (64 hex digits): a private network"`
+	AllowPeer []string `yaml:"allow_peers" flag:"allow-peer" help:"peer ID allowed to connect (repeatable; empty: any)"`
+
+	Domain     string `yaml:"domain" flag:"domain" help:"fscache domain: volume key erofs,<domain> and domain_id of fscache mounts"`
+	CacheMax   string `yaml:"cache_max" flag:"cache-max" help:"cap on cached chunk bytes, e.g. 50G (0: no cap); least recently used unpinned data is evicted"`
+	Workers    int    `yaml:"workers" flag:"workers" help:"chunk fetches in flight at once"`
+	Prefetch   bool   `yaml:"prefetch" flag:"prefetch" help:"after mounting an image, fetch the rest of it in the background"`
+	PrefetchBW string `yaml:"prefetch_rate" flag:"prefetch-rate" help:"bandwidth cap of background prefetch per second, e.g. 100M (0: none)"`
+	Mode       string `yaml:"mode" flag:"mode" help:"default mount mode: auto, fscache, fanotify or fuse"`
+
+	Insecure     []string `yaml:"insecure_registries" flag:"insecure-registry" help:"registry host[:port] reached over plain HTTP (repeatable)"`
+	RegistryCA   string   `yaml:"registry_ca" flag:"registry-ca" help:"PEM file of extra CAs trusted for registries"`
+	DockerConfig string   `yaml:"docker_config" flag:"docker-config" help:"Docker config.json with registry credentials (default: ~/.docker/config.json)"`
+
+	AdminListen string `yaml:"admin_listen" flag:"admin" help:"address for /metrics and /debug/pprof, e.g. 127.0.0.1:9480 (empty: off)"`
+	LogFormat   string `yaml:"log_format" flag:"log-format" help:"log format: text or json"`
+	LogLevel    string `yaml:"log_level" flag:"log-level" help:"log level: debug, info, warn or error"`
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:   "/var/lib/shoal",
+		APISocket: DefaultAPISocket,
+		Listen:    []string{"/ip4/0.0.0.0/tcp/7480", "/ip4/0.0.0.0/udp/7480/quic-v1"},
+		Domain:    "shoal",
+		CacheMax:  "0",
+		Workers:   16,
+		Prefetch:  true,
+		Mode:      "auto",
+		LogFormat: "text",
+		LogLevel:  "info",
+	}
+}
+
+// DefaultAPISocket is where the daemon listens and the CLI looks unless told otherwise.
+const DefaultAPISocket = "/run/shoal/shoal.sock"
+
+// EnvAPISocket names the environment variable the CLI reads for the API socket.
+const EnvAPISocket = "SHOAL_API"
+
+// Validate checks every setting and says, for each problem, what to change.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if c.DataDir == "" {
+		bad("data_dir (--data)", "must be set")
+	} else if !filepath.IsAbs(c.DataDir) {
+		if abs, err := filepath.Abs(c.DataDir); err == nil {
+			c.DataDir = abs
+		}
+	}
+	if c.APISocket == "" {
+		bad("api_socket (--api)", "must be set")
+	} else if len(c.APISocket) > 107 {
+		bad("api_socket (--api)", "%q is longer than the 107 bytes a unix socket path may have", c.APISocket)
+	}
+	if len(c.Listen) == 0 {
+		bad("listen (--listen)", "give at least one multiaddr, e.g. /ip4/0.0.0.0/tcp/7480")
+	}
+	for _, p := range c.Peers {
+		if !strings.Contains(p, "/p2p/") {
+			bad("peers (--peer)", "%q has no /p2p/<peer ID> part; copy it from `shoal peers --self` on that host", p)
+		}
+	}
+	if c.Domain == "" || strings.ContainsAny(c.Domain, "/,") {
+		bad("domain (--domain)", "%q must be non-empty and contain no '/' or ','", c.Domain)
+	}
+	if _, err := units.ParseBytes(c.CacheMax); err != nil {
+		bad("cache_max (--cache-max)", "%v", err)
+	}
+	if _, err := units.ParseBytes(c.PrefetchBW); c.PrefetchBW != "" && err != nil {
+		bad("prefetch_rate (--prefetch-rate)", "%v", err)
+	}
+	if c.Workers < 2 || c.Workers > 1024 {
+		bad("workers (--workers)", "%d is out of range 2..1024", c.Workers)
+	}
+	switch c.Mode {
+	case "auto", "fscache", "fanotify", "fuse":
+	default:
+		bad("mode (--mode)", "%q: use auto, fscache, fanotify or fuse", c.Mode)
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		bad("log_format (--log-format)", "%q: use text or json", c.LogFormat)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level (--log-level)", "%q: use debug, info, warn or error", c.LogLevel)
+	}
+	if c.PSKFile != "" {
+		if _, err := os.Stat(c.PSKFile); err != nil {
+			bad("psk_file (--psk-file)", "%v", err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CacheMaxBytes is CacheMax parsed (Validate has checked it).
+func (c *Config) CacheMaxBytes() int64 { n, _ := units.ParseBytes(c.CacheMax); return n }
+
+// PrefetchRate is PrefetchBW parsed; 0 means unlimited.
+func (c *Config) PrefetchRate() int64 {
+	if c.PrefetchBW == "" {
+		return 0
+	}
+	n, _ := units.ParseBytes(c.PrefetchBW)
+	return n
+}
+
+// LoadFile merges a YAML config file into c. Unknown keys are errors, so a typo is not silently
+// ignored.
+func (c *Config) LoadFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	defer f.Close()
+	dec := yaml.NewDecoder(f)
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) { // an empty file is fine
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	return nil
+}
+
+// field describes one setting for flags, environment and help.
+type field struct {
+	key, flag, help, env string
+	v                    reflect.Value
+}
+
+func (c *Config) fields() []field {
+	var out []field
+	rv := reflect.ValueOf(c).Elem()
+	rt := rv.Type()
+	for i := range rt.NumField() {
+		f := rt.Field(i)
+		key := f.Tag.Get("yaml")
+		env := f.Tag.Get("env")
+		if env == "" {
+			env = "SHOAL_" + strings.ToUpper(key)
+		}
+		out = append(out, field{key: key, flag: f.Tag.Get("flag"), help: f.Tag.Get("help"), env: env, v: rv.Field(i)})
+	}
+	return out
+}
+
+// ApplyEnv sets fields from SHOAL_* environment variables (lists are comma-separated).
+func (c *Config) ApplyEnv(getenv func(string) string) error {
+	for _, f := range c.fields() {
+		s := getenv(f.env)
+		if s == "" {
+			continue
+		}
+		if err := setValue(f.v, s, true); err != nil {
+			return fmt.Errorf("%s: %w", f.env, err)
+		}
+	}
+	return nil
+}
+
+func setValue(v reflect.Value, s string, replaceList bool) error {
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString(s)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", s)
+		}
+		v.SetBool(b)
+	case reflect.Int:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number", s)
+		}
+		v.SetInt(int64(n))
+	case reflect.Slice:
+		var items []string
+		if replaceList {
+			for _, it := range strings.Split(s, ",") {
+				if it = strings.TrimSpace(it); it != "" {
+					items = append(items, it)
+				}
+			}
+		} else {
+			items = append(v.Interface().([]string), s)
+		}
+		v.Set(reflect.ValueOf(items))
+	}
+	return nil
+}
+
+// listFlag is a repeatable flag: the first use replaces the default list, later ones append.
+type listFlag struct {
+	v       reflect.Value
+	touched bool
+}
+
+func (l *listFlag) String() string {
+	if !l.v.IsValid() {
+		return ""
+	}
+	return strings.Join(l.v.Interface().([]string), ",")
+}
+
+func (l *listFlag) Set(s string) error {
+	if !l.touched {
+		l.touched = true
+		l.v.Set(reflect.ValueOf([]string{}))
+	}
+	return setValue(l.v, s, false)
+}
+
+type scalarFlag struct {
+	v reflect.Value
+}
+
+func (f scalarFlag) String() string {
+	if !f.v.IsValid() {
+		return ""
+	}
+	return fmt.Sprint(f.v.Interface())
+}
+func (f scalarFlag) Set(s string) error { return setValue(f.v, s, true) }
+func (f scalarFlag) IsBoolFlag() bool   { return f.v.IsValid() && f.v.Kind() == reflect.Bool }
+
+// RegisterFlags defines one flag per setting on fs, writing into c when parsed. The help text of
+// each names its config-file key and environment variable; the default shown is the value after
+// the config file and environment were applied.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	for _, f := range c.fields() {
+		help := fmt.Sprintf("%s (config %s, env %s)", f.help, f.key, f.env)
+		if f.v.Kind() == reflect.Slice {
+			fs.Var(&listFlag{v: f.v}, f.flag, help)
+		} else {
+			fs.Var(scalarFlag{v: f.v}, f.flag, help)
+		}
+	}
+}
+
+// Keys lists the config-file keys, for documentation.
+func Keys() []string {
+	var c Config
+	var out []string
+	for _, f := range c.fields() {
+		out = append(out, f.key)
+	}
+	sort.Strings(out)
+	return out
+}

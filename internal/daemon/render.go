@@ -1,0 +1,158 @@
+package daemon
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/shoal-p2p/shoal/internal/units"
+)
+
+// RenderStats writes the human form of `shoal stats`: totals, images, peers.
+func RenderStats(w io.Writer, r StatsReport) {
+	fetched := r.Bytes.Peers + r.Bytes.Dedup + r.Bytes.Origin
+	fmt.Fprintf(w, "host %s   up %s\n\n", short(r.PeerID), units.Duration(r.Uptime))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SOURCE\tBYTES\tCHUNKS\tSHARE\tP50\tP99")
+	row := func(name string, b, c int64, lat Lat, ok bool) {
+		share := "-"
+		if fetched > 0 && name != "local hits" {
+			share = fmt.Sprintf("%.1f%%", 100*float64(b)/float64(fetched))
+		}
+		p50, p99 := "-", "-"
+		if ok {
+			p50, p99 = fmt.Sprintf("%.1fms", lat.P50), fmt.Sprintf("%.1fms", lat.P99)
+		}
+		cs := "-"
+		if c >= 0 {
+			cs = fmt.Sprint(c)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", name, units.Bytes(b), cs, share, p50, p99)
+	}
+	l, ok := r.Latency["peers"]
+	row("peers", r.Bytes.Peers, r.Chunks.Peers, l, ok)
+	l, ok = r.Latency["origin"]
+	row("origin", r.Bytes.Origin, r.Chunks.Origin, l, ok)
+	l, ok = r.Latency["dedup"]
+	row("local dedup", r.Bytes.Dedup, r.Chunks.Dedup, l, ok)
+	row("local hits", r.Bytes.Local, -1, Lat{}, false)
+	tw.Flush()
+	fmt.Fprintf(w, "\norigin offload %.1f%%   served to peers %s in %d chunks   verify failures %d   fetch failures %d   bans %d\n",
+		100*r.OriginOffload, units.Bytes(r.Bytes.ServedToPeers), r.Chunks.ServedToPeers, r.VerifyFailures, r.FetchFailures, r.Bans)
+	maxs := "no cap"
+	if r.Cache.MaxBytes > 0 {
+		maxs = units.Bytes(r.Cache.MaxBytes)
+	}
+	fmt.Fprintf(w, "cache %s in %d blobs (%s), evicted %s\n", units.Bytes(r.Cache.PresentBytes), r.Cache.Blobs, maxs, units.Bytes(r.Cache.EvictedBytes))
+
+	fmt.Fprintln(w, "\nIMAGES")
+	if len(r.Images) == 0 {
+		fmt.Fprintln(w, "  (none)")
+	}
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, im := range r.Images {
+		fmt.Fprintf(tw, "  %s\t%s\t%s %s\t%s\tprefetch %s\n", im.Ref, mountsText(im.Mounts), Bar(im.BytesPresent, im.Bytes, 20),
+			percent(im.BytesPresent, im.Bytes), fmt.Sprintf("%d/%d chunks", im.ChunksPresent, im.Chunks), im.Prefetch)
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w, "\nPEERS")
+	if len(r.Peers) == 0 {
+		fmt.Fprintln(w, "  (none)")
+		return
+	}
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  PEER\tADDRESS\tDOWN\tUP\tREQ OUT/IN\tP50\tP99\tERRORS\tSTATE")
+	for _, p := range r.Peers {
+		addr := "-"
+		if len(p.Addrs) > 0 {
+			addr = p.Addrs[0]
+		}
+		state := "connected"
+		switch {
+		case p.Banned:
+			state = "BANNED"
+		case !p.Connected:
+			state = "disconnected"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d/%d\t%.1fms\t%.1fms\t%d\t%s\n", short(p.ID), addr, units.Bytes(p.BytesDown), units.Bytes(p.BytesUp),
+			p.RequestsOut, p.RequestsIn, p.P50, p.P99, p.Errors+p.Corrupt, state)
+	}
+	tw.Flush()
+}
+
+// RenderPeers writes `shoal peers`: each peer, how it was found, whether it is connected.
+func RenderPeers(w io.Writer, peers []PeerReport) {
+	if len(peers) == 0 {
+		fmt.Fprintln(w, "no peers")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tFOUND BY\tSTATE\tADDRESSES")
+	for _, p := range peers {
+		state := "connected"
+		switch {
+		case p.Banned:
+			state = "banned"
+		case !p.Connected:
+			state = "disconnected"
+		}
+		found := append([]string(nil), p.FoundBy...)
+		sort.Strings(found)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.ID, strings.Join(found, ","), state, strings.Join(p.Addrs, " "))
+	}
+	tw.Flush()
+}
+
+// RenderImages writes `shoal images`.
+func RenderImages(w io.Writer, images []ImageReport) {
+	if len(images) == 0 {
+		fmt.Fprintln(w, "no images")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "IMAGE\tDIGEST\tMOUNTS\tLOCAL\tPREFETCH")
+	for _, im := range images {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s of %s (%s)\t%s\n", im.Ref, short(im.Digest), mountsText(im.Mounts),
+			units.Bytes(im.BytesPresent), units.Bytes(im.Bytes), percent(im.BytesPresent, im.Bytes), im.Prefetch)
+	}
+	tw.Flush()
+}
+
+func mountsText(m map[string]string) string {
+	if len(m) == 0 {
+		return "not mounted"
+	}
+	var parts []string
+	for mp, mode := range m {
+		parts = append(parts, mp+" ("+mode+")")
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// Bar draws a progress bar of width cells.
+func Bar(done, total int64, width int) string {
+	fill := width
+	if total > 0 {
+		fill = int(float64(width) * float64(done) / float64(total))
+	}
+	fill = max(0, min(width, fill))
+	return "[" + strings.Repeat("#", fill) + strings.Repeat(".", width-fill) + "]"
+}
+
+func percent(done, total int64) string {
+	if total == 0 {
+		return "100%"
+	}
+	return fmt.Sprintf("%d%%", 100*done/total)
+}
+
+func short(id string) string {
+	if len(id) > 16 {
+		return id[:8] + "…" + id[len(id)-6:]
+	}
+	return id
+}
