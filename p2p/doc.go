@@ -1,3 +1,61 @@
 // Package p2p connects Shoal daemons: the libp2p host, peer discovery, content routing (who holds
 // which chunk) and the chunk exchange protocol, including cluster-wide origin coalescing.
+//
+// It owns the network between hosts and nothing else. It does not import the chunk store or the
+// origin: it consumes the small interfaces it declares (LocalChunks, optionally ChunkWriter, and
+// OriginFunc), and the daemon feeds it the store's events through Announce and Withdraw.
+//
+// # Usage
+//
+//	cfg := p2p.DefaultConfig()
+//	cfg.IdentityKeyPath = filepath.Join(dataDir, "p2p.key")
+//	cfg.StaticPeers = peerFlags // --peer /ip4/10.0.0.7/tcp/4001/p2p/12D3Koo...
+//	cfg.Registerer = prometheus.DefaultRegisterer
+//	node, err := p2p.New(cfg, store) // store: ReadChunk + HasCID (+ PutChunk)
+//	...
+//	g.Go(func() error { return node.Run(ctx) })
+//
+//	// When an image is pulled: join each blob's swarm.
+//	node.RegisterBlob(manifest, func(ctx context.Context, c bootstrap.Chunk) ([]byte, error) {
+//		return registry.FetchRange(ctx, manifest.Blob, c.Offset, c.Length)
+//	})
+//	// From the store's events.
+//	case chunkstore.ChunkAdded:   node.Announce(ev.Blob, ev.Chunk)
+//	case chunkstore.ChunkEvicted: node.Withdraw(ev.Blob, ev.Chunk)
+//
+//	// In the demand resolver, on a miss:
+//	data, src, err := node.Fetch(ctx, blob, chunk, func(ctx context.Context) ([]byte, error) {
+//		return registry.FetchRange(ctx, blob, chunk.Offset, chunk.Length)
+//	})
+//	// data is verified against chunk.CID; store it (the store then emits ChunkAdded).
+//
+// # Design
+//
+// Discovery: static peers (redialled), a /dnsaddr name (re-resolved), mDNS on the LAN, and a
+// Kademlia DHT in LAN mode under the /shoal prefix, which never meets the public IPFS DHT. The DHT
+// holds one provider record per blob and host (BlobCID), never one per chunk; hosts that share a
+// blob find each other through it and connect.
+//
+// Content routing: connected hosts exchange presence maps over PresenceProtocol: for each blob,
+// a bitmap over the manifest's chunk indexes of what the sender holds, and whether it can fetch
+// the blob from an origin. Frames carry full state, not deltas, so they are idempotent and a burst
+// of announcements collapses into one frame per blob and peer; one writer goroutine per peer sends
+// them as soon as they change (milliseconds on a LAN). Lookup maps a chunk CID to the peers whose
+// maps hold it, across every registered blob that contains it.
+//
+// Exchange: ChunkProtocol (wire.go) is one request per stream, length-prefixed, capped at
+// MaxChunkSize, with deadlines on every stream. The receiver allocates only the length it asked
+// for and verifies the CID before any use. Wrong or truncated bytes are strikes; BanAfter strikes
+// ban the peer (its connections are closed and the gater refuses it). Holders are ranked by
+// (requests in flight + 1) × recent median latency, and a request that runs past its peer's p90
+// is hedged to the next holder. Each peer's served requests are bounded in concurrency, rate and
+// upload bytes; a peer that keeps exceeding its rate is banned.
+//
+// Coalescing: when no peer holds a chunk, the host with the highest hash(CID, peer ID) among this
+// host and the connected peers that can fetch the blob (rendezvous hashing) fetches it from its
+// origin; the others ask it with FlagFetchThrough and it streams the bytes back. Concurrent asks
+// share one origin fetch (singleflight), and the owner keeps recent chunks in memory while they
+// are being stored. If the owner fails or leaves, the asker goes to its own origin after
+// CoalesceTimeout at most. Hosts agree on the owner without talking as long as they agree on the
+// swarm, so a cluster reading one image pulls each chunk from the origin about once.
 package p2p
