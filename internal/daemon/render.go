@@ -43,7 +43,7 @@ func RenderStats(w io.Writer, r StatsReport) {
 		100*r.OriginOffload, units.Bytes(r.Bytes.ServedToPeers), r.Chunks.ServedToPeers, r.VerifyFailures, r.FetchFailures, r.Bans)
 	maxs := "no cap"
 	if r.Cache.MaxBytes > 0 {
-		maxs = units.Bytes(r.Cache.MaxBytes)
+		maxs = "cap " + units.Bytes(r.Cache.MaxBytes)
 	}
 	fmt.Fprintf(w, "cache %s in %d blobs (%s), evicted %s\n", units.Bytes(r.Cache.PresentBytes), r.Cache.Blobs, maxs, units.Bytes(r.Cache.EvictedBytes))
 
@@ -115,7 +115,7 @@ func RenderImages(w io.Writer, images []ImageReport) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "IMAGE\tDIGEST\tMOUNTS\tLOCAL\tPREFETCH")
 	for _, im := range images {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s of %s (%s)\t%s\n", im.Ref, short(im.Digest), mountsText(im.Mounts),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s of %s (%s)\t%s\n", im.Ref, shortDigest(im.Digest), mountsText(im.Mounts),
 			units.Bytes(im.BytesPresent), units.Bytes(im.Bytes), percent(im.BytesPresent, im.Bytes), im.Prefetch)
 	}
 	tw.Flush()
@@ -155,4 +155,12 @@ func short(id string) string {
 		return id[:8] + "…" + id[len(id)-6:]
 	}
 	return id
+}
+
+// shortDigest keeps the algorithm and 12 hex digits, as container tools show image IDs.
+func shortDigest(d string) string {
+	if i := strings.IndexByte(d, ':'); i >= 0 && len(d) > i+13 {
+		return d[:i+13]
+	}
+	return d
 }
