@@ -1,0 +1,118 @@
+package mount
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/shoal-p2p/shoal/demand/cachefiles"
+)
+
+// FSType is the filesystem type of every Shoal image mount.
+const FSType = "erofs"
+
+// ErrNotMounted is wrapped by Unmount when the target is not a mount point.
+var ErrNotMounted = errors.New("not a mount point")
+
+// ErrBadOption is wrapped by errors about paths or names that cannot be passed as mount options.
+var ErrBadOption = errors.New("bad mount option")
+
+// FileBackedOptions are the optional settings of a file-backed EROFS mount.
+type FileBackedOptions struct {
+	// DirectIO passes "directio": EROFS reads the device files with direct I/O, so blob data is
+	// not cached twice (backing file and EROFS page cache). Linux 6.12+.
+	DirectIO bool
+}
+
+// FileBackedData returns the data argument of a file-backed EROFS mount: one device= per extra
+// device, in device order, and directio if asked.
+func FileBackedData(devices []string, opts FileBackedOptions) (string, error) {
+	if len(devices) == 0 {
+		// Without device= EROFS mounts "flatdev" and reads blob data from the bootstrap: wrong
+		// bytes, no error.
+		return "", fmt.Errorf("%w: no device paths (a Shoal image has at least one blob)", ErrBadOption)
+	}
+	var parts []string
+	for i, d := range devices {
+		if err := checkPath(d); err != nil {
+			return "", fmt.Errorf("device %d: %w", i+1, err)
+		}
+		parts = append(parts, "device="+d)
+	}
+	if opts.DirectIO {
+		parts = append(parts, "directio")
+	}
+	return strings.Join(parts, ","), nil
+}
+
+func checkPath(p string) error {
+	switch {
+	case p == "":
+		return fmt.Errorf("%w: empty path", ErrBadOption)
+	case !filepath.IsAbs(p):
+		return fmt.Errorf("%w: path %q is not absolute", ErrBadOption, p)
+	case strings.ContainsAny(p, ",\x00\n"):
+		// The kernel splits mount data at commas; there is no escaping.
+		return fmt.Errorf("%w: path %q contains a comma, NUL or newline", ErrBadOption, p)
+	}
+	return nil
+}
+
+// MountFileBacked mounts the EROFS image whose bootstrap is the local file bootstrapPath at
+// target, read-only, with devices (the blob files, in device order) as its extra devices. It calls
+// mount(2) directly: util-linux mount would set up a loop device instead. Needs Linux 6.12+
+// (CONFIG_EROFS_FS_BACKED_BY_FILE) and CAP_SYS_ADMIN.
+//
+// In fanotify mode the devices are the store's backing files, which must already be watched
+// (the kernel decides at open time whether a file raises pre-content events); in FUSE mode they
+// are the FUSE server's blob files.
+func MountFileBacked(bootstrapPath string, devices []string, target string, opts FileBackedOptions) error {
+	if err := checkPath(bootstrapPath); err != nil {
+		return fmt.Errorf("mount %s: bootstrap: %w", target, err)
+	}
+	data, err := FileBackedData(devices, opts)
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", target, err)
+	}
+	if err := unix.Mount(bootstrapPath, target, FSType, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, data); err != nil {
+		return fmt.Errorf("mount erofs %s on %s (%s): %w", bootstrapPath, target, data, err)
+	}
+	return nil
+}
+
+// MountFscache mounts an image in fscache (cachefiles on-demand) mode: the bootstrap and blobs
+// are read through /dev/cachefiles, whose daemon must be bound already. bootstrapID is the
+// bootstrap's cookie key (fsid=), domain the shared volume (domain_id=, "" for the default) and
+// blobs the cookie keys of the extra devices in device order. The options come from
+// cachefiles.MountOptions.
+func MountFscache(bootstrapID, domain string, blobs []string, target string) error {
+	data, err := cachefiles.MountOptions(bootstrapID, domain, blobs)
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", target, err)
+	}
+	if err := unix.Mount("none", target, FSType, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, data); err != nil {
+		return fmt.Errorf("mount erofs fsid=%s on %s (%s): %w", bootstrapID, target, data, err)
+	}
+	return nil
+}
+
+// Unmount unmounts target. If it is busy it is detached lazily (MNT_DETACH): it disappears from
+// the namespace now and goes away when its last user does. A target that is not a mount point
+// gives an error wrapping ErrNotMounted.
+func Unmount(target string) error {
+	err := unix.Unmount(target, 0)
+	if errors.Is(err, unix.EBUSY) {
+		err = unix.Unmount(target, unix.MNT_DETACH)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOENT):
+		return fmt.Errorf("unmount %s: %w (%w)", target, ErrNotMounted, err)
+	default:
+		return fmt.Errorf("unmount %s: %w", target, err)
+	}
+}
