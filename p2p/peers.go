@@ -81,6 +81,7 @@ type peerState struct {
 	requestsOut, requestsIn int64
 	errors, corrupt         int64
 	strikes, refused        int
+	refusedSince            time.Time
 	bannedUntil             time.Time
 }
 
@@ -152,6 +153,7 @@ func (n *Node) ban(p peer.ID, why string) {
 	ps := n.peerLocked(p)
 	already := ps.banned(time.Now())
 	ps.bannedUntil = time.Now().Add(n.cfg.BanDuration)
+	ps.strikes, ps.refused = 0, 0 // a peer back from a ban starts afresh
 	ps.blobs = map[digest.Digest]*remoteBlob{}
 	h := n.host
 	n.mu.Unlock()

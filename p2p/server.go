@@ -11,6 +11,9 @@ import (
 	"github.com/shoal-p2p/shoal/bootstrap"
 )
 
+// floodWindow is the window over which FloodBanAfter refusals ban a peer.
+const floodWindow = 10 * time.Second
+
 // handleChunk answers one chunk request. Every stream has deadlines; a peer over its request
 // rate or concurrency gets a busy answer at once (it asks another holder), and a peer that keeps
 // going over its rate is banned.
@@ -64,6 +67,11 @@ func (n *Node) serve(s network.Stream, p peer.ID) (Status, []byte, string) {
 	ok := ps.reqLimit.Allow()
 	flood := false
 	if !ok {
+		// Refusals count towards a ban within a window, so a busy but honest peer that brushes
+		// the limit now and then is never banned.
+		if now := time.Now(); now.Sub(ps.refusedSince) > floodWindow {
+			ps.refused, ps.refusedSince = 0, now
+		}
 		ps.refused++
 		flood = ps.refused >= n.cfg.FloodBanAfter
 	}
