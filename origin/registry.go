@@ -190,12 +190,13 @@ func (r *Registry) attemptError(ctx context.Context, wd *watchdog, what string, 
 		return err
 	}
 	var (
-		unknownCA *x509.UnknownAuthorityError
+		unknownCA x509.UnknownAuthorityError
+		verifyErr *tls.CertificateVerificationError
 		hostErr   x509.HostnameError
 		certErr   x509.CertificateInvalidError
 		recErr    tls.RecordHeaderError
 	)
-	if errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &certErr) || errors.As(err, &recErr) ||
+	if errors.As(err, &unknownCA) || errors.As(err, &verifyErr) || errors.As(err, &hostErr) || errors.As(err, &certErr) || errors.As(err, &recErr) ||
 		strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
 		return fmt.Errorf("%s: TLS: %w (for a plain-HTTP registry, mark it insecure)", what, err)
 	}

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -181,12 +180,6 @@ func (r *retrier) run(ctx context.Context, what string, attempt func(ctx context
 		case <-t.C:
 		}
 	}
-}
-
-// isNetError reports errors of the connection rather than of the request.
-func isNetError(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
 }
 
 // statusError turns a non-success status into an error naming what was asked.
