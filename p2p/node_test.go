@@ -203,3 +203,29 @@ func TestMDNS(t *testing.T) {
 	}
 	t.Skip("mDNS found no peer in 5s: multicast does not reach 127.0.0.1 on this machine")
 }
+
+// TestQUIC: two hosts that listen only on QUIC exchange a chunk.
+func TestQUIC(t *testing.T) {
+	m, o := makeImage(t, 2, 8<<10, 13)
+	cfg := testConfig()
+	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/udp/0/quic-v1"}
+	a := startNode(t, cfg)
+	cfg.StaticPeers = []string{a.Addrs()[0].String()}
+	b := startNode(t, cfg)
+	for _, n := range []*testNode{a, b} {
+		if err := n.RegisterBlob(m, o.fetch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := m.Chunks[1]
+	if err := a.store.PutChunk(t.Context(), m.Blob, c, o.chunks[c.CID]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the announce over QUIC", func() bool { return len(b.Lookup(c.CID)) == 1 })
+	if _, src, err := b.Fetch(t.Context(), m.Blob, c, nil); err != nil || src != SourcePeer {
+		t.Fatalf("fetch over QUIC: source %v, err %v", src, err)
+	}
+	if !strings.Contains(a.Addrs()[0].String(), "/quic-v1/p2p/") {
+		t.Errorf("address %s", a.Addrs()[0])
+	}
+}
