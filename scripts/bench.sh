@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# make bench: every benchmark whose figures BENCHMARKS.md records, in one run on this machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)"
+for s in scripts/bench-*.sh; do
+	[ -x "$s" ] || continue
+	echo "== $s"
+	"$s"
+done
