@@ -3,7 +3,9 @@ package mount
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -66,6 +68,10 @@ func checkPath(p string) error {
 // mount(2) directly: util-linux mount would set up a loop device instead. Needs Linux 6.12+
 // (CONFIG_EROFS_FS_BACKED_BY_FILE) and CAP_SYS_ADMIN.
 //
+// Each device is opened with O_PATH and handed to the kernel as /proc/self/fd/N, which EROFS
+// reopens: paths may then hold commas (the store's volume directory "Ierofs,<domain>" does), which
+// device= could not carry, and the file EROFS opens is exactly the one checked here.
+//
 // In fanotify mode the devices are the store's backing files, which must already be watched
 // (the kernel decides at open time whether a file raises pre-content events); in FUSE mode they
 // are the FUSE server's blob files.
@@ -73,12 +79,35 @@ func MountFileBacked(bootstrapPath string, devices []string, target string, opts
 	if err := checkPath(bootstrapPath); err != nil {
 		return fmt.Errorf("mount %s: bootstrap: %w", target, err)
 	}
-	data, err := FileBackedData(devices, opts)
+	if len(devices) == 0 {
+		_, err := FileBackedData(nil, opts)
+		return fmt.Errorf("mount %s: %w", target, err)
+	}
+	fdPaths := make([]string, len(devices))
+	for i, d := range devices {
+		if !filepath.IsAbs(d) {
+			return fmt.Errorf("mount %s: device %d: %w: path %q is not absolute", target, i+1, ErrBadOption, d)
+		}
+		fd, err := unix.Open(d, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("mount %s: device %d: %w", target, i+1, &os.PathError{Op: "open", Path: d, Err: err})
+		}
+		defer unix.Close(fd)
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return fmt.Errorf("mount %s: device %d: %w", target, i+1, &os.PathError{Op: "stat", Path: d, Err: err})
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			return fmt.Errorf("mount %s: device %d: %s is not a regular file", target, i+1, d)
+		}
+		fdPaths[i] = "/proc/self/fd/" + strconv.Itoa(fd)
+	}
+	data, err := FileBackedData(fdPaths, opts)
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", target, err)
 	}
 	if err := unix.Mount(bootstrapPath, target, FSType, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, data); err != nil {
-		return fmt.Errorf("mount erofs %s on %s (%s): %w", bootstrapPath, target, data, err)
+		return fmt.Errorf("mount erofs %s on %s (devices %s, options %s): %w", bootstrapPath, target, strings.Join(devices, " "), data, err)
 	}
 	return nil
 }
