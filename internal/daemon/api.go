@@ -11,8 +11,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/opencontainers/go-digest"
-
 	"github.com/shoal-p2p/shoal/demand"
 )
 
@@ -405,11 +403,4 @@ func (d *Daemon) Stats() StatsReport {
 	}
 	sort.Slice(rep.Images, func(i, j int) bool { return rep.Images[i].Ref < rep.Images[j].Ref })
 	return rep
-}
-
-// imageByDigest finds a known image.
-func (d *Daemon) imageByDigest(dg digest.Digest) *image {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.images[dg]
 }
