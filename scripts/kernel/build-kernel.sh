@@ -9,6 +9,12 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 out=$(kernel_dir)
+# --path: print where the cached kernel is, or fail if it is not built; never build.
+if [ "${1:-}" = "--path" ]; then
+	[ -s "$out/bzImage" ] || { echo "kernel not built yet: $out/bzImage (run $0)" >&2; exit 1; }
+	echo "$out/bzImage"
+	exit 0
+fi
 if [ -s "$out/bzImage" ]; then
 	echo "$out/bzImage"
 	exit 0

@@ -79,3 +79,57 @@ EOS
 	dpkg-deb -x "$deb" "$dir/pkg" || die "dpkg-deb -x $deb failed"
 	ls "$dir"/pkg/usr/src/linux-source-"$KERNEL_SERIES".tar.* | head -n1
 }
+
+# --- initramfs -------------------------------------------------------------------------------------
+# An initramfs is built in a staging directory: initramfs_init DIR, then initramfs_add and
+# initramfs_hook as often as needed, then initramfs_pack DIR OUT.gz. Its /init mounts proc, sysfs,
+# devtmpfs and tmpfs, runs every hook in /etc/shoal/hooks (sorted by name) with
+# `SHOAL-VM: BEGIN/END <hook> rc=N` lines around it, prints `SHOAL-VM: DONE rc=N` and powers off.
+
+# initramfs_init DIR: a fresh staging dir with busybox-static and /init.
+initramfs_init() {
+	local root=$1
+	rm -rf "$root"
+	mkdir -p "$root"/{bin,dev,proc,sys,tmp,run,mnt,etc/shoal/hooks}
+	cp /bin/busybox "$root/bin/busybox"
+	cp "$KERNEL_SCRIPTS_DIR/init.sh" "$root/init"
+	chmod 0755 "$root/init"
+}
+
+# initramfs_add DIR SRC DEST: copies file or directory SRC to DEST (absolute path inside the VM).
+initramfs_add() {
+	local root=$1 src=$2 dest=$3
+	mkdir -p "$root$(dirname "$dest")"
+	cp -a "$src" "$root$dest"
+}
+
+# initramfs_hook DIR SCRIPT [NAME]: adds a shell script run by /init (sourced by busybox sh, in
+# name order). Hooks see SHOAL_VM_* variables exported by earlier hooks.
+initramfs_hook() {
+	local root=$1 script=$2 name=${3:-$(basename "$2")}
+	cp "$script" "$root/etc/shoal/hooks/$name"
+}
+
+# initramfs_pack DIR OUT: writes the gzip'd newc cpio.
+initramfs_pack() {
+	local root=$1 out=$2
+	(cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$out"
+}
+
+# vm_run KERNEL INITRD LOG [TIMEOUT_SECONDS]: boots the VM (software emulation, no KVM needed) with
+# the serial console in LOG. Returns 0 if the VM printed `SHOAL-VM: DONE rc=0` and no FAIL line.
+vm_run() {
+	local kernel=$1 initrd=$2 logf=$3 limit=${4:-600}
+	local accel=()
+	# Software emulation by default: /dev/kvm may exist and still fail (nested virtualisation).
+	[ "${SHOAL_VM_KVM:-}" = 1 ] && accel=(-enable-kvm -cpu host)
+	log "booting VM (log: $logf, limit ${limit}s)"
+	timeout --kill-after=10 "$limit" qemu-system-x86_64 "${accel[@]}" -m 512 -smp 2 -nographic -no-reboot \
+		-kernel "$kernel" -initrd "$initrd" -append "console=ttyS0 quiet panic=-1" </dev/null >"$logf" 2>&1 || true
+	if grep -q '^SHOAL-VM: DONE rc=0' "$logf" && ! grep -q '^SHOAL-VM: FAIL' "$logf"; then
+		return 0
+	fi
+	log "VM run failed; last lines of $logf:"
+	tail -n 60 "$logf" >&2
+	return 1
+}

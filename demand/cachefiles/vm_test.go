@@ -1,0 +1,372 @@
+package cachefiles
+
+// This file runs INSIDE the test VM (scripts/kernel/kernel-test.sh boots it; kernel_test.go starts
+// that from the host). It needs a kernel with CONFIG_CACHEFILES_ONDEMAND and CONFIG_EROFS_FS_ONDEMAND,
+// root, /dev/cachefiles and a cache dir on ext4, so it skips unless SHOAL_IN_VM=1.
+//
+// TestKernelInVM is the supervisor: it opens and binds the device and keeps it while workers come
+// and go. TestKernelWorker is the worker it re-executes (this same binary): it takes the device over
+// with Handover, writes "restore" and serves blobs from files in SHOAL_VM_DATA.
+//
+// Every check prints one "SHOAL-VM: PASS <name>: ..." or "SHOAL-VM: FAIL <name>: ..." line.
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	vmSocket  = "/run/shoal-cachefiles.sock"
+	vmReadLog = "/tmp/shoal-reads.log"  // one line per ReadRange the worker served
+	vmSlow    = "/tmp/shoal-slow"       // while it exists, the worker serves each step slowly
+	vmWorkLog = "/tmp/shoal-worker.log" // worker stdout and stderr
+)
+
+func vmReport(t *testing.T, ok bool, name, format string, args ...any) {
+	t.Helper()
+	status := "PASS"
+	if !ok {
+		status = "FAIL"
+		t.Errorf("%s: "+format, append([]any{name}, args...)...)
+	}
+	fmt.Printf("SHOAL-VM: %s %s: %s\n", status, name, fmt.Sprintf(format, args...))
+}
+
+// fileDigest returns "sha256:<hex>" of a file.
+func fileDigest(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// vmImage is one EROFS image made by kernel-test.sh: <name>.boot.img, <name>.blob.img and
+// <name>.sums (sha256sum of the source tree).
+type vmImage struct {
+	name, boot, blob string // digests of bootstrap and blob
+	sums             map[string]string
+}
+
+func loadVMImage(t *testing.T, dir, name string) vmImage {
+	t.Helper()
+	img := vmImage{name: name, sums: map[string]string{}}
+	var err error
+	if img.boot, err = fileDigest(filepath.Join(dir, name+".boot.img")); err != nil {
+		t.Fatal(err)
+	}
+	if img.blob, err = fileDigest(filepath.Join(dir, name+".blob.img")); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(dir, name+".sums"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		sum, path, ok := strings.Cut(sc.Text(), "  ")
+		if ok {
+			img.sums[strings.TrimPrefix(path, "./")] = sum
+		}
+	}
+	return img
+}
+
+func (img vmImage) mount(mnt string) error {
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		return err
+	}
+	opts, err := MountOptions(img.boot, DefaultDomain, []string{img.blob})
+	if err != nil {
+		return err
+	}
+	if err := unix.Mount("none", mnt, "erofs", unix.MS_RDONLY, opts); err != nil {
+		return fmt.Errorf("mount %s (%s): %w", mnt, opts, err)
+	}
+	return nil
+}
+
+func sha256File(path string) (string, error) {
+	d, err := fileDigest(path)
+	return strings.TrimPrefix(d, "sha256:"), err
+}
+
+// verifyTree hashes every file of img under mnt and returns how many matched and the mismatches.
+func verifyTree(img vmImage, mnt string) (int, []string) {
+	var bad []string
+	n := 0
+	for path, want := range img.sums {
+		got, err := sha256File(filepath.Join(mnt, path))
+		switch {
+		case err != nil:
+			bad = append(bad, fmt.Sprintf("%s: %v", path, err))
+		case got != want:
+			bad = append(bad, fmt.Sprintf("%s: sha256 %s, want %s", path, got, want))
+		default:
+			n++
+		}
+	}
+	return n, bad
+}
+
+func countLines(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(b), "\n")
+}
+
+func tailFile(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func TestKernelInVM(t *testing.T) {
+	if os.Getenv("SHOAL_IN_VM") != "1" {
+		t.Skip("runs only inside the test VM (SHOAL_IN_VM=1); see TestKernel and scripts/kernel")
+	}
+	data := os.Getenv("SHOAL_VM_DATA")
+	cacheDir := os.Getenv("SHOAL_VM_CACHE")
+	a := loadVMImage(t, data, "a")
+	b := loadVMImage(t, data, "b")
+	defer func() {
+		if t.Failed() {
+			fmt.Printf("worker log tail:\n%s\n", tailFile(vmWorkLog, 30))
+		}
+	}()
+
+	dev, err := OpenDevice("")
+	if err != nil {
+		vmReport(t, false, "open-device", "%v", err)
+		t.FailNow()
+	}
+	defer dev.Close()
+	err = dev.Bind(cacheDir, "shoal")
+	vmReport(t, err == nil, "bind", "dir %s: %v", cacheDir, err)
+	if err != nil {
+		t.FailNow()
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wlog, err := os.OpenFile(vmWorkLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wlog.Close()
+	sup, err := NewSupervisor(dev, SupervisorConfig{
+		Socket: vmSocket,
+		Worker: func(ctx context.Context) *exec.Cmd {
+			cmd := exec.CommandContext(ctx, self, "-test.run=^TestKernelWorker$", "-test.v")
+			cmd.Env = append(os.Environ(), "SHOAL_VM_WORKER=1")
+			cmd.Stdout, cmd.Stderr = wlog, wlog
+			return cmd
+		},
+		RestartDelay: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	supDone := make(chan error, 1)
+	go func() { supDone <- sup.Run(ctx) }()
+	defer func() { cancel(); <-supDone }()
+
+	// 1. Mount A and read every file: the data comes through OPEN and READ.
+	err = a.mount("/mnt/a")
+	vmReport(t, err == nil, "mount", "image a (bootstrap %s): %v", a.boot, err)
+	if err != nil {
+		t.FailNow()
+	}
+	n, bad := verifyTree(a, "/mnt/a")
+	reads1 := countLines(vmReadLog)
+	vmReport(t, len(bad) == 0 && n > 0 && reads1 > 0, "read-all", "%d files match their source, %d READ steps served, mismatches %v", n, reads1, bad)
+
+	// 2. Read again: page cache hits, no READ reaches the daemon.
+	n, bad = verifyTree(a, "/mnt/a")
+	reads2 := countLines(vmReadLog)
+	vmReport(t, len(bad) == 0 && reads2 == reads1, "reread-no-reads", "%d files match, READ steps %d -> %d", n, reads1, reads2)
+
+	// 3. Unmount and mount again: the page cache is gone but the backing files on the cache dir
+	// hold the data, so still no READ.
+	err = unix.Unmount("/mnt/a", 0)
+	if err == nil {
+		err = a.mount("/mnt/a")
+	}
+	if err == nil {
+		n, bad = verifyTree(a, "/mnt/a")
+	}
+	reads3 := countLines(vmReadLog)
+	vmReport(t, err == nil && len(bad) == 0 && reads3 == reads1, "remount-cached", "%d files match, READ steps %d -> %d, err %v, mismatches %v", n, reads1, reads3, err, bad)
+
+	// 4. An unknown bootstrap: the worker answers copen -ENOENT and the mount fails cleanly.
+	unknown := vmImage{boot: "sha256:" + strings.Repeat("0", 64), blob: a.blob}
+	err = unknown.mount("/mnt/unknown")
+	vmReport(t, err != nil, "unknown-bootstrap", "mount error: %v", err)
+
+	// 5. Failover: kill the worker in the middle of a large read, the supervisor starts a new one,
+	// which writes "restore"; the read completes with the right bytes.
+	if err := os.WriteFile(vmSlow, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = b.mount("/mnt/b")
+	vmReport(t, err == nil, "mount-b", "image b: %v", err)
+	if err != nil {
+		t.FailNow()
+	}
+	big, want := "", ""
+	for p, s := range b.sums {
+		big, want = p, s
+	}
+	before := countLines(vmReadLog)
+	type result struct {
+		sum string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		s, err := sha256File(filepath.Join("/mnt/b", big))
+		done <- result{s, err}
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for countLines(vmReadLog) < before+3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	old := sup.WorkerPID()
+	select {
+	case r := <-done:
+		vmReport(t, false, "failover", "read of %s finished before the worker could be killed (%v)", big, r.err)
+		t.FailNow()
+	default:
+	}
+	killErr := syscall.Kill(old, syscall.SIGKILL)
+	_ = os.Remove(vmSlow)
+	killedAt := countLines(vmReadLog) - before
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(120 * time.Second):
+		r.err = fmt.Errorf("read still hanging after 120s")
+	}
+	newPID := sup.WorkerPID()
+	vmReport(t, killErr == nil && r.err == nil && r.sum == want && newPID != old && newPID != 0, "failover",
+		"killed worker %d after %d READ steps of %s (kill: %v); new worker %d; read: %v; sha256 %s, want %s; %d READ steps in all",
+		old, killedAt, big, killErr, newPID, r.err, r.sum, want, countLines(vmReadLog)-before)
+
+	// 6. Clean up: unmounting sends CLOSE for every object.
+	err1 := unix.Unmount("/mnt/a", 0)
+	err2 := unix.Unmount("/mnt/b", 0)
+	vmReport(t, err1 == nil && err2 == nil, "umount", "a: %v, b: %v", err1, err2)
+}
+
+// vmResolver serves blobs from the image files in SHOAL_VM_DATA, keyed by their digests, and logs
+// every ReadRange so the supervisor can count READs.
+type vmResolver struct {
+	files map[string]*os.File
+	sizes map[string]int64
+	mu    sync.Mutex
+	log   *os.File
+}
+
+func (r *vmResolver) Lookup(volumeKey, cookieKey string) (int64, bool) {
+	if volumeKey != VolumeKey(DefaultDomain) {
+		return 0, false
+	}
+	size, ok := r.sizes[cookieKey]
+	return size, ok
+}
+
+func (r *vmResolver) ReadRange(ctx context.Context, cookieKey string, p []byte, off int64) error {
+	f := r.files[cookieKey]
+	if f == nil {
+		return fmt.Errorf("no blob %s", cookieKey)
+	}
+	r.mu.Lock()
+	fmt.Fprintf(r.log, "%d %s %d %d\n", os.Getpid(), cookieKey, off, len(p))
+	r.mu.Unlock()
+	if _, err := os.Stat(vmSlow); err == nil {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	n, err := f.ReadAt(p, off)
+	if err == io.EOF {
+		clear(p[n:])
+		err = nil
+	}
+	return err
+}
+
+func TestKernelWorker(t *testing.T) {
+	if os.Getenv("SHOAL_VM_WORKER") != "1" {
+		t.Skip("the worker process of TestKernelInVM, started by its supervisor inside the test VM")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	data := os.Getenv("SHOAL_VM_DATA")
+	res := &vmResolver{files: map[string]*os.File{}, sizes: map[string]int64{}}
+	imgs, _ := filepath.Glob(filepath.Join(data, "*.img"))
+	for _, p := range imgs {
+		d, err := fileDigest(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, _ := f.Stat()
+		res.files[d], res.sizes[d] = f, st.Size()
+	}
+	var err error
+	if res.log, err = os.OpenFile(vmReadLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := Handover(ctx, vmSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	srv, err := NewServer(dev, res, Config{Workers: 4, StepSize: 128 << 10, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if err := srv.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stats: %+v", srv.Stats())
+}
