@@ -105,6 +105,8 @@ type authenticator struct {
 	ua     string
 	now    func() time.Time
 
+	fetching chan struct{} // one token fetch at a time
+
 	mu     sync.Mutex
 	scheme string // "", "basic" or "bearer"
 	realm  string
@@ -113,7 +115,7 @@ type authenticator struct {
 }
 
 func newAuthenticator(host string, creds credentials, client *http.Client, ua string) *authenticator {
-	return &authenticator{host: host, creds: creds, client: client, ua: ua, now: time.Now, tokens: map[string]bearerToken{}}
+	return &authenticator{host: host, creds: creds, client: client, ua: ua, now: time.Now, tokens: map[string]bearerToken{}, fetching: make(chan struct{}, 1)}
 }
 
 func scopeKey(scopes []string) string {
@@ -139,7 +141,7 @@ func (a *authenticator) authorize(ctx context.Context, req *http.Request, scopes
 	case "bearer":
 		if !ok || !a.now().Before(tok.expiry) {
 			var err error
-			if tok, err = a.fetchToken(ctx, scopes); err != nil {
+			if tok, err = a.token(ctx, scopes); err != nil {
 				return "", err
 			}
 		}
@@ -179,6 +181,24 @@ func (a *authenticator) challenged(resp *http.Response, scopes []string, sent st
 		}
 	}
 	return false
+}
+
+// token returns a valid token for scopes, fetching one if none is cached. Fetches are serialised
+// so that the requests waiting on an expired token share one new token.
+func (a *authenticator) token(ctx context.Context, scopes []string) (bearerToken, error) {
+	select {
+	case a.fetching <- struct{}{}:
+	case <-ctx.Done():
+		return bearerToken{}, context.Cause(ctx)
+	}
+	defer func() { <-a.fetching }()
+	a.mu.Lock()
+	tok, ok := a.tokens[scopeKey(scopes)]
+	a.mu.Unlock()
+	if ok && a.now().Before(tok.expiry) {
+		return tok, nil
+	}
+	return a.fetchToken(ctx, scopes)
 }
 
 // tokenResponse is the token server's answer (distribution token spec; OAuth2 uses access_token).

@@ -21,7 +21,8 @@ type Source interface {
 	// bytes are not verified: the caller checks them against their chunk CIDs.
 	ReadRange(ctx context.Context, dgst digest.Digest, off, length int64) ([]byte, error)
 	// Open streams a whole blob. Its digest is checked at the end: Read returns io.EOF only if
-	// the bytes matched, so content must not be used before that.
+	// the bytes matched, so content must not be used before that. The caller must Close it: an
+	// open blob holds one of the origin's concurrent request slots.
 	Open(ctx context.Context, dgst digest.Digest) (io.ReadCloser, error)
 }
 
