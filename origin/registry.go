@@ -134,7 +134,8 @@ func (r *Registry) roundTrip(ctx context.Context, q *request) (*http.Response, e
 			if err != nil {
 				return fail(fmt.Errorf("%s: %w", q.what, err))
 			}
-			body = b
+			// Sending a large body is progress too.
+			body = &kickReader{rc: b, w: wd}
 		}
 		req, err := http.NewRequestWithContext(actx, q.method, u, body)
 		if err != nil {
@@ -205,6 +206,22 @@ func (r *Registry) attemptError(ctx context.Context, wd *watchdog, what string, 
 	}
 	return retryable(fmt.Errorf("%s: %w", what, err), 0)
 }
+
+// kickReader is a request body whose reads count as progress for the watchdog.
+type kickReader struct {
+	rc io.ReadCloser
+	w  *watchdog
+}
+
+func (k *kickReader) Read(p []byte) (int, error) {
+	n, err := k.rc.Read(p)
+	if n > 0 {
+		k.w.kick()
+	}
+	return n, err
+}
+
+func (k *kickReader) Close() error { return k.rc.Close() }
 
 func drain(rc io.ReadCloser) {
 	_, _ = io.CopyN(io.Discard, rc, 64<<10)
