@@ -56,3 +56,10 @@ fuzz:
 
 clean:
 	rm -rf $(BIN)
+
+# kernel-test builds (once, cached in /var/cache/shoal) a Linux 6.12 with cachefiles on-demand mode
+# and runs demand/cachefiles' real-kernel test under qemu. Needs root.
+.PHONY: kernel-test
+kernel-test:
+	./scripts/kernel/build-kernel.sh >/dev/null
+	SHOAL_KERNEL_TEST=required $(GO) test -count=1 -v -run '^TestKernel$$' ./demand/cachefiles/

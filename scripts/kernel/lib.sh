@@ -124,7 +124,7 @@ vm_run() {
 	# Software emulation by default: /dev/kvm may exist and still fail (nested virtualisation).
 	[ "${SHOAL_VM_KVM:-}" = 1 ] && accel=(-enable-kvm -cpu host)
 	log "booting VM (log: $logf, limit ${limit}s)"
-	timeout --kill-after=10 "$limit" qemu-system-x86_64 "${accel[@]}" -m 512 -smp 2 -nographic -no-reboot \
+	timeout --kill-after=10 "$limit" qemu-system-x86_64 "${accel[@]}" -m 512 -smp 2 -nographic -no-reboot -net none \
 		-kernel "$kernel" -initrd "$initrd" -append "console=ttyS0 quiet panic=-1" </dev/null >"$logf" 2>&1 || true
 	if grep -q '^SHOAL-VM: DONE rc=0' "$logf" && ! grep -q '^SHOAL-VM: FAIL' "$logf"; then
 		return 0
