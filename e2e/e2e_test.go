@@ -1,0 +1,367 @@
+// Package e2e runs Shoal end to end with real processes: `shoal origin serve` over an image built
+// by the real mkfs.erofs, three `shoal daemon`s peered over 127.0.0.1, images mounted through the
+// real kernel. It checks what a user would: file contents, where the bytes came from, and that
+// nothing is left behind.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var shoalBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "shoal-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	shoalBin = filepath.Join(dir, "shoal")
+	out, err := exec.Command("go", "build", "-o", shoalBin, "../cmd/shoal").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building shoal: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freePort(t testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// run runs the CLI and fails the test on error.
+func run(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(shoalBin, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("shoal %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// makeTree writes a tree of files with assorted sizes and returns their sha256 by relative path.
+func makeTree(t testing.TB, dir string, seed int64, n int) map[string][32]byte {
+	rng := rand.New(rand.NewSource(seed))
+	sums := map[string][32]byte{}
+	for i := range n {
+		size := []int{0, 1, 4095, 4097, 100_000, 1 << 20, 1<<20 + 1, 3_000_000}[i%8] + rng.Intn(1000)*(i%3)
+		data := make([]byte, size)
+		rng.Read(data)
+		rel := filepath.Join(fmt.Sprintf("d%d", i%5), fmt.Sprintf("file-%03d.bin", i))
+		p := filepath.Join(dir, rel)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sums[rel] = sha256.Sum256(data)
+	}
+	os.Symlink("d0/file-000.bin", filepath.Join(dir, "link"))
+	return sums
+}
+
+type cluster struct {
+	t       testing.TB
+	dir     string
+	origin  string // host:port
+	ref     string
+	daemons []*daemonProc
+	src     string
+	sums    map[string][32]byte
+	image   int64 // chunk data bytes of the image
+}
+
+type daemonProc struct {
+	n    int
+	sock string
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+	addr string
+}
+
+func newCluster(t *testing.T, hosts int) *cluster {
+	if _, err := exec.LookPath("mkfs.erofs"); err != nil {
+		t.Skip("mkfs.erofs not installed (erofs-utils)")
+	}
+	c := &cluster{t: t, dir: t.TempDir()}
+	c.src = filepath.Join(c.dir, "src")
+	c.sums = makeTree(t, c.src, 42, 24)
+	img := filepath.Join(c.dir, "img")
+	run(t, "image", "build", c.src, img, "--quiet")
+	var inspect struct {
+		DataBytes int64 `json:"dataBytes"`
+	}
+	json.Unmarshal([]byte(run(t, "image", "inspect", img, "--json")), &inspect)
+	c.image = inspect.DataBytes
+
+	c.origin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	c.ref = c.origin + "/img:latest"
+	o := exec.Command(shoalBin, "origin", "serve", img, "--listen", c.origin)
+	if err := o.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Process.Kill(); o.Wait() })
+	waitHTTP(t, "http://"+c.origin+"/v2/")
+
+	for i := range hosts {
+		var peers []string
+		for _, d := range c.daemons {
+			peers = append(peers, d.addr)
+		}
+		c.daemons = append(c.daemons, c.startDaemon(i+1, peers))
+	}
+	return c
+}
+
+func waitHTTP(t testing.TB, url string) {
+	for range 100 {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s never answered", url)
+}
+
+func (c *cluster) startDaemon(n int, peers []string) *daemonProc {
+	t := c.t
+	d := &daemonProc{n: n, sock: filepath.Join(c.dir, fmt.Sprintf("d%d.sock", n)), log: &bytes.Buffer{}}
+	args := []string{"daemon", "--data", filepath.Join(c.dir, fmt.Sprintf("d%d", n)), "--api", d.sock,
+		"--listen", fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", freePort(t)), "--insecure-registry", c.origin, "--prefetch=false"}
+	for _, p := range peers {
+		args = append(args, "--peer", p)
+	}
+	d.cmd = exec.Command(shoalBin, args...)
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { d.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			d.cmd.Process.Kill()
+			<-done
+			t.Errorf("daemon %d did not stop on SIGINT within 15s", n)
+		}
+		if t.Failed() {
+			t.Logf("daemon %d log:\n%s", n, d.log.String())
+		}
+	})
+	for range 100 {
+		out, err := exec.Command(shoalBin, "peers", "--self", "--api", d.sock).Output()
+		if err == nil && len(out) > 0 {
+			d.addr = strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
+			if !strings.Contains(d.addr, "/p2p/") {
+				t.Fatalf("peers --self printed %q, want a multiaddr with /p2p/", d.addr)
+			}
+			return d
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("daemon %d did not come up:\n%s", n, d.log.String())
+	return nil
+}
+
+type stats struct {
+	Bytes struct {
+		Local, Dedup, Peers, Origin, ServedToPeers int64
+	} `json:"bytes"`
+	VerifyFailures int64 `json:"verifyFailures"`
+	Images         []struct {
+		Ref           string            `json:"ref"`
+		Mounts        map[string]string `json:"mounts"`
+		Bytes         int64             `json:"bytes"`
+		BytesPresent  int64             `json:"bytesPresent"`
+		ChunksPresent int               `json:"chunksPresent"`
+		Chunks        int               `json:"chunks"`
+	} `json:"images"`
+	Peers []struct {
+		ID        string `json:"id"`
+		BytesDown int64  `json:"bytesDown"`
+	} `json:"peers"`
+}
+
+func (c *cluster) stats(d *daemonProc) stats {
+	var s stats
+	if err := json.Unmarshal([]byte(run(c.t, "stats", "--json", "--api", d.sock)), &s); err != nil {
+		c.t.Fatal(err)
+	}
+	return s
+}
+
+func (c *cluster) originBytes() int64 {
+	resp, err := http.Get("http://" + c.origin + "/shoal/stats")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s struct {
+		BytesServed int64 `json:"bytesServed"`
+	}
+	json.NewDecoder(resp.Body).Decode(&s)
+	return s.BytesServed
+}
+
+// checkTree compares every file under root with the source and reads random odd ranges.
+func (c *cluster) checkTree(root string) {
+	t := c.t
+	seen := 0
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		want, ok := c.sums[rel]
+		if !ok {
+			return fmt.Errorf("unexpected file %s", rel)
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, bufio.NewReaderSize(f, 1<<20)); err != nil {
+			return fmt.Errorf("%s: %w", rel, err)
+		}
+		if [32]byte(h.Sum(nil)) != want {
+			return fmt.Errorf("%s: sha256 differs from the source", rel)
+		}
+		seen++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen != len(c.sums) {
+		t.Fatalf("saw %d files, source has %d", seen, len(c.sums))
+	}
+	if target, err := os.Readlink(filepath.Join(root, "link")); err != nil || target != "d0/file-000.bin" {
+		t.Fatalf("symlink: %q %v", target, err)
+	}
+}
+
+// randomReads reads odd ranges of the biggest files and compares them with the source.
+func (c *cluster) randomReads(root string, seed int64) {
+	t := c.t
+	rng := rand.New(rand.NewSource(seed))
+	for rel := range c.sums {
+		src, _ := os.ReadFile(filepath.Join(c.src, rel))
+		if len(src) < 10_000 {
+			continue
+		}
+		f, err := os.Open(filepath.Join(root, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 5 {
+			off := rng.Int63n(int64(len(src)))
+			n := 1 + rng.Intn(300_000)
+			got := make([]byte, n)
+			k, err := f.ReadAt(got, off)
+			if err != nil && err != io.EOF {
+				t.Fatalf("%s at %d+%d: %v", rel, off, n, err)
+			}
+			if !bytes.Equal(got[:k], src[off:min(int(off)+n, len(src))]) {
+				t.Fatalf("%s at %d+%d: bytes differ", rel, off, n)
+			}
+		}
+		f.Close()
+	}
+}
+
+// TestPrefetchCluster: three hosts warm their caches through `shoal prefetch` (no mount, no
+// root); the first from the origin, the other two at the same time from peers.
+func TestPrefetchCluster(t *testing.T) {
+	c := newCluster(t, 3)
+	run(t, "prefetch", c.ref, "--wait", "--api", c.daemons[0].sock)
+	var wg sync.WaitGroup
+	for _, d := range c.daemons[1:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := exec.Command(shoalBin, "prefetch", c.ref, "--wait", "--api", d.sock).CombinedOutput()
+			if err != nil {
+				t.Errorf("prefetch on host %d: %v\n%s", d.n, err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	var peerBytes int64
+	for _, d := range c.daemons {
+		s := c.stats(d)
+		if len(s.Images) != 1 || s.Images[0].BytesPresent != c.image || s.VerifyFailures != 0 {
+			t.Fatalf("host %d: %+v", d.n, s)
+		}
+		if d.n > 1 && s.Bytes.Origin > c.image/10 {
+			t.Errorf("host %d took %d of %d bytes from the origin, want most from peers", d.n, s.Bytes.Origin, c.image)
+		}
+		peerBytes += s.Bytes.Peers
+	}
+	ob := c.originBytes()
+	t.Logf("image %d bytes; origin served %d (%.2fx); peers moved %d", c.image, ob, float64(ob)/float64(c.image), peerBytes)
+	if ob > c.image*13/10 {
+		t.Errorf("origin served %d bytes for a %d-byte image read by 3 hosts: want about one image", ob, c.image)
+	}
+	// The stats the daemons report match the bytes that moved: what hosts 2 and 3 took from
+	// peers is what the peers say they served.
+	var served int64
+	for _, d := range c.daemons {
+		served += c.stats(d).Bytes.ServedToPeers
+	}
+	if served != peerBytes {
+		t.Errorf("peers report serving %d bytes, hosts report receiving %d", served, peerBytes)
+	}
+}
+
+// TestCLIAgainstDaemon covers the CLI's answers to mistakes, with a live daemon.
+func TestCLIAgainstDaemon(t *testing.T) {
+	c := newCluster(t, 1)
+	d := c.daemons[0]
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"mount", c.ref, filepath.Join(c.dir, "nodir"), "--api", d.sock}, "not a directory"},
+		{[]string{"umount", c.dir, "--api", d.sock}, "not mounted by this daemon"},
+		{[]string{"prefetch", c.origin + "/nosuch:latest", "--api", d.sock}, "nosuch"},
+		{[]string{"stats", "--api", filepath.Join(c.dir, "none.sock")}, "not running"},
+	} {
+		out, err := exec.Command(shoalBin, tc.args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), tc.want) {
+			t.Errorf("shoal %v: err %v, output %q; want an error mentioning %q", tc.args, err, out, tc.want)
+		}
+	}
+	out := run(t, "images", "--api", d.sock)
+	if !strings.Contains(out, "no images") {
+		t.Errorf("images on a fresh daemon: %q", out)
+	}
+}
+
