@@ -91,6 +91,9 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c bootstrap.Chunk,
 	h := n.host
 	lb := n.blobs[blob]
 	n.mu.Unlock()
+	if data := n.recent.get(c.CID); data != nil {
+		return fetched{data, SourceLocal}, nil
+	}
 	if fromOrigin == nil && lb != nil && lb.origin != nil {
 		fromOrigin = func(ctx context.Context) ([]byte, error) { return lb.origin(ctx, c) }
 	}
@@ -123,6 +126,9 @@ func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, 
 	ch := n.owned.DoChan(c.CID.KeyString(), func() (any, error) {
 		fctx, cancel := n.flightContext(ctx, n.cfg.CoalesceTimeout+time.Duration(n.cfg.MaxAttempts)*n.cfg.RequestTimeout)
 		defer cancel()
+		if data := n.recent.get(c.CID); data != nil { // a flight that just ended
+			return fetched{data, SourceLocal}, nil
+		}
 		if h != nil {
 			if data, err := n.fromHolders(fctx, h, blob, c); err == nil {
 				return fetched{data, SourcePeer}, nil

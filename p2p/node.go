@@ -50,6 +50,9 @@ const (
 	SourcePeer      Source = iota + 1 // a peer that held it
 	SourceCoalesced                   // the peer chosen to fetch it from the origin for the cluster
 	SourceOrigin                      // this host's own origin
+	// SourceLocal: this host fetched it moments before for a peer (fetch-through) and still
+	// had it in memory; no network was used.
+	SourceLocal
 )
 
 func (s Source) String() string {
@@ -60,6 +63,8 @@ func (s Source) String() string {
 		return "coalesced"
 	case SourceOrigin:
 		return "origin"
+	case SourceLocal:
+		return "local"
 	}
 	return "unknown"
 }
