@@ -8,3 +8,5 @@ for s in scripts/bench-*.sh; do
 	echo "== $s"
 	"$s"
 done
+echo "== p2p: origin offload, latency, throughput (go run ./p2p/internal/p2pbench)"
+go run ./p2p/internal/p2pbench

@@ -57,6 +57,7 @@ func DefaultConfig() Config {
 		CacheMax:  "0",
 		Workers:   16,
 		Prefetch:  true,
+		DHT:       true,
 		Mode:      "auto",
 		LogFormat: "text",
 		LogLevel:  "info",

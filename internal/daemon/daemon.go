@@ -205,6 +205,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		for _, a := range d.selfAddrs() {
 			d.log.Info("listening", "addr", a)
 		}
+		// Mounts a killed daemon left under the data directory (its FUSE filesystem) would block
+		// this one; image mountpoints it recorded are cleaned as they are restored.
+		if gone, err := cleanupDataDirMounts(d.cfg.DataDir); len(gone) > 0 || err != nil {
+			d.log.Info("cleaned up stale mounts", "count", len(gone), "err", err)
+		}
 		d.restore(gctx)
 		return nil
 	})

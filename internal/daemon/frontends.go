@@ -1,0 +1,218 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-p2p/shoal/chunkstore"
+	"github.com/shoal-p2p/shoal/demand/fanotify"
+	"github.com/shoal-p2p/shoal/demand/fusefs"
+	"github.com/shoal-p2p/shoal/mount"
+)
+
+func init() {
+	frontendFactories["fuse"] = newFuseFrontend
+	probeFuncs["fuse"] = func(d *Daemon) error {
+		if _, err := os.Stat("/dev/fuse"); err != nil {
+			return fmt.Errorf("/dev/fuse: %w", err)
+		}
+		if os.Geteuid() != 0 {
+			return errors.New("mounting needs root")
+		}
+		return nil
+	}
+	frontendFactories["fanotify"] = newFanotifyFrontend
+	probeFuncs["fanotify"] = func(d *Daemon) error { return fanotify.Probe(d.cfg.DataDir) }
+	cleanupStaleMount = func(log *slog.Logger, mp string) {
+		if err := mount.Unmount(mp); err == nil {
+			log.Info("unmounted a stale mount left by an earlier daemon", "mountpoint", mp)
+		}
+	}
+}
+
+// fileBackedOptions: directio keeps blob data from being cached twice (backing file and EROFS
+// page cache).
+var fileBackedOptions = mount.FileBackedOptions{DirectIO: true}
+
+// mountFileBacked mounts with directio and, on a kernel that refuses the option, without it.
+func mountFileBacked(log *slog.Logger, boot string, devices []string, mp string) error {
+	err := mount.MountFileBacked(boot, devices, mp, fileBackedOptions)
+	if err != nil && fileBackedOptions.DirectIO {
+		if err2 := mount.MountFileBacked(boot, devices, mp, mount.FileBackedOptions{}); err2 == nil {
+			log.Warn("EROFS refused directio; mounted without it (blob data is cached twice)", "mountpoint", mp, "err", err)
+			return nil
+		}
+	}
+	return err
+}
+
+// fuseFrontend serves blobs as files of one FUSE filesystem at <data>/fuse and mounts EROFS
+// file-backed on them: works on any kernel with FUSE and EROFS file-backed mounts.
+type fuseFrontend struct {
+	d   *Daemon
+	srv *fusefs.Server
+}
+
+func newFuseFrontend(d *Daemon) (frontend, error) {
+	dir := filepath.Join(d.cfg.DataDir, "fuse")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	_ = mount.Unmount(dir) // a FUSE mount left by a killed daemon would block this one
+	cfg := fusefs.DefaultConfig()
+	cfg.Logger = d.log
+	srv, err := fusefs.Mount(dir, d.resolver, d.store, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &fuseFrontend{d: d, srv: srv}, nil
+}
+
+func (f *fuseFrontend) Mount(ctx context.Context, im *image, mp string) error {
+	var devices []string
+	for _, b := range im.Image.Blobs {
+		if err := f.srv.AddBlob(b.Digest, b.Size); err != nil {
+			return err
+		}
+		devices = append(devices, f.srv.Path(b.Digest))
+	}
+	return mountFileBacked(f.d.log, im.BootPath, devices, mp)
+}
+
+func (f *fuseFrontend) Unmount(mp string) error { return unmountErofs(mp) }
+
+func (f *fuseFrontend) Close() error { return f.srv.Close() }
+
+// fanotifyFrontend marks the store's backing files for pre-content events and mounts EROFS
+// file-backed on them directly: no copy, no FUSE round trip, hits served by the page cache once a
+// blob is complete and unmarked.
+type fanotifyFrontend struct {
+	d      *Daemon
+	l      *fanotify.Listener
+	cancel context.CancelFunc
+	done   chan struct{}
+	unsub  func()
+
+	mu    sync.Mutex
+	users map[digest.Digest]map[string]bool // blob → mountpoints using it
+	byMP  map[string][]digest.Digest
+}
+
+func newFanotifyFrontend(d *Daemon) (frontend, error) {
+	cfg := fanotify.DefaultConfig()
+	cfg.Logger = d.log
+	cfg.Workers = d.cfg.Workers * 2
+	l, err := fanotify.New(d.resolver, cfg)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(d.ctx)
+	f := &fanotifyFrontend{d: d, l: l, cancel: cancel, done: make(chan struct{}),
+		users: map[digest.Digest]map[string]bool{}, byMP: map[string][]digest.Digest{}}
+	go func() {
+		defer close(f.done)
+		if err := l.Run(ctx); err != nil && ctx.Err() == nil {
+			d.log.Error("fanotify listener stopped", "err", err)
+		}
+	}()
+	// A blob that becomes complete is unmarked, so its reads stop reaching the daemon.
+	f.unsub = d.store.Subscribe(func(e chunkstore.Event) {
+		if e.Kind != chunkstore.ChunkAdded {
+			return
+		}
+		if m, ok := d.store.Blob(e.Blob); ok && f.l.Watched(e.Blob) {
+			go func() {
+				if missing, err := d.store.Missing(e.Blob, 0, m.BlobSize); err == nil && len(missing) == 0 {
+					_ = f.l.Unwatch(e.Blob)
+					d.log.Debug("blob complete: fanotify mark dropped", "blob", e.Blob)
+				}
+			}()
+		}
+	})
+	return f, nil
+}
+
+func (f *fanotifyFrontend) Mount(ctx context.Context, im *image, mp string) error {
+	var devices []string
+	var watched []digest.Digest
+	for _, b := range im.Image.Blobs {
+		path := f.d.store.BackingPath(b.Digest)
+		missing, err := f.d.store.Missing(b.Digest, 0, b.Size)
+		if err != nil {
+			return err
+		}
+		if len(missing) > 0 { // complete blobs need no mark: the kernel reads them directly
+			if err := f.l.Watch(b.Digest, path); err != nil {
+				return err
+			}
+		}
+		watched = append(watched, b.Digest)
+		devices = append(devices, path)
+	}
+	if err := mountFileBacked(f.d.log, im.BootPath, devices, mp); err != nil {
+		f.release(watched, "")
+		return err
+	}
+	f.mu.Lock()
+	for _, b := range watched {
+		if f.users[b] == nil {
+			f.users[b] = map[string]bool{}
+		}
+		f.users[b][mp] = true
+	}
+	f.byMP[mp] = watched
+	f.mu.Unlock()
+	return nil
+}
+
+// release drops mp's use of blobs and unmarks those no mount uses any more.
+func (f *fanotifyFrontend) release(blobs []digest.Digest, mp string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, b := range blobs {
+		delete(f.users[b], mp)
+		if len(f.users[b]) == 0 {
+			delete(f.users, b)
+			_ = f.l.Unwatch(b)
+		}
+	}
+}
+
+func (f *fanotifyFrontend) Unmount(mp string) error {
+	if err := unmountErofs(mp); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	blobs := f.byMP[mp]
+	delete(f.byMP, mp)
+	f.mu.Unlock()
+	f.release(blobs, mp)
+	return nil
+}
+
+// Close stops the listener. Images must be unmounted first: with the group closed, reads of
+// holes would return zeros.
+func (f *fanotifyFrontend) Close() error {
+	f.unsub()
+	err := f.l.Close()
+	f.cancel()
+	<-f.done
+	return err
+}
+
+func unmountErofs(mp string) error {
+	err := mount.Unmount(mp)
+	if errors.Is(err, mount.ErrNotMounted) {
+		return nil // already gone (unmounted by hand): nothing to do
+	}
+	return err
+}
+
+func cleanupDataDirMounts(dir string) ([]mount.Info, error) { return mount.Cleanup(dir) }
