@@ -365,3 +365,137 @@ func TestCLIAgainstDaemon(t *testing.T) {
 	}
 }
 
+
+// mountOrSkip mounts the image on a host, skipping the test when this machine cannot run the
+// mode (the daemon's probe says why).
+func (c *cluster) mountOrSkip(d *daemonProc, mode, mp string) {
+	t := c.t
+	os.MkdirAll(mp, 0o755)
+	out, err := exec.Command(shoalBin, "mount", c.ref, mp, "--mode", mode, "--api", d.sock).CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "not available here") {
+			t.Skipf("%s mode unsupported on this machine: %s", mode, strings.TrimSpace(string(out)))
+		}
+		t.Fatalf("mount on host %d: %v\n%s", d.n, err, out)
+	}
+	if !strings.Contains(string(out), "("+mode+" mode") {
+		t.Fatalf("mount said %q, want %s mode", out, mode)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", mp).Run() }) // only if the test failed midway
+}
+
+// shoalMounts lists erofs and Shoal FUSE mounts under dir.
+func shoalMounts(t testing.TB, dir string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 10 || !strings.HasPrefix(f[4], dir) {
+			continue
+		}
+		for i, x := range f {
+			if x == "-" && i+1 < len(f) && (f[i+1] == "erofs" || strings.HasPrefix(f[i+1], "fuse")) {
+				out = append(out, f[4]+" ("+f[i+1]+")")
+			}
+		}
+	}
+	return out
+}
+
+// TestMountModes: the image mounted on three peered hosts, in each file-backed mode, read in
+// full and at random offsets; hosts 2 and 3 take their chunks from peers; unmount and daemon
+// stop leave nothing behind.
+func TestMountModes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting needs root")
+	}
+	for _, mode := range []string{"fanotify", "fuse"} {
+		t.Run(mode, func(t *testing.T) {
+			c := newCluster(t, 3)
+			mps := make([]string, 3)
+			for i := range mps {
+				mps[i] = filepath.Join(c.dir, fmt.Sprintf("mnt%d", i+1))
+			}
+			c.mountOrSkip(c.daemons[0], mode, mps[0])
+			c.checkTree(mps[0])
+			var wg sync.WaitGroup
+			for i, d := range c.daemons[1:] {
+				c.mountOrSkip(d, mode, mps[i+1])
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c.randomReads(mps[i+1], int64(i))
+					c.checkTree(mps[i+1])
+				}()
+			}
+			wg.Wait()
+			for _, d := range c.daemons[1:] {
+				s := c.stats(d)
+				if s.Bytes.Peers == 0 || s.Bytes.Origin > c.image/5 {
+					t.Errorf("host %d: %d bytes from peers, %d from origin (image %d): want most from peers", d.n, s.Bytes.Peers, s.Bytes.Origin, c.image)
+				}
+				if len(s.Images) != 1 || s.Images[0].Mounts[mps[d.n-1]] != mode {
+					t.Errorf("host %d images: %+v", d.n, s.Images)
+				}
+			}
+			ob := c.originBytes()
+			t.Logf("%s: image %d bytes, origin served %d (%.2fx)", mode, c.image, ob, float64(ob)/float64(c.image))
+			if ob > c.image*13/10 {
+				t.Errorf("origin served %d bytes for a %d-byte image", ob, c.image)
+			}
+			// Unmount on host 3 by command; stop the others with their images mounted.
+			run(t, "umount", mps[2], "--api", c.daemons[2].sock)
+			for _, d := range c.daemons {
+				d.cmd.Process.Signal(os.Interrupt)
+				d.cmd.Wait()
+			}
+			if left := shoalMounts(t, c.dir); len(left) > 0 {
+				t.Fatalf("left behind after unmount and daemon stop: %v", left)
+			}
+		})
+	}
+}
+
+// TestRestartRestoresMounts: a daemon killed with SIGKILL leaves its mount behind; the next
+// start cleans it up, mounts the image again, and reads work.
+func TestRestartRestoresMounts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting needs root")
+	}
+	c := newCluster(t, 1)
+	d := c.daemons[0]
+	mp := filepath.Join(c.dir, "mnt")
+	c.mountOrSkip(d, "fuse", mp)
+	c.checkTree(mp)
+	d.cmd.Process.Kill()
+	d.cmd.Wait()
+
+	args := d.cmd.Args[1:]
+	d.cmd = exec.Command(shoalBin, args...)
+	d.log.Reset()
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s, err := exec.Command(shoalBin, "images", "--json", "--api", d.sock).Output()
+		if err == nil && strings.Contains(string(s), mp) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mount not restored after restart:\n%s", d.log.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	c.checkTree(mp)
+	run(t, "umount", mp, "--api", d.sock)
+	d.cmd.Process.Signal(os.Interrupt)
+	d.cmd.Wait()
+	if left := shoalMounts(t, c.dir); len(left) > 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+}
