@@ -122,6 +122,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		cmd := s.cfg.Worker(ctx)
 		if err := cmd.Start(); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
 			s.log.Error("worker did not start", "err", err)
 		} else {
 			s.mu.Lock()
