@@ -99,17 +99,22 @@ func unescape(s string) string {
 	return b.String()
 }
 
+// ParseMountinfoFile reads a mountinfo file (usually /proc/self/mountinfo).
+func ParseMountinfoFile(path string) ([]Info, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return ParseMountinfo(f)
+}
+
 // List returns the Shoal mounts of this mount namespace that belong to the daemon whose data
 // lives under root: EROFS mounts whose mountpoint or source (the bootstrap file) is under root,
 // and Shoal FUSE servers mounted under root. Deepest mountpoints come first, EROFS before FUSE,
 // which is the order to unmount them in (EROFS images sit on FUSE files in FUSE mode).
 func List(root string) ([]Info, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("list mounts: %w", err)
-	}
-	defer f.Close()
-	all, err := ParseMountinfo(f)
+	all, err := ParseMountinfoFile("/proc/self/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("list mounts: %w", err)
 	}
