@@ -43,7 +43,7 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	var errs []error
 	if c.Workers < 1 || c.Workers > 4096 {
-		errs = append(errs, fmt.Errorf("Workers %d: must be 1..4096", c.Workers))
+		errs = append(errs, fmt.Errorf("Config.Workers %d: must be 1..4096", c.Workers))
 	}
 	if c.EnsureTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("EnsureTimeout %v: must be positive (a reader must never wait forever)", c.EnsureTimeout))
