@@ -539,7 +539,6 @@ func TestHandover(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- sup.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	waitFor(t, "socket", func() bool { _, err := os.Stat(sock); return err == nil })
 
 	for i := range 2 { // two successive workers
 		hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
@@ -561,7 +560,9 @@ func TestHandover(t *testing.T) {
 		}
 		got.Close()
 	}
-	if _, err := Handover(ctx, filepath.Join(t.TempDir(), "nobody")); !errors.Is(err, ErrHandover) {
+	nctx, ncancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer ncancel()
+	if _, err := Handover(nctx, filepath.Join(t.TempDir(), "nobody")); !errors.Is(err, ErrHandover) {
 		t.Fatalf("handover from no supervisor: %v", err)
 	}
 }

@@ -196,14 +196,28 @@ func (s *Supervisor) Close() error {
 	return nil
 }
 
-// Handover connects to a Supervisor's socket, receives the device fd (close-on-exec) and writes
+// Handover connects to a Supervisor's socket (waiting for it to appear until ctx ends), receives the device fd (close-on-exec) and writes
 // "restore", so the kernel resends every request the previous worker left unanswered. The result
 // is ready for NewServer.
 func Handover(ctx context.Context, socket string) (*Device, error) {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", socket)
-	if err != nil {
-		return nil, fmt.Errorf("%w: dial %s: %w", ErrHandover, socket, err)
+	var conn net.Conn
+	for {
+		var err error
+		conn, err = d.DialContext(ctx, "unix", socket)
+		if err == nil {
+			break
+		}
+		// A supervisor that is starting (or restarting) has no socket yet, or has bound it but
+		// not yet listened: wait for it until ctx ends.
+		if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ECONNREFUSED) {
+			return nil, fmt.Errorf("%w: dial %s: %w", ErrHandover, socket, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: dial %s: %w (%w)", ErrHandover, socket, err, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	defer conn.Close()
 	c := conn.(*net.UnixConn)

@@ -25,7 +25,7 @@ fi
 apt_install busybox-static qemu-system-x86 erofs-utils e2fsprogs cpio
 
 log "building the static test binary"
-(cd "$repo" && run_logged "$work/go-build.log" env CGO_ENABLED=0 go test -c -o "$work/cachefiles.test" ./demand/cachefiles)
+(cd "$repo" && run_logged "$work/go-build.log" env CGO_ENABLED=0 GOFLAGS= go test -c -o "$work/cachefiles.test" ./demand/cachefiles)
 
 log "making EROFS images"
 data="$work/data"
