@@ -244,6 +244,12 @@ func testFaults(t *testing.T, upstream string, im *testImage) {
 		{name: "429 with Retry-After", fault: firstN(1, statusFault(429, "Retry-After", "1")), minTime: 900 * time.Millisecond},
 		{name: "connection dropped mid-body", fault: firstN(2, truncateFault)},
 		{name: "Open resumes after a dropped connection", op: openBlob, fault: firstN(2, truncateFault)},
+		{name: "Open resumes from a server that ignores Range", op: openBlob, fault: func(n int, w http.ResponseWriter, r *http.Request, f func(*http.Request) upstreamResp) bool {
+			if n == 1 {
+				return truncateFault(n, w, r, f)
+			}
+			return ignoreRange(n, w, r, f)
+		}},
 		{name: "stall after headers", fault: firstN(1, stallFault(true)), timeout: 300 * time.Millisecond, maxTime: 5 * time.Second},
 		{name: "stall before headers", fault: firstN(1, stallFault(false)), timeout: 300 * time.Millisecond, maxTime: 5 * time.Second},
 		{name: "Open resumes after a stall", op: openBlob, fault: firstN(1, stallFault(true)), timeout: 300 * time.Millisecond, maxTime: 5 * time.Second},
