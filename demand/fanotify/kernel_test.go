@@ -2,10 +2,12 @@ package fanotify_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -118,6 +120,17 @@ func TestDemandReadsThroughStore(t *testing.T) {
 	fx.mount(t, paths)
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
+
+	// Readers in several processes at once hit the same chunks: every one gets the right bytes.
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	for i := range errs {
+		wg.Go(func() { errs[i] = fx.im.Verify(ctx, fx.target, fx.im.Requests(fx.target, 40, uint64(10+i))) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
 
 	// Every file whole, then random reads at odd offsets and lengths, from another process.
 	fx.im.Check(t, ctx, fx.target, fx.im.Requests(fx.target, 150, 2))

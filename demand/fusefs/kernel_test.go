@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -85,6 +86,16 @@ func TestEROFSOnFUSEThroughStore(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 
+	// Readers in several processes at once, then every file and odd ranges.
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	for i := range errs {
+		wg.Go(func() { errs[i] = fx.im.Verify(ctx, fx.target, fx.im.Requests(fx.target, 40, uint64(20+i))) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
 	fx.im.Check(t, ctx, fx.target, fx.im.Requests(fx.target, 150, 5))
 	if res.Fetched.Load() == 0 {
 		t.Fatal("no chunk fetched: reads did not go through the FUSE server")

@@ -322,27 +322,32 @@ func (im *Image) Requests(root string, n int, seed uint64) []ReadReq {
 // Check runs reqs in a child process and compares every answer with the source files.
 func (im *Image) Check(t testing.TB, ctx context.Context, root string, reqs []ReadReq) {
 	t.Helper()
-	got, err := ChildRead(ctx, reqs)
-	if err != nil {
+	if err := im.Verify(ctx, root, reqs); err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != len(reqs) {
-		t.Fatalf("reader answered %d of %d requests", len(got), len(reqs))
+}
+
+// Verify is Check for goroutines: it returns what went wrong instead of failing the test.
+func (im *Image) Verify(ctx context.Context, root string, reqs []ReadReq) error {
+	got, err := ChildRead(ctx, reqs)
+	if err != nil {
+		return err
 	}
-	bad := 0
+	if len(got) != len(reqs) {
+		return fmt.Errorf("reader answered %d of %d requests", len(got), len(reqs))
+	}
+	var errs []error
 	for i, r := range reqs {
 		want, err := im.Expect(root, r)
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		if got[i] != want {
-			bad++
-			if bad <= 5 {
-				t.Errorf("read %s at %d len %d: got %+v, want %+v", r.Path, r.Off, r.Len, got[i], want)
-			}
+			errs = append(errs, fmt.Errorf("read %s at %d len %d: got %+v, want %+v", r.Path, r.Off, r.Len, got[i], want))
 		}
 	}
-	if bad > 0 {
-		t.Fatalf("%d of %d reads wrong", bad, len(reqs))
+	if len(errs) > 5 {
+		errs = append(errs[:5], fmt.Errorf("... %d of %d reads wrong", len(errs), len(reqs)))
 	}
+	return errors.Join(errs...)
 }
