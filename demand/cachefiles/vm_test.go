@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -229,6 +230,23 @@ func TestKernelInVM(t *testing.T) {
 	reads3 := countLines(vmReadLog)
 	vmReport(t, err == nil && len(bad) == 0 && reads3 == reads1, "remount-cached", "%d files match, READ steps %d -> %d, err %v, mismatches %v", n, reads1, reads3, err, bad)
 
+	// The kernel links a new backing file into the cache dir when the cookie is withdrawn
+	// (umount); since step 3 they must be where BackingPath says.
+	var missing []string
+	for _, key := range []string{a.boot, a.blob} {
+		p, err := BackingPath(cacheDir, VolumeKey(DefaultDomain), key)
+		if st, serr := os.Stat(p); err != nil || serr != nil || st.Size() == 0 {
+			missing = append(missing, fmt.Sprintf("%s: %v %v", p, err, serr))
+		}
+	}
+	if len(missing) > 0 {
+		_ = filepath.WalkDir(cacheDir, func(p string, _ os.DirEntry, _ error) error {
+			fmt.Println("cache dir:", p)
+			return nil
+		})
+	}
+	vmReport(t, len(missing) == 0, "backing-files", "bootstrap and blob backing files at BackingPath; missing %v", missing)
+
 	// 4. An unknown bootstrap: the worker answers copen -ENOENT and the mount fails cleanly.
 	unknown := vmImage{boot: "sha256:" + strings.Repeat("0", 64), blob: a.blob}
 	err = unknown.mount("/mnt/unknown")
@@ -279,14 +297,36 @@ func TestKernelInVM(t *testing.T) {
 		r.err = fmt.Errorf("read still hanging after 120s")
 	}
 	newPID := sup.WorkerPID()
-	vmReport(t, killErr == nil && r.err == nil && r.sum == want && newPID != old && newPID != 0, "failover",
-		"killed worker %d after %d READ steps of %s (kill: %v); new worker %d; read: %v; sha256 %s, want %s; %d READ steps in all",
-		old, killedAt, big, killErr, newPID, r.err, r.sum, want, countLines(vmReadLog)-before)
+	resent := resentRanges(b.blob, old)
+	vmReport(t, killErr == nil && r.err == nil && r.sum == want && newPID != old && newPID != 0 && resent > 0, "failover",
+		"killed worker %d after %d READ steps of %s (kill: %v); new worker %d served %d of the killed worker's unanswered ranges again after restore; read: %v; sha256 %s, want %s; %d READ steps in all",
+		old, killedAt, big, killErr, newPID, resent, r.err, r.sum, want, countLines(vmReadLog)-before)
 
 	// 6. Clean up: unmounting sends CLOSE for every object.
 	err1 := unix.Unmount("/mnt/a", 0)
 	err2 := unix.Unmount("/mnt/b", 0)
 	vmReport(t, err1 == nil && err2 == nil, "umount", "a: %v, b: %v", err1, err2)
+}
+
+// resentRanges counts the ranges of blob that worker pid started to serve and another worker
+// served again: READs the kernel resent after "restore".
+func resentRanges(blob string, pid int) int {
+	b, _ := os.ReadFile(vmReadLog)
+	started := map[string]bool{}
+	again := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line) // pid cookie off len
+		if len(f) != 4 || f[1] != blob {
+			continue
+		}
+		key := f[2] + "+" + f[3]
+		if f[0] == strconv.Itoa(pid) {
+			started[key] = true
+		} else if started[key] {
+			again[key] = true
+		}
+	}
+	return len(again)
 }
 
 // vmResolver serves blobs from the image files in SHOAL_VM_DATA, keyed by their digests, and logs
