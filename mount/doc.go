@@ -28,8 +28,8 @@
 //		err = mount.MountFscache(boot.Digest.String(), store.Domain(), blobDigests, target)
 //	case mount.Fanotify: // after listener.Watch of every blob's backing file
 //		err = mount.MountFileBacked(bootPath, backingPaths, target, mount.FileBackedOptions{DirectIO: true})
-//	case mount.FUSE: // after fuseServer.AddBlob of every blob
-//		err = mount.MountFileBacked(bootPath, fuseServer.Paths..., target, mount.FileBackedOptions{DirectIO: true})
+//	case mount.FUSE: // after srv.AddBlob of every blob; devices[i] = srv.Path(blob i)
+//		err = mount.MountFileBacked(bootPath, devices, target, mount.FileBackedOptions{DirectIO: true})
 //	}
 //	defer mount.Unmount(target)
 //
