@@ -365,7 +365,6 @@ func TestCLIAgainstDaemon(t *testing.T) {
 	}
 }
 
-
 // mountOrSkip mounts the image on a host, skipping the test when this machine cannot run the
 // mode (the daemon's probe says why).
 func (c *cluster) mountOrSkip(d *daemonProc, mode, mp string) {
