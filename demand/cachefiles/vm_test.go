@@ -262,10 +262,27 @@ func TestKernelInVM(t *testing.T) {
 	if err != nil {
 		t.FailNow()
 	}
-	big, want := "", ""
-	for p, s := range b.sums {
-		big, want = p, s
+	restartDuringRead(t, sup, b, "big-16M", syscall.SIGKILL, "failover")
+
+	// 6. Upgrade: stop the worker gracefully (SIGTERM) in the middle of a read; it leaves its READs
+	// unanswered and closes its anonymous fds, and the next worker serves them after restore.
+	if err := os.WriteFile(vmSlow, nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
+	restartDuringRead(t, sup, b, "upgrade-8M", syscall.SIGTERM, "upgrade")
+
+	// 7. Clean up: unmounting sends CLOSE for every object.
+	err1 := unix.Unmount("/mnt/a", 0)
+	err2 := unix.Unmount("/mnt/b", 0)
+	vmReport(t, err1 == nil && err2 == nil, "umount", "a: %v, b: %v", err1, err2)
+}
+
+// restartDuringRead reads file of img (mounted at /mnt/<name of img>) while vmSlow exists, signals
+// the worker after a few READ steps, lets the Supervisor start a new one and checks that the read
+// completes with the right bytes, the new worker having served again what the old one left.
+func restartDuringRead(t *testing.T, sup *Supervisor, img vmImage, file string, sig syscall.Signal, name string) {
+	t.Helper()
+	want := img.sums[file]
 	before := countLines(vmReadLog)
 	type result struct {
 		sum string
@@ -273,7 +290,7 @@ func TestKernelInVM(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		s, err := sha256File(filepath.Join("/mnt/b", big))
+		s, err := sha256File(filepath.Join("/mnt", img.name, file))
 		done <- result{s, err}
 	}()
 	deadline := time.Now().Add(60 * time.Second)
@@ -283,13 +300,13 @@ func TestKernelInVM(t *testing.T) {
 	old := sup.WorkerPID()
 	select {
 	case r := <-done:
-		vmReport(t, false, "failover", "read of %s finished before the worker could be killed (%v)", big, r.err)
-		t.FailNow()
+		vmReport(t, false, name, "read of %s finished before the worker could be stopped (%v)", file, r.err)
+		return
 	default:
 	}
-	killErr := syscall.Kill(old, syscall.SIGKILL)
+	killErr := syscall.Kill(old, sig)
 	_ = os.Remove(vmSlow)
-	killedAt := countLines(vmReadLog) - before
+	stoppedAt := countLines(vmReadLog) - before
 	var r result
 	select {
 	case r = <-done:
@@ -297,15 +314,10 @@ func TestKernelInVM(t *testing.T) {
 		r.err = fmt.Errorf("read still hanging after 120s")
 	}
 	newPID := sup.WorkerPID()
-	resent := resentRanges(b.blob, old)
-	vmReport(t, killErr == nil && r.err == nil && r.sum == want && newPID != old && newPID != 0 && resent > 0, "failover",
-		"killed worker %d after %d READ steps of %s (kill: %v); new worker %d served %d of the killed worker's unanswered ranges again after restore; read: %v; sha256 %s, want %s; %d READ steps in all",
-		old, killedAt, big, killErr, newPID, resent, r.err, r.sum, want, countLines(vmReadLog)-before)
-
-	// 6. Clean up: unmounting sends CLOSE for every object.
-	err1 := unix.Unmount("/mnt/a", 0)
-	err2 := unix.Unmount("/mnt/b", 0)
-	vmReport(t, err1 == nil && err2 == nil, "umount", "a: %v, b: %v", err1, err2)
+	resent := resentRanges(img.blob, old)
+	vmReport(t, killErr == nil && r.err == nil && r.sum == want && newPID != old && newPID != 0 && resent > 0, name,
+		"sent %q to worker %d after %d READ steps of %s (err %v); new worker %d served %d of the old worker's unanswered ranges again after restore; read: %v; sha256 %s, want %s; %d READ steps in all",
+		sig, old, stoppedAt, file, killErr, newPID, resent, r.err, r.sum, want, countLines(vmReadLog)-before)
 }
 
 // resentRanges counts the ranges of blob that worker pid started to serve and another worker
