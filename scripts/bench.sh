@@ -10,3 +10,5 @@ for s in scripts/bench-*.sh; do
 done
 echo "== p2p: origin offload, latency, throughput (go run ./p2p/internal/p2pbench)"
 go run ./p2p/internal/p2pbench
+echo "== origin: embedded server --rate accuracy over 10 s (BenchmarkServerRate)"
+go test -run '^$' -bench BenchmarkServerRate -benchtime 1x ./origin/
