@@ -292,15 +292,19 @@ func (s *Server) open(m *Msg) {
 	s.mu.Lock()
 	old := s.objects[m.ObjectID]
 	s.objects[m.ObjectID] = obj
-	if s.closed {
-		obj.gone = true
-	}
+	closing := s.closed
 	s.mu.Unlock()
 	if old != nil {
 		s.release1(old)
 	}
 	if err := s.dev.Command(CmdCopen(m.ID, size)); err != nil {
 		log.Error("copen failed", "size", size, "err", err)
+		s.release(m.ObjectID)
+		return
+	}
+	if closing {
+		// Opened, but this Server is going away: closing the fd makes the kernel reopen the
+		// object for the next worker when it is read.
 		s.release(m.ObjectID)
 		return
 	}

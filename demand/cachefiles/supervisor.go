@@ -21,8 +21,9 @@ const handoverMagic = "shoal-cachefiles-handover/1"
 type SupervisorConfig struct {
 	// Socket is the path of the unix socket workers connect to for the device fd. Required.
 	Socket string
-	// Worker, if set, builds the worker command; the Supervisor starts it and starts a new one
-	// whenever it exits, until ctx ends. Build it with exec.CommandContext so it is stopped with
+	// Worker, if set, builds the worker command (never nil); the Supervisor starts it and starts a
+	// new one whenever it exits, until ctx ends. The worker finds the socket by its own means
+	// (flag or environment) and calls Handover. Build it with exec.CommandContext so it is stopped with
 	// the Supervisor. Without Worker, workers are started by someone else (systemd, a test).
 	Worker func(ctx context.Context) *exec.Cmd
 	// RestartDelay is the pause before a worker that exited is started again. Default 200ms.
@@ -121,6 +122,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	for ctx.Err() == nil {
 		cmd := s.cfg.Worker(ctx)
+		if cmd == nil {
+			return errors.New("cachefiles supervisor: Worker returned no command")
+		}
 		if err := cmd.Start(); err != nil {
 			if ctx.Err() != nil {
 				break
