@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -33,10 +34,11 @@ import (
 )
 
 const (
-	vmSocket  = "/run/shoal-cachefiles.sock"
-	vmReadLog = "/tmp/shoal-reads.log"  // one line per ReadRange the worker served
-	vmSlow    = "/tmp/shoal-slow"       // while it exists, the worker serves each step slowly
-	vmWorkLog = "/tmp/shoal-worker.log" // worker stdout and stderr
+	vmSocket    = "/run/shoal-cachefiles.sock"
+	vmReadLog   = "/tmp/shoal-reads.log" // one line per ReadRange the worker served
+	vmBlock     = "/tmp/shoal-block"     // while it exists, a worker blocks after serving vmFastSteps
+	vmFastSteps = 3
+	vmWorkLog   = "/tmp/shoal-worker.log" // worker stdout and stderr
 )
 
 func vmReport(t *testing.T, ok bool, name, format string, args ...any) {
@@ -254,9 +256,6 @@ func TestKernelInVM(t *testing.T) {
 
 	// 5. Failover: kill the worker in the middle of a large read, the supervisor starts a new one,
 	// which writes "restore"; the read completes with the right bytes.
-	if err := os.WriteFile(vmSlow, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	err = b.mount("/mnt/b")
 	vmReport(t, err == nil, "mount-b", "image b: %v", err)
 	if err != nil {
@@ -266,9 +265,6 @@ func TestKernelInVM(t *testing.T) {
 
 	// 6. Upgrade: stop the worker gracefully (SIGTERM) in the middle of a read; it leaves its READs
 	// unanswered and closes its anonymous fds, and the next worker serves them after restore.
-	if err := os.WriteFile(vmSlow, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	restartDuringRead(t, sup, b, "upgrade-8M", syscall.SIGTERM, "upgrade")
 
 	// 7. Clean up: unmounting sends CLOSE for every object.
@@ -277,13 +273,17 @@ func TestKernelInVM(t *testing.T) {
 	vmReport(t, err1 == nil && err2 == nil, "umount", "a: %v, b: %v", err1, err2)
 }
 
-// restartDuringRead reads file of img (mounted at /mnt/<name of img>) while vmSlow exists, signals
-// the worker after a few READ steps, lets the Supervisor start a new one and checks that the read
-// completes with the right bytes, the new worker having served again what the old one left.
+// restartDuringRead reads file of img (mounted at /mnt/<name of img>) with vmBlock set, so the
+// worker serves vmFastSteps steps and then blocks; it signals the worker while a READ is blocked,
+// lets the Supervisor start a new one and checks that the read completes with the right bytes, the
+// new worker having served again what the old one left unanswered.
 func restartDuringRead(t *testing.T, sup *Supervisor, img vmImage, file string, sig syscall.Signal, name string) {
 	t.Helper()
 	want := img.sums[file]
 	before := countLines(vmReadLog)
+	if err := os.WriteFile(vmBlock, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	type result struct {
 		sum string
 		err error
@@ -294,7 +294,7 @@ func restartDuringRead(t *testing.T, sup *Supervisor, img vmImage, file string, 
 		done <- result{s, err}
 	}()
 	deadline := time.Now().Add(60 * time.Second)
-	for countLines(vmReadLog) < before+3 && time.Now().Before(deadline) {
+	for countLines(vmReadLog) < before+vmFastSteps+1 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	old := sup.WorkerPID()
@@ -305,7 +305,7 @@ func restartDuringRead(t *testing.T, sup *Supervisor, img vmImage, file string, 
 	default:
 	}
 	killErr := syscall.Kill(old, sig)
-	_ = os.Remove(vmSlow)
+	_ = os.Remove(vmBlock)
 	stoppedAt := countLines(vmReadLog) - before
 	var r result
 	select {
@@ -348,6 +348,8 @@ type vmResolver struct {
 	sizes map[string]int64
 	mu    sync.Mutex
 	log   *os.File
+	// blockSteps counts the steps served while vmBlock exists.
+	blockSteps atomic.Int32
 }
 
 func (r *vmResolver) Lookup(volumeKey, cookieKey string) (int64, bool) {
@@ -366,11 +368,16 @@ func (r *vmResolver) ReadRange(ctx context.Context, cookieKey string, p []byte, 
 	r.mu.Lock()
 	fmt.Fprintf(r.log, "%d %s %d %d\n", os.Getpid(), cookieKey, off, len(p))
 	r.mu.Unlock()
-	if _, err := os.Stat(vmSlow); err == nil {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+	if _, err := os.Stat(vmBlock); err == nil && r.blockSteps.Add(1) > vmFastSteps {
+		for {
+			if _, err := os.Stat(vmBlock); err != nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
 		}
 	}
 	n, err := f.ReadAt(p, off)
