@@ -13,7 +13,7 @@ import (
 )
 
 // vmChecks are the checks TestKernelInVM reports; each must PASS.
-var vmChecks = []string{"bind", "mount", "read-all", "backing-files", "reread-no-reads", "remount-cached", "unknown-bootstrap", "mount-b", "failover", "upgrade", "umount"}
+var vmChecks = []string{"bind", "mount", "read-all", "concurrent-reads", "backing-files", "reread-no-reads", "remount-cached", "unknown-bootstrap", "mount-b", "failover", "upgrade", "umount"}
 
 // TestKernel boots a real Linux 6.12 (built by scripts/kernel/build-kernel.sh, cached outside the
 // repository) under qemu and runs TestKernelInVM in it: bind ondemand, an fscache-mode EROFS

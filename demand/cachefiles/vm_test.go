@@ -118,20 +118,46 @@ func sha256File(path string) (string, error) {
 
 // verifyTree hashes every file of img under mnt and returns how many matched and the mismatches.
 func verifyTree(img vmImage, mnt string) (int, []string) {
-	var bad []string
-	n := 0
+	var (
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+		bad []string
+		n   int
+	)
+	// All files at once: several READs are in flight together.
 	for path, want := range img.sums {
-		got, err := sha256File(filepath.Join(mnt, path))
-		switch {
-		case err != nil:
-			bad = append(bad, fmt.Sprintf("%s: %v", path, err))
-		case got != want:
-			bad = append(bad, fmt.Sprintf("%s: sha256 %s, want %s", path, got, want))
-		default:
-			n++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := sha256File(filepath.Join(mnt, path))
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				bad = append(bad, fmt.Sprintf("%s: %v", path, err))
+			case got != want:
+				bad = append(bad, fmt.Sprintf("%s: sha256 %s, want %s", path, got, want))
+			default:
+				n++
+			}
+		}()
+	}
+	wg.Wait()
+	return n, bad
+}
+
+// maxInflight is the largest number of ReadRange calls a worker had in flight at once.
+func maxInflight() int {
+	b, _ := os.ReadFile(vmReadLog)
+	m := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 5 {
+			if v, err := strconv.Atoi(f[4]); err == nil && v > m {
+				m = v
+			}
 		}
 	}
-	return n, bad
+	return m
 }
 
 func countLines(path string) int {
@@ -214,6 +240,7 @@ func TestKernelInVM(t *testing.T) {
 	n, bad := verifyTree(a, "/mnt/a")
 	reads1 := countLines(vmReadLog)
 	vmReport(t, len(bad) == 0 && n > 0 && reads1 > 0, "read-all", "%d files match their source, %d READ steps served, mismatches %v", n, reads1, bad)
+	vmReport(t, maxInflight() >= 2, "concurrent-reads", "up to %d READ steps in flight at once", maxInflight())
 
 	// 2. Read again: page cache hits, no READ reaches the daemon.
 	n, bad = verifyTree(a, "/mnt/a")
@@ -327,8 +354,8 @@ func resentRanges(blob string, pid int) int {
 	started := map[string]bool{}
 	again := map[string]bool{}
 	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line) // pid cookie off len
-		if len(f) != 4 || f[1] != blob {
+		f := strings.Fields(line) // pid cookie off len inflight
+		if len(f) != 5 || f[1] != blob {
 			continue
 		}
 		key := f[2] + "+" + f[3]
@@ -344,10 +371,11 @@ func resentRanges(blob string, pid int) int {
 // vmResolver serves blobs from the image files in SHOAL_VM_DATA, keyed by their digests, and logs
 // every ReadRange so the supervisor can count READs.
 type vmResolver struct {
-	files map[string]*os.File
-	sizes map[string]int64
-	mu    sync.Mutex
-	log   *os.File
+	files    map[string]*os.File
+	sizes    map[string]int64
+	mu       sync.Mutex
+	log      *os.File
+	inflight atomic.Int32
 	// blockSteps counts the steps served while vmBlock exists.
 	blockSteps atomic.Int32
 }
@@ -366,8 +394,11 @@ func (r *vmResolver) ReadRange(ctx context.Context, cookieKey string, p []byte, 
 		return fmt.Errorf("no blob %s", cookieKey)
 	}
 	r.mu.Lock()
-	fmt.Fprintf(r.log, "%d %s %d %d\n", os.Getpid(), cookieKey, off, len(p))
+	inflight := r.inflight.Add(1)
+	defer r.inflight.Add(-1)
+	fmt.Fprintf(r.log, "%d %s %d %d %d\n", os.Getpid(), cookieKey, off, len(p), inflight)
 	r.mu.Unlock()
+	time.Sleep(2 * time.Millisecond) // a little latency, as from a peer, so READs overlap
 	if _, err := os.Stat(vmBlock); err == nil && r.blockSteps.Add(1) > vmFastSteps {
 		for {
 			if _, err := os.Stat(vmBlock); err != nil {
