@@ -6,7 +6,8 @@
 // bind ondemand, restore), the epoll-driven request loop with a bounded pool of READ workers
 // (Server), the failover hand-off of the device fd from a long-lived supervisor to each new worker
 // process over a unix socket with SCM_RIGHTS (Supervisor, Handover), and the mount(2) option string
-// of an fscache-mode mount (MountOptions). It must not touch the chunk store's files: in fscache mode
+// of an fscache-mode mount (MountOptions), and where the kernel keeps a cookie's backing file
+// (BackingPath, for inspection and culling). It must not touch the chunk store's files: in fscache mode
 // the kernel writes the backing files under <dir>/cache itself, through the anonymous fds this
 // package pwrites into; it does not mount anything either (package mount does).
 //
@@ -25,6 +26,12 @@
 //	dev, _ := cachefiles.Handover(ctx, sock) // receives the fd and writes "restore"
 //	srv, _ := cachefiles.NewServer(dev, resolver, cachefiles.Config{})
 //	_ = srv.Run(ctx)
+//
+// Failover: the kernel keeps every request until it is answered. When a worker dies, its anonymous
+// fds close, so the kernel marks those objects closed; after the next worker writes "restore", the
+// kernel resends the unanswered requests, reopening each closed object with a new OPEN (new object
+// id and fd) before its READs. A worker that stops on purpose (Run's ctx ends) therefore leaves
+// in-flight READs unanswered rather than failing them, and Close closes its fds.
 //
 // Tests: msg_test.go and fuzz_test.go check the codec byte for byte; emulation_test.go runs the
 // Server against an EMULATION of the kernel side (a socketpair as the device, temp files as the
