@@ -166,20 +166,32 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("eventfd: %w", err)
 	}
-	defer unix.Close(wake)
+	// ctx's end wakes epoll_wait through the eventfd. The mutex keeps that write from racing with
+	// the close (the fd number could be reused by then).
+	var wakeMu sync.Mutex
+	wakeOpen := true
+	stop := context.AfterFunc(ctx, func() {
+		wakeMu.Lock()
+		defer wakeMu.Unlock()
+		if wakeOpen {
+			var one [8]byte
+			one[0] = 1
+			_, _ = unix.Write(wake, one[:])
+		}
+	})
+	defer func() {
+		stop()
+		wakeMu.Lock()
+		wakeOpen = false
+		unix.Close(wake)
+		wakeMu.Unlock()
+	}()
 	for _, fd := range []int{devfd, wake} {
 		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
 		if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 			return fmt.Errorf("epoll_ctl %d: %w", fd, err)
 		}
 	}
-	// The wake-up write happens before the deferred closes above (LIFO), so wake is still open.
-	stop := context.AfterFunc(ctx, func() {
-		var one [8]byte
-		one[0] = 1
-		_, _ = unix.Write(wake, one[:])
-	})
-	defer stop()
 
 	jobs := make(chan readJob)
 	var wg sync.WaitGroup
