@@ -29,6 +29,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
@@ -596,4 +597,77 @@ func TestSupervisorRestartsWorker(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestEmulatedMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	k := newEmuKernel(t)
+	a := pattern(2*pageSize, 7)
+	res := &fakeResolver{blobs: map[string][]byte{blobA: a}, fail: map[string]error{blobB: errors.New("gone")}}
+	res.blobs[blobB] = pattern(pageSize, 8)
+	srv, _ := startServer(t, k, res, Config{Registerer: reg})
+	o, _ := k.open(VolumeKey(DefaultDomain), blobA)
+	if _, err := k.read(o, 0, uint64(len(a))); err != nil {
+		t.Fatal(err)
+	}
+	ob, _ := k.open(VolumeKey(DefaultDomain), blobB)
+	if _, err := k.read(ob, 0, 1); !errors.Is(err, errEmuEIO) {
+		t.Fatal(err)
+	}
+	k.open(VolumeKey(DefaultDomain), "sha256:nothere")
+	for _, c := range []struct {
+		name, op string
+		want     float64
+	}{
+		{"shoal_cachefiles_requests_total", "OPEN", 3},
+		{"shoal_cachefiles_requests_total", "READ", 2},
+		{"shoal_cachefiles_open_misses_total", "", 1},
+		{"shoal_cachefiles_read_failures_total", "", 1},
+		{"shoal_cachefiles_read_bytes_total", "", 2 * pageSize},
+		{"shoal_cachefiles_open_objects", "", 2},
+	} {
+		if got := metricValue(t, reg, c.name, c.op); got != c.want {
+			t.Errorf("%s{op=%q}: %v, want %v", c.name, c.op, got, c.want)
+		}
+	}
+	// A second Server on the same registry (a restarted loop in one process) shares the series.
+	srv2, err := NewServer(k.dev, res, Config{Registerer: reg})
+	if err != nil {
+		t.Fatalf("second server on the same registry: %v", err)
+	}
+	if srv2.met.requests != srv.met.requests {
+		t.Error("second server did not reuse the registered series")
+	}
+}
+
+// metricValue returns the value of a counter or gauge in reg, the series with label op=op if op
+// is set.
+func metricValue(t *testing.T, reg *prometheus.Registry, name, op string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := op == ""
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "op" && l.GetValue() == op {
+					match = true
+				}
+			}
+			if !match {
+				continue
+			}
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s{op=%q}", name, op)
+	return 0
 }

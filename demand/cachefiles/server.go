@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,6 +36,8 @@ type Config struct {
 	StepSize int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Registerer receives the shoal_cachefiles_* metrics (nil: not registered).
+	Registerer prometheus.Registerer
 }
 
 // DefaultConfig returns the defaults.
@@ -106,6 +110,7 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 	ops kernelOps
+	met *metrics
 
 	running atomic.Bool
 	mu      sync.Mutex
@@ -125,8 +130,12 @@ func NewServer(dev *Device, res Resolver, cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	met, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	return &Server{
-		dev: dev, res: res, cfg: cfg, ops: realOps,
+		dev: dev, res: res, cfg: cfg, ops: realOps, met: met,
 		log:     cfg.Logger.With("subsystem", "cachefiles"),
 		objects: make(map[uint32]*object),
 	}, nil
@@ -249,12 +258,15 @@ func (s *Server) handle(ctx context.Context, b []byte, jobs chan<- readJob) {
 	if err != nil {
 		if errors.Is(err, ErrUnknownOpcode) {
 			s.unknown.Add(1)
+			s.met.requests.WithLabelValues("unknown").Inc()
 		} else {
 			s.malformed.Add(1)
+			s.met.requests.WithLabelValues("malformed").Inc()
 		}
 		s.log.Error("dropping message", "err", err)
 		return
 	}
+	s.met.requests.WithLabelValues(m.Op.String()).Inc()
 	switch m.Op {
 	case OpOpen:
 		s.open(&m)
@@ -269,6 +281,7 @@ func (s *Server) handle(ctx context.Context, b []byte, jobs chan<- readJob) {
 			// Without the object's fd there is no way to complete it; the kernel resends it after
 			// a "restore" once the object is reopened.
 			s.readErrors.Add(1)
+			s.met.readFailures.Inc()
 			s.log.Error("READ for unknown object", "msg", m.ID, "err", fmt.Errorf("object %d: %w", m.ObjectID, ErrUnknownObject))
 			return
 		}
@@ -293,6 +306,7 @@ func (s *Server) open(m *Msg) {
 	size, ok := s.res.Lookup(m.VolumeKey, m.CookieKey)
 	if !ok || size < 0 {
 		s.openMisses.Add(1)
+		s.met.openMisses.Inc()
 		log.Warn("OPEN of unknown blob", "volume", m.VolumeKey)
 		if err := s.dev.Command(CmdCopenError(m.ID, uintptr(unix.ENOENT))); err != nil {
 			log.Error("copen failed", "err", err)
@@ -306,6 +320,7 @@ func (s *Server) open(m *Msg) {
 	s.objects[m.ObjectID] = obj
 	closing := s.closed
 	s.mu.Unlock()
+	s.met.objects.Inc()
 	if old != nil {
 		s.release1(old)
 	}
@@ -344,6 +359,7 @@ func (s *Server) put(obj *object) {
 	}
 	s.mu.Unlock()
 	if closeNow {
+		s.met.objects.Dec()
 		_ = s.ops.closeFd(obj.fd)
 	}
 }
@@ -372,6 +388,7 @@ func (s *Server) release1(obj *object) {
 	}
 	s.mu.Unlock()
 	if closeNow {
+		s.met.objects.Dec()
 		_ = s.ops.closeFd(obj.fd)
 	}
 }
@@ -380,6 +397,7 @@ func (s *Server) release1(obj *object) {
 // gets EIO instead of waiting forever; only a shutdown (ctx done) leaves it to the next worker.
 func (s *Server) serveRead(ctx context.Context, j readJob, buf []byte) {
 	defer s.put(j.obj)
+	start := time.Now()
 	err := s.fill(ctx, j.obj, &j.msg, buf)
 	if err != nil && ctx.Err() != nil {
 		s.log.Info("READ left for the next worker", "msg", j.msg.ID, "object", j.obj.id, "cookie", j.obj.cookie)
@@ -388,11 +406,13 @@ func (s *Server) serveRead(ctx context.Context, j readJob, buf []byte) {
 	s.reads.Add(1)
 	if err != nil {
 		s.readErrors.Add(1)
+		s.met.readFailures.Inc()
 		s.log.Error("READ failed; completing without data (reader gets EIO)", "err", err)
 	}
 	if cerr := s.ops.complete(j.obj.fd, j.msg.ID); cerr != nil {
 		s.log.Error("READ_COMPLETE failed", "msg", j.msg.ID, "object", j.obj.id, "cookie", j.obj.cookie, "err", cerr)
 	}
+	s.met.readSeconds.Observe(time.Since(start).Seconds())
 }
 
 // fill writes [Off, Off+Len) of the object, widened to whole pages and clipped to the object's
@@ -420,6 +440,7 @@ func (s *Server) fill(ctx context.Context, obj *object, m *Msg, buf []byte) erro
 			return fmt.Errorf("READ msg %d object %d cookie %s: pwrite [%d,+%d): %w", m.ID, obj.id, obj.cookie, pos, n, err)
 		}
 		s.readBytes.Add(uint64(n))
+		s.met.readBytes.Add(float64(n))
 		pos += n
 	}
 	return nil
