@@ -43,9 +43,9 @@ if [ -z "$src" ]; then
 fi
 
 log "configuring (tinyconfig + config.fragment)"
-run_logged "$out/config.log" make -C "$src" tinyconfig
-run_logged "$out/config.log" "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$KERNEL_SCRIPTS_DIR/config.fragment"
-run_logged "$out/config.log" make -C "$src" olddefconfig
+run_logged "$out/config-tiny.log" make -C "$src" tinyconfig
+run_logged "$out/config-merge.log" "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$KERNEL_SCRIPTS_DIR/config.fragment"
+run_logged "$out/config-olddefconfig.log" make -C "$src" olddefconfig
 # Every requested option must have survived dependency resolution.
 missing=""
 while IFS= read -r line; do

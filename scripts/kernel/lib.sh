@@ -117,14 +117,14 @@ initramfs_pack() {
 }
 
 # vm_run KERNEL INITRD LOG [TIMEOUT_SECONDS]: boots the VM (software emulation, no KVM needed) with
-# the serial console in LOG. Returns 0 if the VM printed `SHOAL-VM: DONE rc=0` and no FAIL line.
+# the serial console in LOG; VM_MEM (MiB, default 512) and VM_CPUS (default 2) size it. Returns 0 if the VM printed `SHOAL-VM: DONE rc=0` and no FAIL line.
 vm_run() {
 	local kernel=$1 initrd=$2 logf=$3 limit=${4:-600}
 	local accel=()
 	# Software emulation by default: /dev/kvm may exist and still fail (nested virtualisation).
 	[ "${SHOAL_VM_KVM:-}" = 1 ] && accel=(-enable-kvm -cpu host)
 	log "booting VM (log: $logf, limit ${limit}s)"
-	timeout --kill-after=10 "$limit" qemu-system-x86_64 "${accel[@]}" -m 512 -smp 2 -nographic -no-reboot -net none \
+	timeout --kill-after=10 "$limit" qemu-system-x86_64 "${accel[@]}" -m "${VM_MEM:-512}" -smp "${VM_CPUS:-2}" -nographic -no-reboot -net none \
 		-kernel "$kernel" -initrd "$initrd" -append "console=ttyS0 quiet panic=-1" </dev/null >"$logf" 2>&1 || true
 	if grep -q '^SHOAL-VM: DONE rc=0' "$logf" && ! grep -q '^SHOAL-VM: FAIL' "$logf"; then
 		return 0
