@@ -38,6 +38,7 @@ const (
 	vmReadLog   = "/tmp/shoal-reads.log" // one line per ReadRange the worker served
 	vmBlock     = "/tmp/shoal-block"     // while it exists, a worker blocks after serving vmFastSteps
 	vmFastSteps = 3
+	vmOverlap   = "/tmp/shoal-overlap"    // while it exists, ReadRange waits (up to 10s) until two overlap
 	vmWorkLog   = "/tmp/shoal-worker.log" // worker stdout and stderr
 )
 
@@ -231,13 +232,18 @@ func TestKernelInVM(t *testing.T) {
 	go func() { supDone <- sup.Run(ctx) }()
 	defer func() { cancel(); <-supDone }()
 
-	// 1. Mount A and read every file: the data comes through OPEN and READ.
+	// 1. Mount A and read every file, all at once: the data comes through OPEN and READ, several
+	// READs being served at the same time.
 	err = a.mount("/mnt/a")
 	vmReport(t, err == nil, "mount", "image a (bootstrap %s): %v", a.boot, err)
 	if err != nil {
 		t.FailNow()
 	}
+	if err := os.WriteFile(vmOverlap, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	n, bad := verifyTree(a, "/mnt/a")
+	_ = os.Remove(vmOverlap)
 	reads1 := countLines(vmReadLog)
 	vmReport(t, len(bad) == 0 && n > 0 && reads1 > 0, "read-all", "%d files match their source, %d READ steps served, mismatches %v", n, reads1, bad)
 	vmReport(t, maxInflight() >= 2, "concurrent-reads", "up to %d READ steps in flight at once", maxInflight())
@@ -371,11 +377,12 @@ func resentRanges(blob string, pid int) int {
 // vmResolver serves blobs from the image files in SHOAL_VM_DATA, keyed by their digests, and logs
 // every ReadRange so the supervisor can count READs.
 type vmResolver struct {
-	files    map[string]*os.File
-	sizes    map[string]int64
-	mu       sync.Mutex
-	log      *os.File
-	inflight atomic.Int32
+	files      map[string]*os.File
+	sizes      map[string]int64
+	mu         sync.Mutex
+	log        *os.File
+	inflight   atomic.Int32
+	overlapped atomic.Bool
 	// blockSteps counts the steps served while vmBlock exists.
 	blockSteps atomic.Int32
 }
@@ -396,9 +403,19 @@ func (r *vmResolver) ReadRange(ctx context.Context, cookieKey string, p []byte, 
 	r.mu.Lock()
 	inflight := r.inflight.Add(1)
 	defer r.inflight.Add(-1)
+	if inflight >= 2 {
+		r.overlapped.Store(true)
+	}
 	fmt.Fprintf(r.log, "%d %s %d %d %d\n", os.Getpid(), cookieKey, off, len(p), inflight)
 	r.mu.Unlock()
-	time.Sleep(2 * time.Millisecond) // a little latency, as from a peer, so READs overlap
+	if _, err := os.Stat(vmOverlap); err == nil {
+		// Hold this READ until another one is being served too (once), so the check that READs
+		// are served concurrently does not depend on timing; if the kernel never has two pending,
+		// the wait ends after 10s and the check fails.
+		for deadline := time.Now().Add(10 * time.Second); !r.overlapped.Load() && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+	}
 	if _, err := os.Stat(vmBlock); err == nil && r.blockSteps.Add(1) > vmFastSteps {
 		for {
 			if _, err := os.Stat(vmBlock); err != nil {
