@@ -6,9 +6,9 @@ BIN         := bin
 STATICCHECK := $(BIN)/tools/staticcheck
 STATICCHECK_VERSION := v0.8.2
 # Debian packages the tests and the demo use; installed only when missing and only as root.
-APT_PACKAGES := erofs-utils e2fsprogs fuse3 iproute2 util-linux attr
+APT_PACKAGES := erofs-utils e2fsprogs fuse3 iproute2 util-linux attr qemu-system-x86 busybox-static cpio
 
-.PHONY: all build test deps lint unit demo bench fuzz clean
+.PHONY: all build test deps lint unit demo bench fuzz clean kernel-image
 
 all: build
 
@@ -38,7 +38,18 @@ lint: $(STATICCHECK)
 unit:
 	$(GO) test -race -timeout 20m ./...
 
-test: deps lint unit
+test: deps lint kernel-image unit
+
+# kernel-image makes sure the real-kernel test (demand/cachefiles TestKernel: EROFS in fscache mode
+# under qemu) has its Linux 6.12 with cachefiles on-demand mode: built once, cached in
+# /var/cache/shoal (about 5 minutes on 2 cores). If it cannot be built here, the test skips and
+# says why; nothing else depends on it.
+kernel-image:
+	@if [ "$$(id -u)" != 0 ]; then echo "not root: the real-kernel test will skip"; \
+	elif ./scripts/kernel/build-kernel.sh --path >/dev/null 2>&1; then echo "test kernel: cached"; \
+	else echo "building the test kernel once (about 5 minutes; log /tmp/shoal-kernel-build.log)"; \
+	  ./scripts/kernel/build-kernel.sh >/tmp/shoal-kernel-build.log 2>&1 || \
+	  { echo "test kernel build failed; TestKernel will skip. Last lines:"; tail -5 /tmp/shoal-kernel-build.log; }; fi
 
 demo: deps build
 	./scripts/demo.sh
