@@ -1,10 +1,10 @@
 package cachefiles
 
 import (
-	"encoding/binary"
 	"fmt"
-	"math/bits"
 	"path/filepath"
+
+	"github.com/shoal-p2p/shoal/chunkstore"
 )
 
 // BackingPath returns where the kernel keeps the backing file of a cookie under the cache dir
@@ -29,36 +29,7 @@ func BackingPath(dir, volumeKey, cookieKey string) (string, error) {
 			return "", fmt.Errorf("%w: volume key %q contains NUL or '/'", ErrBadKey, volumeKey)
 		}
 	}
-	// fs/netfs/fscache_volume.c: the volume key as hashed is [u8 len][key][NUL], padded to 4 bytes.
-	vk := make([]byte, 0, len(volumeKey)+5)
-	vk = append(vk, byte(len(volumeKey)))
-	vk = append(vk, volumeKey...)
-	vk = append(vk, 0)
-	vh := fscacheHash(0, pad4(vk))
-	kh := fscacheHash(vh, pad4([]byte(cookieKey)))
-	return filepath.Join(dir, "cache", "I"+volumeKey, fmt.Sprintf("@%02x", kh&0xff), "D"+cookieKey), nil
-}
-
-func pad4(b []byte) []byte {
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
-
-// fscacheHash is fscache_hash() of fs/netfs/fscache_main.c (HASH_MIX and fold_hash of
-// fs/namei.c on 64-bit kernels) over little-endian 32-bit words.
-func fscacheHash(salt uint32, data []byte) uint32 {
-	var x, y uint32 = 0, salt
-	for i := 0; i+4 <= len(data); i += 4 {
-		a := binary.LittleEndian.Uint32(data[i:])
-		x ^= a
-		y ^= x
-		x = bits.RotateLeft32(x, 7)
-		x += y
-		y = bits.RotateLeft32(y, 20)
-		y *= 9
-	}
-	const gr = 0x61C88647
-	return (y ^ x*gr) * gr
+	// The fan-out directory comes from the kernel's fscache hash, which the chunk store (owner of
+	// this layout in the other modes) implements and tests against the kernel's vectors.
+	return filepath.Join(dir, "cache", "I"+volumeKey, chunkstore.FanDir(volumeKey, cookieKey), "D"+cookieKey), nil
 }
