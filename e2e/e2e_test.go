@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -362,6 +363,16 @@ func TestCLIAgainstDaemon(t *testing.T) {
 	out := run(t, "images", "--api", d.sock)
 	if !strings.Contains(out, "no images") {
 		t.Errorf("images on a fresh daemon: %q", out)
+	}
+	// The control socket is root-only: another user is told so.
+	if os.Geteuid() == 0 {
+		os.Chmod(filepath.Dir(shoalBin), 0o755)
+		cmd := exec.Command(shoalBin, "stats", "--api", d.sock)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "permission denied") {
+			t.Errorf("stats as an unprivileged user: err %v, output %q; want permission denied", err, out)
+		}
 	}
 }
 
