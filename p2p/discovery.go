@@ -126,16 +126,24 @@ func (n *Node) startDiscovery(ctx context.Context, h host.Host) error {
 }
 
 // redial connects to the peers list returns now and every RedialInterval, skipping connected
-// ones.
+// ones. When a peer disconnects it retries sooner, backing off from half a second to
+// RedialInterval, so a peer that restarts (an upgrade, a crash) is back within about a second and
+// the reads in between do not go to the origin for chunks it holds.
 func (n *Node) redial(ctx context.Context, h host.Host, how string, list func(context.Context) []peer.AddrInfo) {
-	t := time.NewTicker(n.cfg.RedialInterval)
-	defer t.Stop()
+	const firstRetry = 500 * time.Millisecond
+	retry := time.Duration(0) // 0: no disconnection to recover from
+	lost := make(chan struct{}, 1)
+	n.mu.Lock()
+	n.lost = append(n.lost, lost)
+	n.mu.Unlock()
 	for {
+		missing := 0
 		var wg sync.WaitGroup
 		for _, ai := range list(ctx) {
 			if ai.ID == n.id || h.Network().Connectedness(ai.ID) == network.Connected {
 				continue
 			}
+			missing++
 			n.noteFound(ai.ID, how)
 			wg.Add(1)
 			go func() {
@@ -144,9 +152,28 @@ func (n *Node) redial(ctx context.Context, h host.Host, how string, list func(co
 			}()
 		}
 		wg.Wait()
+		wait := n.cfg.RedialInterval
+		if retry > 0 && missing > 0 {
+			wait = min(retry, wait)
+			retry *= 2
+		} else {
+			retry = 0
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
+		case <-lost:
+			t.Stop()
+			if retry == 0 {
+				retry = firstRetry
+			}
+			select { // let the peer finish leaving (or restarting) before the first retry
+			case <-ctx.Done():
+				return
+			case <-time.After(firstRetry):
+			}
 		case <-t.C:
 		}
 	}

@@ -117,6 +117,9 @@ type Node struct {
 	closing bool
 	wg      sync.WaitGroup
 	kick    chan struct{} // wakes the DHT loop when a blob is registered
+	// lost has one channel per redial loop, woken when a peer disconnects: a peer that restarts
+	// (a daemon upgrade) is dialled again within a second or so, not after RedialInterval.
+	lost []chan struct{}
 	// resolver resolves DNSAddr; nil: the system's (tests inject a mock).
 	resolver *madns.Resolver
 	ready    chan struct{}

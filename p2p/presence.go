@@ -76,6 +76,9 @@ func (n *Node) onDisconnected(nw network.Network, c network.Conn) {
 		clear(ps.blobs) // a peer that left holds nothing for us
 		wake(ps.wake)
 	}
+	for _, c := range n.lost {
+		wake(c)
+	}
 	n.mu.Unlock()
 }
 

@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/shoal-p2p/shoal/internal/daemon"
@@ -22,6 +25,7 @@ func init() {
 	register(&command{name: "images", summary: "list the daemon's images and mounts", run: runImages})
 	register(&command{name: "stats", summary: "show where bytes come from, per image and per peer", run: runStats})
 	register(&command{name: "peers", summary: "list peers (--self: this host's addresses)", run: runPeers})
+	register(&command{name: "status", summary: "show the daemon's peer ID, pid, addresses and uptime", run: runStatus})
 	register(&command{name: "prefetch", summary: "make a whole image local without mounting it", run: runPrefetch})
 }
 
@@ -56,11 +60,48 @@ func runDaemon(ctx context.Context, args []string) error {
 	log := newLogger(cfg.LogFormat, cfg.LogLevel)
 	slog.SetDefault(log)
 	daemon.Version = version
+	if cfg.Supervise && os.Getenv(daemon.EnvHandover) == "" {
+		return superviseDaemon(ctx, cfg, args, log)
+	}
+	// SIGUSR1 (sent by the supervisor on SIGHUP) stops this worker for a restart: fscache mounts
+	// stay, the next worker adopts them.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	go func() {
+		if _, ok := <-usr1; ok {
+			cancel(daemon.ErrRestart)
+		}
+	}()
 	d, err := daemon.New(cfg, log)
 	if err != nil {
 		return err
 	}
 	return d.Run(ctx)
+}
+
+// superviseDaemon runs `shoal daemon --supervise`: a small process that holds /dev/cachefiles
+// and runs this same command, with the same arguments, as its worker.
+func superviseDaemon(ctx context.Context, cfg daemon.Config, args []string, log *slog.Logger) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	worker := func(ctx context.Context, socket string) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, exe, append([]string{"daemon"}, args...)...)
+		cmd.Env = append(os.Environ(), daemon.EnvHandover+"="+socket)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		// Stopping the supervisor stops the worker gracefully: it unmounts its images.
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+		cmd.WaitDelay = time.Minute
+		return cmd
+	}
+	return daemon.Supervise(ctx, cfg.DataDir, worker, hup, log)
 }
 
 func newLogger(format, level string) *slog.Logger {
@@ -199,6 +240,9 @@ func runPeers(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
+		if len(st.Addrs) == 0 {
+			return errors.New("the daemon is starting: it has no listen addresses yet; try again in a moment")
+		}
 		fmt.Println(strings.Join(st.Addrs, "\n"))
 		return nil
 	}
@@ -287,4 +331,25 @@ func printJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+func runStatus(ctx context.Context, args []string) error {
+	fs := newFlags("status", "[--json]", "Shows the daemon's peer ID, process, addresses, data directory, version and uptime.")
+	api := apiFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	st, err := daemon.NewClient(*api).Status(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(st)
+	}
+	fmt.Printf("peer ID  %s\npid      %d\ndata     %s\nversion  %s\nuptime   %s\n", st.PeerID, st.PID, st.DataDir, st.Version, st.Uptime)
+	for _, a := range st.Addrs {
+		fmt.Printf("addr     %s\n", a)
+	}
+	return nil
 }

@@ -54,6 +54,7 @@ type UmountRequest struct {
 // StatusReport describes this host.
 type StatusReport struct {
 	PeerID  string   `json:"peerID"`
+	PID     int      `json:"pid"` // the daemon's process (the worker, under --supervise)
 	Addrs   []string `json:"addrs"`
 	DataDir string   `json:"dataDir"`
 	Version string   `json:"version"`
@@ -66,7 +67,7 @@ var Version = "dev"
 func (d *Daemon) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, StatusReport{PeerID: d.node.ID().String(), Addrs: d.selfAddrs(), DataDir: d.cfg.DataDir,
+		writeJSON(w, http.StatusOK, StatusReport{PeerID: d.node.ID().String(), PID: os.Getpid(), Addrs: d.selfAddrs(), DataDir: d.cfg.DataDir,
 			Version: Version, Uptime: time.Since(d.started).Round(time.Second).String()})
 	})
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, d.Stats()) })

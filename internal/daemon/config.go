@@ -37,6 +37,7 @@ type Config struct {
 	Prefetch   bool   `yaml:"prefetch" flag:"prefetch" help:"after mounting an image, fetch the rest of it in the background"`
 	PrefetchBW string `yaml:"prefetch_rate" flag:"prefetch-rate" help:"bandwidth cap of background prefetch per second, e.g. 100M (0: none)"`
 	Mode       string `yaml:"mode" flag:"mode" help:"default mount mode: auto, fscache, fanotify or fuse"`
+	Supervise  bool   `yaml:"supervise" flag:"supervise" help:"hold /dev/cachefiles in a small supervisor process that runs the daemon as its worker, so fscache mounts survive a daemon crash or upgrade (SIGHUP restarts the worker)"`
 
 	Insecure     []string `yaml:"insecure_registries" flag:"insecure-registry" help:"registry host[:port] reached over plain HTTP (repeatable)"`
 	RegistryCA   string   `yaml:"registry_ca" flag:"registry-ca" help:"PEM file of extra CAs trusted for registries"`

@@ -44,6 +44,10 @@ type Daemon struct {
 	originCf origin.Config
 	started  time.Time
 
+	// handover is the cachefiles supervisor's socket when this daemon runs as its worker
+	// (EnvHandover): the fscache frontend takes the device from it instead of opening it.
+	handover string
+
 	mu        sync.Mutex
 	images    map[digest.Digest]*image // by manifest digest
 	frontends map[string]frontend      // by mode, started on first use
@@ -83,7 +87,8 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d := &Daemon{cfg: cfg, log: log, reg: reg, images: map[digest.Digest]*image{}, frontends: map[string]frontend{}, started: time.Now()}
+	d := &Daemon{cfg: cfg, log: log, reg: reg, images: map[digest.Digest]*image{}, frontends: map[string]frontend{},
+		started: time.Now(), handover: os.Getenv(EnvHandover)}
 
 	scfg := chunkstore.DefaultConfig()
 	scfg.Domain = cfg.Domain
@@ -246,15 +251,24 @@ func (d *Daemon) Run(ctx context.Context) error {
 	})
 	d.log.Info("shoal daemon started", "data", d.cfg.DataDir, "api", d.cfg.APISocket, "peer_id", d.node.ID())
 	err = g.Wait()
-	d.shutdown()
+	d.shutdown(errors.Is(context.Cause(ctx), ErrRestart))
 	_ = d.node.Close()
 	_ = os.Remove(d.cfg.APISocket)
 	return err
 }
 
+// ErrRestart, as the cause of Run's context, asks for a restart by a supervisor: fscache mounts
+// stay mounted (the supervisor keeps the kernel's cache alive and the next worker adopts them);
+// everything else is unmounted as at any stop.
+var ErrRestart = errors.New("restarting under the cachefiles supervisor")
+
+// EnvHandover names the environment variable through which the supervisor tells its worker
+// where to get the /dev/cachefiles fd.
+const EnvHandover = "SHOAL_CACHEFILES_HANDOVER"
+
 // shutdown unmounts every image and stops the frontends. The state file keeps the mounts, so
-// the next start mounts them again.
-func (d *Daemon) shutdown() {
+// the next start mounts them again. On a supervised restart fscache mounts are left in place.
+func (d *Daemon) shutdown(restart bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, im := range d.images {
@@ -262,6 +276,10 @@ func (d *Daemon) shutdown() {
 			im.cancelPre()
 		}
 		for mp, mode := range im.mounts {
+			if restart && mode == "fscache" && d.handover != "" {
+				d.log.Info("restart: leaving the fscache mount for the next worker", "mountpoint", mp)
+				continue
+			}
 			if fe := d.frontends[mode]; fe != nil {
 				if err := fe.Unmount(mp); err != nil {
 					d.log.Warn("unmount at shutdown", "mountpoint", mp, "err", err)

@@ -5,7 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -17,6 +23,12 @@ import (
 func init() {
 	frontendFactories["fscache"] = newFscacheFrontend
 	probeFuncs["fscache"] = func(d *Daemon) error {
+		d.mu.Lock()
+		running := d.frontends["fscache"] != nil
+		d.mu.Unlock()
+		if d.handover != "" || running {
+			return nil // the supervisor holds the device for us, or we already do
+		}
 		fd, err := unix.Open(cachefiles.DefaultDevicePath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 		switch {
 		case errors.Is(err, unix.ENOENT):
@@ -43,17 +55,14 @@ type fscacheFrontend struct {
 }
 
 func newFscacheFrontend(d *Daemon) (frontend, error) {
-	dev, err := cachefiles.OpenDevice(cachefiles.DefaultDevicePath)
+	dev, err := openCachefiles(d)
 	if err != nil {
-		return nil, err
-	}
-	if err := dev.Bind(d.cfg.DataDir, "shoal"); err != nil {
-		dev.Close()
 		return nil, err
 	}
 	cfg := cachefiles.DefaultConfig()
 	cfg.Workers = d.cfg.Workers
 	cfg.Logger = d.log
+	cfg.Registerer = d.reg
 	srv, err := cachefiles.NewServer(dev, fscacheResolver{d}, cfg)
 	if err != nil {
 		dev.Close()
@@ -68,6 +77,32 @@ func newFscacheFrontend(d *Daemon) (frontend, error) {
 		}
 	}()
 	return f, nil
+}
+
+// openCachefiles opens and binds /dev/cachefiles, or, as a supervisor's worker, takes the
+// supervisor's bound device (Handover writes "restore": requests the previous worker left
+// unanswered are sent again).
+func openCachefiles(d *Daemon) (*cachefiles.Device, error) {
+	if d.handover != "" {
+		ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
+		defer cancel()
+		return cachefiles.Handover(ctx, d.handover)
+	}
+	return openBoundDevice(d.cfg.DataDir)
+}
+
+// openBoundDevice opens /dev/cachefiles and binds it, in on-demand mode, to dir: the chunk
+// store's directory, so the kernel's backing files are the store's.
+func openBoundDevice(dir string) (*cachefiles.Device, error) {
+	dev, err := cachefiles.OpenDevice(cachefiles.DefaultDevicePath)
+	if err != nil {
+		return nil, err
+	}
+	if err := dev.Bind(dir, "shoal"); err != nil {
+		dev.Close()
+		return nil, err
+	}
+	return dev, nil
 }
 
 func (f *fscacheFrontend) Mount(ctx context.Context, im *image, mp string) error {
@@ -139,4 +174,54 @@ func (r fscacheResolver) ReadRange(ctx context.Context, cookieKey string, p []by
 	}
 	clear(p[n:])
 	return nil
+}
+
+// isFscacheMountOf reports whether mp is an fscache-mode EROFS mount of im's bootstrap.
+func isFscacheMountOf(mp string, im *image) bool {
+	all, err := mount.ParseMountinfoFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	want := "fsid=" + im.Image.Bootstrap.Digest.String()
+	for _, m := range all {
+		if m.Mountpoint == mp && m.IsErofs() && strings.Contains(","+m.SuperOptions+",", ","+want+",") {
+			return true
+		}
+	}
+	return false
+}
+
+// Supervise runs the cachefiles supervisor of `shoal daemon --supervise`: it opens and binds
+// /dev/cachefiles on dataDir, keeps it open for as long as it lives, and keeps a worker (the
+// daemon itself, started by worker) running, handing it the device over a unix socket. SIGHUP
+// (hup) asks the worker to restart, e.g. after an upgrade of the binary; fscache mounts stay
+// mounted throughout. It returns when ctx ends, after the worker has stopped.
+func Supervise(ctx context.Context, dataDir string, worker func(ctx context.Context, socket string) *exec.Cmd, hup <-chan os.Signal, log *slog.Logger) error {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return err
+	}
+	dev, err := openBoundDevice(dataDir)
+	if err != nil {
+		return fmt.Errorf("supervisor: %w", err)
+	}
+	defer dev.Close()
+	sock := filepath.Join(dataDir, "cachefiles.sock")
+	sup, err := cachefiles.NewSupervisor(dev, cachefiles.SupervisorConfig{
+		Socket: sock,
+		Worker: func(ctx context.Context) *exec.Cmd { return worker(ctx, sock) },
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	go func() {
+		for range hup {
+			if pid := sup.WorkerPID(); pid > 0 {
+				log.Info("restarting the worker", "pid", pid)
+				_ = syscall.Kill(pid, syscall.SIGUSR1)
+			}
+		}
+	}()
+	log.Info("cachefiles supervisor holding /dev/cachefiles", "dir", dataDir, "socket", sock)
+	return sup.Run(ctx)
 }

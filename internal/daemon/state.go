@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"sort"
 
-	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/time/rate"
 
@@ -91,40 +90,54 @@ func (d *Daemon) restore(ctx context.Context) {
 		d.log.Error("reading state: starting with no images", "path", d.statePath(), "err", err)
 		return
 	}
+	// Every image is registered before any frontend starts: a supervised restart's fscache
+	// frontend makes the kernel resend the requests it was waiting on, for any of them.
+	type restored struct {
+		si stateImage
+		im *image
+	}
+	var ims []restored
 	for _, si := range st.Images {
 		if ctx.Err() != nil {
 			return
 		}
 		src, err := origin.Open(si.Ref, d.originCf)
-		if err != nil {
-			d.log.Error("restoring image", "ref", si.Ref, "err", err)
-			continue
+		if err == nil {
+			var im *image
+			if im, err = d.registerImage(ctx, si.Ref, src, si.Manifest); err == nil {
+				ims = append(ims, restored{si, im})
+				continue
+			}
 		}
-		if digest.FromBytes(si.Manifest) == "" {
-			continue
-		}
-		im, err := d.registerImage(ctx, si.Ref, src, si.Manifest)
-		if err != nil {
-			d.log.Error("restoring image", "ref", si.Ref, "err", err)
-			continue
-		}
-		for mp, mode := range si.Mounts {
-			cleanupStaleMount(d.log, mp)
+		d.log.Error("restoring image", "ref", si.Ref, "err", err)
+	}
+	for _, r := range ims {
+		for mp, mode := range r.si.Mounts {
+			if ctx.Err() != nil {
+				return
+			}
 			fe, err := d.frontend(mode)
 			if err == nil {
-				err = fe.Mount(ctx, im, mp)
+				if mode == "fscache" && isFscacheMountOf(mp, r.im) {
+					// Left by the previous worker under the same supervisor: the kernel's cache
+					// lived on, so the mount did too.
+					d.log.Info("fscache mount adopted", "ref", r.si.Ref, "mountpoint", mp)
+				} else {
+					cleanupStaleMount(d.log, mp)
+					err = fe.Mount(ctx, r.im, mp)
+				}
 			}
 			if err != nil {
-				d.log.Error("restoring mount", "ref", si.Ref, "mountpoint", mp, "mode", mode, "err", err)
+				d.log.Error("restoring mount", "ref", r.si.Ref, "mountpoint", mp, "mode", mode, "err", err)
 				continue
 			}
 			d.mu.Lock()
-			im.mounts[mp] = mode
+			r.im.mounts[mp] = mode
 			d.mu.Unlock()
-			d.log.Info("mount restored", "ref", si.Ref, "mountpoint", mp, "mode", mode)
+			d.log.Info("mount restored", "ref", r.si.Ref, "mountpoint", mp, "mode", mode)
 		}
-		if si.Prefetch || (len(si.Mounts) > 0 && d.cfg.Prefetch) {
-			d.startPrefetch(im)
+		if r.si.Prefetch || (len(r.si.Mounts) > 0 && d.cfg.Prefetch) {
+			d.startPrefetch(r.im)
 		}
 	}
 }
