@@ -71,6 +71,25 @@ else
 	fail "hits-in-kernel: contents ok=$ok; READ requests $r1 -> $r2"
 fi
 
+# Upgrade: SIGHUP to the supervisor restarts its worker; the fscache mount stays and the new
+# worker adopts it.
+kill -HUP "$sup_pid"
+i=0
+w3=$w2
+while [ $i -lt 150 ] && { [ -z "$w3" ] || [ "$w3" = "$w2" ]; }; do
+	sleep 0.2
+	w3=$(shoal status --json --api /run/d1.sock 2>/dev/null | sed -n 's/.*"pid": \([0-9]*\).*/\1/p')
+	i=$((i + 1))
+done
+i=0
+until shoal images --api /run/d1.sock 2>/dev/null | grep -q '/mnt/a (fscache)' || [ $i -ge 100 ]; do sleep 0.2; i=$((i + 1)); done
+if [ -n "$w3" ] && [ "$w3" != "$w2" ] && grep -q ' /mnt/a erofs ' /proc/mounts && shoal images --api /run/d1.sock | grep -q '/mnt/a (fscache)' &&
+	(cd /mnt/a && sha256sum -c /data/rest.sums >/dev/null 2>&1); then
+	pass "upgrade: SIGHUP restarted worker $w2 as $w3; /mnt/a stayed mounted, was adopted, reads match"
+else
+	fail "upgrade: workers $w2 -> $w3; $(shoal images --api /run/d1.sock 2>&1 | tail -2)"; tail -20 /tmp/d1.log
+fi
+
 if out=$(shoal mount $O/img:latest /mnt/b --mode fuse --api /run/d2.sock 2>&1) && (cd /mnt/b && sha256sum -c /data/rest.sums >/dev/null 2>&1 && sha256sum big-12M | cmp -s - /data/big.sums); then
 	st=$(shoal stats --json --api /run/d2.sock)
 	peers=$(echo "$st" | sed -n '/"bytes"/,/}/s/.*"peers": \([0-9]*\).*/\1/p' | head -1)
