@@ -263,7 +263,9 @@ func rss() string {
 	b, _ := os.ReadFile("/proc/self/status")
 	var out []string
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmRSS") || strings.HasPrefix(l, "VmHWM") {
+		// RssAnon is the process's own memory; RssFile is mmapped index files (badger maps its
+		// tables), which the kernel can drop at will.
+		if strings.HasPrefix(l, "VmRSS") || strings.HasPrefix(l, "VmHWM") || strings.HasPrefix(l, "RssAnon") || strings.HasPrefix(l, "RssFile") {
 			out = append(out, strings.Join(strings.Fields(l), " "))
 		}
 	}

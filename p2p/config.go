@@ -74,6 +74,8 @@ type Config struct {
 	// refused for going over the rate ban it too.
 	BanAfter      int
 	FloodBanAfter int
+	// StallBanAfter requests in a row that time out (RequestTimeout) ban a peer too; 0 never.
+	StallBanAfter int
 	BanDuration   time.Duration
 
 	// Logger receives the subsystem's logs (nil: slog.Default()).
@@ -104,6 +106,7 @@ func DefaultConfig() Config {
 		PeerRequestRate:  2000,
 		PeerRequestBurst: 4000,
 		BanAfter:         3,
+		StallBanAfter:    5,
 		FloodBanAfter:    1000,
 		BanDuration:      10 * time.Minute,
 	}
@@ -168,6 +171,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PeerUploadRate < 0 {
 		bad("PeerUploadRate %d, want >= 0 (0 = unlimited)", c.PeerUploadRate)
+	}
+	if c.StallBanAfter < 0 {
+		bad("StallBanAfter %d, want >= 0 (0: never)", c.StallBanAfter)
 	}
 	if c.BanAfter < 1 || c.FloodBanAfter < 1 {
 		bad("BanAfter %d and FloodBanAfter %d, want >= 1", c.BanAfter, c.FloodBanAfter)

@@ -285,6 +285,7 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	ps.inflight--
 	switch {
 	case err == nil:
+		ps.stalls = 0
 		ps.bytesDown += int64(len(data))
 		if req.Flags&FlagFetchThrough == 0 { // an origin fetch is not the peer's latency
 			ps.addLatency(elapsed)
@@ -314,8 +315,13 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	default:
 		n.met.peerFailures.WithLabelValues("error").Inc()
 	}
-	if isBadData(err) {
+	switch {
+	case isBadData(err):
 		n.strike(p, err)
+	case ctx.Err() != nil && req.Flags&FlagFetchThrough == 0:
+		// Our own deadline with the caller still waiting: the peer claimed the chunk and stalled.
+		// (A fetch-through may wait on a slow origin: not the peer's fault.)
+		n.stalled(p)
 	}
 	return nil, err
 }

@@ -286,3 +286,32 @@ func TestOwnerFails(t *testing.T) {
 		}
 	}
 }
+
+// TestStallingPeerBanned: a peer that claims every chunk and never answers costs each read a
+// timeout until StallBanAfter of them in a row ban it; every read still completes (from the
+// origin) with verified data.
+func TestStallingPeerBanned(t *testing.T) {
+	m, o := makeImage(t, 6, 16<<10, 11)
+	cfg := testConfig()
+	cfg.RequestTimeout = 300 * time.Millisecond
+	cfg.StallBanAfter = 3
+	reader := startNode(t, cfg)
+	if err := reader.RegisterBlob(m, o.fetch); err != nil {
+		t.Fatal(err)
+	}
+	staller := startHostile(t, "stall", m, o, reader)
+	waitFor(t, 30*time.Second, "the reader to see the staller's claim", func() bool {
+		return len(reader.Lookup(m.Chunks[0].CID)) == 1
+	})
+	if _, err := readImage(t.Context(), reader, m, o, 1); err != nil {
+		t.Fatalf("read with a stalling peer: %v", err)
+	}
+	for _, st := range reader.Peers() {
+		if st.ID == staller.ID() && !st.Banned {
+			t.Fatalf("stalling peer not banned: %+v", st)
+		}
+	}
+	if n := len(reader.Lookup(m.Chunks[0].CID)); n != 0 {
+		t.Fatalf("banned staller still listed as a holder (%d)", n)
+	}
+}

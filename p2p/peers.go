@@ -1,6 +1,7 @@
 package p2p
 
 import (
+	"fmt"
 	"slices"
 	"sort"
 	"time"
@@ -81,6 +82,7 @@ type peerState struct {
 	requestsOut, requestsIn int64
 	errors, corrupt         int64
 	strikes, refused        int
+	stalls                  int // consecutive requests that ran out of time with nothing to show
 	refusedSince            time.Time
 	bannedUntil             time.Time
 }
@@ -153,7 +155,7 @@ func (n *Node) ban(p peer.ID, why string) {
 	ps := n.peerLocked(p)
 	already := ps.banned(time.Now())
 	ps.bannedUntil = time.Now().Add(n.cfg.BanDuration)
-	ps.strikes, ps.refused = 0, 0 // a peer back from a ban starts afresh
+	ps.strikes, ps.refused, ps.stalls = 0, 0, 0 // a peer back from a ban starts afresh
 	ps.blobs = map[digest.Digest]*remoteBlob{}
 	h := n.host
 	n.mu.Unlock()
@@ -178,6 +180,21 @@ func (n *Node) strike(p peer.ID, err error) {
 	n.log.Warn("peer sent bad chunk data", "peer", p, "err", err)
 	if over {
 		n.ban(p, err.Error())
+	}
+}
+
+// stalled records a request to p that timed out (the caller still waiting) and bans p after
+// StallBanAfter of them in a row: a peer that claims chunks and never sends them costs every
+// reader a timeout. Any successful request resets the count.
+func (n *Node) stalled(p peer.ID) {
+	n.mu.Lock()
+	ps := n.peerLocked(p)
+	ps.stalls++
+	over := n.cfg.StallBanAfter > 0 && ps.stalls >= n.cfg.StallBanAfter
+	count := ps.stalls
+	n.mu.Unlock()
+	if over {
+		n.ban(p, fmt.Sprintf("%d requests in a row timed out", count))
 	}
 }
 
