@@ -45,7 +45,7 @@ type BuildResult struct {
 	BlobBytes   int64 // size of the data blob(s)
 	Chunks      int   // chunks over all blobs
 	ChunkBytes  int64 // bytes the chunks cover
-	DedupSaved  int64 // FileBytes that identical chunks did not store again
+	DedupSaved  int64 // block-rounded file data that identical chunks did not store again
 	Bootstrap   int64 // bootstrap size
 	MkfsElapsed time.Duration
 
@@ -165,7 +165,18 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 		res.Chunks += len(m.Chunks)
 		res.ChunkBytes += m.DataBytes()
 	}
-	res.DedupSaved = max(0, res.FileBytes-res.ChunkBytes)
+	// Dedup: the blob bytes file data would take without sharing (each file's extents, rounded
+	// to the block) minus what the chunks take.
+	var logical int64
+	if err := efs.WalkExtents(func(_ string, _ *Inode, e Extent) error {
+		if !e.Hole && e.Device > 0 {
+			logical += roundUp(e.Length, BlockSize)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	res.DedupSaved = max(0, logical-res.ChunkBytes)
 
 	w, err := newLayoutWriter(filepath.Join(stage, "layout"))
 	if err != nil {
