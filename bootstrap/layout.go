@@ -229,12 +229,18 @@ func readLimited(path string, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	return ReadAllLimited(f, limit, path)
+}
+
+// ReadAllLimited reads r to the end, failing (naming what) rather than reading more than limit
+// bytes: metadata from an origin or a peer never sizes an allocation by itself.
+func ReadAllLimited(r io.Reader, limit int64, what string) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, limit+1))
 	if err != nil {
 		return nil, err
 	}
 	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+		return nil, fmt.Errorf("%s is larger than %d bytes", what, limit)
 	}
 	return b, nil
 }

@@ -468,14 +468,7 @@ func fetchAll(ctx context.Context, src origin.Source, d digest.Digest, limit int
 		return nil, err
 	}
 	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", d, limit)
-	}
-	return b, nil
+	return bootstrap.ReadAllLimited(rc, limit, d.String())
 }
 
 // startPrefetch fetches the rest of an image in the background (idempotent while one runs).
