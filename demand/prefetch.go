@@ -12,7 +12,10 @@ import (
 )
 
 // Range is a byte range of a blob.
-type Range struct{ Off, Len int64 }
+type Range struct {
+	Off int64 `json:"off"`
+	Len int64 `json:"len"`
+}
 
 // Progress reports a prefetch's advance: bytes of chunk data present out of the blob's total.
 type Progress func(present, total int64)

@@ -111,6 +111,18 @@ type Resolver struct {
 
 	stats *stats
 	met   *metrics
+
+	readsMu sync.Mutex
+	reads   map[digest.Digest]*readLog
+}
+
+// maxRecordedChunks bounds the read order kept per blob.
+const maxRecordedChunks = 1 << 16
+
+// readLog is the order in which demand reads first touched a blob's chunks.
+type readLog struct {
+	seen  map[int64]bool
+	order []Range
 }
 
 // New makes a resolver. peers may be nil (a host with no cluster fetches from its origin).
@@ -136,6 +148,7 @@ func New(store Store, peers Peers, cfg Config) (*Resolver, error) {
 		prefetch: make(chan struct{}, cfg.PrefetchWorkers),
 		stats:    newStats(),
 		met:      met,
+		reads:    map[digest.Digest]*readLog{},
 	}, nil
 }
 
@@ -183,6 +196,7 @@ func (r *Resolver) ensure(ctx context.Context, blob digest.Digest, off, length i
 	}
 	if !prefetch {
 		r.countHit(b.m, off, length, missing)
+		r.record(b.m, off, length)
 	}
 	switch len(missing) {
 	case 0:
@@ -201,6 +215,35 @@ func (r *Resolver) ensure(ctx context.Context, blob digest.Digest, off, length i
 		}
 	}
 	return first
+}
+
+// record notes the chunks a demand read touched, in first-touch order: what an image reads as it
+// starts, which a later prefetch of the same image fetches first.
+func (r *Resolver) record(m *bootstrap.Manifest, off, length int64) {
+	r.readsMu.Lock()
+	defer r.readsMu.Unlock()
+	l := r.reads[m.Blob]
+	if l == nil {
+		l = &readLog{seen: map[int64]bool{}}
+		r.reads[m.Blob] = l
+	}
+	for _, c := range m.ChunksIn(off, length) {
+		if !l.seen[c.Offset] && len(l.order) < maxRecordedChunks {
+			l.seen[c.Offset] = true
+			l.order = append(l.order, Range{Off: c.Offset, Len: c.Length})
+		}
+	}
+}
+
+// ReadOrder returns the chunks demand reads have touched in blob since start, in first-touch
+// order: a priority list for Prefetch.
+func (r *Resolver) ReadOrder(blob digest.Digest) []Range {
+	r.readsMu.Lock()
+	defer r.readsMu.Unlock()
+	if l := r.reads[blob]; l != nil {
+		return append([]Range(nil), l.order...)
+	}
+	return nil
 }
 
 // countHit records the bytes of a demand read that were already local.

@@ -303,3 +303,29 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestReadOrderRecorded(t *testing.T) {
+	tb := newTestBlob(t, 6)
+	s := openStore(t)
+	r := newResolver(t, s, nil, tb, &countingOrigin{data: tb.data})
+	ctx := context.Background()
+	for _, i := range []int{4, 1, 4, 2} { // demand reads in this order; 4 twice
+		c := tb.m.Chunks[i]
+		if err := r.Ensure(ctx, tb.m.Blob, c.Offset+10, 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Prefetch(ctx, tb.m.Blob, nil, nil, nil); err != nil { // prefetch is not recorded
+		t.Fatal(err)
+	}
+	got := r.ReadOrder(tb.m.Blob)
+	want := []int64{tb.m.Chunks[4].Offset, tb.m.Chunks[1].Offset, tb.m.Chunks[2].Offset}
+	if len(got) != len(want) {
+		t.Fatalf("read order %v, want offsets %v", got, want)
+	}
+	for i := range want {
+		if got[i].Off != want[i] || got[i].Len != chunk {
+			t.Fatalf("read order %v, want offsets %v", got, want)
+		}
+	}
+}

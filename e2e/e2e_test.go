@@ -465,6 +465,14 @@ func TestMountModes(t *testing.T) {
 			if left := shoalMounts(t, c.dir); len(left) > 0 {
 				t.Fatalf("left behind after unmount and daemon stop: %v", left)
 			}
+			// The first run's read order was kept for later prefetches.
+			orders, _ := filepath.Glob(filepath.Join(c.dir, "d1", "readorder", "*.json"))
+			if len(orders) != 1 {
+				t.Fatalf("read orders recorded: %v", orders)
+			}
+			if b, _ := os.ReadFile(orders[0]); !bytes.Contains(b, []byte(`"off"`)) {
+				t.Fatalf("read order %s: %q", orders[0], b)
+			}
 		})
 	}
 }

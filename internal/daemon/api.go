@@ -240,6 +240,7 @@ func (d *Daemon) Umount(mountpoint string) error {
 	delete(owner.mounts, mp)
 	d.mu.Unlock()
 	d.saveState()
+	d.saveReadOrders()
 	d.log.Info("unmounted", "mountpoint", mp)
 	return nil
 }

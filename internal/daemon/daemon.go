@@ -7,6 +7,7 @@ package daemon
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -251,6 +252,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	})
 	d.log.Info("shoal daemon started", "data", d.cfg.DataDir, "api", d.cfg.APISocket, "peer_id", d.node.ID())
 	err = g.Wait()
+	d.saveReadOrders()
 	d.shutdown(errors.Is(context.Cause(ctx), ErrRestart))
 	_ = d.node.Close()
 	_ = os.Remove(d.cfg.APISocket)
@@ -489,7 +491,8 @@ func (d *Daemon) startPrefetch(im *image) {
 		var err error
 		for _, b := range im.Image.Blobs {
 			base := done
-			err = d.resolver.Prefetch(ctx, b.Digest, nil, lim, func(present, total int64) {
+			first := d.loadReadOrder(b.Digest)
+			err = d.resolver.Prefetch(ctx, b.Digest, first, lim, func(present, total int64) {
 				d.mu.Lock()
 				im.prefetch.Present = base + present
 				d.mu.Unlock()
@@ -512,6 +515,60 @@ func (d *Daemon) startPrefetch(im *image) {
 			d.log.Warn("prefetch failed", "image", im.Ref, "err", err)
 		}
 	}()
+}
+
+// Read orders: the chunks the first run of an image read, in the order it read them, kept per
+// blob in <data>/readorder/<hex>.json. A later prefetch of the blob (a restart, another mount,
+// `shoal prefetch`) fetches those first, so a host warming an image gets its start-up working set
+// before the rest. The first recording is kept: later runs read mostly from the cache.
+
+func (d *Daemon) readOrderPath(blob digest.Digest) string {
+	return filepath.Join(d.cfg.DataDir, "readorder", blob.Encoded()+".json")
+}
+
+func (d *Daemon) loadReadOrder(blob digest.Digest) []demand.Range {
+	b, err := os.ReadFile(d.readOrderPath(blob))
+	if err != nil {
+		return nil
+	}
+	var order []demand.Range
+	if err := json.Unmarshal(b, &order); err != nil {
+		d.log.Warn("ignoring a damaged read order", "blob", blob, "err", err)
+		return nil
+	}
+	return order
+}
+
+// saveReadOrders records the read order of every blob that has one and no recording yet.
+func (d *Daemon) saveReadOrders() {
+	d.mu.Lock()
+	var blobs []digest.Digest
+	for _, im := range d.images {
+		for _, b := range im.Image.Blobs {
+			blobs = append(blobs, b.Digest)
+		}
+	}
+	d.mu.Unlock()
+	for _, blob := range blobs {
+		path := d.readOrderPath(blob)
+		if _, err := os.Stat(path); err == nil {
+			continue
+		}
+		order := d.resolver.ReadOrder(blob)
+		if len(order) == 0 {
+			continue
+		}
+		b, err := json.Marshal(order)
+		if err == nil {
+			err = os.MkdirAll(filepath.Dir(path), 0o700)
+		}
+		if err == nil {
+			err = writeFileAtomic(path, b)
+		}
+		if err != nil {
+			d.log.Warn("saving the read order", "blob", blob, "err", err)
+		}
+	}
 }
 
 func readPSK(path string) ([]byte, error) {
