@@ -128,6 +128,20 @@ func MountFscache(bootstrapID, domain string, blobs []string, target string) err
 	return nil
 }
 
+// Bind makes target show the mount at source, read-only. The fscache frontend uses it for a
+// second mount of an image already mounted in fscache mode: the kernel refuses the same fsid
+// twice in a domain (EEXIST), and a bind mount shares the first mount's cache anyway.
+func Bind(source, target string) error {
+	if err := unix.Mount(source, target, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind mount %s on %s: %w", source, target, err)
+	}
+	if err := unix.Mount("", target, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+		_ = unix.Unmount(target, unix.MNT_DETACH)
+		return fmt.Errorf("bind mount %s on %s read-only: %w", source, target, err)
+	}
+	return nil
+}
+
 // Unmount unmounts target. If it is busy it is detached lazily (MNT_DETACH): it disappears from
 // the namespace now and goes away when its last user does. A target that is not a mount point
 // gives an error wrapping ErrNotMounted.

@@ -106,6 +106,19 @@ func openBoundDevice(dir string) (*cachefiles.Device, error) {
 }
 
 func (f *fscacheFrontend) Mount(ctx context.Context, im *image, mp string) error {
+	// The kernel takes an fsid once per domain (a second mount fails with EEXIST): mount the
+	// image again by binding a mountpoint it already has.
+	f.d.mu.Lock()
+	var existing string
+	for other, mode := range im.mounts {
+		if mode == "fscache" && other != mp {
+			existing = other
+		}
+	}
+	f.d.mu.Unlock()
+	if existing != "" {
+		return mount.Bind(existing, mp)
+	}
 	var blobs []string
 	for _, b := range im.Image.Blobs {
 		blobs = append(blobs, b.Digest.String())

@@ -36,6 +36,15 @@ head -c 1048577 /dev/urandom >"$t/sub/deeper/1M-plus-1"
 seq 1 200000 >"$t/sub/numbers"
 head -c 12582912 /dev/urandom >"$t/big-12M"
 run_logged "$work/image-build.log" "$work/shoal" image build "$t" "$data/img" --quiet
+# A second image sharing two files with the first: their chunks must not be fetched again.
+t2="$work/tree2"
+rm -rf "$t2"
+mkdir -p "$t2/lib"
+cp "$t/sub/random-3M" "$t2/lib/shared-3M"
+cp "$t/sub/deeper/1M-plus-1" "$t2/lib/shared-1M-plus-1"
+head -c 2097152 /dev/urandom >"$t2/own-2M"
+run_logged "$work/image2-build.log" "$work/shoal" image build "$t2" "$data/img2" --quiet
+(cd "$t2" && find . -type f -print0 | xargs -0 sha256sum) >"$data/img2.sums"
 (cd "$t" && find . -type f ! -name big-12M -print0 | xargs -0 sha256sum) >"$data/rest.sums"
 (cd "$t" && sha256sum big-12M) >"$data/big.sums"
 run_logged "$work/mkfs-ext4.log" mkfs.ext4 -q -F "$data/cache.ext4" 96M
