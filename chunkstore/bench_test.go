@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -257,6 +258,12 @@ func TestScaleIndex(t *testing.T) {
 	el := time.Since(start)
 	debug.FreeOSMemory()
 	t.Logf("%d HasChunk in %v (%.0f/s); RSS %s; stats %+v", q, el, q/el.Seconds(), rss(), s.Stats())
+	if p := os.Getenv("SHOAL_CHUNKSTORE_HEAPPROF"); p != "" { // where the anonymous memory is
+		if f, err := os.Create(p); err == nil {
+			_ = pprof.WriteHeapProfile(f)
+			f.Close()
+		}
+	}
 }
 
 func rss() string {

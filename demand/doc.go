@@ -17,6 +17,10 @@
 // at most Config.Workers fetches run at once, prefetch at most PrefetchWorkers of them, and
 // prefetch waits while demand reads are queued.
 //
+// Demand reads are recorded per blob in first-touch order (ReadOrder); the daemon keeps the first
+// run's order and passes it to later Prefetch calls, so a host warming an image fetches what the
+// image reads at start before the rest.
+//
 // It owns neither the store nor the network: Store and Peers are small interfaces satisfied by
 // *chunkstore.Store and (through a small adapter in cmd/shoal) *p2p.Node.
 package demand

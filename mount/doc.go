@@ -11,6 +11,8 @@
 //     wrong data), optionally directio. Devices are passed as /proc/self/fd/N of an O_PATH fd,
 //     because the store's backing paths contain a comma ("Ierofs,<domain>").
 //   - MountFscache: source "none", fsid=<bootstrap>,domain_id=<domain>,device=<blob>...
+//     The kernel takes an fsid once per domain: a second mountpoint of the same image is a
+//     read-only bind mount of the first (Bind).
 //   - Unmount: umount2, then MNT_DETACH if busy; ErrNotMounted if target is no mount point.
 //   - List / Cleanup: the EROFS and fuse.shoal mounts under the daemon's data directory, in
 //     unmount order (EROFS first, deepest first), so a daemon killed with SIGKILL leaves nothing

@@ -31,7 +31,8 @@
 //
 // # Design
 //
-// Discovery: static peers (redialled), a /dnsaddr name (re-resolved), mDNS on the LAN, and a
+// Discovery: static peers (redialled every RedialInterval, and within about a second after a
+// disconnection, so a peer that restarts is back before readers miss it), a /dnsaddr name (re-resolved), mDNS on the LAN, and a
 // Kademlia DHT in LAN mode under the /shoal prefix, which never meets the public IPFS DHT. The DHT
 // holds one provider record per blob and host (BlobCID), never one per chunk; hosts that share a
 // blob find each other through it and connect.
@@ -46,7 +47,8 @@
 // Exchange: ChunkProtocol (wire.go) is one request per stream, length-prefixed, capped at
 // MaxChunkSize, with deadlines on every stream. The receiver allocates only the length it asked
 // for and verifies the CID before any use. Wrong or truncated bytes are strikes; BanAfter strikes
-// ban the peer (its connections are closed and the gater refuses it). Holders are ranked by
+// ban the peer (its connections are closed and the gater refuses it), and so do StallBanAfter
+// requests in a row that run out of time. Holders are ranked by
 // (requests in flight + 1) × recent median latency, and a request that runs past its peer's p90
 // is hedged to the next holder. Each peer's served requests are bounded in concurrency, rate and
 // upload bytes; a peer that keeps exceeding its rate is banned.
