@@ -118,6 +118,10 @@ else
 	fail "upgrade: workers $w2 -> $w3; $(shoal images --api /run/d1.sock 2>&1 | tail -2)"; tail -20 /tmp/d1.log
 fi
 
+# The second host reconnects to the restarted first one (within a second or two); wait for it, so
+# that what follows measures where chunks come from, not reconnect timing.
+i=0
+until shoal peers --api /run/d2.sock 2>/dev/null | grep -q ' connected ' || [ $i -ge 100 ]; do sleep 0.2; i=$((i + 1)); done
 if out=$(shoal mount $O/img:latest /mnt/b --mode fuse --api /run/d2.sock 2>&1) && (cd /mnt/b && sha256sum -c /data/rest.sums >/dev/null 2>&1 && sha256sum big-12M | cmp -s - /data/big.sums); then
 	st=$(shoal stats --json --api /run/d2.sock)
 	peers=$(echo "$st" | sed -n '/"bytes"/,/}/s/.*"peers": \([0-9]*\).*/\1/p' | head -1)
