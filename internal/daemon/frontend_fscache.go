@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
 
 	"github.com/shoal-p2p/shoal/demand/cachefiles"
 	"github.com/shoal-p2p/shoal/mount"
@@ -29,17 +28,7 @@ func init() {
 		if d.handover != "" || running {
 			return nil // the supervisor holds the device for us, or we already do
 		}
-		fd, err := unix.Open(cachefiles.DefaultDevicePath, unix.O_RDWR|unix.O_CLOEXEC, 0)
-		switch {
-		case errors.Is(err, unix.ENOENT):
-			return errors.New("no /dev/cachefiles (kernel without CACHEFILES_ONDEMAND)")
-		case errors.Is(err, unix.EBUSY):
-			return errors.New("/dev/cachefiles is held by another process (cachefilesd?)")
-		case err != nil:
-			return fmt.Errorf("/dev/cachefiles: %w", err)
-		}
-		unix.Close(fd) // the device is exclusive: let the frontend open it for real
-		return nil
+		return probeMode(d, mount.Fscache) // opens /dev/cachefiles and binds a scratch cache
 	}
 }
 

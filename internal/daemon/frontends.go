@@ -19,22 +19,29 @@ import (
 
 func init() {
 	frontendFactories["fuse"] = newFuseFrontend
-	probeFuncs["fuse"] = func(d *Daemon) error {
-		if _, err := os.Stat("/dev/fuse"); err != nil {
-			return fmt.Errorf("/dev/fuse: %w", err)
-		}
-		if os.Geteuid() != 0 {
-			return errors.New("mounting needs root")
-		}
-		return nil
-	}
+	probeFuncs["fuse"] = func(d *Daemon) error { return probeMode(d, mount.FUSE) }
 	frontendFactories["fanotify"] = newFanotifyFrontend
-	probeFuncs["fanotify"] = func(d *Daemon) error { return fanotify.Probe(d.cfg.DataDir) }
+	probeFuncs["fanotify"] = func(d *Daemon) error { return probeMode(d, mount.Fanotify) }
 	cleanupStaleMount = func(log *slog.Logger, mp string) {
 		if err := mount.Unmount(mp); err == nil {
 			log.Info("unmounted a stale mount left by an earlier daemon", "mountpoint", mp)
 		}
 	}
+}
+
+// probeMode asks package mount whether a file-backed mode works here (EROFS file-backed mounts,
+// and fanotify pre-content marks on the cache directory or /dev/fuse), with its reason if not.
+// fscache has its own probe: this daemon may hold the device already.
+func probeMode(d *Daemon, m mount.Mode) error {
+	for _, st := range mount.Probe(d.cfg.DataDir).Modes {
+		if st.Mode == m {
+			if st.Available {
+				return nil
+			}
+			return errors.New(st.Reason)
+		}
+	}
+	return fmt.Errorf("unknown mode %s", m)
 }
 
 // fileBackedOptions: directio keeps blob data from being cached twice (backing file and EROFS
