@@ -107,13 +107,14 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 
 	fmt.Fprintf(progress, "mkfs.erofs: %d files, %s\n", res.Files, units.Bytes(res.FileBytes))
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, mkfs, "--quiet",
+	cmd := exec.CommandContext(ctx, mkfs,
 		fmt.Sprintf("--chunksize=%d", opts.ChunkSize),
 		"--blobdev="+blobPath,
 		"-Eforce-chunk-indexes",
 		bootPath, src)
 	var stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	total := res.Files + res.Dirs + res.Others
+	cmd.Stdout, cmd.Stderr = &mkfsProgress{w: progress, total: total, last: time.Now()}, &stderr
 	if err := cmd.Run(); err != nil {
 		hint := ""
 		if res.longestName >= 255 {
@@ -256,6 +257,24 @@ func scanSource(ctx context.Context, src string, res *BuildResult, progress io.W
 		}
 		return nil
 	})
+}
+
+// mkfsProgress turns mkfs.erofs's "Processing <path> ..." output into a progress line a second,
+// so a large tree does not look stuck.
+type mkfsProgress struct {
+	w     io.Writer
+	total int
+	done  int
+	last  time.Time
+}
+
+func (p *mkfsProgress) Write(b []byte) (int, error) {
+	p.done += bytes.Count(b, []byte("Processing "))
+	if time.Since(p.last) >= time.Second {
+		p.last = time.Now()
+		fmt.Fprintf(p.w, "mkfs.erofs: %d of %d entries\n", min(p.done, p.total), p.total)
+	}
+	return len(b), nil
 }
 
 func lastLines(s string, n int) string {
