@@ -131,7 +131,7 @@ func (s *Server) Path(blob digest.Digest) string { return filepath.Join(s.dir, b
 
 // AddBlob makes blob (size bytes) appear as a file. Adding a blob already there with the same size
 // is a no-op.
-func (s *Server) AddBlob(blob digest.Digest, size int64) error {
+func (s *Server) AddBlob(ctx context.Context, blob digest.Digest, size int64) error {
 	if err := blob.Validate(); err != nil {
 		return fmt.Errorf("fusefs: add blob %q: %w", blob, err)
 	}
@@ -150,7 +150,7 @@ func (s *Server) AddBlob(blob digest.Digest, size int64) error {
 		return nil
 	}
 	n := &blobNode{s: s, blob: blob, size: size}
-	in := s.root.NewPersistentInode(context.Background(), n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: s.nextIno})
+	in := s.root.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: s.nextIno})
 	s.nextIno++
 	if !s.root.AddChild(blob.String(), in, false) {
 		return fmt.Errorf("fusefs: add blob %s: name taken", blob)

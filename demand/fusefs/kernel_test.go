@@ -60,7 +60,7 @@ func setup(t *testing.T, res fusefs.Resolver, rd fusefs.BlobReader, im *mounttes
 	})
 	var paths []string
 	for _, b := range im.Image.Blobs {
-		if err := srv.AddBlob(b.Digest, b.Size); err != nil {
+		if err := srv.AddBlob(t.Context(), b.Digest, b.Size); err != nil {
 			t.Fatal(err)
 		}
 		paths = append(paths, srv.Path(b.Digest))
@@ -139,13 +139,13 @@ func TestEROFSOnFUSEThroughStore(t *testing.T) {
 		t.Fatalf("stat of a removed blob: %v, want not-exist", err)
 	}
 	fx.im.Check(t, ctx, fx.target, fx.im.Requests(fx.target, 20, 6))
-	if err := fx.srv.AddBlob(b.Digest, b.Size); err != nil {
+	if err := fx.srv.AddBlob(ctx, b.Digest, b.Size); err != nil {
 		t.Fatal(err)
 	}
 	if st, err := os.Stat(fx.srv.Path(b.Digest)); err != nil || st.Size() != b.Size {
 		t.Fatalf("stat after AddBlob: %v, %v", st, err)
 	}
-	if err := fx.srv.AddBlob(b.Digest, b.Size+1); err == nil {
+	if err := fx.srv.AddBlob(ctx, b.Digest, b.Size+1); err == nil {
 		t.Fatal("AddBlob with another size succeeded")
 	}
 

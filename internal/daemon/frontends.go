@@ -85,7 +85,7 @@ func newFuseFrontend(d *Daemon) (frontend, error) {
 func (f *fuseFrontend) Mount(ctx context.Context, im *image, mp string) error {
 	var devices []string
 	for _, b := range im.Image.Blobs {
-		if err := f.srv.AddBlob(b.Digest, b.Size); err != nil {
+		if err := f.srv.AddBlob(ctx, b.Digest, b.Size); err != nil {
 			return err
 		}
 		devices = append(devices, f.srv.Path(b.Digest))
