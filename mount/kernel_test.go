@@ -74,7 +74,7 @@ func crashChild(specJSON string) {
 	if err != nil {
 		fail(err)
 	}
-	if err := srv.AddBlob(sp.Blob, sp.BlobSize); err != nil {
+	if err := srv.AddBlob(context.Background(), sp.Blob, sp.BlobSize); err != nil {
 		fail(err)
 	}
 	if err := mount.MountFileBacked(sp.Bootstrap, []string{srv.Path(sp.Blob)}, filepath.Join(sp.Root, "mnt-fuse"), mount.FileBackedOptions{DirectIO: true}); err != nil {
@@ -214,7 +214,7 @@ func TestCleanupAfterSIGKILL(t *testing.T) {
 	if err != nil {
 		t.Fatalf("FUSE mount after Cleanup: %v", err)
 	}
-	if err := srv.AddBlob(b.Digest, b.Size); err != nil {
+	if err := srv.AddBlob(t.Context(), b.Digest, b.Size); err != nil {
 		t.Fatal(err)
 	}
 	target := filepath.Join(root, "mnt-fuse")

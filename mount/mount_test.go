@@ -1,6 +1,7 @@
 package mount
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"reflect"
@@ -111,4 +112,20 @@ func TestHelpers(t *testing.T) {
 	if _, _, ok := kernelVersion("weird"); ok {
 		t.Error("kernelVersion accepted garbage")
 	}
+}
+
+// FuzzParseMountinfo: the kernel's mountinfo is trusted, but paths in it are user-chosen
+// (mountpoints with spaces, newlines, backslashes); no line may make the parser panic.
+func FuzzParseMountinfo(f *testing.F) {
+	f.Add([]byte(sampleMountinfo))
+	f.Add([]byte("36 35 98:0 /mnt1 /mnt\\0402 rw - erofs none ro,fsid=x\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		infos, err := ParseMountinfo(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		for _, in := range infos {
+			_ = Select([]Info{in}, "/")
+		}
+	})
 }
