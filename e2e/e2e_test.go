@@ -394,6 +394,27 @@ func (c *cluster) mountOrSkip(d *daemonProc, mode, mp string) {
 	t.Cleanup(func() { exec.Command("umount", "-l", mp).Run() }) // only if the test failed midway
 }
 
+// waitMarks waits until the fanotify groups of process pid hold want inode marks.
+func waitMarks(t *testing.T, pid, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		marks := 0
+		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fdinfo/*", pid))
+		for _, fd := range fds {
+			b, _ := os.ReadFile(fd)
+			marks += strings.Count(string(b), "fanotify ino:")
+		}
+		if marks == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d has %d fanotify marks, want %d", pid, marks, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // shoalMounts lists erofs and Shoal FUSE mounts under dir.
 func shoalMounts(t testing.TB, dir string) []string {
 	b, err := os.ReadFile("/proc/self/mountinfo")
@@ -430,7 +451,15 @@ func TestMountModes(t *testing.T) {
 				mps[i] = filepath.Join(c.dir, fmt.Sprintf("mnt%d", i+1))
 			}
 			c.mountOrSkip(c.daemons[0], mode, mps[0])
+			if mode == "fanotify" {
+				waitMarks(t, c.daemons[0].cmd.Process.Pid, 1) // the one blob, not yet local
+			}
 			c.checkTree(mps[0])
+			if mode == "fanotify" {
+				// Every chunk is local now: the blob's mark is dropped, so reads stop reaching
+				// the daemon (the kernel lists a group's inode marks in its fdinfo).
+				waitMarks(t, c.daemons[0].cmd.Process.Pid, 0)
+			}
 			var wg sync.WaitGroup
 			for i, d := range c.daemons[1:] {
 				c.mountOrSkip(d, mode, mps[i+1])

@@ -107,9 +107,10 @@ type fanotifyFrontend struct {
 	done   chan struct{}
 	unsub  func()
 
-	mu    sync.Mutex
-	users map[digest.Digest]map[string]bool // blob → mountpoints using it
-	byMP  map[string][]digest.Digest
+	mu      sync.Mutex
+	users   map[digest.Digest]map[string]bool // blob → mountpoints using it
+	byMP    map[string][]digest.Digest
+	missing map[digest.Digest]int // watched blobs → chunks not yet present
 }
 
 func newFanotifyFrontend(d *Daemon) (frontend, error) {
@@ -122,7 +123,7 @@ func newFanotifyFrontend(d *Daemon) (frontend, error) {
 	}
 	ctx, cancel := context.WithCancel(d.ctx)
 	f := &fanotifyFrontend{d: d, l: l, cancel: cancel, done: make(chan struct{}),
-		users: map[digest.Digest]map[string]bool{}, byMP: map[string][]digest.Digest{}}
+		users: map[digest.Digest]map[string]bool{}, byMP: map[string][]digest.Digest{}, missing: map[digest.Digest]int{}}
 	go func() {
 		defer close(f.done)
 		if err := l.Run(ctx); err != nil && ctx.Err() == nil {
@@ -130,20 +131,43 @@ func newFanotifyFrontend(d *Daemon) (frontend, error) {
 		}
 	}()
 	// A blob that becomes complete is unmarked, so its reads stop reaching the daemon.
+	// A blob that becomes complete is unmarked, so its reads stop reaching the daemon. The count
+	// of missing chunks per watched blob is kept from the store's events: O(1) per chunk, where
+	// asking the store for the whole blob's state at each chunk would be quadratic.
 	f.unsub = d.store.Subscribe(func(e chunkstore.Event) {
-		if e.Kind != chunkstore.ChunkAdded {
+		f.mu.Lock()
+		n, watched := f.missing[e.Blob]
+		if !watched {
+			f.mu.Unlock()
 			return
 		}
-		if m, ok := d.store.Blob(e.Blob); ok && f.l.Watched(e.Blob) {
-			go func() {
-				if missing, err := d.store.Missing(e.Blob, 0, m.BlobSize); err == nil && len(missing) == 0 {
-					_ = f.l.Unwatch(e.Blob)
-					d.log.Debug("blob complete: fanotify mark dropped", "blob", e.Blob)
-				}
-			}()
+		if e.Kind == chunkstore.ChunkAdded {
+			n--
+		} else {
+			n++
+		}
+		f.missing[e.Blob] = n
+		f.mu.Unlock()
+		if n == 0 {
+			go f.complete(e.Blob) // not on the store's goroutine: Unwatch takes the listener's lock
 		}
 	})
 	return f, nil
+}
+
+// complete drops the mark of a blob that has every chunk.
+func (f *fanotifyFrontend) complete(blob digest.Digest) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n, ok := f.missing[blob]; !ok || n != 0 {
+		return // evicted again meanwhile, or no longer watched
+	}
+	delete(f.missing, blob)
+	if err := f.l.Unwatch(blob); err != nil {
+		f.d.log.Warn("dropping the fanotify mark of a complete blob", "blob", blob, "err", err)
+		return
+	}
+	f.d.log.Debug("blob complete: fanotify mark dropped", "blob", blob)
 }
 
 func (f *fanotifyFrontend) Mount(ctx context.Context, im *image, mp string) error {
@@ -156,6 +180,13 @@ func (f *fanotifyFrontend) Mount(ctx context.Context, im *image, mp string) erro
 			return err
 		}
 		if len(missing) > 0 { // complete blobs need no mark: the kernel reads them directly
+			// Count first, then mark: a chunk landing in between is counted by the event, and
+			// at worst the count is high and the mark stays (reads are still served correctly).
+			f.mu.Lock()
+			if _, ok := f.missing[b.Digest]; !ok {
+				f.missing[b.Digest] = len(missing)
+			}
+			f.mu.Unlock()
 			if err := f.l.Watch(b.Digest, path); err != nil {
 				return err
 			}
@@ -187,6 +218,7 @@ func (f *fanotifyFrontend) release(blobs []digest.Digest, mp string) {
 		delete(f.users[b], mp)
 		if len(f.users[b]) == 0 {
 			delete(f.users, b)
+			delete(f.missing, b)
 			_ = f.l.Unwatch(b)
 		}
 	}
