@@ -23,8 +23,18 @@ func init() {
 	frontendFactories["fanotify"] = newFanotifyFrontend
 	probeFuncs["fanotify"] = func(d *Daemon) error { return probeMode(d, mount.Fanotify) }
 	cleanupStaleMount = func(log *slog.Logger, mp string) {
-		if err := mount.Unmount(mp); err == nil {
-			log.Info("unmounted a stale mount left by an earlier daemon", "mountpoint", mp)
+		// Only an image mount: whatever else someone mounted there since is theirs.
+		all, err := mount.ParseMountinfoFile("/proc/self/mountinfo")
+		if err != nil {
+			return
+		}
+		for _, m := range all {
+			if m.Mountpoint == mp && m.IsErofs() {
+				if err := mount.Unmount(mp); err == nil {
+					log.Info("unmounted a stale mount left by an earlier daemon", "mountpoint", mp)
+				}
+				return
+			}
 		}
 	}
 }
