@@ -5,10 +5,11 @@ GO          ?= go
 BIN         := bin
 STATICCHECK := $(BIN)/tools/staticcheck
 STATICCHECK_VERSION := v0.8.2
-# Debian packages the tests and the demo use; installed only when missing and only as root.
-APT_PACKAGES := erofs-utils e2fsprogs fuse3 iproute2 util-linux attr qemu-system-x86 busybox-static cpio
+# Debian packages the demo and the tests use; installed only when missing and only as root.
+DEMO_PACKAGES := erofs-utils fuse3 util-linux curl
+APT_PACKAGES  := $(DEMO_PACKAGES) e2fsprogs iproute2 attr qemu-system-x86 busybox-static cpio
 
-.PHONY: all build test deps lint unit demo bench fuzz clean kernel-image
+.PHONY: all build test deps deps-demo apt-install lint unit demo bench fuzz clean kernel-image
 
 all: build
 
@@ -18,7 +19,13 @@ build:
 # deps installs the Debian packages the tests need. Not root: say what is missing and go on; tests
 # that need a missing tool skip with the reason.
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)"
+
+deps-demo:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(DEMO_PACKAGES)"
+
+apt-install:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
@@ -51,7 +58,7 @@ kernel-image:
 	  ./scripts/kernel/build-kernel.sh >/tmp/shoal-kernel-build.log 2>&1 || \
 	  { echo "test kernel build failed; TestKernel will skip. Last lines:"; tail -5 /tmp/shoal-kernel-build.log; }; fi
 
-demo: deps build
+demo: deps-demo build
 	./scripts/demo.sh
 
 bench: deps build
