@@ -42,6 +42,8 @@ type Config struct {
 	Insecure     []string `yaml:"insecure_registries" flag:"insecure-registry" help:"registry host[:port] reached over plain HTTP (repeatable)"`
 	RegistryCA   string   `yaml:"registry_ca" flag:"registry-ca" help:"PEM file of extra CAs trusted for registries"`
 	DockerConfig string   `yaml:"docker_config" flag:"docker-config" help:"Docker config.json with registry credentials (default: ~/.docker/config.json)"`
+	RegistryUser string   `yaml:"registry_username" flag:"registry-username" help:"registry user name for every registry (the password comes from registry_password_file)"`
+	RegistryPass string   `yaml:"registry_password_file" flag:"registry-password-file" help:"file holding the password of registry_username"`
 
 	AdminListen string `yaml:"admin_listen" flag:"admin" help:"address for /metrics and /debug/pprof, e.g. 127.0.0.1:9480 (empty: off)"`
 	LogFormat   string `yaml:"log_format" flag:"log-format" help:"log format: text or json"`
@@ -123,6 +125,13 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		bad("log_level (--log-level)", "%q: use debug, info, warn or error", c.LogLevel)
+	}
+	if (c.RegistryUser == "") != (c.RegistryPass == "") {
+		bad("registry_username (--registry-username)", "and registry_password_file (--registry-password-file) go together")
+	} else if c.RegistryPass != "" {
+		if _, err := os.Stat(c.RegistryPass); err != nil {
+			bad("registry_password_file (--registry-password-file)", "%v", err)
+		}
 	}
 	if c.PSKFile != "" {
 		if _, err := os.Stat(c.PSKFile); err != nil {

@@ -76,3 +76,17 @@ func TestConfigErrorsAreActionable(t *testing.T) {
 		t.Errorf("bad env value: %v", err)
 	}
 }
+
+func TestRegistryCredentialsTogether(t *testing.T) {
+	c := DefaultConfig()
+	c.RegistryUser = "puller"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "go together") {
+		t.Fatalf("user without password file: %v", err)
+	}
+	pw := filepath.Join(t.TempDir(), "pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o600)
+	c.RegistryPass = pw
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}

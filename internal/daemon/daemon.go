@@ -155,6 +155,14 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	d.originCf.CAFile = cfg.RegistryCA
 	d.originCf.DockerConfig = cfg.DockerConfig
 	d.originCf.Logger = log
+	if cfg.RegistryUser != "" {
+		pw, err := os.ReadFile(cfg.RegistryPass)
+		if err != nil {
+			store.Close()
+			return nil, fmt.Errorf("registry_password_file: %w", err)
+		}
+		d.originCf.Username, d.originCf.Password = cfg.RegistryUser, strings.TrimRight(string(pw), "\r\n")
+	}
 	return d, nil
 }
 
