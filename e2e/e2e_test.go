@@ -84,14 +84,15 @@ func makeTree(t testing.TB, dir string, seed int64, n int) map[string][32]byte {
 }
 
 type cluster struct {
-	t       testing.TB
-	dir     string
-	origin  string // host:port
-	ref     string
-	daemons []*daemonProc
-	src     string
-	sums    map[string][32]byte
-	image   int64 // chunk data bytes of the image
+	t        testing.TB
+	prefetch bool // start daemons with background prefetch (the default); tests mostly turn it off
+	dir      string
+	origin   string // host:port
+	ref      string
+	daemons  []*daemonProc
+	src      string
+	sums     map[string][32]byte
+	image    int64 // chunk data bytes of the image
 }
 
 type daemonProc struct {
@@ -102,11 +103,13 @@ type daemonProc struct {
 	addr string
 }
 
-func newCluster(t *testing.T, hosts int) *cluster {
+func newCluster(t *testing.T, hosts int) *cluster { return newClusterPrefetch(t, hosts, false) }
+
+func newClusterPrefetch(t *testing.T, hosts int, prefetch bool) *cluster {
 	if _, err := exec.LookPath("mkfs.erofs"); err != nil {
 		t.Skip("mkfs.erofs not installed (erofs-utils)")
 	}
-	c := &cluster{t: t, dir: t.TempDir()}
+	c := &cluster{t: t, dir: t.TempDir(), prefetch: prefetch}
 	c.src = filepath.Join(c.dir, "src")
 	c.sums = makeTree(t, c.src, 42, 24)
 	img := filepath.Join(c.dir, "img")
@@ -151,7 +154,7 @@ func (c *cluster) startDaemon(n int, peers []string) *daemonProc {
 	t := c.t
 	d := &daemonProc{n: n, sock: filepath.Join(c.dir, fmt.Sprintf("d%d.sock", n)), log: &bytes.Buffer{}}
 	args := []string{"daemon", "--data", filepath.Join(c.dir, fmt.Sprintf("d%d", n)), "--api", d.sock,
-		"--listen", fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", freePort(t)), "--insecure-registry", c.origin, "--prefetch=false"}
+		"--listen", fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", freePort(t)), "--insecure-registry", c.origin, fmt.Sprintf("--prefetch=%v", c.prefetch)}
 	for _, p := range peers {
 		args = append(args, "--peer", p)
 	}
@@ -545,4 +548,38 @@ func TestRestartRestoresMounts(t *testing.T) {
 	if left := shoalMounts(t, c.dir); len(left) > 0 {
 		t.Fatalf("left behind: %v", left)
 	}
+}
+
+// TestMountWithPrefetch: with background prefetch on (the default), demand reads and the
+// prefetch of the rest run at once; every read is right, the prefetch completes, and in fanotify
+// mode the blob's mark is dropped once it is whole.
+func TestMountWithPrefetch(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting needs root")
+	}
+	c := newClusterPrefetch(t, 1, true)
+	d := c.daemons[0]
+	mp := filepath.Join(c.dir, "mnt")
+	os.MkdirAll(mp, 0o755)
+	out := run(t, "mount", c.ref, mp, "--api", d.sock) // auto: fanotify here, else FUSE
+	c.randomReads(mp, 7)
+	c.checkTree(mp)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		s := c.stats(d)
+		if len(s.Images) == 1 && s.Images[0].BytesPresent == c.image {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prefetch did not complete: %+v", s.Images)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if strings.Contains(out, "(fanotify mode") {
+		waitMarks(t, d.cmd.Process.Pid, 0)
+	}
+	if ob := c.originBytes(); ob > c.image*11/10 {
+		t.Errorf("origin served %d bytes for a %d-byte image: demand and prefetch fetched chunks twice", ob, c.image)
+	}
+	run(t, "umount", mp, "--api", d.sock)
 }
