@@ -64,7 +64,7 @@ func TestDaemonFscacheVM(t *testing.T) {
 			t.Error(line[i:])
 		}
 	}
-	for _, name := range []string{"daemon-1", "mount-fscache", "failover", "read-all", "hits-in-kernel", "same-image-twice", "second-image", "upgrade", "second-host", "umount", "stop"} {
+	for _, name := range []string{"daemon-1", "mount-fscache", "failover", "read-all", "hits-in-kernel", "same-image-twice", "prefetch-with-fscache", "second-image", "upgrade", "second-host", "umount", "stop"} {
 		if !passed[name] {
 			t.Errorf("no PASS for %q", name)
 		}

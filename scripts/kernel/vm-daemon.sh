@@ -82,8 +82,21 @@ else
 	fail "same-image-twice: $out; READ requests $r1 -> $(reads)"
 fi
 o1=$(served)
-if out=$(shoal mount $O/img2:latest /mnt/c --mode fscache --api /run/d1.sock 2>&1) &&
-	(cd /mnt/c && sha256sum -c /data/img2.sums >/dev/null 2>&1); then
+# Background prefetch of the image while the kernel reads it through the same backing files.
+if out=$(shoal mount $O/img2:latest /mnt/c --mode fscache --api /run/d1.sock 2>&1); then
+	shoal prefetch $O/img2:latest --wait --api /run/d1.sock >/tmp/prefetch2.out 2>&1 &
+	pf=$!
+	(cd /mnt/c && sha256sum -c /data/img2.sums >/dev/null 2>&1)
+	reads_ok=$?
+	wait $pf
+	pf_rc=$?
+	if [ $reads_ok = 0 ] && [ $pf_rc = 0 ] && (cd /mnt/c && sha256sum -c /data/img2.sums >/dev/null 2>&1); then
+		pass "prefetch-with-fscache: reads during a prefetch match; $(tail -1 /tmp/prefetch2.out)"
+	else
+		fail "prefetch-with-fscache: reads rc=$reads_ok prefetch rc=$pf_rc: $(tail -2 /tmp/prefetch2.out)"
+	fi
+fi
+if [ -n "$out" ] && (cd /mnt/c && sha256sum -c /data/img2.sums >/dev/null 2>&1); then
 	o2=$(served)
 	dedup=$(shoal stats --json --api /run/d1.sock | sed -n '/"bytes"/,/}/s/.*"dedup": \([0-9]*\).*/\1/p' | head -1)
 	# The shared 4 MiB come from the local store (dedup), so the origin serves about 2 MiB of
