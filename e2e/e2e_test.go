@@ -367,6 +367,21 @@ func TestCLIAgainstDaemon(t *testing.T) {
 	if !strings.Contains(out, "no images") {
 		t.Errorf("images on a fresh daemon: %q", out)
 	}
+	// --watch redraws in place until interrupted.
+	watch := exec.Command(shoalBin, "stats", "--watch", "--interval", "100ms", "--api", d.sock)
+	var wout bytes.Buffer
+	watch.Stdout = &wout
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	watch.Process.Signal(os.Interrupt)
+	if err := watch.Wait(); err != nil {
+		t.Errorf("stats --watch ended with %v on SIGINT", err)
+	}
+	if n := strings.Count(wout.String(), "\033[H\033[2J"); n < 2 || strings.Count(wout.String(), "SOURCE") != n {
+		t.Errorf("stats --watch drew %d screens (%d tables)", n, strings.Count(wout.String(), "SOURCE"))
+	}
 	// The control socket is root-only: another user is told so.
 	if os.Geteuid() == 0 {
 		os.Chmod(filepath.Dir(shoalBin), 0o755)
