@@ -17,6 +17,11 @@ type Config struct {
 	// MaxBytes caps the bytes of present chunks. 0 means no limit. When a write would pass it,
 	// unpinned blobs are evicted, least recently used first, down to LowWatermark of MaxBytes.
 	MaxBytes int64
+	// PinnedOverflow lets writes pass MaxBytes when everything left to evict is pinned (data of
+	// mounted images): a mounted image keeps serving reads, and a warning says the cap is too
+	// small for the mounted working set. The disk's real size still applies (ErrNoSpace on
+	// ENOSPC). False makes MaxBytes hard: such writes fail with ErrNoSpace.
+	PinnedOverflow bool
 	// LowWatermark is the fraction of MaxBytes eviction frees down to, in (0, 1].
 	LowWatermark float64
 	// MaxOpenFiles bounds the backing files kept open (the fd cache). In-use files may briefly
@@ -43,6 +48,7 @@ func DefaultConfig() Config {
 	return Config{
 		Domain:          DefaultDomain,
 		LowWatermark:    0.9,
+		PinnedOverflow:  true,
 		MaxOpenFiles:    256,
 		SyncBatch:       256,
 		IndexCacheBytes: 32 << 20,

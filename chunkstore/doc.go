@@ -61,5 +61,8 @@
 //
 // With Config.MaxBytes set, a write that would pass it first evicts unpinned blobs' chunks, least
 // recently used blob first (access is tracked per blob), down to LowWatermark of MaxBytes. Evicted
-// chunks raise ChunkEvicted events, which the p2p layer uses to withdraw announcements.
+// chunks raise ChunkEvicted events, which the p2p layer uses to withdraw announcements. Pins are
+// the daemon's mounted images: when everything left is pinned, writes pass MaxBytes with a warning
+// (Config.PinnedOverflow, the default) so a mounted image keeps serving reads, or fail with
+// ErrNoSpace when the cap is made hard.
 package chunkstore

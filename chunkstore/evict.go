@@ -34,6 +34,14 @@ func (s *Store) reserve(ctx context.Context, n int64) (func(), error) {
 			return nil, err
 		}
 		if freed == 0 && s.used.Load()+s.resv.Load()+n > max {
+			if s.cfg.PinnedOverflow {
+				if s.overflowWarned.CompareAndSwap(false, true) {
+					s.log.Warn("cache cap passed: everything evictable is gone and the rest is pinned by mounted images; raise the cap or unmount images",
+						"max_bytes", max, "present_bytes", s.used.Load())
+				}
+				s.resv.Add(n)
+				return func() { s.resv.Add(-n) }, nil
+			}
 			return nil, fmt.Errorf("cache full: %d of %d bytes present and nothing evictable (all pinned or in use): %w", s.used.Load(), max, ErrNoSpace)
 		}
 	}

@@ -95,6 +95,8 @@ type Store struct {
 	ctr   counters
 	used  atomic.Int64 // bytes of present chunks
 	resv  atomic.Int64 // bytes reserved by writes in progress (only with MaxBytes)
+	// overflowWarned: the PinnedOverflow warning was logged (once per run).
+	overflowWarned atomic.Bool
 
 	mu     sync.RWMutex // guards blobs, closed and pins
 	blobs  map[digest.Digest]*blobState

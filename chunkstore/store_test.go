@@ -82,6 +82,7 @@ func TestEvictionLRUAndPins(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxBytes = 8 * 4096
 	cfg.LowWatermark = 1
+	cfg.PinnedOverflow = false // a hard cap: TestPinnedOverflow covers the default
 	s := open(t, t.TempDir(), cfg)
 	defer s.Close()
 	ctx := context.Background()
@@ -151,6 +152,38 @@ func TestEvictionLRUAndPins(t *testing.T) {
 	}
 	if err := s.WriteChunk(ctx, old.Digest(), c, old.Bytes(c)); err != nil {
 		t.Fatalf("write after unpin: %v", err)
+	}
+}
+
+// TestPinnedOverflow: by default a full cache holding only pinned data (mounted images) lets a
+// write through past MaxBytes rather than failing a mounted image's read.
+func TestPinnedOverflow(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxBytes = 4 * 4096
+	s := open(t, t.TempDir(), cfg)
+	defer s.Close()
+	ctx := context.Background()
+	a := storetest.NewBlob(t, 1, 4*4096, 4096)
+	b := storetest.NewBlob(t, 2, 4*4096, 4096)
+	for _, x := range []storetest.Blob{a, b} {
+		if err := s.AddBlob(ctx, x.Manifest); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Pin(x.Digest(), "image"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeAll(t, s, a)
+	writeAll(t, s, b) // past the cap: nothing evictable, the writes go through
+	for _, x := range []storetest.Blob{a, b} {
+		for _, c := range x.Manifest.Chunks {
+			if !s.HasChunk(x.Digest(), c) {
+				t.Fatal("pinned chunk missing")
+			}
+		}
+	}
+	if got := s.Stats(); got.PresentBytes != 8*4096 || got.ChunksEvicted != 0 {
+		t.Fatalf("stats %+v", got)
 	}
 }
 

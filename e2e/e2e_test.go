@@ -85,7 +85,8 @@ func makeTree(t testing.TB, dir string, seed int64, n int) map[string][32]byte {
 
 type cluster struct {
 	t        testing.TB
-	prefetch bool // start daemons with background prefetch (the default); tests mostly turn it off
+	prefetch bool     // start daemons with background prefetch (the default); tests mostly turn it off
+	extra    []string // more daemon flags
 	dir      string
 	origin   string // host:port
 	ref      string
@@ -95,21 +96,45 @@ type cluster struct {
 	image    int64 // chunk data bytes of the image
 }
 
+// syncBuffer collects a daemon's output; tests read it while the daemon writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
+}
+
 type daemonProc struct {
 	n    int
 	sock string
 	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	log  *syncBuffer
 	addr string
 }
 
 func newCluster(t *testing.T, hosts int) *cluster { return newClusterPrefetch(t, hosts, false) }
 
-func newClusterPrefetch(t *testing.T, hosts int, prefetch bool) *cluster {
+func newClusterPrefetch(t *testing.T, hosts int, prefetch bool, extra ...string) *cluster {
 	if _, err := exec.LookPath("mkfs.erofs"); err != nil {
 		t.Skip("mkfs.erofs not installed (erofs-utils)")
 	}
-	c := &cluster{t: t, dir: t.TempDir(), prefetch: prefetch}
+	c := &cluster{t: t, dir: t.TempDir(), prefetch: prefetch, extra: extra}
 	c.src = filepath.Join(c.dir, "src")
 	c.sums = makeTree(t, c.src, 42, 24)
 	img := filepath.Join(c.dir, "img")
@@ -152,12 +177,13 @@ func waitHTTP(t testing.TB, url string) {
 
 func (c *cluster) startDaemon(n int, peers []string) *daemonProc {
 	t := c.t
-	d := &daemonProc{n: n, sock: filepath.Join(c.dir, fmt.Sprintf("d%d.sock", n)), log: &bytes.Buffer{}}
+	d := &daemonProc{n: n, sock: filepath.Join(c.dir, fmt.Sprintf("d%d.sock", n)), log: &syncBuffer{}}
 	args := []string{"daemon", "--data", filepath.Join(c.dir, fmt.Sprintf("d%d", n)), "--api", d.sock,
 		"--listen", fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", freePort(t)), "--insecure-registry", c.origin, fmt.Sprintf("--prefetch=%v", c.prefetch)}
 	for _, p := range peers {
 		args = append(args, "--peer", p)
 	}
+	args = append(args, c.extra...)
 	d.cmd = exec.Command(shoalBin, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
@@ -595,6 +621,29 @@ func TestMountWithPrefetch(t *testing.T) {
 	}
 	if ob := c.originBytes(); ob > c.image*11/10 {
 		t.Errorf("origin served %d bytes for a %d-byte image: demand and prefetch fetched chunks twice", ob, c.image)
+	}
+	run(t, "umount", mp, "--api", d.sock)
+}
+
+// TestMountedImageLargerThanCacheCap: a mounted image's data is pinned; with a cache cap smaller
+// than the image, reads still work (the cap yields to mounted data, with a warning) and nothing
+// of the mounted image is evicted.
+func TestMountedImageLargerThanCacheCap(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting needs root")
+	}
+	c := newClusterPrefetch(t, 1, false, "--cache-max", "4M")
+	d := c.daemons[0]
+	mp := filepath.Join(c.dir, "mnt")
+	os.MkdirAll(mp, 0o755)
+	run(t, "mount", c.ref, mp, "--api", d.sock)
+	c.checkTree(mp)
+	s := c.stats(d)
+	if s.Images[0].BytesPresent != c.image || s.Images[0].BytesPresent <= 4<<20 {
+		t.Fatalf("mounted image present %d of %d bytes under a 4 MiB cap", s.Images[0].BytesPresent, c.image)
+	}
+	if !strings.Contains(d.log.String(), "cache cap passed") {
+		t.Error("no warning that the cap is too small for the mounted images")
 	}
 	run(t, "umount", mp, "--api", d.sock)
 }

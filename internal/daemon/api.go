@@ -192,6 +192,7 @@ func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountResponse, er
 	d.mu.Lock()
 	im.mounts[req.Mountpoint] = mode
 	d.mu.Unlock()
+	d.pinImage(im, true)
 	d.log.Info("mounted", "image", req.Ref, "digest", im.Image.Digest, "mountpoint", req.Mountpoint, "mode", mode, "reason", reason)
 	if d.cfg.Prefetch {
 		d.startPrefetch(im)
@@ -238,7 +239,11 @@ func (d *Daemon) Umount(mountpoint string) error {
 	}
 	d.mu.Lock()
 	delete(owner.mounts, mp)
+	unused := len(owner.mounts) == 0
 	d.mu.Unlock()
+	if unused {
+		d.pinImage(owner, false)
+	}
 	d.saveState()
 	d.saveReadOrders()
 	d.log.Info("unmounted", "mountpoint", mp)

@@ -398,9 +398,6 @@ func (d *Daemon) registerImage(ctx context.Context, ref string, src origin.Sourc
 		if present := d.presentChunks(b.Manifest); len(present) > 0 {
 			_ = d.node.Announce(blob, present...)
 		}
-		if err := d.store.Pin(blob, im.Digest.String()); err != nil {
-			return nil, err
-		}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -411,6 +408,23 @@ func (d *Daemon) registerImage(ctx context.Context, ref string, src origin.Sourc
 	entry := &image{Ref: ref, Image: im, Manifest: mb, BootPath: boot, src: src, mounts: map[string]string{}}
 	d.images[im.Digest] = entry
 	return entry, nil
+}
+
+// pinImage pins (or unpins) an image's blobs in the store: a mounted image's data is never
+// evicted; an image that is only prefetched, or no longer mounted, is evicted least recently used
+// first when the cache is full.
+func (d *Daemon) pinImage(im *image, on bool) {
+	for _, b := range im.Image.Blobs {
+		var err error
+		if on {
+			err = d.store.Pin(b.Digest, im.Image.Digest.String())
+		} else {
+			err = d.store.Unpin(b.Digest, im.Image.Digest.String())
+		}
+		if err != nil {
+			d.log.Warn("pinning", "blob", b.Digest, "pin", on, "err", err)
+		}
+	}
 }
 
 func (d *Daemon) presentChunks(m *bootstrap.Manifest) []bootstrap.Chunk {

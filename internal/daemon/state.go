@@ -136,6 +136,10 @@ func (d *Daemon) restore(ctx context.Context) {
 			d.mu.Unlock()
 			d.log.Info("mount restored", "ref", r.si.Ref, "mountpoint", mp, "mode", mode)
 		}
+		d.mu.Lock()
+		mounted := len(r.im.mounts) > 0
+		d.mu.Unlock()
+		d.pinImage(r.im, mounted) // a mount that could not be restored no longer holds its data
 		if r.si.Prefetch || (len(r.si.Mounts) > 0 && d.cfg.Prefetch) {
 			d.startPrefetch(r.im)
 		}
