@@ -1,6 +1,7 @@
 package origin
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"sort"
 	"strings"
 	"sync"
@@ -37,8 +39,9 @@ type dockerConfig struct {
 	CredHelpers map[string]string `json:"credHelpers"`
 }
 
-// dockerCredentials finds the credentials for host in a Docker config file. A missing file is no
-// credentials, not an error; credential helpers are not run (their use is logged by the caller).
+// dockerCredentials finds the credentials for host in a Docker config file, or the credential
+// helper that holds them (credHelpers, then credsStore), which the authenticator runs when
+// needed. A missing file is no credentials, not an error.
 func dockerCredentials(path, host string) (credentials, string, error) {
 	if path == "" {
 		return credentials{}, "", nil
@@ -99,11 +102,17 @@ type bearerToken struct {
 // Tokens are refreshed shortly before they expire and whenever the registry rejects one, so a
 // mount that lives for days keeps reading.
 type authenticator struct {
-	host   string
-	creds  credentials
-	client *http.Client // for the token server; no redirect-following quirks needed
-	ua     string
-	now    func() time.Time
+	host  string
+	creds credentials // guarded by mu when helper is set
+	// helper is a Docker credential helper ("ecr-login" runs docker-credential-ecr-login) asked
+	// for creds when none were configured: at first use, every helperTTL (helpers hand out
+	// short-lived credentials) and after the registry refuses the ones it gave.
+	helper    string
+	helperAt  time.Time
+	runHelper func(ctx context.Context, helper, host string) (credentials, error)
+	client    *http.Client // for the token server; no redirect-following quirks needed
+	ua        string
+	now       func() time.Time
 
 	fetching chan struct{} // one token fetch at a time
 
@@ -115,7 +124,62 @@ type authenticator struct {
 }
 
 func newAuthenticator(host string, creds credentials, client *http.Client, ua string) *authenticator {
-	return &authenticator{host: host, creds: creds, client: client, ua: ua, now: time.Now, tokens: map[string]bearerToken{}, fetching: make(chan struct{}, 1)}
+	return &authenticator{host: host, creds: creds, client: client, ua: ua, now: time.Now, tokens: map[string]bearerToken{},
+		fetching: make(chan struct{}, 1), runHelper: runCredentialHelper}
+}
+
+// helperTTL is how long credentials from a helper are used before it is asked again.
+const helperTTL = 10 * time.Minute
+
+// credentials returns the credentials to present, asking the credential helper when it has one
+// and its last answer is stale. A helper that fails leaves the previous answer (or none).
+func (a *authenticator) credentials(ctx context.Context) credentials {
+	a.mu.Lock()
+	if a.helper == "" || (!a.helperAt.IsZero() && a.now().Sub(a.helperAt) < helperTTL) {
+		c := a.creds
+		a.mu.Unlock()
+		return c
+	}
+	helper := a.helper
+	a.mu.Unlock()
+	c, err := a.runHelper(ctx, helper, a.host)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.helperAt = a.now()
+	if err == nil {
+		a.creds = c
+	}
+	return a.creds
+}
+
+// runCredentialHelper runs `docker-credential-<helper> get` with the registry host on stdin, as
+// the Docker credential helper protocol says, and reads {"Username", "Secret"}. A username of
+// "<token>" makes the secret an identity (refresh) token. "not found" is no credentials.
+func runCredentialHelper(ctx context.Context, helper, host string) (credentials, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "docker-credential-"+helper, "get")
+	cmd.Stdin = strings.NewReader(host)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		if strings.Contains(string(out), "credentials not found") {
+			return credentials{}, nil
+		}
+		return credentials{}, fmt.Errorf("credential helper docker-credential-%s for %s: %w: %s", helper, host, err, strings.TrimSpace(stderr.String()+string(out)))
+	}
+	var r struct {
+		Username string `json:"Username"`
+		Secret   string `json:"Secret"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return credentials{}, fmt.Errorf("credential helper docker-credential-%s for %s: %w", helper, host, err)
+	}
+	if r.Username == "<token>" {
+		return credentials{IdentityToken: r.Secret}, nil
+	}
+	return credentials{Username: r.Username, Password: r.Secret}, nil
 }
 
 func scopeKey(scopes []string) string {
@@ -134,10 +198,11 @@ func (a *authenticator) authorize(ctx context.Context, req *http.Request, scopes
 	var h string
 	switch scheme {
 	case "basic":
-		if a.creds.Username == "" {
+		creds := a.credentials(ctx)
+		if creds.Username == "" {
 			return "", nil
 		}
-		h = "Basic " + base64.StdEncoding.EncodeToString([]byte(a.creds.Username+":"+a.creds.Password))
+		h = "Basic " + base64.StdEncoding.EncodeToString([]byte(creds.Username+":"+creds.Password))
 	case "bearer":
 		if !ok || !a.now().Before(tok.expiry) {
 			var err error
@@ -176,8 +241,12 @@ func (a *authenticator) challenged(resp *http.Response, scopes []string, sent st
 			return true
 		case "basic":
 			a.scheme = "basic"
+			if a.helper != "" && strings.HasPrefix(sent, "Basic ") && !a.helperAt.IsZero() {
+				a.helperAt = time.Time{} // refused: ask the helper again, once
+				return true
+			}
 			// Retry unless these very credentials were just refused.
-			return a.creds.Username != "" && !strings.HasPrefix(sent, "Basic ")
+			return (a.creds.Username != "" || a.helper != "") && !strings.HasPrefix(sent, "Basic ")
 		}
 	}
 	return false
@@ -218,9 +287,10 @@ func (a *authenticator) fetchToken(ctx context.Context, scopes []string) (bearer
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") {
 		return bearerToken{}, fmt.Errorf("registry %s: token realm %q is not an http(s) URL: %w", a.host, realm, ErrBadResponse)
 	}
+	creds := a.credentials(ctx)
 	var req *http.Request
-	if a.creds.IdentityToken != "" {
-		form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {a.creds.IdentityToken}, "service": {svc}, "client_id": {"shoal"}, "scope": {strings.Join(scopes, " ")}}
+	if creds.IdentityToken != "" {
+		form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {creds.IdentityToken}, "service": {svc}, "client_id": {"shoal"}, "scope": {strings.Join(scopes, " ")}}
 		req, err = http.NewRequestWithContext(ctx, http.MethodPost, u.String(), strings.NewReader(form.Encode()))
 		if err != nil {
 			return bearerToken{}, err
@@ -239,8 +309,8 @@ func (a *authenticator) fetchToken(ctx context.Context, scopes []string) (bearer
 		if err != nil {
 			return bearerToken{}, err
 		}
-		if a.creds.Username != "" {
-			req.SetBasicAuth(a.creds.Username, a.creds.Password)
+		if creds.Username != "" {
+			req.SetBasicAuth(creds.Username, creds.Password)
 		}
 	}
 	req.Header.Set("User-Agent", a.ua)

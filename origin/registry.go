@@ -57,15 +57,17 @@ func NewRegistry(ref Reference, cfg Config) (*Registry, error) {
 	}
 	log := cfg.logger().With("registry", ref.Registry, "repository", ref.Repository)
 	creds := credentials{Username: cfg.Username, Password: cfg.Password}
+	var credHelper string
 	if creds.empty() {
 		c, helper, err := dockerCredentials(cfg.dockerConfigPath(), ref.Registry)
 		if err != nil {
 			return nil, err
 		}
-		if helper != "" {
-			log.Warn("docker credential helpers are not supported; reading anonymously", "helper", helper)
-		}
 		creds = c
+		if helper != "" {
+			log.Debug("credentials from a docker credential helper", "helper", helper)
+		}
+		credHelper = helper
 	}
 	scheme := "https"
 	if cfg.isInsecure(ref.Registry) {
@@ -82,6 +84,7 @@ func NewRegistry(ref Reference, cfg Config) (*Registry, error) {
 		log:     log,
 		metrics: m,
 	}
+	r.auth.helper = credHelper
 	r.retry = retrier{retries: cfg.Retries, base: cfg.RetryBase, maxWait: cfg.RetryMax, log: log, onRetry: m.retries.Inc}
 	return r, nil
 }

@@ -112,3 +112,49 @@ func TestMaxConcurrent(t *testing.T) {
 		t.Fatalf("peak of %d requests in flight, limit 3", p)
 	}
 }
+
+// TestDockerCredentialHelper: credentials held by a Docker credential helper (credsStore) are
+// fetched with the helper protocol when the registry asks for them. The helper here is a small
+// script that speaks the protocol, as docker-credential-ecr-login or -gcloud would.
+func TestDockerCredentialHelper(t *testing.T) {
+	env := startDistribution(t, authBasic)
+	im := makeLayout(t, t.TempDir(), 43, "")
+	bin := t.TempDir()
+	calls := filepath.Join(bin, "calls")
+	helper := "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread host\necho \"$host\" >> " + calls + "\n" +
+		"if [ \"$host\" = \"" + env.host + "\" ]; then printf '{\"ServerURL\":\"%s\",\"Username\":\"" + testUser + "\",\"Secret\":\"" + testPass + "\"}' \"$host\"; " +
+		"else echo 'credentials not found in native keychain'; exit 1; fi\n"
+	if err := os.WriteFile(filepath.Join(bin, "docker-credential-shoaltest"), []byte(helper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	cfg := testConfig(env.host)
+	cfg.DockerConfig = filepath.Join(t.TempDir(), "config.json")
+	if err := os.WriteFile(cfg.DockerConfig, []byte(`{"credsStore":"shoaltest"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Push(context.Background(), im.dir, env.host+"/img:latest", cfg, PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	src, err := Open(env.host+"/img", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _, err := src.Resolve(context.Background()); err != nil || d.Digest != im.desc.Digest {
+		t.Fatalf("Resolve with helper credentials: %s, %v", d.Digest, err)
+	}
+	if b, _ := os.ReadFile(calls); !strings.Contains(string(b), env.host) {
+		t.Fatalf("helper was not asked for %s: %q", env.host, b)
+	}
+	// A helper that has nothing for the host: anonymous, and the registry says no.
+	if err := os.WriteFile(cfg.DockerConfig, []byte(`{"credHelpers":{"`+env.host+`":"none"},"credsStore":"missing"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bin, "docker-credential-none"), []byte("#!/bin/sh\necho 'credentials not found in native keychain'\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	src, _ = Open(env.host+"/img", cfg)
+	if _, _, err := src.Resolve(context.Background()); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("no credentials from the helper: %v, want ErrUnauthorized", err)
+	}
+}
