@@ -622,7 +622,14 @@ func TestMountWithPrefetch(t *testing.T) {
 	if ob := c.originBytes(); ob > c.image*11/10 {
 		t.Errorf("origin served %d bytes for a %d-byte image: demand and prefetch fetched chunks twice", ob, c.image)
 	}
+	if out, err := exec.Command(shoalBin, "images", "rm", c.ref, "--api", d.sock).CombinedOutput(); err == nil || !strings.Contains(string(out), "unmount it first") {
+		t.Errorf("removing a mounted image: %v %q", err, out)
+	}
 	run(t, "umount", mp, "--api", d.sock)
+	run(t, "images", "rm", c.ref, "--api", d.sock)
+	if out := run(t, "images", "--api", d.sock); !strings.Contains(out, "no images") {
+		t.Errorf("images after rm: %q", out)
+	}
 }
 
 // TestMountedImageLargerThanCacheCap: a mounted image's data is pinned; with a cache cap smaller

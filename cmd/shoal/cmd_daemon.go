@@ -23,6 +23,7 @@ func init() {
 	register(&command{name: "mount", summary: "mount an image (REF|LAYOUT_DIR MOUNTPOINT)", run: runMount})
 	register(&command{name: "umount", summary: "unmount an image", run: runUmount})
 	register(&command{name: "images", summary: "list the daemon's images and mounts", run: runImages})
+	register(&command{name: "images rm", summary: "forget an unmounted image (its data stays cached, evictable)", run: runImagesRm})
 	register(&command{name: "stats", summary: "show where bytes come from, per image and per peer", run: runStats})
 	register(&command{name: "peers", summary: "list peers (--self: this host's addresses)", run: runPeers})
 	register(&command{name: "status", summary: "show the daemon's peer ID, pid, addresses and uptime", run: runStatus})
@@ -186,6 +187,27 @@ func runImages(ctx context.Context, args []string) error {
 		return printJSON(st.Images)
 	}
 	daemon.RenderImages(os.Stdout, st.Images)
+	return nil
+}
+
+func runImagesRm(ctx context.Context, args []string) error {
+	fs := newFlags("images rm", "IMAGE...", "Forgets unmounted images (by ref, as `shoal images` shows it, or manifest digest):\nno more prefetch, no more peers asking this host for them; their data stays cached until evicted.")
+	api := apiFlag(fs)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		fs.Usage()
+		return errUsage
+	}
+	c := daemon.NewClient(*api)
+	for _, im := range pos {
+		if err := c.RemoveImage(ctx, absIfLayout(im)); err != nil {
+			return err
+		}
+		fmt.Printf("removed %s\n", im)
+	}
 	return nil
 }
 

@@ -9,7 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-p2p/shoal/demand"
 )
@@ -24,6 +27,7 @@ import (
 //	POST   /v1/images            MountRequest: add an image, mount it if Mountpoint is set
 //	POST   /v1/prefetch          PrefetchRequest: add an image and fetch all of it
 //	POST   /v1/umount            UmountRequest
+//	POST   /v1/images/remove     RemoveRequest: forget an unmounted image
 const apiVersion = "v1"
 
 // MountRequest asks the daemon to add an image and, with a mountpoint, mount it.
@@ -44,6 +48,12 @@ type MountResponse struct {
 // PrefetchRequest asks for a whole image to be made local without mounting it.
 type PrefetchRequest struct {
 	Ref string `json:"ref"`
+}
+
+// RemoveRequest asks the daemon to forget an image (by ref or manifest digest). Its data stays in
+// the cache, evictable, and keeps serving peers until evicted.
+type RemoveRequest struct {
+	Image string `json:"image"`
 }
 
 // UmountRequest asks for a mountpoint to be unmounted.
@@ -98,6 +108,17 @@ func (d *Daemon) apiHandler() http.Handler {
 		d.startPrefetch(im)
 		d.saveState()
 		writeJSON(w, http.StatusOK, MountResponse{Image: im.Image.Digest.String()})
+	})
+	mux.HandleFunc("POST /v1/images/remove", func(w http.ResponseWriter, r *http.Request) {
+		var req RemoveRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if err := d.RemoveImage(req.Image); err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"removed": req.Image})
 	})
 	mux.HandleFunc("POST /v1/umount", func(w http.ResponseWriter, r *http.Request) {
 		var req UmountRequest
@@ -247,6 +268,52 @@ func (d *Daemon) Umount(mountpoint string) error {
 	d.saveState()
 	d.saveReadOrders()
 	d.log.Info("unmounted", "mountpoint", mp)
+	return nil
+}
+
+// RemoveImage forgets an unmounted image: no more prefetch, its blobs leave the resolver and the
+// swarm unless another image uses them. Its chunks stay in the store (unpinned, evictable).
+func (d *Daemon) RemoveImage(ref string) error {
+	d.mu.Lock()
+	var im *image
+	for dg, x := range d.images {
+		if x.Ref == ref || dg.String() == ref {
+			im = x
+		}
+	}
+	if im == nil {
+		d.mu.Unlock()
+		return fmt.Errorf("%w: no image %q (see `shoal images`)", errNotFound, ref)
+	}
+	if len(im.mounts) > 0 {
+		var mps []string
+		for mp := range im.mounts {
+			mps = append(mps, mp)
+		}
+		sort.Strings(mps)
+		d.mu.Unlock()
+		return fmt.Errorf("%w: %s is mounted at %s: unmount it first", errBadRequest, ref, strings.Join(mps, ", "))
+	}
+	if im.cancelPre != nil {
+		im.cancelPre()
+	}
+	delete(d.images, im.Image.Digest)
+	inUse := map[digest.Digest]bool{}
+	for _, other := range d.images {
+		for _, b := range other.Image.Blobs {
+			inUse[b.Digest] = true
+		}
+	}
+	d.mu.Unlock()
+	for _, b := range im.Image.Blobs {
+		if !inUse[b.Digest] {
+			d.resolver.RemoveBlob(b.Digest)
+			d.node.Forget(b.Digest)
+		}
+	}
+	d.pinImage(im, false)
+	d.saveState()
+	d.log.Info("image removed", "ref", im.Ref, "digest", im.Image.Digest)
 	return nil
 }
 

@@ -113,6 +113,11 @@ func (c *Client) Prefetch(ctx context.Context, ref string) (MountResponse, error
 	return r, c.do(ctx, http.MethodPost, "/prefetch", PrefetchRequest{Ref: ref}, &r)
 }
 
+// RemoveImage asks the daemon to forget an unmounted image (ref or manifest digest).
+func (c *Client) RemoveImage(ctx context.Context, image string) error {
+	return c.do(ctx, http.MethodPost, "/images/remove", RemoveRequest{Image: image}, nil)
+}
+
 // Umount asks the daemon to unmount a mountpoint.
 func (c *Client) Umount(ctx context.Context, mountpoint string) error {
 	return c.do(ctx, http.MethodPost, "/umount", UmountRequest{Mountpoint: mountpoint}, nil)
