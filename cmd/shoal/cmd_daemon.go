@@ -179,14 +179,20 @@ func runImages(ctx context.Context, args []string) error {
 	if _, err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
-	st, err := daemon.NewClient(*api).Stats(ctx)
+	return showFromStats(ctx, *api, *asJSON, func(st daemon.StatsReport) any { return st.Images },
+		func(st daemon.StatsReport) { daemon.RenderImages(os.Stdout, st.Images) })
+}
+
+// showFromStats fetches the daemon's stats and prints a part of them as JSON or as a table.
+func showFromStats(ctx context.Context, api string, asJSON bool, part func(daemon.StatsReport) any, render func(daemon.StatsReport)) error {
+	st, err := daemon.NewClient(api).Stats(ctx)
 	if err != nil {
 		return err
 	}
-	if *asJSON {
-		return printJSON(st.Images)
+	if asJSON {
+		return printJSON(part(st))
 	}
-	daemon.RenderImages(os.Stdout, st.Images)
+	render(st)
 	return nil
 }
 
@@ -256,9 +262,8 @@ func runPeers(ctx context.Context, args []string) error {
 	if _, err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
-	c := daemon.NewClient(*api)
 	if *self {
-		st, err := c.Status(ctx)
+		st, err := daemon.NewClient(*api).Status(ctx)
 		if err != nil {
 			return err
 		}
@@ -268,15 +273,8 @@ func runPeers(ctx context.Context, args []string) error {
 		fmt.Println(strings.Join(st.Addrs, "\n"))
 		return nil
 	}
-	st, err := c.Stats(ctx)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(st.Peers)
-	}
-	daemon.RenderPeers(os.Stdout, st.Peers)
-	return nil
+	return showFromStats(ctx, *api, *asJSON, func(st daemon.StatsReport) any { return st.Peers },
+		func(st daemon.StatsReport) { daemon.RenderPeers(os.Stdout, st.Peers) })
 }
 
 func runPrefetch(ctx context.Context, args []string) error {
