@@ -7,17 +7,7 @@
 # e2e's TestDaemonFscacheVM parses. WORKDIR keeps everything; SHOAL_KERNEL_NOBUILD=1 never builds.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-repo=$(cd "$KERNEL_SCRIPTS_DIR/../.." && pwd)
-work=${WORKDIR:-$(mktemp -d /tmp/shoal-daemon-vm.XXXXXX)}
-mkdir -p "$work"
-log "work dir $work"
-
-if [ "${SHOAL_KERNEL_NOBUILD:-}" = 1 ]; then
-	kernel=$("$KERNEL_SCRIPTS_DIR/build-kernel.sh" --path)
-else
-	kernel=$("$KERNEL_SCRIPTS_DIR/build-kernel.sh")
-fi
-apt_install busybox-static qemu-system-x86 erofs-utils e2fsprogs cpio
+vm_test_setup daemon-vm
 
 log "building a static shoal"
 (cd "$repo" && run_logged "$work/go-build.log" env CGO_ENABLED=0 GOFLAGS= go build -o "$work/shoal" ./cmd/shoal)

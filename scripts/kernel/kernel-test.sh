@@ -12,17 +12,7 @@
 # to this test's VM as well).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-repo=$(cd "$KERNEL_SCRIPTS_DIR/../.." && pwd)
-work=${WORKDIR:-$(mktemp -d /tmp/shoal-kernel-test.XXXXXX)}
-mkdir -p "$work"
-log "work dir $work"
-
-if [ "${SHOAL_KERNEL_NOBUILD:-}" = 1 ]; then
-	kernel=$("$KERNEL_SCRIPTS_DIR/build-kernel.sh" --path)
-else
-	kernel=$("$KERNEL_SCRIPTS_DIR/build-kernel.sh")
-fi
-apt_install busybox-static qemu-system-x86 erofs-utils e2fsprogs cpio
+vm_test_setup kernel-test
 
 log "building the static test binary"
 (cd "$repo" && run_logged "$work/go-build.log" env CGO_ENABLED=0 GOFLAGS= go test -c -o "$work/cachefiles.test" ./demand/cachefiles)

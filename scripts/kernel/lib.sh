@@ -133,3 +133,19 @@ vm_run() {
 	tail -n 60 "$logf" >&2
 	return 1
 }
+
+# vm_test_setup NAME: the common start of a VM test script. Sets repo (the checkout), work
+# ($WORKDIR or a new /tmp/shoal-NAME.XXXXXX) and kernel (the cached bzImage; built unless
+# SHOAL_KERNEL_NOBUILD=1), and installs what the VM needs.
+vm_test_setup() {
+	repo=$(cd "$KERNEL_SCRIPTS_DIR/../.." && pwd)
+	work=${WORKDIR:-$(mktemp -d "/tmp/shoal-$1.XXXXXX")}
+	mkdir -p "$work"
+	log "work dir $work"
+	if [ "${SHOAL_KERNEL_NOBUILD:-}" = 1 ]; then
+		kernel=$("$KERNEL_SCRIPTS_DIR/build-kernel.sh" --path)
+	else
+		kernel=$("$KERNEL_SCRIPTS_DIR/build-kernel.sh")
+	fi
+	apt_install busybox-static qemu-system-x86 erofs-utils e2fsprogs cpio
+}
