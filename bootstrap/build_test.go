@@ -459,3 +459,17 @@ func mustInode(t testing.TB, f *FS, nid uint64) *Inode {
 	must(t, err)
 	return in
 }
+
+func TestCheck(t *testing.T) {
+	src := t.TempDir()
+	makeTree(t, src, 64<<10)
+	bi := buildImage(t, src, 64<<10)
+	size := bi.res.Image.Blobs[0].Size
+	must(t, bi.fs.Check([]int64{size}))
+	if err := bi.fs.Check(nil); !errors.Is(err, ErrFormat) {
+		t.Errorf("no blobs for a one-device image: %v", err)
+	}
+	if err := bi.fs.Check([]int64{size / 2}); !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), "past the end of device 1") {
+		t.Errorf("blob shorter than its data: %v", err)
+	}
+}

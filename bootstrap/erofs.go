@@ -772,3 +772,41 @@ func (f *FS) ReadFile(in *Inode, devices []io.ReaderAt, maxSize int64) ([]byte, 
 	}
 	return out, nil
 }
+
+// Check walks the whole tree and every file's extents, and checks that the image names exactly
+// the given blobs (blobSizes[k-1] is device k's size) and that file data lies inside them. A
+// daemon checks a bootstrap from an origin this way before handing it to the kernel, so a
+// malformed or hostile image is refused with a clear error instead of failing reads later.
+func (f *FS) Check(blobSizes []int64) error {
+	if len(f.devices) != len(blobSizes) {
+		return formatErr("device table", int64(f.sb.DevtSlotOff)*deviceSlotSize, "%d extra devices, the image lists %d blobs", len(f.devices), len(blobSizes))
+	}
+	err := f.Walk(func(p string, in *Inode) error {
+		switch {
+		case in.Mode.IsDir():
+			_, err := f.ReadDir(in)
+			return err
+		case in.Mode.Type() == fs.ModeSymlink:
+			_, err := f.ReadLink(in)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return f.WalkExtents(func(p string, in *Inode, e Extent) error {
+		switch {
+		case e.Hole:
+			return nil
+		case e.Device == 0:
+			if e.DeviceOffset+e.Length > f.size {
+				return formatErr(fmt.Sprintf("inode %d", in.Nid), in.off, "%s: data [%d,%d) past the bootstrap's end", p, e.DeviceOffset, e.DeviceOffset+e.Length)
+			}
+		case e.DeviceOffset+e.Length > blobSizes[e.Device-1]:
+			return formatErr(fmt.Sprintf("inode %d", in.Nid), in.off, "%s: data [%d,%d) past the end of device %d (%d bytes)",
+				p, e.DeviceOffset, e.DeviceOffset+e.Length, e.Device, blobSizes[e.Device-1])
+		}
+		return nil
+	})
+}

@@ -73,7 +73,14 @@ func exercise(img []byte) error {
 	if err != nil {
 		return err
 	}
-	return f.WalkExtents(func(string, *Inode, Extent) error { return nil })
+	if err := f.WalkExtents(func(string, *Inode, Extent) error { return nil }); err != nil {
+		return err
+	}
+	sizes := make([]int64, len(f.Devices()))
+	for i := range sizes {
+		sizes[i] = 1 << 30
+	}
+	return f.Check(sizes)
 }
 
 func TestSeedImagesRead(t *testing.T) {

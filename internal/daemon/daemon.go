@@ -368,7 +368,7 @@ func (d *Daemon) registerImage(ctx context.Context, ref string, src origin.Sourc
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
-	boot, err := d.fetchBootstrap(ctx, src, im.Bootstrap)
+	boot, err := d.fetchBootstrap(ctx, src, im)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: bootstrap: %w", ref, err)
 	}
@@ -437,7 +437,8 @@ func (d *Daemon) presentChunks(m *bootstrap.Manifest) []bootstrap.Chunk {
 
 // fetchBootstrap keeps the bootstrap as a local, verified file: EROFS metadata never leaves the
 // host once fetched (file-backed and FUSE mounts read it directly; fscache serves it).
-func (d *Daemon) fetchBootstrap(ctx context.Context, src origin.Source, desc bootstrap.Descriptor) (string, error) {
+func (d *Daemon) fetchBootstrap(ctx context.Context, src origin.Source, im *bootstrap.Image) (string, error) {
+	desc := im.Bootstrap
 	dir := filepath.Join(d.cfg.DataDir, "bootstraps")
 	path := filepath.Join(dir, desc.Digest.Encoded())
 	if st, err := os.Stat(path); err == nil && st.Size() == desc.Size {
@@ -474,10 +475,19 @@ func (d *Daemon) fetchBootstrap(ctx context.Context, src origin.Source, desc boo
 	if err != nil {
 		return "", err
 	}
-	_, err = bootstrap.Open(f, n) // a bootstrap that is not EROFS is refused before any mount
+	// A bootstrap that is not a well-formed EROFS image of these blobs is refused before any
+	// mount: the kernel never sees it.
+	var sizes []int64
+	for _, b := range im.Blobs {
+		sizes = append(sizes, b.Size)
+	}
+	fsys, err := bootstrap.Open(f, n)
+	if err == nil {
+		err = fsys.Check(sizes)
+	}
 	f.Close()
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("bootstrap %s: %w", desc.Digest, err)
 	}
 	return path, os.Rename(tmp.Name(), path)
 }
