@@ -7,8 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHOAL=$PWD/bin/shoal
 WORK=$(mktemp -d /tmp/shoal-demo.XXXXXX)
-ORIGIN_PORT=${ORIGIN_PORT:-5077}
-BASE_PORT=${BASE_PORT:-7681}
+# free_port: the first port from $1 up that nothing on 127.0.0.1 listens on.
+free_port() {
+	local p=$1
+	while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+	echo "$p"
+}
+ORIGIN_PORT=${ORIGIN_PORT:-$(free_port 5077)}
 PIDS=()
 MOUNTS=()
 
@@ -36,12 +41,13 @@ fi
 say "2. The embedded origin serves it at 127.0.0.1:$ORIGIN_PORT/img:latest"
 "$SHOAL" origin serve "$WORK/img" --listen "127.0.0.1:$ORIGIN_PORT" >"$WORK/origin.log" 2>&1 &
 PIDS+=($!)
+for _ in $(seq 1 100); do curl -sf "127.0.0.1:$ORIGIN_PORT/v2/" >/dev/null && break; sleep 0.1; done
 
 say "3. Three daemons on 127.0.0.1: host 2 peers with host 1, host 3 with both"
 start_daemon() { # n [peer...]
 	local n=$1
 	shift
-	local args=(daemon --data "$WORK/d$n" --api "$WORK/d$n.sock" --listen "/ip4/127.0.0.1/tcp/$((BASE_PORT + n))"
+	local args=(daemon --data "$WORK/d$n" --api "$WORK/d$n.sock" --listen /ip4/127.0.0.1/tcp/0
 		--insecure-registry "127.0.0.1:$ORIGIN_PORT" --prefetch=false --log-level warn)
 	for p in "$@"; do args+=(--peer "$p"); done
 	"$SHOAL" "${args[@]}" >"$WORK/d$n.log" 2>&1 &
