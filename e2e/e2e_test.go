@@ -360,14 +360,27 @@ func TestPrefetchCluster(t *testing.T) {
 	if ob > c.image*13/10 {
 		t.Errorf("origin served %d bytes for a %d-byte image read by 3 hosts: want about one image", ob, c.image)
 	}
-	// The stats the daemons report match the bytes that moved: what hosts 2 and 3 took from
-	// peers is what the peers say they served.
-	var served int64
+	// The stats the daemons report match the bytes that moved:
+	//  - each host accounts for every byte of the image exactly once (peers, origin or dedup);
+	//  - what the hosts say they took from the origin is what the origin served, but for the
+	//    manifests and bootstraps (metadata, well under 1 MiB here);
+	//  - peers served at least what hosts took from peers (a hedged request can be served twice
+	//    and used once).
+	var served, fromOrigin int64
 	for _, d := range c.daemons {
-		served += c.stats(d).Bytes.ServedToPeers
+		s := c.stats(d)
+		served += s.Bytes.ServedToPeers
+		fromOrigin += s.Bytes.Origin
+		if got := s.Bytes.Peers + s.Bytes.Origin + s.Bytes.Dedup; got != c.image {
+			t.Errorf("host %d accounts for %d bytes (peers %d, origin %d, dedup %d) of a %d-byte image",
+				d.n, got, s.Bytes.Peers, s.Bytes.Origin, s.Bytes.Dedup, c.image)
+		}
 	}
-	if served != peerBytes {
-		t.Errorf("peers report serving %d bytes, hosts report receiving %d", served, peerBytes)
+	if meta := ob - fromOrigin; meta < 0 || meta > 1<<20 {
+		t.Errorf("origin served %d bytes, hosts report %d from the origin: %d unaccounted for", ob, fromOrigin, meta)
+	}
+	if served < peerBytes {
+		t.Errorf("peers report serving %d bytes, hosts report receiving %d from peers", served, peerBytes)
 	}
 }
 
