@@ -55,7 +55,7 @@ kernel-image:
 	@if [ "$$(id -u)" != 0 ]; then echo "not root: the real-kernel test will skip"; \
 	elif ./scripts/kernel/build-kernel.sh --path >/dev/null 2>&1; then echo "test kernel: cached"; \
 	else echo "building the test kernel once (about 5 minutes; log /tmp/shoal-kernel-build.log)"; \
-	  ./scripts/kernel/build-kernel.sh >/tmp/shoal-kernel-build.log 2>&1 || \
+	  timeout --kill-after=30s 40m ./scripts/kernel/build-kernel.sh >/tmp/shoal-kernel-build.log 2>&1 || \
 	  { echo "test kernel build failed; TestKernel will skip. Last lines:"; tail -5 /tmp/shoal-kernel-build.log; }; fi
 
 demo: deps-demo build
