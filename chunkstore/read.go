@@ -37,6 +37,16 @@ func (s *Store) hasChunk(b *blobState, c bootstrap.Chunk) bool {
 	return ok
 }
 
+// PresentTotals returns the bytes and chunks of blob that are present, from counters the store
+// keeps as chunks land and leave: O(1), for stats and progress.
+func (s *Store) PresentTotals(blob digest.Digest) (bytes, chunks int64, err error) {
+	b, err := s.blob(blob)
+	if err != nil {
+		return 0, 0, err
+	}
+	return b.presentBytes.Load(), b.presentChunks.Load(), nil
+}
+
 // Missing returns the chunks of the blob overlapping [off, off+length) that are not present, in
 // offset order.
 func (s *Store) Missing(blob digest.Digest, off, length int64) ([]bootstrap.Chunk, error) {
