@@ -185,16 +185,16 @@ func (f *fanotifyFrontend) Mount(ctx context.Context, im *image, mp string) erro
 	var watched []digest.Digest
 	for _, b := range im.Image.Blobs {
 		path := f.d.store.BackingPath(b.Digest)
-		missing, err := f.d.store.Missing(b.Digest, 0, b.Size)
+		_, present, err := f.d.store.PresentTotals(b.Digest)
 		if err != nil {
 			return err
 		}
-		if len(missing) > 0 { // complete blobs need no mark: the kernel reads them directly
+		if missing := len(b.Manifest.Chunks) - int(present); missing > 0 { // complete blobs need no mark
 			// Count first, then mark: a chunk landing in between is counted by the event, and
 			// at worst the count is high and the mark stays (reads are still served correctly).
 			f.mu.Lock()
 			if _, ok := f.missing[b.Digest]; !ok {
-				f.missing[b.Digest] = len(missing)
+				f.missing[b.Digest] = missing
 			}
 			f.mu.Unlock()
 			if err := f.l.Watch(b.Digest, path); err != nil {
