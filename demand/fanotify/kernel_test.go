@@ -2,12 +2,10 @@ package fanotify_test
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -122,13 +120,7 @@ func TestDemandReadsThroughStore(t *testing.T) {
 	defer cancel()
 
 	// Readers in several processes at once hit the same chunks: every one gets the right bytes.
-	var wg sync.WaitGroup
-	errs := make([]error, 3)
-	for i := range errs {
-		wg.Go(func() { errs[i] = fx.im.Verify(ctx, fx.target, fx.im.Requests(fx.target, 40, uint64(10+i))) })
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := fx.im.VerifyConcurrently(ctx, fx.target, 3, 10); err != nil {
 		t.Fatal(err)
 	}
 

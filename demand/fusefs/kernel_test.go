@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -87,13 +86,7 @@ func TestEROFSOnFUSEThroughStore(t *testing.T) {
 	defer cancel()
 
 	// Readers in several processes at once, then every file and odd ranges.
-	var wg sync.WaitGroup
-	errs := make([]error, 3)
-	for i := range errs {
-		wg.Go(func() { errs[i] = fx.im.Verify(ctx, fx.target, fx.im.Requests(fx.target, 40, uint64(20+i))) })
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := fx.im.VerifyConcurrently(ctx, fx.target, 3, 20); err != nil {
 		t.Fatal(err)
 	}
 	fx.im.Check(t, ctx, fx.target, fx.im.Requests(fx.target, 150, 5))

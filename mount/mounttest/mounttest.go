@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -325,6 +326,18 @@ func (im *Image) Check(t testing.TB, ctx context.Context, root string, reqs []Re
 	if err := im.Verify(ctx, root, reqs); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// VerifyConcurrently runs readers reader processes at once, each with its own 40 random reads
+// (seeds seed, seed+1, ...), all hitting the same chunks: every one must get the right bytes.
+func (im *Image) VerifyConcurrently(ctx context.Context, root string, readers int, seed uint64) error {
+	var wg sync.WaitGroup
+	errs := make([]error, readers)
+	for i := range errs {
+		wg.Go(func() { errs[i] = im.Verify(ctx, root, im.Requests(root, 40, seed+uint64(i))) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Verify is Check for goroutines: it returns what went wrong instead of failing the test.
