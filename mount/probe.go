@@ -63,11 +63,10 @@ func (p ProbeResult) String() string {
 // the reason. Probing fscache opens /dev/cachefiles (exclusive) for a moment and binds a scratch
 // cache in cacheDir, so do not probe while a cachefiles daemon of this host is starting.
 func Probe(cacheDir string) ProbeResult {
-	erofsErr := erofsFileBacked()
 	modes := []ModeStatus{
-		status(Fscache, probeFscache(cacheDir)),
-		status(Fanotify, errors.Join(erofsErr, fanotify.Probe(cacheDir))),
-		status(FUSE, errors.Join(erofsErr, probeFUSE())),
+		status(Fscache, ProbeMode(cacheDir, Fscache)),
+		status(Fanotify, ProbeMode(cacheDir, Fanotify)),
+		status(FUSE, ProbeMode(cacheDir, FUSE)),
 	}
 	res := ProbeResult{Modes: modes}
 	for _, m := range modes {
@@ -77,6 +76,20 @@ func Probe(cacheDir string) ProbeResult {
 		}
 	}
 	return res
+}
+
+// ProbeMode checks one mode the way Probe does, without probing the others (the fscache probe
+// binds /dev/cachefiles; a daemon asked for FUSE need not touch it). nil means available.
+func ProbeMode(cacheDir string, m Mode) error {
+	switch m {
+	case Fscache:
+		return probeFscache(cacheDir)
+	case Fanotify:
+		return errors.Join(erofsFileBacked(), fanotify.Probe(cacheDir))
+	case FUSE:
+		return errors.Join(erofsFileBacked(), probeFUSE())
+	}
+	return fmt.Errorf("unknown mode %q", m)
 }
 
 func status(m Mode, err error) ModeStatus {

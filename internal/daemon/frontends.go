@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -39,20 +38,8 @@ func init() {
 	}
 }
 
-// probeMode asks package mount whether a file-backed mode works here (EROFS file-backed mounts,
-// and fanotify pre-content marks on the cache directory or /dev/fuse), with its reason if not.
-// fscache has its own probe: this daemon may hold the device already.
-func probeMode(d *Daemon, m mount.Mode) error {
-	for _, st := range mount.Probe(d.cfg.DataDir).Modes {
-		if st.Mode == m {
-			if st.Available {
-				return nil
-			}
-			return errors.New(st.Reason)
-		}
-	}
-	return fmt.Errorf("unknown mode %s", m)
-}
+// probeMode asks package mount whether a mode works here, with its reason if not.
+func probeMode(d *Daemon, m mount.Mode) error { return mount.ProbeMode(d.cfg.DataDir, m) }
 
 // fileBackedOptions: directio keeps blob data from being cached twice (backing file and EROFS
 // page cache).
