@@ -426,6 +426,9 @@ func (s *Server) fill(ctx context.Context, obj *object, m *Msg, buf []byte) erro
 		end = limit
 	}
 	for pos := start; pos < end; {
+		if err := ctx.Err(); err != nil {
+			return err // shutting down: the next worker serves the rest after restore
+		}
 		n := min(int64(len(buf)), end-pos)
 		dn := min(n, obj.size-pos)
 		if err := s.res.ReadRange(ctx, obj.cookie, buf[:dn], pos); err != nil {

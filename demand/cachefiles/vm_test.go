@@ -338,6 +338,12 @@ func restartDuringRead(t *testing.T, sup *Supervisor, img vmImage, file string, 
 	default:
 	}
 	killErr := syscall.Kill(old, sig)
+	// Unblock only once the old worker is gone: a worker stopping gracefully could otherwise see
+	// the block lifted before its context ends and finish the READ itself, leaving nothing for
+	// the next worker to serve again.
+	for wait := time.Now().Add(60 * time.Second); killErr == nil && sup.WorkerPID() == old && time.Now().Before(wait); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	_ = os.Remove(vmBlock)
 	stoppedAt := countLines(vmReadLog) - before
 	var r result
@@ -418,6 +424,9 @@ func (r *vmResolver) ReadRange(ctx context.Context, cookieKey string, p []byte, 
 	}
 	if _, err := os.Stat(vmBlock); err == nil && r.blockSteps.Add(1) > vmFastSteps {
 		for {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			if _, err := os.Stat(vmBlock); err != nil {
 				break
 			}
