@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/shoal-p2p/shoal/chunk"
 	"io"
 	"io/fs"
 	"os"
@@ -62,8 +63,8 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 	if opts.ChunkSize == 0 {
 		opts.ChunkSize = DefaultChunkSize
 	}
-	if c := opts.ChunkSize; c < BlockSize || c > MaxChunkSize || c&(c-1) != 0 {
-		return nil, fmt.Errorf("chunk size %d: must be a power of two from %d to %d", c, BlockSize, MaxChunkSize)
+	if c := opts.ChunkSize; c < chunk.BlockSize || c > MaxChunkSize || c&(c-1) != 0 {
+		return nil, fmt.Errorf("chunk size %d: must be a power of two from %d to %d", c, chunk.BlockSize, MaxChunkSize)
 	}
 	if opts.Ref == "" {
 		opts.Ref = "latest"
@@ -137,8 +138,8 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 	if err != nil {
 		return nil, fmt.Errorf("reading the image mkfs.erofs wrote: %w", err)
 	}
-	if efs.BlockSize() != BlockSize {
-		return nil, fmt.Errorf("mkfs.erofs wrote %d-byte blocks; Shoal needs %d", efs.BlockSize(), BlockSize)
+	if efs.BlockSize() != chunk.BlockSize {
+		return nil, fmt.Errorf("mkfs.erofs wrote %d-byte blocks; Shoal needs %d", efs.BlockSize(), chunk.BlockSize)
 	}
 	if n := len(efs.Devices()); n != 1 {
 		return nil, fmt.Errorf("mkfs.erofs wrote %d extra devices, want 1", n)
@@ -171,7 +172,7 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 	var logical int64
 	if err := efs.WalkExtents(func(_ string, _ *Inode, e Extent) error {
 		if !e.Hole && e.Device > 0 {
-			logical += roundUp(e.Length, BlockSize)
+			logical += roundUp(e.Length, chunk.BlockSize)
 		}
 		return nil
 	}); err != nil {

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/shoal-p2p/shoal/chunk"
 	"io"
 	"io/fs"
 	"os"
@@ -54,20 +55,20 @@ func writeFile(t testing.TB, path string, data []byte) {
 
 // makeTree writes a tree with the shapes that break readers: sizes at and around chunk
 // boundaries, duplicates, zeros, deep and wide directories, long and UTF-8 names, links, special
-// files and xattrs. chunk is the chunk size the image will use.
-func makeTree(t testing.TB, dir string, chunk int) {
+// files and xattrs. chunkSize is the chunk size the image will use.
+func makeTree(t testing.TB, dir string, chunkSize int) {
 	t.Helper()
 	writeFile(t, filepath.Join(dir, "empty"), nil)
 	writeFile(t, filepath.Join(dir, "one"), []byte{'x'})
-	writeFile(t, filepath.Join(dir, "block"), randBytes(t, BlockSize))
-	writeFile(t, filepath.Join(dir, "block+1"), randBytes(t, BlockSize+1))
-	exact := randBytes(t, chunk)
+	writeFile(t, filepath.Join(dir, "block"), randBytes(t, chunk.BlockSize))
+	writeFile(t, filepath.Join(dir, "block+1"), randBytes(t, chunk.BlockSize+1))
+	exact := randBytes(t, chunkSize)
 	writeFile(t, filepath.Join(dir, "chunk"), exact)
-	writeFile(t, filepath.Join(dir, "chunk+1"), randBytes(t, chunk+1))
-	writeFile(t, filepath.Join(dir, "chunk-1"), randBytes(t, chunk-1))
-	writeFile(t, filepath.Join(dir, "multi"), randBytes(t, 5*chunk+12345))
+	writeFile(t, filepath.Join(dir, "chunk+1"), randBytes(t, chunkSize+1))
+	writeFile(t, filepath.Join(dir, "chunk-1"), randBytes(t, chunkSize-1))
+	writeFile(t, filepath.Join(dir, "multi"), randBytes(t, 5*chunkSize+12345))
 	writeFile(t, filepath.Join(dir, "dup", "copy-of-chunk"), exact)
-	writeFile(t, filepath.Join(dir, "zeros"), make([]byte, 3*chunk+100))
+	writeFile(t, filepath.Join(dir, "zeros"), make([]byte, 3*chunkSize+100))
 	deep := dir
 	for i := range 40 {
 		deep = filepath.Join(deep, fmt.Sprintf("d%d", i))
@@ -89,7 +90,7 @@ func makeTree(t testing.TB, dir string, chunk int) {
 		must(t, unix.Mknod(filepath.Join(dir, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
 		must(t, unix.Mknod(filepath.Join(dir, "loop"), unix.S_IFBLK|0o600, int(unix.Mkdev(7, 0))))
 	}
-	// Xattrs push chunk indexes and inline data further into the inode's slot; they must be
+	// Xattrs push chunkSize indexes and inline data further into the inode's slot; they must be
 	// skipped exactly. Filesystems without user xattrs (some tmpfs) just don't get them.
 	_ = unix.Setxattr(filepath.Join(dir, "chunk+1"), "user.shoal.test", bytes.Repeat([]byte("v"), 100), 0)
 	_ = unix.Setxattr(filepath.Join(dir, "wide"), "user.shoal.dir", []byte("d"), 0)
@@ -111,11 +112,11 @@ type builtImage struct {
 	blobs []*os.File
 }
 
-func buildImage(t testing.TB, src string, chunk int64) *builtImage {
+func buildImage(t testing.TB, src string, chunkSize int64) *builtImage {
 	t.Helper()
 	needTool(t, "mkfs.erofs")
 	out := filepath.Join(t.TempDir(), "image")
-	res, err := Build(context.Background(), src, out, BuildOptions{ChunkSize: chunk})
+	res, err := Build(context.Background(), src, out, BuildOptions{ChunkSize: chunkSize})
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}
@@ -144,13 +145,13 @@ func (bi *builtImage) devices() []io.ReaderAt {
 }
 
 func TestBuildMatchesSourceTree(t *testing.T) {
-	for _, chunk := range []int{64 << 10, 1 << 20} {
-		t.Run(fmt.Sprintf("chunk=%d", chunk), func(t *testing.T) {
+	for _, chunkSize := range []int{64 << 10, 1 << 20} {
+		t.Run(fmt.Sprintf("chunk=%d", chunkSize), func(t *testing.T) {
 			src := t.TempDir()
-			makeTree(t, src, chunk)
-			bi := buildImage(t, src, int64(chunk))
+			makeTree(t, src, chunkSize)
+			bi := buildImage(t, src, int64(chunkSize))
 			im := bi.res.Image
-			if len(im.Blobs) != 1 || im.Blobs[0].Manifest.Chunking != ChunkingEROFS {
+			if len(im.Blobs) != 1 || im.Blobs[0].Manifest.Chunking != chunk.ChunkingEROFS {
 				t.Fatalf("want one chunk-indexed blob, got %+v", im.Blobs)
 			}
 			seen := map[string]bool{}
@@ -246,7 +247,7 @@ func checkCoverage(t *testing.T, bi *builtImage) {
 			if _, err := bi.blobs[i].ReadAt(buf, c.Offset); err != nil {
 				t.Fatalf("chunk at %d: %v", c.Offset, err)
 			}
-			if err := VerifyChunk(c.CID, buf); err != nil {
+			if err := chunk.Verify(c.CID, buf); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -264,7 +265,7 @@ func checkCoverage(t *testing.T, bi *builtImage) {
 				continue
 			}
 			m := bi.res.Image.Blobs[e.Device-1].Manifest
-			pos, end := e.DeviceOffset, e.DeviceOffset+roundUp(e.Length, BlockSize)
+			pos, end := e.DeviceOffset, e.DeviceOffset+roundUp(e.Length, chunk.BlockSize)
 			for _, c := range m.ChunksIn(pos, end-pos) {
 				if c.Offset > pos {
 					return fmt.Errorf("%s: blob bytes [%d,%d) in no chunk", p, pos, c.Offset)
@@ -333,7 +334,7 @@ func checkAgainstDump(t *testing.T, bi *builtImage, paths []string) {
 		must(t, err)
 		var got []string
 		for _, e := range ext {
-			got = append(got, fmt.Sprintf("%d+%d@%d:%d", e.FileOffset, roundUp(e.Length, BlockSize), e.Device, e.DeviceOffset))
+			got = append(got, fmt.Sprintf("%d+%d@%d:%d", e.FileOffset, roundUp(e.Length, chunk.BlockSize), e.Device, e.DeviceOffset))
 		}
 		var want []string
 		sc := bufio.NewScanner(bytes.NewReader(out))
@@ -355,14 +356,14 @@ func checkAgainstDump(t *testing.T, bi *builtImage, paths []string) {
 }
 
 func TestSharedFilesShareChunks(t *testing.T) {
-	const chunk = 64 << 10
-	shared := randBytes(t, 3*chunk+777)
+	const chunkSize = 64 << 10
+	shared := randBytes(t, 3*chunkSize+777)
 	a, b := t.TempDir(), t.TempDir()
 	writeFile(t, filepath.Join(a, "x", "shared.bin"), shared)
-	writeFile(t, filepath.Join(a, "only-a"), randBytes(t, 2*chunk))
-	writeFile(t, filepath.Join(b, "only-b"), randBytes(t, chunk+5))
+	writeFile(t, filepath.Join(a, "only-a"), randBytes(t, 2*chunkSize))
+	writeFile(t, filepath.Join(b, "only-b"), randBytes(t, chunkSize+5))
 	writeFile(t, filepath.Join(b, "elsewhere", "renamed.bin"), shared)
-	ia, ib := buildImage(t, a, chunk), buildImage(t, b, chunk)
+	ia, ib := buildImage(t, a, chunkSize), buildImage(t, b, chunkSize)
 	cidsOf := func(bi *builtImage, p string) []cid.Cid {
 		in, err := bi.fs.Lookup(p)
 		must(t, err)

@@ -2,6 +2,7 @@ package bootstrap
 
 import (
 	"fmt"
+	"github.com/shoal-p2p/shoal/chunk"
 	"io"
 	"sort"
 
@@ -27,7 +28,7 @@ type BlobData struct {
 // Otherwise (plain or block-map layouts, flat device addressing) the mapping from files to blob
 // bytes is not chunk-shaped, and each blob is cut into fixedChunk pieces from offset 0:
 // ChunkingFixed. Every byte of the blob is then covered, so every file read is too.
-func ChunkManifests(f *FS, blobs []BlobData, fixedChunk int64) ([]*Manifest, error) {
+func ChunkManifests(f *FS, blobs []BlobData, fixedChunk int64) ([]*chunk.Manifest, error) {
 	if len(blobs) != len(f.devices) {
 		return nil, fmt.Errorf("image has %d extra devices, %d blobs given", len(f.devices), len(blobs))
 	}
@@ -61,7 +62,7 @@ func ChunkManifests(f *FS, blobs []BlobData, fixedChunk int64) ([]*Manifest, err
 				return nil // holes read as zeros; device 0 is the bootstrap, always local
 			}
 			b := blobs[e.Device-1]
-			end := e.DeviceOffset + roundUp(e.Length, BlockSize)
+			end := e.DeviceOffset + roundUp(e.Length, chunk.BlockSize)
 			if e.DeviceOffset+e.Length > b.Size {
 				return fmt.Errorf("%s: bytes [%d,%d) of device %d lie past the end of blob %s (%d bytes)",
 					p, e.DeviceOffset, e.DeviceOffset+e.Length, e.Device, b.Digest, b.Size)
@@ -75,10 +76,10 @@ func ChunkManifests(f *FS, blobs []BlobData, fixedChunk int64) ([]*Manifest, err
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*Manifest, len(blobs))
+	out := make([]*chunk.Manifest, len(blobs))
 	for i, b := range blobs {
 		if !indexed {
-			m, err := FixedManifest(b.R, b.Digest, b.Size, fixedChunk)
+			m, err := chunk.FixedManifest(b.R, b.Digest, b.Size, fixedChunk)
 			if err != nil {
 				return nil, err
 			}
@@ -110,15 +111,15 @@ func ChunkManifests(f *FS, blobs []BlobData, fixedChunk int64) ([]*Manifest, err
 				}
 			}
 		}
-		m := &Manifest{SchemaVersion: ManifestSchemaVersion, Blob: b.Digest, BlobSize: b.Size,
-			Chunking: ChunkingEROFS, ChunkSize: max(chunkSize, BlockSize)}
+		m := &chunk.Manifest{SchemaVersion: chunk.ManifestSchemaVersion, Blob: b.Digest, BlobSize: b.Size,
+			Chunking: chunk.ChunkingEROFS, ChunkSize: max(chunkSize, chunk.BlockSize)}
 		buf := make([]byte, m.ChunkSize)
 		for _, p := range pieces {
 			n := p.end - p.start
 			if k, err := b.R.ReadAt(buf[:n], p.start); int64(k) < n {
 				return nil, fmt.Errorf("reading blob %s at %d: %w", b.Digest, p.start, orUnexpectedEOF(err))
 			}
-			m.Chunks = append(m.Chunks, Chunk{Offset: p.start, Length: n, CID: ChunkCID(buf[:n])})
+			m.Chunks = append(m.Chunks, chunk.Chunk{Offset: p.start, Length: n, CID: chunk.CID(buf[:n])})
 		}
 		if err := m.Validate(); err != nil {
 			return nil, fmt.Errorf("computed manifest is inconsistent (a bug or a hostile image): %w", err)

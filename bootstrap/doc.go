@@ -15,7 +15,7 @@
 //     and no allocation is sized by an untrusted field; malformed input yields a *FormatError
 //     naming the structure and byte offset (errors.Is(err, ErrFormat)). Walks are bounded: loops,
 //     depth and overlapping chunk tables are errors, not hangs.
-//   - chunk manifests (Manifest, Chunk, ChunkManifests): for each blob the sorted, disjoint list
+//   - chunk manifests (ChunkManifests, of package chunk's types): for each blob the sorted, disjoint list
 //     of chunks file data occupies, each {offset, length, CID}, the length rounded up to the 4 KiB
 //     block, the CID a CIDv1 (raw codec, sha2-256) of exactly those bytes. Chunk-indexed images
 //     (Shoal's own builds) use the EROFS chunks themselves (ChunkingEROFS), so identical file

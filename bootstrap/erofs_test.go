@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"github.com/shoal-p2p/shoal/chunk"
 	"hash/crc32"
 	"io/fs"
 	"os"
@@ -164,7 +165,7 @@ func TestDirectoryLoop(t *testing.T) {
 func TestXattrsSkipped(t *testing.T) {
 	needTool(t, "mkfs.erofs")
 	src := t.TempDir()
-	data := randBytes(t, 3*BlockSize+5)
+	data := randBytes(t, 3*chunk.BlockSize+5)
 	writeFile(t, filepath.Join(src, "f"), data)
 	if err := unix.Setxattr(filepath.Join(src, "f"), "user.big", bytes.Repeat([]byte("x"), 500), 0); err != nil {
 		t.Skipf("the temp directory's filesystem takes no user xattrs: %v", err)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/shoal-p2p/shoal/chunk"
 	"io"
 	"os"
 	"path/filepath"
@@ -43,7 +44,7 @@ type Blob struct {
 	Digest   digest.Digest
 	Size     int64
 	Device   int // EROFS device id: 1 for the first extra device
-	Manifest *Manifest
+	Manifest *chunk.Manifest
 	// ManifestDigest is the digest of the chunk manifest's JSON as stored in the layout.
 	ManifestDigest digest.Digest
 }
@@ -139,9 +140,9 @@ func ParseImage(manifestJSON []byte, fetch FetchFunc) (*Image, error) {
 			return nil, fmt.Errorf("fetching chunk manifest %s: %w", l.Digest, err)
 		}
 		if got := digest.FromBytes(data); got != l.Digest || int64(len(data)) != l.Size {
-			return nil, fmt.Errorf("chunk manifest %s: content has digest %s and %d bytes: %w", l.Digest, got, len(data), ErrCorrupt)
+			return nil, fmt.Errorf("chunk manifest %s: content has digest %s and %d bytes: %w", l.Digest, got, len(data), chunk.ErrCorrupt)
 		}
-		cm, err := ParseManifest(data)
+		cm, err := chunk.ParseManifest(data)
 		if err != nil {
 			return nil, err
 		}
@@ -188,7 +189,7 @@ func (l Layout) Fetch(desc ocispec.Descriptor) ([]byte, error) {
 		return nil, err
 	}
 	if got := digest.FromBytes(b); got != desc.Digest {
-		return nil, fmt.Errorf("layout blob %s has digest %s: %w", desc.Digest, got, ErrCorrupt)
+		return nil, fmt.Errorf("layout blob %s has digest %s: %w", desc.Digest, got, chunk.ErrCorrupt)
 	}
 	return b, nil
 }
@@ -289,7 +290,7 @@ func (w *layoutWriter) putBytes(b []byte, mediaType string) (ocispec.Descriptor,
 
 // writeImage writes the manifest and index.json for a bootstrap and its blobs already in the
 // layout, with their chunk manifests, and returns the manifest bytes.
-func (w *layoutWriter) writeImage(boot ocispec.Descriptor, blobs []ocispec.Descriptor, manifests []*Manifest, ref string) ([]byte, error) {
+func (w *layoutWriter) writeImage(boot ocispec.Descriptor, blobs []ocispec.Descriptor, manifests []*chunk.Manifest, ref string) ([]byte, error) {
 	if len(blobs) != len(manifests) {
 		return nil, errors.New("writeImage: blobs and manifests differ in number")
 	}

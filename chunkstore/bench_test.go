@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/chunkstore/storetest"
 	"golang.org/x/sys/unix"
@@ -184,24 +184,24 @@ func BenchmarkIndexOps(b *testing.B) {
 }
 
 // fakeManifest describes a blob of n 4 KiB chunks with distinct CIDs, without data.
-func fakeManifest(seed, n int) *bootstrap.Manifest {
-	m := &bootstrap.Manifest{SchemaVersion: bootstrap.ManifestSchemaVersion, Blob: digest.FromString(fmt.Sprint("blob", seed)),
-		BlobSize: int64(n) * 4096, Chunking: bootstrap.ChunkingFixed, ChunkSize: 4096}
+func fakeManifest(seed, n int) *chunk.Manifest {
+	m := &chunk.Manifest{SchemaVersion: chunk.ManifestSchemaVersion, Blob: digest.FromString(fmt.Sprint("blob", seed)),
+		BlobSize: int64(n) * 4096, Chunking: chunk.ChunkingFixed, ChunkSize: 4096}
 	var key [16]byte
 	binary.LittleEndian.PutUint64(key[:], uint64(seed))
 	for i := range n {
 		binary.LittleEndian.PutUint64(key[8:], uint64(i))
-		m.Chunks = append(m.Chunks, bootstrap.Chunk{Offset: int64(i) * 4096, Length: 4096, CID: bootstrap.ChunkCID(key[:])})
+		m.Chunks = append(m.Chunks, chunk.Chunk{Offset: int64(i) * 4096, Length: 4096, CID: chunk.CID(key[:])})
 	}
 	return m
 }
 
-func buildIndex(tb testing.TB, s *chunkstore.Store, blobs, perBlob int) []*bootstrap.Manifest {
+func buildIndex(tb testing.TB, s *chunkstore.Store, blobs, perBlob int) []*chunk.Manifest {
 	return buildIndexFrom(tb, s, 0, blobs, perBlob)
 }
 
-func buildIndexFrom(tb testing.TB, s *chunkstore.Store, first, blobs, perBlob int) []*bootstrap.Manifest {
-	var ms []*bootstrap.Manifest
+func buildIndexFrom(tb testing.TB, s *chunkstore.Store, first, blobs, perBlob int) []*chunk.Manifest {
+	var ms []*chunk.Manifest
 	for i := first; i < first+blobs; i++ {
 		m := fakeManifest(i, perBlob)
 		if err := s.AddBlob(context.Background(), m); err != nil {

@@ -3,6 +3,7 @@ package chunkstore
 import (
 	"errors"
 	"fmt"
+	"github.com/shoal-p2p/shoal/chunkstore/layout"
 	"log/slog"
 	"strings"
 
@@ -46,7 +47,7 @@ type Config struct {
 // DefaultConfig returns the settings used when nothing else is said.
 func DefaultConfig() Config {
 	return Config{
-		Domain:          DefaultDomain,
+		Domain:          layout.DefaultDomain,
 		LowWatermark:    0.9,
 		PinnedOverflow:  true,
 		MaxOpenFiles:    256,
@@ -60,8 +61,8 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	var errs []error
 	if c.Domain == "" {
-		errs = append(errs, errors.New("Domain is empty: use DefaultDomain (\"shoal\") or a name of your own"))
-	} else if strings.Contains(c.Domain, ",") || !plainKey(VolumeKey(c.Domain)) || len(VolumeKey(c.Domain)) > 254 {
+		errs = append(errs, errors.New("Domain is empty: use layout.DefaultDomain (\"shoal\") or a name of your own"))
+	} else if strings.Contains(c.Domain, ",") || !layout.PlainKey(layout.VolumeKey(c.Domain)) || len(layout.VolumeKey(c.Domain)) > 254 {
 		errs = append(errs, fmt.Errorf("Domain %q: must be printable ASCII without '/' or ',' and at most 248 bytes", c.Domain))
 	}
 	if c.MaxBytes < 0 {

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/chunkstore/storetest"
 	"golang.org/x/sys/unix"
@@ -131,7 +131,7 @@ func TestCrashConsistency(t *testing.T) {
 				if _, err := unix.Pread(fd, buf, c.Offset); err != nil {
 					t.Fatalf("round %d: %v", round, err)
 				}
-				if err := bootstrap.VerifyChunk(c.CID, buf); err != nil {
+				if err := chunk.Verify(c.CID, buf); err != nil {
 					t.Fatalf("round %d: chunk at %d of %s is present in the index but its bytes are wrong: %v", round, c.Offset, b.Digest(), err)
 				}
 			}

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/chunkstore/storetest"
 	"golang.org/x/sys/unix"
@@ -102,7 +102,7 @@ func checkPresent(t *testing.T, s *chunkstore.Store, b storetest.Blob) {
 		if _, err := s.ReadAt(b.Digest(), buf, c.Offset); err != nil {
 			t.Fatal(err)
 		}
-		if err := bootstrap.VerifyChunk(c.CID, buf); err != nil {
+		if err := chunk.Verify(c.CID, buf); err != nil {
 			t.Fatalf("present chunk at %d: %v", c.Offset, err)
 		}
 	}

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // Sentinel errors. Every error the store returns wraps at most one of these, and says which blob,
@@ -13,9 +13,9 @@ var (
 	// ErrNotFound: the blob is not registered, or no present chunk has the CID, or a range asked
 	// for is not (all) present.
 	ErrNotFound = errors.New("not found")
-	// ErrCorrupt: bytes do not match their CID. It wraps bootstrap.ErrCorrupt, so
-	// errors.Is(err, bootstrap.ErrCorrupt) holds too.
-	ErrCorrupt = fmt.Errorf("chunkstore: %w", bootstrap.ErrCorrupt)
+	// ErrCorrupt: bytes do not match their CID. It wraps chunk.ErrCorrupt, so
+	// errors.Is(err, chunk.ErrCorrupt) holds too.
+	ErrCorrupt = fmt.Errorf("chunkstore: %w", chunk.ErrCorrupt)
 	// ErrNoSpace: the disk is full (ENOSPC, EDQUOT) or the cache is at MaxBytes with nothing
 	// left that may be evicted. Nothing was marked present.
 	ErrNoSpace = errors.New("no space left for the chunk cache")

@@ -6,7 +6,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/ipfs/go-cid"
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // reserve makes room for n more bytes under MaxBytes, evicting if needed, and returns the
@@ -61,10 +61,10 @@ func (s *Store) evict(target int64) (int64, error) {
 		}
 		tried[b] = true
 		want := s.used.Load() + s.resv.Load() - target
-		var chunks []bootstrap.Chunk
+		var chunks []chunk.Chunk
 		var sum int64
 		if err := s.forPresent(b, func(off, length int64, id cid.Cid) bool {
-			chunks = append(chunks, bootstrap.Chunk{Offset: off, Length: length, CID: id})
+			chunks = append(chunks, chunk.Chunk{Offset: off, Length: length, CID: id})
 			sum += length
 			return sum < want
 		}); err != nil {
@@ -98,7 +98,7 @@ func (s *Store) lruVictim(tried map[*blobState]bool) *blobState {
 // removeChunks clears the presence of chunks of b and punches their holes. The index change is
 // made durable before any hole is punched, so a crash never leaves the index naming zeros as a
 // present chunk. ChunkEvicted events follow. If evicted, they count as evictions.
-func (s *Store) removeChunks(b *blobState, chunks []bootstrap.Chunk, evicted bool) (int64, error) {
+func (s *Store) removeChunks(b *blobState, chunks []chunk.Chunk, evicted bool) (int64, error) {
 	if len(chunks) == 0 {
 		return 0, nil
 	}
@@ -106,7 +106,7 @@ func (s *Store) removeChunks(b *blobState, chunks []bootstrap.Chunk, evicted boo
 	defer b.lock.Unlock()
 	s.idxMu.Lock()
 	// Only chunks still present (with the same CID) are removed.
-	var gone []bootstrap.Chunk
+	var gone []chunk.Chunk
 	var sum int64
 	err := s.db.View(func(txn *badger.Txn) error {
 		for _, c := range chunks {

@@ -1,6 +1,6 @@
 package chunkstore
 
-import "github.com/shoal-p2p/shoal/bootstrap"
+import "github.com/shoal-p2p/shoal/chunk"
 
 // SetSyncData replaces fdatasync for a test and returns the function that restores it.
 func SetSyncData(f func(fd int) error) (restore func()) {
@@ -11,7 +11,7 @@ func SetSyncData(f func(fd int) error) (restore func()) {
 
 // BulkMarkPresent records every chunk of a registered blob as present without writing data: it
 // builds large indexes for the scale measurement quickly.
-func BulkMarkPresent(s *Store, m *bootstrap.Manifest) error {
+func BulkMarkPresent(s *Store, m *chunk.Manifest) error {
 	b, err := s.blob(m.Blob)
 	if err != nil {
 		return err

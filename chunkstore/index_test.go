@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 func TestIndexEncodingRoundTrip(t *testing.T) {
@@ -14,7 +14,7 @@ func TestIndexEncodingRoundTrip(t *testing.T) {
 	if err != nil || got != r {
 		t.Fatalf("blob record round trip: %+v, %v", got, err)
 	}
-	c := bootstrap.ChunkCID([]byte("x"))
+	c := chunk.CID([]byte("x"))
 	l, gc, err := decodePresent(encodePresent(8192, c))
 	if err != nil || l != 8192 || !gc.Equals(c) {
 		t.Fatalf("present round trip: %d %s %v", l, gc, err)
@@ -33,7 +33,7 @@ func TestIndexEncodingRoundTrip(t *testing.T) {
 // value that encodes back to the same bytes, never panic.
 func FuzzIndexDecoders(f *testing.F) {
 	d := digest.FromString("blob")
-	c := bootstrap.ChunkCID([]byte("x"))
+	c := chunk.CID([]byte("x"))
 	f.Add(encodeBlobRecord(blobRecord{Size: 10, ManifestDigest: d, LastAccess: 3}))
 	f.Add(encodePresent(4096, c))
 	f.Add(cidKey(c, d, 8192))

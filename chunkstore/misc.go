@@ -9,7 +9,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // manifestCache keeps the most recently used parsed manifests; the rest live in the index.
@@ -22,14 +22,14 @@ type manifestCache struct {
 
 type manifestEntry struct {
 	d digest.Digest
-	m *bootstrap.Manifest
+	m *chunk.Manifest
 }
 
 func newManifestCache(max int) *manifestCache {
 	return &manifestCache{max: max, m: make(map[digest.Digest]*list.Element)}
 }
 
-func (c *manifestCache) get(d digest.Digest) *bootstrap.Manifest {
+func (c *manifestCache) get(d digest.Digest) *chunk.Manifest {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.m[d]; ok {
@@ -39,7 +39,7 @@ func (c *manifestCache) get(d digest.Digest) *bootstrap.Manifest {
 	return nil
 }
 
-func (c *manifestCache) put(d digest.Digest, m *bootstrap.Manifest) {
+func (c *manifestCache) put(d digest.Digest, m *chunk.Manifest) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.m[d]; ok {

@@ -9,11 +9,11 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/ipfs/go-cid"
 	"github.com/opencontainers/go-digest"
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // HasChunk reports whether chunk c of the blob is present.
-func (s *Store) HasChunk(blob digest.Digest, c bootstrap.Chunk) bool {
+func (s *Store) HasChunk(blob digest.Digest, c chunk.Chunk) bool {
 	b, err := s.blob(blob)
 	if err != nil {
 		return false
@@ -21,7 +21,7 @@ func (s *Store) HasChunk(blob digest.Digest, c bootstrap.Chunk) bool {
 	return s.hasChunk(b, c)
 }
 
-func (s *Store) hasChunk(b *blobState, c bootstrap.Chunk) bool {
+func (s *Store) hasChunk(b *blobState, c chunk.Chunk) bool {
 	ok := false
 	_ = s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(presentKey(b.digest, c.Offset))
@@ -49,7 +49,7 @@ func (s *Store) PresentTotals(blob digest.Digest) (bytes, chunks int64, err erro
 
 // Missing returns the chunks of the blob overlapping [off, off+length) that are not present, in
 // offset order.
-func (s *Store) Missing(blob digest.Digest, off, length int64) ([]bootstrap.Chunk, error) {
+func (s *Store) Missing(blob digest.Digest, off, length int64) ([]chunk.Chunk, error) {
 	b, err := s.blob(blob)
 	if err != nil {
 		return nil, err
@@ -61,12 +61,12 @@ func (s *Store) Missing(blob digest.Digest, off, length int64) ([]bootstrap.Chun
 	return s.missing(b, m, off, length)
 }
 
-func (s *Store) missing(b *blobState, m *bootstrap.Manifest, off, length int64) ([]bootstrap.Chunk, error) {
+func (s *Store) missing(b *blobState, m *chunk.Manifest, off, length int64) ([]chunk.Chunk, error) {
 	want := m.ChunksIn(off, length)
 	if len(want) == 0 {
 		return nil, nil
 	}
-	var out []bootstrap.Chunk
+	var out []chunk.Chunk
 	err := s.db.View(func(txn *badger.Txn) error {
 		prefix := presentPrefix(b.digest)
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: prefix})
@@ -103,17 +103,17 @@ func (s *Store) missing(b *blobState, m *bootstrap.Manifest, off, length int64) 
 }
 
 // Present returns the byte ranges of the blob covered by present chunks, merged and in order.
-func (s *Store) Present(blob digest.Digest) ([]Range, error) {
+func (s *Store) Present(blob digest.Digest) ([]chunk.Range, error) {
 	b, err := s.blob(blob)
 	if err != nil {
 		return nil, err
 	}
-	var out []Range
+	var out []chunk.Range
 	err = s.forPresent(b, func(off, length int64, _ cid.Cid) bool {
 		if n := len(out); n > 0 && out[n-1].End() == off {
 			out[n-1].Length += length
 		} else {
-			out = append(out, Range{off, length})
+			out = append(out, chunk.Range{Offset: off, Length: length})
 		}
 		return true
 	})
@@ -198,7 +198,7 @@ func (s *Store) ReadChunk(ctx context.Context, id cid.Cid) ([]byte, error) {
 		if err != nil {
 			continue
 		}
-		c := bootstrap.Chunk{Offset: loc.off, Length: loc.length, CID: id}
+		c := chunk.Chunk{Offset: loc.off, Length: loc.length, CID: id}
 		data, err := s.readChunk(b, c)
 		if err == nil {
 			s.ctr.chunksRead.Add(1)
@@ -210,7 +210,7 @@ func (s *Store) ReadChunk(ctx context.Context, id cid.Cid) ([]byte, error) {
 		if errors.Is(err, ErrCorrupt) {
 			s.ctr.verifyFailures.Add(1)
 			s.log.Warn("present chunk failed verification, dropping it", "blob", b.digest, "cid", id, "offset", c.Offset, "err", err)
-			if _, derr := s.removeChunks(b, []bootstrap.Chunk{c}, false); derr != nil {
+			if _, derr := s.removeChunks(b, []chunk.Chunk{c}, false); derr != nil {
 				s.log.Warn("cannot drop corrupt chunk", "blob", b.digest, "cid", id, "err", derr)
 			}
 		}
@@ -221,7 +221,7 @@ func (s *Store) ReadChunk(ctx context.Context, id cid.Cid) ([]byte, error) {
 	return nil, fmt.Errorf("read chunk %s: %w", id, ErrNotFound)
 }
 
-func (s *Store) readChunk(b *blobState, c bootstrap.Chunk) ([]byte, error) {
+func (s *Store) readChunk(b *blobState, c chunk.Chunk) ([]byte, error) {
 	b.lock.RLock()
 	defer b.lock.RUnlock()
 	if !s.hasChunk(b, c) {
@@ -236,7 +236,7 @@ func (s *Store) readChunk(b *blobState, c bootstrap.Chunk) ([]byte, error) {
 	if err := preadFull(f.fd, buf, c.Offset); err != nil {
 		return nil, fmt.Errorf("read chunk %s at %d of blob %s from %s: %w", c.CID, c.Offset, b.digest, b.path, classify(err))
 	}
-	if err := bootstrap.VerifyChunk(c.CID, buf); err != nil {
+	if err := chunk.Verify(c.CID, buf); err != nil {
 		return nil, fmt.Errorf("read chunk at %d of blob %s from %s: %w: %w", c.Offset, b.digest, b.path, ErrCorrupt, err)
 	}
 	return buf, nil

@@ -5,7 +5,7 @@ import (
 	"fmt"
 
 	"github.com/ipfs/go-cid"
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,7 +37,7 @@ func (s *Store) reconcile(b *blobState) (dropped int64, checked bool, err error)
 	if err := s.ensureBacking(b.path, b.size); err != nil {
 		return 0, true, fmt.Errorf("chunkstore: reconcile blob %s: %w", b.digest, err)
 	}
-	var ext []Range
+	var ext []chunk.Range
 	if statErr == nil {
 		fd, err := unix.Open(b.path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -49,14 +49,14 @@ func (s *Store) reconcile(b *blobState) (dropped int64, checked bool, err error)
 			return 0, true, fmt.Errorf("chunkstore: reconcile blob %s: %s: %w", b.digest, b.path, classify(err))
 		}
 	} // a missing file (now recreated, empty) has no data: everything goes.
-	var drop []bootstrap.Chunk
+	var drop []chunk.Chunk
 	var bytes, chunks int64
 	err = s.forPresent(b, func(off, length int64, id cid.Cid) bool {
 		if covered(ext, off, length) {
 			bytes += length
 			chunks++
 		} else {
-			drop = append(drop, bootstrap.Chunk{Offset: off, Length: length, CID: id})
+			drop = append(drop, chunk.Chunk{Offset: off, Length: length, CID: id})
 		}
 		return true
 	})
@@ -82,8 +82,8 @@ func (s *Store) reconcile(b *blobState) (dropped int64, checked bool, err error)
 }
 
 // dataExtents lists the data (non-hole) ranges of a file with SEEK_DATA/SEEK_HOLE.
-func dataExtents(fd int) ([]Range, error) {
-	var out []Range
+func dataExtents(fd int) ([]chunk.Range, error) {
+	var out []chunk.Range
 	var off int64
 	for {
 		d, err := unix.Seek(fd, off, unix.SEEK_DATA)
@@ -100,13 +100,13 @@ func dataExtents(fd int) ([]Range, error) {
 		if h <= d {
 			return out, nil
 		}
-		out = append(out, Range{d, h - d})
+		out = append(out, chunk.Range{Offset: d, Length: h - d})
 		off = h
 	}
 }
 
 // covered reports whether [off, off+length) lies inside the union of the sorted extents.
-func covered(ext []Range, off, length int64) bool {
+func covered(ext []chunk.Range, off, length int64) bool {
 	end := off + length
 	for _, e := range ext {
 		if e.End() <= off {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/shoal-p2p/shoal/chunkstore/layout"
 	"io"
 	"log/slog"
 	"os"
@@ -16,17 +17,9 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/ipfs/go-cid"
 	"github.com/opencontainers/go-digest"
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 	"golang.org/x/sys/unix"
 )
-
-// Range is a byte range [Offset, Offset+Length) of a blob.
-type Range struct {
-	Offset, Length int64
-}
-
-// End is the offset one past the range.
-func (r Range) End() int64 { return r.Offset + r.Length }
 
 // EventKind says what happened to a chunk.
 type EventKind int
@@ -53,7 +46,7 @@ func (k EventKind) String() string {
 type Event struct {
 	Kind  EventKind
 	Blob  digest.Digest
-	Chunk bootstrap.Chunk
+	Chunk chunk.Chunk
 }
 
 // Stats are the store's counters. The cumulative ones persist across restarts (they may lag by
@@ -226,19 +219,19 @@ func Open(dir string, cfg Config) (*Store, error) {
 }
 
 func (s *Store) prepareDirs() error {
-	vol := VolumeDir(s.dir, s.cfg.Domain)
+	vol := layout.VolumeDir(s.dir, s.cfg.Domain)
 	for _, d := range []string{filepath.Join(s.dir, "graveyard"), vol, s.cfg.IndexDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("chunkstore: %w", err)
 		}
 	}
 	buf := make([]byte, 64)
-	n, err := unix.Getxattr(vol, XattrName, buf)
-	if err == nil && n == 4 && string(buf[:4]) == string(VolumeXattr()) {
+	n, err := unix.Getxattr(vol, layout.XattrName, buf)
+	if err == nil && n == 4 && string(buf[:4]) == string(layout.VolumeXattr()) {
 		return nil
 	}
-	if err := unix.Setxattr(vol, XattrName, VolumeXattr(), 0); err != nil {
-		return fmt.Errorf("chunkstore: set %s on volume directory %s (the cache filesystem needs user xattrs): %w", XattrName, vol, err)
+	if err := unix.Setxattr(vol, layout.XattrName, layout.VolumeXattr(), 0); err != nil {
+		return fmt.Errorf("chunkstore: set %s on volume directory %s (the cache filesystem needs user xattrs): %w", layout.XattrName, vol, err)
 	}
 	return nil
 }
@@ -258,7 +251,7 @@ func (s *Store) load() error {
 			if err != nil {
 				return fmt.Errorf("chunkstore: index record of %s: %w", d, err)
 			}
-			path, err := BackingPath(s.dir, s.cfg.Domain, d)
+			path, err := layout.BackingPath(s.dir, s.cfg.Domain, d)
 			if err != nil {
 				s.log.Warn("skipping index record with bad digest", "blob", d, "err", err)
 				continue
@@ -376,7 +369,7 @@ func (s *Store) blob(d digest.Digest) (*blobState, error) {
 // BackingPath is the backing file of digest d in this store (whether or not it is registered).
 // It returns "" for a digest that cannot be a cookie key.
 func (s *Store) BackingPath(d digest.Digest) string {
-	p, err := BackingPath(s.dir, s.cfg.Domain, d)
+	p, err := layout.BackingPath(s.dir, s.cfg.Domain, d)
 	if err != nil {
 		return ""
 	}
@@ -389,7 +382,7 @@ func (s *Store) Domain() string { return s.cfg.Domain }
 // AddBlob registers a blob (or bootstrap) by its chunk manifest and creates its sparse backing
 // file with the cachefiles xattr. Registering the same manifest again is a no-op; a different
 // manifest for a registered blob is an error.
-func (s *Store) AddBlob(ctx context.Context, m *bootstrap.Manifest) error {
+func (s *Store) AddBlob(ctx context.Context, m *chunk.Manifest) error {
 	if err := s.enter(); err != nil {
 		return err
 	}
@@ -400,7 +393,7 @@ func (s *Store) AddBlob(ctx context.Context, m *bootstrap.Manifest) error {
 	if err := m.Validate(); err != nil {
 		return fmt.Errorf("add blob %s: %w: %w", m.Blob, ErrInvalid, err)
 	}
-	path, err := BackingPath(s.dir, s.cfg.Domain, m.Blob)
+	path, err := layout.BackingPath(s.dir, s.cfg.Domain, m.Blob)
 	if err != nil {
 		return fmt.Errorf("add blob: %w", err)
 	}
@@ -483,19 +476,19 @@ func (s *Store) ensureBacking(path string, size int64) error {
 			return fmt.Errorf("backing file %s: set size %d: %w", path, size, classify(err))
 		}
 	}
-	want := DataXattr(size)
+	want := layout.DataXattr(size)
 	buf := make([]byte, 64)
-	if n, err := unix.Fgetxattr(fd, XattrName, buf); err == nil && string(buf[:n]) == string(want) {
+	if n, err := unix.Fgetxattr(fd, layout.XattrName, buf); err == nil && string(buf[:n]) == string(want) {
 		return nil
 	}
-	if err := unix.Fsetxattr(fd, XattrName, want, 0); err != nil {
-		return fmt.Errorf("backing file %s: set %s: %w", path, XattrName, classify(err))
+	if err := unix.Fsetxattr(fd, layout.XattrName, want, 0); err != nil {
+		return fmt.Errorf("backing file %s: set %s: %w", path, layout.XattrName, classify(err))
 	}
 	return nil
 }
 
 // Blob returns the chunk manifest of a registered blob.
-func (s *Store) Blob(d digest.Digest) (*bootstrap.Manifest, bool) {
+func (s *Store) Blob(d digest.Digest) (*chunk.Manifest, bool) {
 	b, err := s.blob(d)
 	if err != nil {
 		return nil, false
@@ -519,7 +512,7 @@ func (s *Store) Blobs() []digest.Digest {
 	return out
 }
 
-func (s *Store) manifest(b *blobState) (*bootstrap.Manifest, error) {
+func (s *Store) manifest(b *blobState) (*chunk.Manifest, error) {
 	if m := s.manifests.get(b.digest); m != nil {
 		return m, nil
 	}
@@ -535,7 +528,7 @@ func (s *Store) manifest(b *blobState) (*bootstrap.Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("chunk manifest of %s: %w", b.digest, err)
 	}
-	m, err := bootstrap.ParseManifest(js)
+	m, err := chunk.ParseManifest(js)
 	if err != nil {
 		return nil, fmt.Errorf("chunk manifest of %s in index: %w: %w", b.digest, ErrCorrupt, err)
 	}
@@ -544,7 +537,7 @@ func (s *Store) manifest(b *blobState) (*bootstrap.Manifest, error) {
 }
 
 // chunkOf checks that c is a chunk of the blob's manifest.
-func (s *Store) chunkOf(b *blobState, c bootstrap.Chunk) error {
+func (s *Store) chunkOf(b *blobState, c chunk.Chunk) error {
 	m, err := s.manifest(b)
 	if err != nil {
 		return err

@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/shoal-p2p/shoal/chunkstore/layout"
 	"log/slog"
 	"os"
 	"sync"
 	"testing"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/chunkstore/storetest"
 	"golang.org/x/sys/unix"
@@ -49,7 +50,7 @@ func TestOnDiskLayout(t *testing.T) {
 	if err := s.AddBlob(context.Background(), b.Manifest); err != nil {
 		t.Fatal(err)
 	}
-	want, _ := chunkstore.BackingPath(dir, "shoal", b.Digest())
+	want, _ := layout.BackingPath(dir, "shoal", b.Digest())
 	if got := s.BackingPath(b.Digest()); got != want {
 		t.Fatalf("BackingPath = %s, want %s", got, want)
 	}
@@ -63,11 +64,11 @@ func TestOnDiskLayout(t *testing.T) {
 		t.Fatalf("new backing file uses %d blocks, want sparse", blocks)
 	}
 	buf := make([]byte, 64)
-	n, err := unix.Getxattr(want, chunkstore.XattrName, buf)
-	if err != nil || !bytes.Equal(buf[:n], chunkstore.DataXattr(b.Manifest.BlobSize)) {
+	n, err := unix.Getxattr(want, layout.XattrName, buf)
+	if err != nil || !bytes.Equal(buf[:n], layout.DataXattr(b.Manifest.BlobSize)) {
 		t.Fatalf("data file xattr % x, %v", buf[:n], err)
 	}
-	n, err = unix.Getxattr(chunkstore.VolumeDir(dir, "shoal"), chunkstore.XattrName, buf)
+	n, err = unix.Getxattr(layout.VolumeDir(dir, "shoal"), layout.XattrName, buf)
 	if err != nil || !bytes.Equal(buf[:n], []byte{0, 0, 0, 0}) {
 		t.Fatalf("volume dir xattr % x, %v", buf[:n], err)
 	}
@@ -219,7 +220,7 @@ func TestReopenAndReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Behind the store's back: punch chunk 1, truncate away chunk 3.
-	path, _ := chunkstore.BackingPath(dir, "shoal", b.Digest())
+	path, _ := layout.BackingPath(dir, "shoal", b.Digest())
 	fd, err := unix.Open(path, unix.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -303,4 +304,4 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-var _ = bootstrap.BlockSize
+var _ = chunk.BlockSize

@@ -8,14 +8,14 @@ import (
 	"unsafe"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 	"golang.org/x/sys/unix"
 )
 
 // WriteChunk verifies data against c.CID, writes it at c.Offset of the blob's backing file,
 // makes it durable and then marks the chunk present. A chunk already present is a no-op, and
 // concurrent writers of one chunk do the work once. On any error nothing is marked present.
-func (s *Store) WriteChunk(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, data []byte) error {
+func (s *Store) WriteChunk(ctx context.Context, blob digest.Digest, c chunk.Chunk, data []byte) error {
 	if err := s.enter(); err != nil {
 		return err
 	}
@@ -30,7 +30,7 @@ func (s *Store) WriteChunk(ctx context.Context, blob digest.Digest, c bootstrap.
 	if int64(len(data)) != c.Length {
 		return fmt.Errorf("write chunk %s at %d of blob %s: %d bytes, want %d: %w", c.CID, c.Offset, blob, len(data), c.Length, ErrInvalid)
 	}
-	if err := bootstrap.VerifyChunk(c.CID, data); err != nil {
+	if err := chunk.Verify(c.CID, data); err != nil {
 		s.ctr.verifyFailures.Add(1)
 		return fmt.Errorf("write chunk at %d of blob %s: %w: %w", c.Offset, blob, ErrCorrupt, err)
 	}
@@ -62,7 +62,7 @@ func (s *Store) WriteChunk(ctx context.Context, blob digest.Digest, c bootstrap.
 // MarkPresent is for data a frontend wrote into the backing file itself (through the kernel's
 // anonymous fd or the fanotify event fd): the store reads the chunk's bytes back, verifies them,
 // makes them durable and marks the chunk present.
-func (s *Store) MarkPresent(ctx context.Context, blob digest.Digest, c bootstrap.Chunk) error {
+func (s *Store) MarkPresent(ctx context.Context, blob digest.Digest, c chunk.Chunk) error {
 	if err := s.enter(); err != nil {
 		return err
 	}
@@ -77,7 +77,7 @@ func (s *Store) MarkPresent(ctx context.Context, blob digest.Digest, c bootstrap
 	return s.markPresent(ctx, b, c)
 }
 
-func (s *Store) markPresent(ctx context.Context, b *blobState, c bootstrap.Chunk) error {
+func (s *Store) markPresent(ctx context.Context, b *blobState, c chunk.Chunk) error {
 	return s.once(ctx, b, c, func() error {
 		release, err := s.reserve(ctx, c.Length)
 		if err != nil {
@@ -95,7 +95,7 @@ func (s *Store) markPresent(ctx context.Context, b *blobState, c bootstrap.Chunk
 		if err := preadFull(f.fd, buf, c.Offset); err != nil {
 			return fmt.Errorf("mark chunk %s at %d of blob %s: read %s: %w", c.CID, c.Offset, b.digest, b.path, classify(err))
 		}
-		if err := bootstrap.VerifyChunk(c.CID, buf); err != nil {
+		if err := chunk.Verify(c.CID, buf); err != nil {
 			s.ctr.verifyFailures.Add(1)
 			return fmt.Errorf("mark chunk at %d of blob %s present: bytes in %s: %w: %w", c.Offset, b.digest, b.path, ErrCorrupt, err)
 		}
@@ -153,7 +153,7 @@ func (s *Store) ScanBlob(ctx context.Context, blob digest.Digest) (int, error) {
 
 // once runs fn for a chunk unless it is present already; concurrent callers for the same chunk
 // wait for the first one and share its result.
-func (s *Store) once(ctx context.Context, b *blobState, c bootstrap.Chunk, fn func() error) error {
+func (s *Store) once(ctx context.Context, b *blobState, c chunk.Chunk, fn func() error) error {
 	key := flightKey{b.digest, c.Offset}
 	s.flightMu.Lock()
 	if f, ok := s.flight[key]; ok {
@@ -191,14 +191,14 @@ func (s *Store) once(ctx context.Context, b *blobState, c bootstrap.Chunk, fn fu
 type commitReq struct {
 	b       *blobState
 	f       *openFile
-	c       bootstrap.Chunk
+	c       chunk.Chunk
 	written bool // by WriteChunk (counted as bytes written), else marked
 	done    chan error
 }
 
 // commit hands a written chunk to the group committer and waits for the index to record it.
 // The caller holds a reference on f and b.lock shared.
-func (s *Store) commit(b *blobState, f *openFile, c bootstrap.Chunk, written bool) error {
+func (s *Store) commit(b *blobState, f *openFile, c chunk.Chunk, written bool) error {
 	req := &commitReq{b: b, f: f, c: c, written: written, done: make(chan error, 1)}
 	s.commitCh <- req
 	return <-req.done
@@ -327,8 +327,8 @@ func (s *Store) commitBatch(batch []*commitReq) {
 // multiple of the block size (the form direct I/O and the kernel's anonymous fds need), and a
 // function that returns the buffer to the pool.
 func alignedCopy(data []byte) ([]byte, func()) {
-	n := (len(data) + bootstrap.BlockSize - 1) &^ (bootstrap.BlockSize - 1)
-	if n == len(data) && len(data) > 0 && uintptr(unsafe.Pointer(&data[0]))%bootstrap.BlockSize == 0 {
+	n := (len(data) + chunk.BlockSize - 1) &^ (chunk.BlockSize - 1)
+	if n == len(data) && len(data) > 0 && uintptr(unsafe.Pointer(&data[0]))%chunk.BlockSize == 0 {
 		return data, func() {}
 	}
 	var buf []byte
@@ -353,8 +353,8 @@ const poolBufSize = 1 << 20
 var bufPool = sync.Pool{New: func() any { b := alignedBuf(poolBufSize); return &b }}
 
 func alignedBuf(n int) []byte {
-	b := make([]byte, n+bootstrap.BlockSize)
-	off := (bootstrap.BlockSize - int(uintptr(unsafe.Pointer(&b[0]))%bootstrap.BlockSize)) % bootstrap.BlockSize
+	b := make([]byte, n+chunk.BlockSize)
+	off := (chunk.BlockSize - int(uintptr(unsafe.Pointer(&b[0]))%chunk.BlockSize)) % chunk.BlockSize
 	return b[off : off+n : off+n]
 }
 
@@ -405,6 +405,6 @@ var syncData = func(fd int) error {
 }
 
 func punch(fd int, off, length int64) error {
-	length = (length + bootstrap.BlockSize - 1) &^ (bootstrap.BlockSize - 1)
+	length = (length + chunk.BlockSize - 1) &^ (chunk.BlockSize - 1)
 	return unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
 }

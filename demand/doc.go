@@ -4,7 +4,7 @@
 // calls Resolver.Ensure; none of them fetches anything itself.
 //
 //	r, _ := demand.New(store, peers, demand.DefaultConfig()) // peers may be nil: origin only
-//	r.AddBlob(manifest, func(ctx context.Context, c bootstrap.Chunk) ([]byte, error) {
+//	r.AddBlob(manifest, func(ctx context.Context, c chunk.Chunk) ([]byte, error) {
 //		return src.ReadRange(ctx, manifest.Blob, c.Offset, c.Length)
 //	})
 //	err := r.Ensure(ctx, blob, off, n)           // a kernel read: returns when present

@@ -8,14 +8,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/time/rate"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
-
-// Range is a byte range of a blob.
-type Range struct {
-	Off int64 `json:"off"`
-	Len int64 `json:"len"`
-}
 
 // Progress reports a prefetch's advance: bytes of chunk data present out of the blob's total.
 type Progress func(present, total int64)
@@ -25,7 +19,7 @@ type Progress func(present, total int64)
 // order. It runs at prefetch priority, so demand reads overtake it, and takes at most lim's
 // bandwidth (nil: unlimited). It returns when the blob is complete, on the first error, or when
 // ctx ends.
-func (r *Resolver) Prefetch(ctx context.Context, blob digest.Digest, first []Range, lim *rate.Limiter, progress Progress) error {
+func (r *Resolver) Prefetch(ctx context.Context, blob digest.Digest, first []chunk.Range, lim *rate.Limiter, progress Progress) error {
 	b, err := r.blob(blob)
 	if err != nil {
 		return err
@@ -54,14 +48,14 @@ func (r *Resolver) Prefetch(ctx context.Context, blob digest.Digest, first []Ran
 	report(0)
 
 	// Order: chunks under the priority ranges first, then the rest by offset.
-	order := make([]bootstrap.Chunk, 0, len(missing))
+	order := make([]chunk.Chunk, 0, len(missing))
 	queued := map[int64]bool{}
 	isMissing := map[int64]bool{}
 	for _, c := range missing {
 		isMissing[c.Offset] = true
 	}
 	for _, rg := range first {
-		for _, c := range b.m.ChunksIn(rg.Off, rg.Len) {
+		for _, c := range b.m.ChunksIn(rg.Offset, rg.Length) {
 			if isMissing[c.Offset] && !queued[c.Offset] {
 				queued[c.Offset] = true
 				order = append(order, c)
@@ -76,7 +70,7 @@ func (r *Resolver) Prefetch(ctx context.Context, blob digest.Digest, first []Ran
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	work := make(chan bootstrap.Chunk)
+	work := make(chan chunk.Chunk)
 	errc := make(chan error, 1)
 	var wg sync.WaitGroup
 	for range r.cfg.PrefetchWorkers {

@@ -15,44 +15,34 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // Store is what the resolver needs of the local chunk store (*chunkstore.Store).
 type Store interface {
 	// Missing returns the chunks overlapping [off, off+length) of blob that are not present.
-	Missing(blob digest.Digest, off, length int64) ([]bootstrap.Chunk, error)
+	Missing(blob digest.Digest, off, length int64) ([]chunk.Chunk, error)
 	// WriteChunk verifies data against c.CID, writes it durably and marks it present.
-	WriteChunk(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, data []byte) error
+	WriteChunk(ctx context.Context, blob digest.Digest, c chunk.Chunk, data []byte) error
 	// HasCID reports whether any blob holds a chunk with this CID.
 	HasCID(id cid.Cid) bool
 	// ReadChunk reads a present chunk by CID from whichever blob holds it.
 	ReadChunk(ctx context.Context, id cid.Cid) ([]byte, error)
 }
 
-// Peers fetches a chunk from the cluster (package p2p's Node, adapted by the daemon): holders
-// first, then the peer chosen to fetch it from the origin for everyone, then fromOrigin itself,
-// reporting viaOrigin when it was this host's own origin. The bytes it returns are verified.
+// Peers fetches a chunk from the cluster (package p2p's Node): holders first, then the peer
+// chosen to fetch it from the origin for everyone, then fromOrigin itself, and says where the
+// bytes came from. The bytes it returns are verified.
 type Peers interface {
-	Fetch(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, fromOrigin func(context.Context) ([]byte, error)) (data []byte, viaOrigin bool, err error)
+	Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (data []byte, src chunk.Source, err error)
 }
 
 // OriginFunc reads one chunk's bytes of a blob from the origin (unverified).
-type OriginFunc func(ctx context.Context, c bootstrap.Chunk) ([]byte, error)
+type OriginFunc func(ctx context.Context, c chunk.Chunk) ([]byte, error)
 
-// Source names where the resolver got a chunk, as shown by `shoal stats`.
-type Source string
-
-// Sources of chunk bytes.
-const (
-	SourceLocal  Source = "local"  // already present in this blob: a cache hit
-	SourceDedup  Source = "dedup"  // present locally in another blob (same CID)
-	SourcePeers  Source = "peers"  // from a peer that held it, or fetched through a peer
-	SourceOrigin Source = "origin" // from this host's origin
-)
-
-// Sources lists every Source in display order.
-var Sources = []Source{SourceLocal, SourceDedup, SourcePeers, SourceOrigin}
+// Sources lists the sources the resolver's stats count, in display order. Chunks fetched through
+// a peer (coalesced) count as SourcePeer: for this host they came over the LAN.
+var Sources = []chunk.Source{chunk.SourceLocal, chunk.SourceDedup, chunk.SourcePeer, chunk.SourceOrigin}
 
 // ErrUnknownBlob is returned for a blob that was never added.
 var ErrUnknownBlob = errors.New("demand: unknown blob")
@@ -88,7 +78,7 @@ func (c Config) Validate() error {
 }
 
 type blobEntry struct {
-	m      *bootstrap.Manifest
+	m      *chunk.Manifest
 	origin OriginFunc
 }
 
@@ -122,7 +112,7 @@ const maxRecordedChunks = 1 << 16
 // readLog is the order in which demand reads first touched a blob's chunks.
 type readLog struct {
 	seen  map[int64]bool
-	order []Range
+	order []chunk.Range
 }
 
 // New makes a resolver. peers may be nil (a host with no cluster fetches from its origin).
@@ -154,7 +144,7 @@ func New(store Store, peers Peers, cfg Config) (*Resolver, error) {
 
 // AddBlob makes a blob resolvable: its chunk manifest and how to read it from the origin.
 // Adding it again replaces the origin (a new registry token, another image with the same blob).
-func (r *Resolver) AddBlob(m *bootstrap.Manifest, origin OriginFunc) {
+func (r *Resolver) AddBlob(m *chunk.Manifest, origin OriginFunc) {
 	r.mu.Lock()
 	r.blobs[m.Blob] = &blobEntry{m: m, origin: origin}
 	r.mu.Unlock()
@@ -219,7 +209,7 @@ func (r *Resolver) ensure(ctx context.Context, blob digest.Digest, off, length i
 
 // record notes the chunks a demand read touched, in first-touch order: what an image reads as it
 // starts, which a later prefetch of the same image fetches first.
-func (r *Resolver) record(m *bootstrap.Manifest, off, length int64) {
+func (r *Resolver) record(m *chunk.Manifest, off, length int64) {
 	r.readsMu.Lock()
 	defer r.readsMu.Unlock()
 	l := r.reads[m.Blob]
@@ -230,24 +220,24 @@ func (r *Resolver) record(m *bootstrap.Manifest, off, length int64) {
 	for _, c := range m.ChunksIn(off, length) {
 		if !l.seen[c.Offset] && len(l.order) < maxRecordedChunks {
 			l.seen[c.Offset] = true
-			l.order = append(l.order, Range{Off: c.Offset, Len: c.Length})
+			l.order = append(l.order, chunk.Range{Offset: c.Offset, Length: c.Length})
 		}
 	}
 }
 
 // ReadOrder returns the chunks demand reads have touched in blob since start, in first-touch
 // order: a priority list for Prefetch.
-func (r *Resolver) ReadOrder(blob digest.Digest) []Range {
+func (r *Resolver) ReadOrder(blob digest.Digest) []chunk.Range {
 	r.readsMu.Lock()
 	defer r.readsMu.Unlock()
 	if l := r.reads[blob]; l != nil {
-		return append([]Range(nil), l.order...)
+		return append([]chunk.Range(nil), l.order...)
 	}
 	return nil
 }
 
 // countHit records the bytes of a demand read that were already local.
-func (r *Resolver) countHit(m *bootstrap.Manifest, off, length int64, missing []bootstrap.Chunk) {
+func (r *Resolver) countHit(m *chunk.Manifest, off, length int64, missing []chunk.Chunk) {
 	var hit int64
 	mi := 0
 	for _, c := range m.ChunksIn(off, length) {
@@ -258,15 +248,15 @@ func (r *Resolver) countHit(m *bootstrap.Manifest, off, length int64, missing []
 		hit += min(c.End(), off+length) - max(c.Offset, off)
 	}
 	if hit > 0 {
-		r.stats.add(SourceLocal, hit, 0)
-		r.met.bytes.WithLabelValues(string(SourceLocal)).Add(float64(hit))
+		r.stats.add(chunk.SourceLocal, hit, 0)
+		r.met.bytes.WithLabelValues(string(chunk.SourceLocal)).Add(float64(hit))
 	}
 }
 
 // ensureChunk fetches one chunk unless another caller already is; either way it returns when the
 // chunk is present or the fetch failed. A caller whose context ends stops waiting; the shared
 // fetch goes on for the others under its own timeout.
-func (r *Resolver) ensureChunk(ctx context.Context, b *blobEntry, c bootstrap.Chunk, prefetch bool) error {
+func (r *Resolver) ensureChunk(ctx context.Context, b *blobEntry, c chunk.Chunk, prefetch bool) error {
 	if !prefetch {
 		r.demand.Add(1)
 		defer r.demand.Add(-1)
@@ -287,7 +277,7 @@ func (r *Resolver) ensureChunk(ctx context.Context, b *blobEntry, c bootstrap.Ch
 
 // fetchChunk runs once per chunk at a time, detached from the caller that started it (others may
 // be waiting on it) and bounded by FetchTimeout.
-func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c bootstrap.Chunk, prefetch bool) error {
+func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk, prefetch bool) error {
 	release, err := r.acquire(fctx, prefetch)
 	if err != nil {
 		return err
@@ -313,11 +303,11 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c bootstrap.Ch
 	return nil
 }
 
-func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c bootstrap.Chunk) ([]byte, Source, error) {
+func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c chunk.Chunk) ([]byte, chunk.Source, error) {
 	if r.store.HasCID(c.CID) {
 		data, err := r.store.ReadChunk(ctx, c.CID)
-		if err == nil && bootstrap.VerifyChunk(c.CID, data) == nil {
-			return data, SourceDedup, nil
+		if err == nil && chunk.Verify(c.CID, data) == nil {
+			return data, chunk.SourceDedup, nil
 		}
 		// Evicted or damaged meanwhile: fetch it like any other chunk.
 	}
@@ -329,23 +319,23 @@ func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c bootstrap.Chu
 		if err != nil {
 			return nil, err
 		}
-		if err := bootstrap.VerifyChunk(c.CID, data); err != nil {
+		if err := chunk.Verify(c.CID, data); err != nil {
 			return nil, fmt.Errorf("from origin: %w", err)
 		}
 		return data, nil
 	}
 	if r.peers == nil {
 		data, err := fromOrigin(ctx)
-		return data, SourceOrigin, err
+		return data, chunk.SourceOrigin, err
 	}
-	data, viaOrigin, err := r.peers.Fetch(ctx, b.m.Blob, c, fromOrigin)
+	data, src, err := r.peers.Fetch(ctx, b.m.Blob, c, fromOrigin)
 	if err != nil {
 		return nil, "", err
 	}
-	if viaOrigin {
-		return data, SourceOrigin, nil
+	if src != chunk.SourceOrigin {
+		src = chunk.SourcePeer // from a holder or through the cluster's fetcher: over the LAN
 	}
-	return data, SourcePeers, nil
+	return data, src, nil
 }
 
 // acquire takes a worker slot. Prefetch takes one of its own share first and then waits while
@@ -392,8 +382,8 @@ type SourceStats struct {
 
 // Stats are the resolver's totals since start.
 type Stats struct {
-	Sources  map[Source]SourceStats `json:"sources"`
-	Failures int64                  `json:"failures"`
+	Sources  map[chunk.Source]SourceStats `json:"sources"`
+	Failures int64                        `json:"failures"`
 }
 
 // Stats returns the totals by source, with fetch latency percentiles over recent fetches.
@@ -401,7 +391,7 @@ func (r *Resolver) Stats() Stats { return r.stats.snapshot() }
 
 type stats struct {
 	mu       sync.Mutex
-	by       map[Source]*sourceStats
+	by       map[chunk.Source]*sourceStats
 	failures int64
 }
 
@@ -412,19 +402,19 @@ type sourceStats struct {
 }
 
 func newStats() *stats {
-	s := &stats{by: map[Source]*sourceStats{}}
+	s := &stats{by: map[chunk.Source]*sourceStats{}}
 	for _, src := range Sources {
 		s.by[src] = &sourceStats{}
 	}
 	return s
 }
 
-func (s *stats) add(src Source, n int64, d time.Duration) {
+func (s *stats) add(src chunk.Source, n int64, d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.by[src]
 	st.bytes += n
-	if src == SourceLocal {
+	if src == chunk.SourceLocal {
 		return // hits are byte ranges, not fetches
 	}
 	st.chunks++
@@ -441,7 +431,7 @@ func (s *stats) fail() {
 func (s *stats) snapshot() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := Stats{Sources: map[Source]SourceStats{}, Failures: s.failures}
+	out := Stats{Sources: map[chunk.Source]SourceStats{}, Failures: s.failures}
 	for src, st := range s.by {
 		ss := SourceStats{Bytes: st.bytes, Chunks: st.chunks}
 		if n := min(st.n, len(st.ring)); n > 0 {

@@ -14,31 +14,31 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/time/rate"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 )
 
-const chunk = 64 << 10
+const chunkSz = 64 << 10
 
 // testBlob is a blob with a manifest whose chunks leave gaps (bytes that are not file data), as
 // EROFS chunk manifests do.
 type testBlob struct {
 	data []byte
-	m    *bootstrap.Manifest
+	m    *chunk.Manifest
 }
 
 func newTestBlob(t testing.TB, chunks int) testBlob {
-	data := make([]byte, chunks*chunk+3*bootstrap.BlockSize)
+	data := make([]byte, chunks*chunkSz+3*chunk.BlockSize)
 	rand.Read(data)
-	m := &bootstrap.Manifest{SchemaVersion: 1, Blob: digest.FromBytes(data), BlobSize: int64(len(data)),
-		Chunking: bootstrap.ChunkingEROFS, ChunkSize: chunk}
+	m := &chunk.Manifest{SchemaVersion: 1, Blob: digest.FromBytes(data), BlobSize: int64(len(data)),
+		Chunking: chunk.ChunkingEROFS, ChunkSize: chunkSz}
 	off := int64(0)
 	for i := range chunks {
 		if i == 2 {
-			off += bootstrap.BlockSize // a gap of one block after chunk 1
+			off += chunk.BlockSize // a gap of one block after chunk 1
 		}
-		m.Chunks = append(m.Chunks, bootstrap.Chunk{Offset: off, Length: chunk, CID: bootstrap.ChunkCID(data[off : off+chunk])})
-		off += chunk
+		m.Chunks = append(m.Chunks, chunk.Chunk{Offset: off, Length: chunkSz, CID: chunk.CID(data[off : off+chunkSz])})
+		off += chunkSz
 	}
 	if err := m.Validate(); err != nil {
 		t.Fatal(err)
@@ -55,7 +55,7 @@ type countingOrigin struct {
 	corrupt atomic.Bool
 }
 
-func (o *countingOrigin) fetch(ctx context.Context, c bootstrap.Chunk) ([]byte, error) {
+func (o *countingOrigin) fetch(ctx context.Context, c chunk.Chunk) ([]byte, error) {
 	o.calls.Add(1)
 	if o.delay > 0 {
 		select {
@@ -125,7 +125,7 @@ func TestEnsureFetchesOncePerChunk(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			off := int64(i%5) * 50000
-			errs <- r.Ensure(ctx, tb.m.Blob, off, 3*chunk)
+			errs <- r.Ensure(ctx, tb.m.Blob, off, 3*chunkSz)
 		}()
 	}
 	wg.Wait()
@@ -135,7 +135,7 @@ func TestEnsureFetchesOncePerChunk(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	covered := tb.m.ChunksIn(0, 4*50000+3*chunk)
+	covered := tb.m.ChunksIn(0, 4*50000+3*chunkSz)
 	if got := o.calls.Load(); got != int64(len(covered)) {
 		t.Fatalf("origin asked %d times for %d chunks", got, len(covered))
 	}
@@ -145,19 +145,19 @@ func TestEnsureFetchesOncePerChunk(t *testing.T) {
 		}
 	}
 	// The gap after chunk 1 is not file data: it stays a hole and reads as zeros.
-	if gap := readBacking(t, s, tb.m.Blob, 2*chunk, bootstrap.BlockSize); !bytes.Equal(gap, make([]byte, bootstrap.BlockSize)) {
+	if gap := readBacking(t, s, tb.m.Blob, 2*chunkSz, chunk.BlockSize); !bytes.Equal(gap, make([]byte, chunk.BlockSize)) {
 		t.Fatal("gap between chunks was filled")
 	}
-	if st := r.Stats(); st.Sources[SourceOrigin].Chunks != int64(len(covered)) || st.Sources[SourceOrigin].Bytes != int64(len(covered))*chunk {
+	if st := r.Stats(); st.Sources[chunk.SourceOrigin].Chunks != int64(len(covered)) || st.Sources[chunk.SourceOrigin].Bytes != int64(len(covered))*chunkSz {
 		t.Fatalf("stats: %+v", st)
 	}
 	// A second read of a present range asks nobody and counts as a local hit.
 	before := o.calls.Load()
-	if err := r.Ensure(ctx, tb.m.Blob, 100, chunk); err != nil || o.calls.Load() != before {
+	if err := r.Ensure(ctx, tb.m.Blob, 100, chunkSz); err != nil || o.calls.Load() != before {
 		t.Fatalf("hit fetched again: %v", err)
 	}
-	if st := r.Stats(); st.Sources[SourceLocal].Bytes != chunk {
-		t.Fatalf("local hit bytes %d, want %d", st.Sources[SourceLocal].Bytes, chunk)
+	if st := r.Stats(); st.Sources[chunk.SourceLocal].Bytes != chunkSz {
+		t.Fatalf("local hit bytes %d, want %d", st.Sources[chunk.SourceLocal].Bytes, chunkSz)
 	}
 }
 
@@ -168,7 +168,7 @@ func TestEnsureRejectsCorruptOrigin(t *testing.T) {
 	o.corrupt.Store(true)
 	r := newResolver(t, s, nil, tb, o)
 	err := r.Ensure(context.Background(), tb.m.Blob, 0, 10)
-	if !errors.Is(err, bootstrap.ErrCorrupt) {
+	if !errors.Is(err, chunk.ErrCorrupt) {
 		t.Fatalf("corrupt origin bytes: %v", err)
 	}
 	if s.HasChunk(tb.m.Blob, tb.m.Chunks[0]) {
@@ -200,13 +200,13 @@ type fakePeers struct {
 	calls atomic.Int64
 }
 
-func (p *fakePeers) Fetch(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, fromOrigin func(context.Context) ([]byte, error)) ([]byte, bool, error) {
+func (p *fakePeers) Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) ([]byte, chunk.Source, error) {
 	p.calls.Add(1)
 	if b, ok := p.hold[c.Offset]; ok {
-		return b, false, nil
+		return b, chunk.SourcePeer, nil
 	}
 	b, err := fromOrigin(ctx)
-	return b, true, err
+	return b, chunk.SourceOrigin, err
 }
 
 func TestSourcesDedupPeersOrigin(t *testing.T) {
@@ -220,23 +220,23 @@ func TestSourcesDedupPeersOrigin(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := r.Stats()
-	if st.Sources[SourcePeers].Chunks != 1 || st.Sources[SourceOrigin].Chunks != 3 {
+	if st.Sources[chunk.SourcePeer].Chunks != 1 || st.Sources[chunk.SourceOrigin].Chunks != 3 {
 		t.Fatalf("sources: %+v", st.Sources)
 	}
 	// A second blob holding the same chunk (another image with the same file) takes it from the
 	// local store, not from anyone else.
-	other := &bootstrap.Manifest{SchemaVersion: 1, BlobSize: chunk, Chunking: bootstrap.ChunkingEROFS, ChunkSize: chunk,
-		Chunks: []bootstrap.Chunk{{Offset: 0, Length: chunk, CID: tb.m.Chunks[2].CID}}}
+	other := &chunk.Manifest{SchemaVersion: 1, BlobSize: chunkSz, Chunking: chunk.ChunkingEROFS, ChunkSize: chunkSz,
+		Chunks: []chunk.Chunk{{Offset: 0, Length: chunkSz, CID: tb.m.Chunks[2].CID}}}
 	other.Blob = digest.FromBytes(tb.data[tb.m.Chunks[2].Offset:tb.m.Chunks[2].End()])
 	if err := s.AddBlob(ctx, other); err != nil {
 		t.Fatal(err)
 	}
-	r.AddBlob(other, func(context.Context, bootstrap.Chunk) ([]byte, error) { return nil, errors.New("must not be asked") })
+	r.AddBlob(other, func(context.Context, chunk.Chunk) ([]byte, error) { return nil, errors.New("must not be asked") })
 	calls := peers.calls.Load()
-	if err := r.Ensure(ctx, other.Blob, 0, chunk); err != nil {
+	if err := r.Ensure(ctx, other.Blob, 0, chunkSz); err != nil {
 		t.Fatal(err)
 	}
-	if peers.calls.Load() != calls || r.Stats().Sources[SourceDedup].Chunks != 1 {
+	if peers.calls.Load() != calls || r.Stats().Sources[chunk.SourceDedup].Chunks != 1 {
 		t.Fatalf("dedup: peers asked %d more times, stats %+v", peers.calls.Load()-calls, r.Stats().Sources)
 	}
 }
@@ -248,10 +248,10 @@ func TestPrefetchCompletesWithRateAndPriority(t *testing.T) {
 	r := newResolver(t, s, nil, tb, o)
 	ctx := context.Background()
 	var last atomic.Int64
-	lim := rate.NewLimiter(rate.Limit(1<<30), chunk/2) // burst smaller than a chunk: waitBytes splits
-	first := []Range{{Off: tb.m.Chunks[9].Offset, Len: 1}}
+	lim := rate.NewLimiter(rate.Limit(1<<30), chunkSz/2) // burst smaller than a chunk: waitBytes splits
+	first := []chunk.Range{{Offset: tb.m.Chunks[9].Offset, Length: 1}}
 	var firstOrigin atomic.Int64
-	o2 := func(ctx context.Context, c bootstrap.Chunk) ([]byte, error) {
+	o2 := func(ctx context.Context, c chunk.Chunk) ([]byte, error) {
 		firstOrigin.CompareAndSwap(0, c.Offset+1)
 		return o.fetch(ctx, c)
 	}
@@ -324,7 +324,7 @@ func TestReadOrderRecorded(t *testing.T) {
 		t.Fatalf("read order %v, want offsets %v", got, want)
 	}
 	for i := range want {
-		if got[i].Off != want[i] || got[i].Len != chunk {
+		if got[i].Offset != want[i] || got[i].Length != chunkSz {
 			t.Fatalf("read order %v, want offsets %v", got, want)
 		}
 	}

@@ -9,8 +9,6 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/shoal-p2p/shoal/demand/cachefiles"
 )
 
 // FSType is the filesystem type of every Shoal image mount.
@@ -114,11 +112,10 @@ func MountFileBacked(bootstrapPath string, devices []string, target string, opts
 
 // MountFscache mounts an image in fscache (cachefiles on-demand) mode: the bootstrap and blobs
 // are read through /dev/cachefiles, whose daemon must be bound already. bootstrapID is the
-// bootstrap's cookie key (fsid=), domain the shared volume (domain_id=, "" for the default) and
-// blobs the cookie keys of the extra devices in device order. The options come from
-// cachefiles.MountOptions.
+// bootstrap's cookie key (fsid=), domain the shared volume (domain_id=) and blobs the cookie keys
+// of the extra devices in device order (FscacheOptions).
 func MountFscache(bootstrapID, domain string, blobs []string, target string) error {
-	data, err := cachefiles.MountOptions(bootstrapID, domain, blobs)
+	data, err := FscacheOptions(bootstrapID, domain, blobs)
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", target, err)
 	}

@@ -7,7 +7,7 @@
 // or the Docker credential helper it names, asked again every 10 minutes), TLS, retries with backoff and jitter, stall
 // timeouts, a per-origin concurrency limit, and digest checks of whole manifests and blobs. It
 // does not know chunks: callers verify the bytes of a range against its chunk CID
-// (bootstrap.VerifyChunk). It must not import the packages that use it (demand, p2p, mount) and
+// (chunk.Verify). It must not import the packages that use it (demand, p2p, mount) and
 // reads layouts with the image-spec types alone, so that any OCI layout is an origin.
 //
 // Reading:
@@ -18,7 +18,7 @@
 //	if err != nil { ... }
 //	desc, manifest, err := src.Resolve(ctx)             // digest verified
 //	b, err := src.ReadRange(ctx, blobDigest, off, n)      // exactly n bytes, or an error
-//	if err := bootstrap.VerifyChunk(chunkCID, b); err != nil { ... }
+//	if err := chunk.Verify(chunkCID, b); err != nil { ... }
 //	rc, err := src.Open(ctx, blobDigest)                  // whole blob; Read returns io.EOF only if the digest matched
 //
 // Errors wrap the sentinels of errors.go (ErrNotFound, ErrUnauthorized, ErrCorrupt, ErrRange,

@@ -17,7 +17,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // memStore is a chunk store in memory. Like the real daemon, whatever lands in it is announced.
@@ -49,14 +49,14 @@ func (s *memStore) ReadChunk(_ context.Context, c cid.Cid) ([]byte, error) {
 	return b, nil
 }
 
-func (s *memStore) PutChunk(_ context.Context, blob digest.Digest, c bootstrap.Chunk, data []byte) error {
+func (s *memStore) PutChunk(_ context.Context, blob digest.Digest, c chunk.Chunk, data []byte) error {
 	s.mu.Lock()
 	s.m[c.CID] = data
 	s.mu.Unlock()
 	return s.node.Announce(blob, c) // the store's ChunkAdded event, as the daemon wires it
 }
 
-func (s *memStore) evict(blob digest.Digest, c bootstrap.Chunk) error {
+func (s *memStore) evict(blob digest.Digest, c chunk.Chunk) error {
 	s.mu.Lock()
 	delete(s.m, c.CID)
 	s.mu.Unlock()
@@ -71,7 +71,7 @@ type countingOrigin struct {
 	requests atomic.Int64
 }
 
-func (o *countingOrigin) fetch(ctx context.Context, c bootstrap.Chunk) ([]byte, error) {
+func (o *countingOrigin) fetch(ctx context.Context, c chunk.Chunk) ([]byte, error) {
 	o.requests.Add(1)
 	if o.delay > 0 {
 		select {
@@ -89,14 +89,14 @@ func (o *countingOrigin) fetch(ctx context.Context, c bootstrap.Chunk) ([]byte, 
 }
 
 // makeImage returns a blob of n random chunks of size bytes with its manifest.
-func makeImage(t testing.TB, n int, size int64, seed uint64) (*bootstrap.Manifest, *countingOrigin) {
+func makeImage(t testing.TB, n int, size int64, seed uint64) (*chunk.Manifest, *countingOrigin) {
 	t.Helper()
 	r := rand.New(rand.NewPCG(seed, 1))
 	blob := make([]byte, int64(n)*size)
 	for i := range blob {
 		blob[i] = byte(r.Uint32())
 	}
-	m, err := bootstrap.FixedManifest(bytes.NewReader(blob), digest.FromBytes(blob), int64(len(blob)), size)
+	m, err := chunk.FixedManifest(bytes.NewReader(blob), digest.FromBytes(blob), int64(len(blob)), size)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,10 +183,10 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 
 // readImage reads every chunk of m through n as the demand resolver would: skip what the store
 // holds, Fetch the rest, store it (which announces it).
-func readImage(ctx context.Context, n *testNode, m *bootstrap.Manifest, o *countingOrigin, workers int) (map[Source]int, error) {
+func readImage(ctx context.Context, n *testNode, m *chunk.Manifest, o *countingOrigin, workers int) (map[chunk.Source]int, error) {
 	var mu sync.Mutex
-	srcs := map[Source]int{}
-	next := make(chan bootstrap.Chunk)
+	srcs := map[chunk.Source]int{}
+	next := make(chan chunk.Chunk)
 	errc := make(chan error, workers)
 	var wg sync.WaitGroup
 	for range workers {
@@ -199,7 +199,7 @@ func readImage(ctx context.Context, n *testNode, m *bootstrap.Manifest, o *count
 				}
 				data, src, err := n.Fetch(ctx, m.Blob, c, func(ctx context.Context) ([]byte, error) { return o.fetch(ctx, c) })
 				if err == nil {
-					err = bootstrap.VerifyChunk(c.CID, data)
+					err = chunk.Verify(c.CID, data)
 				}
 				if err != nil {
 					errc <- fmt.Errorf("node %s chunk %d: %w", n.ID(), c.Offset/m.ChunkSize, err)
@@ -248,7 +248,7 @@ func clusterColdRead(t testing.TB, size, chunks int, chunkSize int64) float64 {
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make([]error, size)
-	total := map[Source]int{}
+	total := map[chunk.Source]int{}
 	var mu sync.Mutex
 	for i, n := range nodes {
 		wg.Add(1)

@@ -16,7 +16,7 @@
 //	g.Go(func() error { return node.Run(ctx) })
 //
 //	// When an image is pulled: join each blob's swarm.
-//	node.RegisterBlob(manifest, func(ctx context.Context, c bootstrap.Chunk) ([]byte, error) {
+//	node.RegisterBlob(manifest, func(ctx context.Context, c chunk.Chunk) ([]byte, error) {
 //		return registry.FetchRange(ctx, manifest.Blob, c.Offset, c.Length)
 //	})
 //	// From the store's events.

@@ -17,7 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 var errNoHolders = errors.New("no peer holds the chunk")
@@ -37,7 +37,7 @@ func (e *statusError) Error() string {
 
 type fetched struct {
 	data []byte
-	src  Source
+	src  chunk.Source
 }
 
 // Fetch returns the verified bytes of chunk c of blob. It asks, in order: the peers whose
@@ -46,9 +46,9 @@ type fetched struct {
 // (fetch-through); and fromOrigin itself (nil: the OriginFunc given to RegisterBlob). Concurrent
 // calls for one CID share one fetch. The returned slice may be shared with other callers: do not
 // modify it. The caller stores the data and then calls Announce.
-func (n *Node) Fetch(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, fromOrigin func(context.Context) ([]byte, error)) ([]byte, Source, error) {
+func (n *Node) Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) ([]byte, chunk.Source, error) {
 	if c.Length <= 0 || c.Length > MaxChunkSize {
-		return nil, 0, fmt.Errorf("fetch chunk %s of %s: length %d out of (0, %d]", c.CID, blob, c.Length, MaxChunkSize)
+		return nil, "", fmt.Errorf("fetch chunk %s of %s: length %d out of (0, %d]", c.CID, blob, c.Length, MaxChunkSize)
 	}
 	start := time.Now()
 	ch := n.sf.DoChan(c.CID.KeyString(), func() (any, error) {
@@ -60,15 +60,15 @@ func (n *Node) Fetch(ctx context.Context, blob digest.Digest, c bootstrap.Chunk,
 	case r := <-ch:
 		if r.Err != nil {
 			n.met.fetches.WithLabelValues("failed").Inc()
-			return nil, 0, r.Err
+			return nil, "", r.Err
 		}
 		f := r.Val.(fetched)
-		n.met.fetches.WithLabelValues(f.src.String()).Inc()
-		n.met.fetchBytes.WithLabelValues(f.src.String()).Add(float64(len(f.data)))
+		n.met.fetches.WithLabelValues(string(f.src)).Inc()
+		n.met.fetchBytes.WithLabelValues(string(f.src)).Add(float64(len(f.data)))
 		n.met.fetchSeconds.Observe(time.Since(start).Seconds())
 		return f.data, f.src, nil
 	case <-ctx.Done():
-		return nil, 0, ctx.Err()
+		return nil, "", ctx.Err()
 	}
 }
 
@@ -86,13 +86,13 @@ func (n *Node) flightContext(ctx context.Context, d time.Duration) (context.Cont
 	return fctx, func() { stop(); cancel() }
 }
 
-func (n *Node) fetch(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, fromOrigin func(context.Context) ([]byte, error)) (fetched, error) {
+func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (fetched, error) {
 	n.mu.Lock()
 	h := n.host
 	lb := n.blobs[blob]
 	n.mu.Unlock()
-	if data := n.recent.get(c.CID); data != nil {
-		return fetched{data, SourceLocal}, nil
+	if data, src := n.recent.get(c.CID); data != nil {
+		return fetched{data, src}, nil
 	}
 	if fromOrigin == nil && lb != nil && lb.origin != nil {
 		fromOrigin = func(ctx context.Context) ([]byte, error) { return lb.origin(ctx, c) }
@@ -100,8 +100,8 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c bootstrap.Chunk,
 	if h != nil {
 		data, err := n.fromHolders(ctx, h, blob, c)
 		if err == nil {
-			n.recent.add(c.CID, data)
-			return fetched{data, SourcePeer}, nil
+			n.recent.add(c.CID, data, chunk.SourcePeer)
+			return fetched{data, chunk.SourcePeer}, nil
 		}
 		if ctx.Err() != nil {
 			return fetched{}, fmt.Errorf("fetch chunk %s of %s: %w", c.CID, blob, ctx.Err())
@@ -110,8 +110,8 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c bootstrap.Chunk,
 			req := Request{Flags: FlagFetchThrough, Blob: blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
 			data, err := n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout)
 			if err == nil {
-				n.recent.add(c.CID, data)
-				return fetched{data, SourceCoalesced}, nil
+				n.recent.add(c.CID, data, chunk.SourceCoalesced)
+				return fetched{data, chunk.SourceCoalesced}, nil
 			}
 			n.log.Debug("fetch-through failed, going to the origin", "chunk", c.CID, "peer", owner, "err", err)
 		}
@@ -122,16 +122,16 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c bootstrap.Chunk,
 // ownedFetch gets a chunk this host is responsible for: from a holder if one appeared, else from
 // the origin. It never asks another host to fetch through, so fetch-through requests cannot form
 // a cycle. store: write the result through ChunkWriter (a fetch-through for a peer).
-func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, c bootstrap.Chunk, fromOrigin func(context.Context) ([]byte, error), store bool) (fetched, error) {
+func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error), store bool) (fetched, error) {
 	ch := n.owned.DoChan(c.CID.KeyString(), func() (any, error) {
 		fctx, cancel := n.flightContext(ctx, n.cfg.CoalesceTimeout+time.Duration(n.cfg.MaxAttempts)*n.cfg.RequestTimeout)
 		defer cancel()
-		if data := n.recent.get(c.CID); data != nil { // a flight that just ended
-			return fetched{data, SourceLocal}, nil
+		if data, src := n.recent.get(c.CID); data != nil { // a flight that just ended
+			return fetched{data, src}, nil
 		}
 		if h != nil {
 			if data, err := n.fromHolders(fctx, h, blob, c); err == nil {
-				return fetched{data, SourcePeer}, nil
+				return fetched{data, chunk.SourcePeer}, nil
 			}
 		}
 		if fromOrigin == nil {
@@ -141,16 +141,16 @@ func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, 
 		if err != nil {
 			return nil, fmt.Errorf("fetch chunk %s of %s from origin: %w", c.CID, blob, err)
 		}
-		if err := bootstrap.VerifyChunk(c.CID, data); err != nil {
+		if err := chunk.Verify(c.CID, data); err != nil {
 			return nil, fmt.Errorf("chunk of %s from origin: %w", blob, err)
 		}
-		n.recent.add(c.CID, data)
+		n.recent.add(c.CID, data, chunk.SourceOrigin)
 		if w, ok := n.local.(ChunkWriter); ok && store {
 			if err := w.PutChunk(fctx, blob, c, data); err != nil {
 				n.log.Warn("storing fetched-through chunk", "chunk", c.CID, "blob", blob, "err", err)
 			}
 		}
-		return fetched{data, SourceOrigin}, nil
+		return fetched{data, chunk.SourceOrigin}, nil
 	})
 	select {
 	case r := <-ch:
@@ -189,7 +189,7 @@ func rendezvousScore(c cid.Cid, p peer.ID) uint64 {
 
 // fromHolders asks the holders of c, best first; each request that runs past its peer's p90 is
 // hedged to the next holder, and each failure moves on to the next, up to MaxAttempts peers.
-func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest, c bootstrap.Chunk) ([]byte, error) {
+func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk) ([]byte, error) {
 	n.mu.Lock()
 	holders := n.holdersLocked(c.CID, time.Now())
 	rand.Shuffle(len(holders), func(i, j int) { holders[i], holders[j] = holders[j], holders[i] })
@@ -261,7 +261,7 @@ func (n *Node) hedgeDelay(p peer.ID) time.Duration {
 
 // isBadData reports errors that show a peer sent wrong or truncated bytes: strikes towards a ban.
 func isBadData(err error) bool {
-	return errors.Is(err, bootstrap.ErrCorrupt) || errors.Is(err, ErrMalformed) || errors.Is(err, io.ErrUnexpectedEOF)
+	return errors.Is(err, chunk.ErrCorrupt) || errors.Is(err, ErrMalformed) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // request asks p for one chunk and returns its verified bytes, accounting the outcome to p.
@@ -276,7 +276,7 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	start := time.Now()
 	data, err := n.exchange(ctx, h, p, req)
 	if err == nil {
-		err = bootstrap.VerifyChunk(req.CID, data)
+		err = chunk.Verify(req.CID, data)
 	}
 	elapsed := time.Since(start)
 	canceled := err != nil && parent.Err() != nil
@@ -308,7 +308,7 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 		return nil, err
 	}
 	switch {
-	case errors.Is(err, bootstrap.ErrCorrupt):
+	case errors.Is(err, chunk.ErrCorrupt):
 		n.met.peerFailures.WithLabelValues("corrupt").Inc()
 	case isBadData(err):
 		n.met.peerFailures.WithLabelValues("truncated").Inc()

@@ -14,7 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // hostile is a raw libp2p host that claims to hold every chunk of a blob and misbehaves when
@@ -24,7 +24,7 @@ type hostile struct {
 	kind string
 }
 
-func startHostile(t *testing.T, kind string, m *bootstrap.Manifest, o *countingOrigin, victim *testNode) *hostile {
+func startHostile(t *testing.T, kind string, m *chunk.Manifest, o *countingOrigin, victim *testNode) *hostile {
 	t.Helper()
 	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableRelay())
 	if err != nil {
@@ -104,7 +104,7 @@ func flood(ctx context.Context, h host.Host, victim peer.ID, d time.Duration) (s
 					}
 					continue
 				}
-				req := Request{CID: bootstrap.ChunkCID([]byte{byte(i), byte(i >> 8)}), Length: 4096}
+				req := Request{CID: chunk.CID([]byte{byte(i), byte(i >> 8)}), Length: 4096}
 				b, _ := AppendRequest(nil, req)
 				_, _ = s.Write(b)
 				_ = s.CloseWrite()
@@ -224,12 +224,12 @@ func TestAllowlist(t *testing.T) {
 	c := m.Chunks[0]
 	waitFor(t, 10*time.Second, "the friend to see the holder's chunks", func() bool { return len(friend.Lookup(c.CID)) == 1 })
 	_, src, err := friend.Fetch(t.Context(), m.Blob, c, nil)
-	if err != nil || src != SourcePeer {
+	if err != nil || src != chunk.SourcePeer {
 		t.Fatalf("allowed peer: source %v, err %v; want from the peer", src, err)
 	}
 	before := o.requests.Load()
 	_, src, err = stranger.Fetch(t.Context(), m.Blob, c, nil)
-	if err != nil || src != SourceOrigin || o.requests.Load() != before+1 {
+	if err != nil || src != chunk.SourceOrigin || o.requests.Load() != before+1 {
 		t.Fatalf("peer outside the allowlist: source %v, err %v; want only the origin", src, err)
 	}
 	if len(stranger.Lookup(c.CID)) != 0 {
@@ -267,7 +267,7 @@ func TestPrivateNetwork(t *testing.T) {
 func TestOwnerFails(t *testing.T) {
 	m, o := makeImage(t, 16, 8<<10, 5)
 	nodes := startCluster(t, 3, nil)
-	broken := func(context.Context, bootstrap.Chunk) ([]byte, error) { return nil, errors.New("registry unreachable") }
+	broken := func(context.Context, chunk.Chunk) ([]byte, error) { return nil, errors.New("registry unreachable") }
 	for i, n := range nodes {
 		fn := o.fetch
 		if i == 2 {

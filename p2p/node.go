@@ -22,7 +22,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // LocalChunks is what this host serves to peers: the chunk store's read side.
@@ -36,38 +36,11 @@ type LocalChunks interface {
 // keeps serving them; the store's ChunkAdded event then reaches Announce as for any chunk. It must
 // accept the same chunk twice.
 type ChunkWriter interface {
-	PutChunk(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, data []byte) error
+	PutChunk(ctx context.Context, blob digest.Digest, c chunk.Chunk, data []byte) error
 }
 
 // OriginFunc fetches one chunk of a registered blob from this host's origin (registry).
-type OriginFunc func(ctx context.Context, c bootstrap.Chunk) ([]byte, error)
-
-// Source says where Fetch got a chunk.
-type Source int
-
-// Sources of a fetched chunk.
-const (
-	SourcePeer      Source = iota + 1 // a peer that held it
-	SourceCoalesced                   // the peer chosen to fetch it from the origin for the cluster
-	SourceOrigin                      // this host's own origin
-	// SourceLocal: this host fetched it moments before for a peer (fetch-through) and still
-	// had it in memory; no network was used.
-	SourceLocal
-)
-
-func (s Source) String() string {
-	switch s {
-	case SourcePeer:
-		return "peer"
-	case SourceCoalesced:
-		return "coalesced"
-	case SourceOrigin:
-		return "origin"
-	case SourceLocal:
-		return "local"
-	}
-	return "unknown"
-}
+type OriginFunc func(ctx context.Context, c chunk.Chunk) ([]byte, error)
 
 // Sentinel errors.
 var (
@@ -79,7 +52,7 @@ var (
 
 // localBlob is a registered blob: its manifest, origin, and which chunks this host holds.
 type localBlob struct {
-	m      *bootstrap.Manifest
+	m      *chunk.Manifest
 	origin OriginFunc
 	have   []byte
 }
@@ -275,7 +248,7 @@ func (n *Node) goFn(f func()) bool {
 // presence bits), tells connected peers, advertises the blob in the DHT, and, if origin is not
 // nil, becomes a candidate to fetch the blob's chunks from the origin for the cluster. Calling it
 // again replaces the origin and keeps what the host holds.
-func (n *Node) RegisterBlob(m *bootstrap.Manifest, origin OriginFunc) error {
+func (n *Node) RegisterBlob(m *chunk.Manifest, origin OriginFunc) error {
 	if m == nil || len(m.Chunks) > MaxBlobChunks {
 		return fmt.Errorf("p2p: register blob: nil manifest or over %d chunks", MaxBlobChunks)
 	}
@@ -320,16 +293,16 @@ func (n *Node) Forget(blob digest.Digest) {
 
 // Announce tells peers this host now holds chunks of blob (written to the store and verified).
 // Peers learn of it within milliseconds on a LAN.
-func (n *Node) Announce(blob digest.Digest, chunks ...bootstrap.Chunk) error {
+func (n *Node) Announce(blob digest.Digest, chunks ...chunk.Chunk) error {
 	return n.setHave(blob, true, chunks)
 }
 
 // Withdraw tells peers this host no longer holds chunks of blob (evicted).
-func (n *Node) Withdraw(blob digest.Digest, chunks ...bootstrap.Chunk) error {
+func (n *Node) Withdraw(blob digest.Digest, chunks ...chunk.Chunk) error {
 	return n.setHave(blob, false, chunks)
 }
 
-func (n *Node) setHave(blob digest.Digest, have bool, chunks []bootstrap.Chunk) error {
+func (n *Node) setHave(blob digest.Digest, have bool, chunks []chunk.Chunk) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	lb := n.blobs[blob]
@@ -357,7 +330,7 @@ func (n *Node) setHave(blob digest.Digest, have bool, chunks []bootstrap.Chunk) 
 }
 
 // chunkIndex finds c in m by offset and checks its CID; -1 if absent.
-func chunkIndex(m *bootstrap.Manifest, c bootstrap.Chunk) int {
+func chunkIndex(m *chunk.Manifest, c chunk.Chunk) int {
 	i := sort.Search(len(m.Chunks), func(i int) bool { return m.Chunks[i].Offset >= c.Offset })
 	if i < len(m.Chunks) && m.Chunks[i].Offset == c.Offset && m.Chunks[i].CID.Equals(c.CID) {
 		return i

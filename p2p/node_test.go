@@ -10,6 +10,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	madns "github.com/multiformats/go-multiaddr-dns"
+
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -226,7 +228,7 @@ func TestQUIC(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, "the announce over QUIC", func() bool { return len(b.Lookup(c.CID)) == 1 })
-	if _, src, err := b.Fetch(t.Context(), m.Blob, c, nil); err != nil || src != SourcePeer {
+	if _, src, err := b.Fetch(t.Context(), m.Blob, c, nil); err != nil || src != chunk.SourcePeer {
 		t.Fatalf("fetch over QUIC: source %v, err %v", src, err)
 	}
 	if !strings.Contains(a.Addrs()[0].String(), "/quic-v1/p2p/") {

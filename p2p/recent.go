@@ -1,6 +1,7 @@
 package p2p
 
 import (
+	"github.com/shoal-p2p/shoal/chunk"
 	"sync"
 
 	"github.com/ipfs/go-cid"
@@ -14,33 +15,41 @@ const recentMaxBytes = 64 << 20
 // sent here by the rendezvous hash would otherwise find nothing and go to the origin itself.
 type recentChunks struct {
 	mu    sync.Mutex
-	data  map[cid.Cid][]byte
+	data  map[cid.Cid]recentChunk
 	order []cid.Cid
 	bytes int
 }
 
-func (r *recentChunks) add(c cid.Cid, b []byte) {
+// recentChunk is a chunk's bytes and where this host got them.
+type recentChunk struct {
+	data []byte
+	src  chunk.Source
+}
+
+func (r *recentChunks) add(c cid.Cid, b []byte, src chunk.Source) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.data == nil {
-		r.data = map[cid.Cid][]byte{}
+		r.data = map[cid.Cid]recentChunk{}
 	}
 	if _, ok := r.data[c]; ok {
 		return
 	}
-	r.data[c] = b
+	r.data[c] = recentChunk{b, src}
 	r.order = append(r.order, c)
 	r.bytes += len(b)
 	for r.bytes > recentMaxBytes && len(r.order) > 0 {
 		old := r.order[0]
 		r.order = r.order[1:]
-		r.bytes -= len(r.data[old])
+		r.bytes -= len(r.data[old].data)
 		delete(r.data, old)
 	}
 }
 
-func (r *recentChunks) get(c cid.Cid) []byte {
+// get returns a recent chunk's bytes and source, or nil.
+func (r *recentChunks) get(c cid.Cid) ([]byte, chunk.Source) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.data[c]
+	rc := r.data[c]
+	return rc.data, rc.src
 }

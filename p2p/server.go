@@ -8,7 +8,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // floodWindow is the window over which FloodBanAfter refusals ban a peer.
@@ -104,7 +104,7 @@ func (n *Node) serve(s network.Stream, p peer.ID) (Status, []byte, string) {
 		}
 		// Evicted between the check and the read: fall through.
 	}
-	if data := n.recent.get(req.CID); data != nil {
+	if data, _ := n.recent.get(req.CID); data != nil {
 		return StatusOK, data, ""
 	}
 	if req.Flags&FlagFetchThrough == 0 {
@@ -118,7 +118,7 @@ func (n *Node) serve(s network.Stream, p peer.ID) (Status, []byte, string) {
 	if lb == nil || lb.origin == nil {
 		return StatusNotFound, nil, "blob not registered here"
 	}
-	i := chunkIndex(lb.m, bootstrap.Chunk{Offset: req.Offset, CID: req.CID})
+	i := chunkIndex(lb.m, chunk.Chunk{Offset: req.Offset, CID: req.CID})
 	if i < 0 {
 		return StatusNotFound, nil, "chunk not in the blob's manifest"
 	}

@@ -10,10 +10,10 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
-var testCID = bootstrap.ChunkCID([]byte("hello"))
+var testCID = chunk.CID([]byte("hello"))
 
 func TestRequestBytes(t *testing.T) {
 	req := Request{Flags: FlagFetchThrough, Blob: "sha256:ab", CID: testCID, Offset: 4096, Length: 300}

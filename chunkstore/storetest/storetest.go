@@ -15,21 +15,21 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/opencontainers/go-digest"
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 )
 
 // Store is what the suite needs of a chunk store.
 type Store interface {
-	AddBlob(ctx context.Context, m *bootstrap.Manifest) error
-	Blob(d digest.Digest) (*bootstrap.Manifest, bool)
+	AddBlob(ctx context.Context, m *chunk.Manifest) error
+	Blob(d digest.Digest) (*chunk.Manifest, bool)
 	BackingPath(d digest.Digest) string
-	WriteChunk(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, data []byte) error
-	MarkPresent(ctx context.Context, blob digest.Digest, c bootstrap.Chunk) error
-	HasChunk(blob digest.Digest, c bootstrap.Chunk) bool
+	WriteChunk(ctx context.Context, blob digest.Digest, c chunk.Chunk, data []byte) error
+	MarkPresent(ctx context.Context, blob digest.Digest, c chunk.Chunk) error
+	HasChunk(blob digest.Digest, c chunk.Chunk) bool
 	HasCID(id cid.Cid) bool
-	Missing(blob digest.Digest, off, length int64) ([]bootstrap.Chunk, error)
-	Present(blob digest.Digest) ([]chunkstore.Range, error)
+	Missing(blob digest.Digest, off, length int64) ([]chunk.Chunk, error)
+	Present(blob digest.Digest) ([]chunk.Range, error)
 	ReadChunk(ctx context.Context, id cid.Cid) ([]byte, error)
 	ReadAt(blob digest.Digest, p []byte, off int64) (int, error)
 	Subscribe(fn func(chunkstore.Event)) (cancel func())
@@ -38,14 +38,14 @@ type Store interface {
 // Blob is generated test content with its fixed-chunking manifest.
 type Blob struct {
 	Data     []byte
-	Manifest *bootstrap.Manifest
+	Manifest *chunk.Manifest
 }
 
 // Digest is the blob's digest.
 func (b Blob) Digest() digest.Digest { return b.Manifest.Blob }
 
 // Bytes returns the chunk's content.
-func (b Blob) Bytes(c bootstrap.Chunk) []byte { return b.Data[c.Offset:c.End()] }
+func (b Blob) Bytes(c chunk.Chunk) []byte { return b.Data[c.Offset:c.End()] }
 
 // NewBlob makes a blob of size random bytes (seeded) cut into chunkSize chunks.
 func NewBlob(t testing.TB, seed uint64, size, chunkSize int64) Blob {
@@ -60,7 +60,7 @@ func NewBlob(t testing.TB, seed uint64, size, chunkSize int64) Blob {
 
 func blobOf(t testing.TB, data []byte, chunkSize int64) Blob {
 	t.Helper()
-	m, err := bootstrap.FixedManifest(bytes.NewReader(data), digest.FromBytes(data), int64(len(data)), chunkSize)
+	m, err := chunk.FixedManifest(bytes.NewReader(data), digest.FromBytes(data), int64(len(data)), chunkSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,14 +112,14 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		tests := []struct {
 			name string
 			blob digest.Digest
-			c    bootstrap.Chunk
+			c    chunk.Chunk
 			data []byte
 			want error
 		}{
 			{"wrong bytes", b.Digest(), c, b.Bytes(other), chunkstore.ErrCorrupt},
-			{"flipped bit", b.Digest(), c, flip(b.Bytes(c)), bootstrap.ErrCorrupt},
+			{"flipped bit", b.Digest(), c, flip(b.Bytes(c)), chunk.ErrCorrupt},
 			{"short data", b.Digest(), c, b.Bytes(c)[:100], chunkstore.ErrInvalid},
-			{"chunk not in manifest", b.Digest(), bootstrap.Chunk{Offset: c.Offset, Length: c.Length, CID: other.CID}, b.Bytes(other), chunkstore.ErrInvalid},
+			{"chunk not in manifest", b.Digest(), chunk.Chunk{Offset: c.Offset, Length: c.Length, CID: other.CID}, b.Bytes(other), chunkstore.ErrInvalid},
 			{"unknown blob", digest.FromString("nope"), c, b.Bytes(c), chunkstore.ErrNotFound},
 		}
 		for _, tt := range tests {
@@ -199,7 +199,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 			}
 		}
 		got, err := s.Present(b.Digest())
-		want := []chunkstore.Range{{Offset: 0, Length: 4 * 4096}, {Offset: 6 * 4096, Length: 2 * 4096}}
+		want := []chunk.Range{{Offset: 0, Length: 4 * 4096}, {Offset: 6 * 4096, Length: 2 * 4096}}
 		if err != nil || !equalRanges(got, want) {
 			t.Fatalf("Present = %v, %v; want %v", got, err, want)
 		}
@@ -308,7 +308,7 @@ func flip(b []byte) []byte {
 	return c
 }
 
-func equalRanges(a, b []chunkstore.Range) bool {
+func equalRanges(a, b []chunk.Range) bool {
 	if len(a) != len(b) {
 		return false
 	}

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/internal/units"
 )
 
@@ -67,13 +68,13 @@ type inspectDesc struct {
 }
 
 type inspectBlob struct {
-	Digest         string            `json:"digest"`
-	Size           int64             `json:"size"`
-	Device         int               `json:"device"`
-	Chunking       string            `json:"chunking"`
-	ChunkSize      int64             `json:"chunkSize"`
-	ManifestDigest string            `json:"chunkManifest"`
-	Chunks         []bootstrap.Chunk `json:"chunks"`
+	Digest         string        `json:"digest"`
+	Size           int64         `json:"size"`
+	Device         int           `json:"device"`
+	Chunking       string        `json:"chunking"`
+	ChunkSize      int64         `json:"chunkSize"`
+	ManifestDigest string        `json:"chunkManifest"`
+	Chunks         []chunk.Chunk `json:"chunks"`
 }
 
 func runImageInspect(ctx context.Context, args []string) error {
@@ -102,7 +103,7 @@ func runImageInspect(ctx context.Context, args []string) error {
 		out.Blobs = append(out.Blobs, inspectBlob{
 			Digest: b.Digest.String(), Size: b.Size, Device: b.Device,
 			Chunking: b.Manifest.Chunking, ChunkSize: b.Manifest.ChunkSize,
-			ManifestDigest: b.ManifestDigest.String(), Chunks: append([]bootstrap.Chunk{}, b.Manifest.Chunks...),
+			ManifestDigest: b.ManifestDigest.String(), Chunks: append([]chunk.Chunk{}, b.Manifest.Chunks...),
 		})
 	}
 	if *asJSON {

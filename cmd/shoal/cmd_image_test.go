@@ -12,7 +12,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 func TestImageBuildInspect(t *testing.T) {
@@ -74,7 +74,7 @@ func TestImageBuildInspect(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := bootstrap.VerifyChunk(id, blob[c.Offset:c.Offset+c.Length]); err != nil {
+		if err := chunk.Verify(id, blob[c.Offset:c.Offset+c.Length]); err != nil {
 			t.Error(err)
 		}
 	}

@@ -5,13 +5,13 @@
 // It owns: the wire codec of /dev/cachefiles messages and commands (msg.go), the device (dir, tag,
 // bind ondemand, restore), the epoll-driven request loop with a bounded pool of READ workers
 // (Server), the failover hand-off of the device fd from a long-lived supervisor to each new worker
-// process over a unix socket with SCM_RIGHTS (Supervisor, Handover), and the mount(2) option string
-// of an fscache-mode mount (MountOptions), and where the kernel keeps a cookie's backing file
-// (BackingPath, for inspection and culling). It must not touch the chunk store's files: in fscache mode
+// process over a unix socket with SCM_RIGHTS (Supervisor, Handover), and the probe of whether
+// on-demand mode works here (Probe). The names of volumes, cookies and backing files are package
+// chunkstore/layout's; the fsid= mount options are package mount's. It must not touch the chunk store's files: in fscache mode
 // the kernel writes the backing files under <dir>/cache itself, through the anonymous fds this
 // package pwrites into; it does not mount anything either (package mount does).
 //
-// Keys: the volume key is "erofs,<domain>" (VolumeKey); the cookie key of the bootstrap is the fsid
+// Keys: the volume key is "erofs,<domain>" (layout.VolumeKey); the cookie key of the bootstrap is the fsid
 // and that of each blob is its device= string. Shoal uses the digest string "sha256:<hex>" for both.
 //
 // Usage, in a daemon that survives its own restarts:

@@ -265,7 +265,7 @@ type fakeResolver struct {
 
 func (r *fakeResolver) Lookup(volumeKey, cookieKey string) (int64, bool) {
 	b, ok := r.blobs[cookieKey]
-	return int64(len(b)), ok && volumeKey == VolumeKey(DefaultDomain)
+	return int64(len(b)), ok && volumeKey == testVolumeKey
 }
 
 func (r *fakeResolver) ReadRange(ctx context.Context, cookieKey string, p []byte, off int64) error {
@@ -353,7 +353,7 @@ func TestEmulatedOpenReadClose(t *testing.T) {
 	res := &fakeResolver{blobs: map[string][]byte{blobA: a}}
 	srv, _ := startServer(t, k, res, Config{Workers: 2, StepSize: pageSize})
 
-	o, size := k.open(VolumeKey(DefaultDomain), blobA)
+	o, size := k.open(testVolumeKey, blobA)
 	if size != int64(len(a)) {
 		t.Fatalf("copen size %d, want %d", size, len(a))
 	}
@@ -375,7 +375,7 @@ func TestEmulatedOpenReadClose(t *testing.T) {
 		t.Errorf("backing file is %d bytes, want %d (page-padded)", st.Size(), 4*pageSize)
 	}
 
-	miss, size := k.open(VolumeKey(DefaultDomain), "sha256:unknown")
+	miss, size := k.open(testVolumeKey, "sha256:unknown")
 	if size != -int64(unix.ENOENT) {
 		t.Errorf("unknown cookie: copen %d, want -2", size)
 	}
@@ -412,7 +412,7 @@ func TestEmulatedFailedReadStillCompletes(t *testing.T) {
 		fail:  map[string]error{blobA: errors.New("no peer has this chunk")},
 	}
 	srv, _ := startServer(t, k, res, Config{})
-	o, _ := k.open(VolumeKey(DefaultDomain), blobA)
+	o, _ := k.open(testVolumeKey, blobA)
 	if _, err := k.read(o, 0, pageSize); !errors.Is(err, errEmuEIO) {
 		t.Fatalf("read of a failing blob: %v, want EIO (and no hang)", err)
 	}
@@ -428,7 +428,7 @@ func TestEmulatedConcurrentReadsBounded(t *testing.T) {
 	gate := make(chan struct{})
 	res := &fakeResolver{blobs: map[string][]byte{blobA: a}, gate: gate}
 	startServer(t, k, res, Config{Workers: workers})
-	o, _ := k.open(VolumeKey(DefaultDomain), blobA)
+	o, _ := k.open(testVolumeKey, blobA)
 	var dones []chan struct{}
 	for i := range reads {
 		_, d := k.startRead(o, uint64(i*pageSize), pageSize)
@@ -461,7 +461,7 @@ func TestEmulatedCloseWaitsForInflightRead(t *testing.T) {
 	gate := make(chan struct{})
 	res := &fakeResolver{blobs: map[string][]byte{blobA: pattern(pageSize, 4)}, gate: gate}
 	startServer(t, k, res, Config{Workers: 2})
-	o, _ := k.open(VolumeKey(DefaultDomain), blobA)
+	o, _ := k.open(testVolumeKey, blobA)
 	_, done := k.startRead(o, 0, pageSize)
 	waitFor(t, "READ in flight", func() bool { return res.inflight.Load() == 1 })
 	k.send(&Msg{ID: 500, Op: OpClose, ObjectID: o.id})
@@ -481,7 +481,7 @@ func TestEmulatedBadMessagesAreDropped(t *testing.T) {
 	k.sendRaw(openWire[:20])                                // truncated
 	k.sendRaw(cat(le32(1), le32(7), le32(16), le32(1)))     // unknown opcode
 	k.send(&Msg{ID: 1, Op: OpRead, ObjectID: 4242, Len: 1}) // unknown object
-	o, size := k.open(VolumeKey(DefaultDomain), blobA)
+	o, size := k.open(testVolumeKey, blobA)
 	if size != pageSize {
 		t.Fatalf("size %d", size)
 	}
@@ -499,7 +499,7 @@ func TestEmulatedShutdownLeavesReadsForRestore(t *testing.T) {
 	gate := make(chan struct{}) // never opened: the READ is in flight at shutdown
 	res := &fakeResolver{blobs: map[string][]byte{blobA: pattern(pageSize, 6)}, gate: gate}
 	_, stop := startServer(t, k, res, Config{})
-	o, _ := k.open(VolumeKey(DefaultDomain), blobA)
+	o, _ := k.open(testVolumeKey, blobA)
 	_, done := k.startRead(o, 0, pageSize)
 	waitFor(t, "READ in flight", func() bool { return res.inflight.Load() == 1 })
 	stop()
@@ -606,15 +606,15 @@ func TestEmulatedMetrics(t *testing.T) {
 	res := &fakeResolver{blobs: map[string][]byte{blobA: a}, fail: map[string]error{blobB: errors.New("gone")}}
 	res.blobs[blobB] = pattern(pageSize, 8)
 	srv, _ := startServer(t, k, res, Config{Registerer: reg})
-	o, _ := k.open(VolumeKey(DefaultDomain), blobA)
+	o, _ := k.open(testVolumeKey, blobA)
 	if _, err := k.read(o, 0, uint64(len(a))); err != nil {
 		t.Fatal(err)
 	}
-	ob, _ := k.open(VolumeKey(DefaultDomain), blobB)
+	ob, _ := k.open(testVolumeKey, blobB)
 	if _, err := k.read(ob, 0, 1); !errors.Is(err, errEmuEIO) {
 		t.Fatal(err)
 	}
-	k.open(VolumeKey(DefaultDomain), "sha256:nothere")
+	k.open(testVolumeKey, "sha256:nothere")
 	for _, c := range []struct {
 		name, op string
 		want     float64
@@ -671,3 +671,6 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, op string) float6
 	t.Fatalf("no metric %s{op=%q}", name, op)
 	return 0
 }
+
+// testVolumeKey is the volume key the kernel sends for images mounted with domain_id=shoal.
+const testVolumeKey = "erofs,shoal"

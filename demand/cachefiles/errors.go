@@ -14,10 +14,6 @@ var (
 	ErrBadCommand = errors.New("invalid cachefiles command")
 	// ErrUnknownObject: a READ or CLOSE for an object id with no open anonymous fd.
 	ErrUnknownObject = errors.New("unknown cachefiles object")
-	// ErrBadMountOption: a mount option value that mount(2) would split or reject.
-	ErrBadMountOption = errors.New("invalid erofs fscache mount option")
-	// ErrBadKey: a volume or cookie key this package cannot map to a backing file name.
-	ErrBadKey = errors.New("unsupported fscache key")
 	// ErrHandover: the failover hand-off of the device fd failed.
 	ErrHandover = errors.New("cachefiles device handover failed")
 	// ErrClosed: the Server or Supervisor was closed.

@@ -19,9 +19,6 @@ const (
 	// CommandMaxSize is the longest command the device accepts in one write (PAGE_SIZE-1 on 4 KiB
 	// pages).
 	CommandMaxSize = 4095
-	// MaxCookieKey is the longest cookie key Shoal lets through: longer keys hit a BUG_ON in the
-	// kernel's key cooking.
-	MaxCookieKey = 252
 
 	headerSize     = 16 // struct cachefiles_msg
 	openHeaderSize = 16 // struct cachefiles_open without data

@@ -119,7 +119,6 @@ func TestCommands(t *testing.T) {
 		{CmdCopen(7, 12345), "copen 7,12345"},
 		{CmdCopen(4294967295, 0), "copen 4294967295,0"},
 		{CmdCopenError(7, 2), "copen 7,-2"},
-		{VolumeKey("shoal"), "erofs,shoal"},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("got %q, want %q", tc.got, tc.want)
@@ -134,31 +133,6 @@ func TestCommands(t *testing.T) {
 	} {
 		if s, err := bad(); !errors.Is(err, ErrBadCommand) {
 			t.Errorf("got %q, %v; want ErrBadCommand", s, err)
-		}
-	}
-}
-
-func TestMountOptions(t *testing.T) {
-	boot := "sha256:" + strings.Repeat("a", 64)
-	b1 := "sha256:" + strings.Repeat("b", 64)
-	b2 := "sha256:" + strings.Repeat("c", 64)
-	got, err := MountOptions(boot, "", []string{b1, b2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := "fsid=" + boot + ",domain_id=shoal,device=" + b1 + ",device=" + b2
-	if got != want {
-		t.Fatalf("got %q\nwant %q", got, want)
-	}
-	for _, tc := range [][3]any{
-		{"", "d", []string(nil)},
-		{boot, "a,b", []string(nil)},
-		{boot, "d", []string{"x=y"}},
-		{boot, "d", []string{""}},
-		{strings.Repeat("k", MaxCookieKey+1), "d", []string(nil)},
-	} {
-		if _, err := MountOptions(tc[0].(string), tc[1].(string), tc[2].([]string)); !errors.Is(err, ErrBadMountOption) {
-			t.Errorf("MountOptions%v = %v, want ErrBadMountOption", tc, err)
 		}
 	}
 }

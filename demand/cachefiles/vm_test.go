@@ -30,7 +30,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-p2p/shoal/chunkstore/layout"
+	"github.com/shoal-p2p/shoal/mount"
 )
 
 const (
@@ -102,7 +106,7 @@ func (img vmImage) mount(mnt string) error {
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return err
 	}
-	opts, err := MountOptions(img.boot, DefaultDomain, []string{img.blob})
+	opts, err := mount.FscacheOptions(img.boot, layout.DefaultDomain, []string{img.blob})
 	if err != nil {
 		return err
 	}
@@ -269,7 +273,7 @@ func TestKernelInVM(t *testing.T) {
 	// (umount); since step 3 they must be where BackingPath says.
 	var missing []string
 	for _, key := range []string{a.boot, a.blob} {
-		p, err := BackingPath(cacheDir, VolumeKey(DefaultDomain), key)
+		p, err := layout.BackingPath(cacheDir, layout.DefaultDomain, digest.Digest(key))
 		if st, serr := os.Stat(p); err != nil || serr != nil || st.Size() == 0 {
 			missing = append(missing, fmt.Sprintf("%s: %v %v", p, err, serr))
 		}
@@ -394,7 +398,7 @@ type vmResolver struct {
 }
 
 func (r *vmResolver) Lookup(volumeKey, cookieKey string) (int64, bool) {
-	if volumeKey != VolumeKey(DefaultDomain) {
+	if volumeKey != layout.VolumeKey(layout.DefaultDomain) {
 		return 0, false
 	}
 	size, ok := r.sizes[cookieKey]

@@ -14,6 +14,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/demand"
 )
 
@@ -416,14 +417,14 @@ func (d *Daemon) Stats() StatsReport {
 		Peers:          []PeerReport{},
 		Uptime:         time.Since(d.started).Seconds(),
 	}
-	src := func(s demand.Source) demand.SourceStats { return rs.Sources[s] }
-	rep.Bytes.Local = src(demand.SourceLocal).Bytes
-	rep.Bytes.Dedup, rep.Chunks.Dedup = src(demand.SourceDedup).Bytes, src(demand.SourceDedup).Chunks
-	rep.Bytes.Peers, rep.Chunks.Peers = src(demand.SourcePeers).Bytes, src(demand.SourcePeers).Chunks
-	rep.Bytes.Origin, rep.Chunks.Origin = src(demand.SourceOrigin).Bytes, src(demand.SourceOrigin).Chunks
-	for _, s := range []demand.Source{demand.SourceDedup, demand.SourcePeers, demand.SourceOrigin} {
+	src := func(s chunk.Source) demand.SourceStats { return rs.Sources[s] }
+	rep.Bytes.Local = src(chunk.SourceLocal).Bytes
+	rep.Bytes.Dedup, rep.Chunks.Dedup = src(chunk.SourceDedup).Bytes, src(chunk.SourceDedup).Chunks
+	rep.Bytes.Peers, rep.Chunks.Peers = src(chunk.SourcePeer).Bytes, src(chunk.SourcePeer).Chunks
+	rep.Bytes.Origin, rep.Chunks.Origin = src(chunk.SourceOrigin).Bytes, src(chunk.SourceOrigin).Chunks
+	for key, s := range map[string]chunk.Source{"dedup": chunk.SourceDedup, "peers": chunk.SourcePeer, "origin": chunk.SourceOrigin} {
 		if st := src(s); st.Chunks > 0 {
-			rep.Latency[string(s)] = Lat{ms(st.P50), ms(st.P99)}
+			rep.Latency[key] = Lat{ms(st.P50), ms(st.P99)}
 		}
 	}
 	if f := rep.Bytes.Peers + rep.Bytes.Dedup + rep.Bytes.Origin; f > 0 {

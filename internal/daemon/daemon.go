@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/demand"
 	"github.com/shoal-p2p/shoal/origin"
@@ -135,7 +136,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	rcfg.PrefetchWorkers = max(1, cfg.Workers/4)
 	rcfg.Logger = log
 	rcfg.Registerer = reg
-	d.resolver, err = demand.New(store, peersAdapter{node}, rcfg)
+	d.resolver, err = demand.New(store, node, rcfg)
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -160,21 +161,13 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 // fetches for the cluster (fetch-through) are kept.
 type storeChunks struct{ *chunkstore.Store }
 
-func (s storeChunks) PutChunk(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, data []byte) error {
+func (s storeChunks) PutChunk(ctx context.Context, blob digest.Digest, c chunk.Chunk, data []byte) error {
 	return s.WriteChunk(ctx, blob, c, data)
 }
 
 var _ p2p.ChunkWriter = storeChunks{}
 
-// peersAdapter is the p2p node as the resolver sees it.
-type peersAdapter struct{ n *p2p.Node }
-
-func (p peersAdapter) Fetch(ctx context.Context, blob digest.Digest, c bootstrap.Chunk, fromOrigin func(context.Context) ([]byte, error)) ([]byte, bool, error) {
-	data, src, err := p.n.Fetch(ctx, blob, c, fromOrigin)
-	return data, src == p2p.SourceOrigin, err
-}
-
-var _ demand.Peers = peersAdapter{}
+var _ demand.Peers = (*p2p.Node)(nil)
 
 // Run serves until ctx ends: the p2p node, the control API, the admin listener, and the images
 // and mounts restored from the last run. On return everything is unmounted and closed.
@@ -377,7 +370,7 @@ func (d *Daemon) registerImage(ctx context.Context, ref string, src origin.Sourc
 			return nil, fmt.Errorf("image %s: %w", ref, err)
 		}
 		blob := b.Digest
-		fromOrigin := func(ctx context.Context, c bootstrap.Chunk) ([]byte, error) {
+		fromOrigin := func(ctx context.Context, c chunk.Chunk) ([]byte, error) {
 			return src.ReadRange(ctx, blob, c.Offset, c.Length)
 		}
 		if err := d.node.RegisterBlob(b.Manifest, p2p.OriginFunc(fromOrigin)); err != nil {
@@ -417,7 +410,7 @@ func (d *Daemon) pinImage(im *image, on bool) {
 	}
 }
 
-func (d *Daemon) presentChunks(m *bootstrap.Manifest) []bootstrap.Chunk {
+func (d *Daemon) presentChunks(m *chunk.Manifest) []chunk.Chunk {
 	missing, err := d.store.Missing(m.Blob, 0, m.BlobSize)
 	if err != nil {
 		return nil
@@ -426,7 +419,7 @@ func (d *Daemon) presentChunks(m *bootstrap.Manifest) []bootstrap.Chunk {
 	for _, c := range missing {
 		miss[c.Offset] = true
 	}
-	var out []bootstrap.Chunk
+	var out []chunk.Chunk
 	for _, c := range m.Chunks {
 		if !miss[c.Offset] {
 			out = append(out, c)
@@ -469,7 +462,7 @@ func (d *Daemon) fetchBootstrap(ctx context.Context, src origin.Source, im *boot
 		return "", err
 	}
 	if n != desc.Size || h.Digest() != desc.Digest {
-		return "", fmt.Errorf("bootstrap %s: got %d bytes with digest %s: %w", desc.Digest, n, h.Digest(), bootstrap.ErrCorrupt)
+		return "", fmt.Errorf("bootstrap %s: got %d bytes with digest %s: %w", desc.Digest, n, h.Digest(), chunk.ErrCorrupt)
 	}
 	f, err := os.Open(tmp.Name())
 	if err != nil {
@@ -554,12 +547,12 @@ func (d *Daemon) readOrderPath(blob digest.Digest) string {
 	return filepath.Join(d.cfg.DataDir, "readorder", blob.Encoded()+".json")
 }
 
-func (d *Daemon) loadReadOrder(blob digest.Digest) []demand.Range {
+func (d *Daemon) loadReadOrder(blob digest.Digest) []chunk.Range {
 	b, err := os.ReadFile(d.readOrderPath(blob))
 	if err != nil {
 		return nil
 	}
-	var order []demand.Range
+	var order []chunk.Range
 	if err := json.Unmarshal(b, &order); err != nil {
 		d.log.Warn("ignoring a damaged read order", "blob", blob, "err", err)
 		return nil

@@ -15,6 +15,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-p2p/shoal/chunkstore/layout"
 	"github.com/shoal-p2p/shoal/demand/cachefiles"
 	"github.com/shoal-p2p/shoal/mount"
 )
@@ -28,7 +29,7 @@ func init() {
 		if d.handover != "" || running {
 			return nil // the supervisor holds the device for us, or we already do
 		}
-		return probeMode(d, mount.Fscache) // opens /dev/cachefiles and binds a scratch cache
+		return probeMode(d.cfg.DataDir, mount.Fscache) // opens /dev/cachefiles and binds a scratch cache
 	}
 }
 
@@ -140,7 +141,7 @@ func (r fscacheResolver) bootstrap(key string) (string, int64, bool) {
 }
 
 func (r fscacheResolver) Lookup(volumeKey, cookieKey string) (int64, bool) {
-	if volumeKey != cachefiles.VolumeKey(r.d.cfg.Domain) {
+	if volumeKey != layout.VolumeKey(r.d.cfg.Domain) {
 		return 0, false
 	}
 	if _, size, ok := r.bootstrap(cookieKey); ok {

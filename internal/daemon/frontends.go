@@ -18,9 +18,9 @@ import (
 
 func init() {
 	frontendFactories["fuse"] = newFuseFrontend
-	probeFuncs["fuse"] = func(d *Daemon) error { return probeMode(d, mount.FUSE) }
+	probeFuncs["fuse"] = func(d *Daemon) error { return probeMode(d.cfg.DataDir, mount.FUSE) }
 	frontendFactories["fanotify"] = newFanotifyFrontend
-	probeFuncs["fanotify"] = func(d *Daemon) error { return probeMode(d, mount.Fanotify) }
+	probeFuncs["fanotify"] = func(d *Daemon) error { return probeMode(d.cfg.DataDir, mount.Fanotify) }
 	cleanupStaleMount = func(log *slog.Logger, mp string) {
 		// Only an image mount: whatever else someone mounted there since is theirs.
 		all, err := mount.ParseMountinfoFile("/proc/self/mountinfo")
@@ -37,9 +37,6 @@ func init() {
 		}
 	}
 }
-
-// probeMode asks package mount whether a mode works here, with its reason if not.
-func probeMode(d *Daemon, m mount.Mode) error { return mount.ProbeMode(d.cfg.DataDir, m) }
 
 // fileBackedOptions: directio keeps blob data from being cached twice (backing file and EROFS
 // page cache).

@@ -29,7 +29,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/time/rate"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/p2p"
 )
 
@@ -55,7 +55,7 @@ func (s *store) ReadChunk(_ context.Context, c cid.Cid) ([]byte, error) {
 	return nil, errors.New("not found")
 }
 
-func (s *store) PutChunk(_ context.Context, blob digest.Digest, c bootstrap.Chunk, data []byte) error {
+func (s *store) PutChunk(_ context.Context, blob digest.Digest, c chunk.Chunk, data []byte) error {
 	s.mu.Lock()
 	s.m[c.CID] = data
 	s.mu.Unlock()
@@ -70,7 +70,7 @@ type origin struct {
 	bytes   atomic.Int64
 }
 
-func (o *origin) fetch(ctx context.Context, c bootstrap.Chunk) ([]byte, error) {
+func (o *origin) fetch(ctx context.Context, c chunk.Chunk) ([]byte, error) {
 	select {
 	case <-time.After(o.latency):
 	case <-ctx.Done():
@@ -86,7 +86,7 @@ func (o *origin) fetch(ctx context.Context, c bootstrap.Chunk) ([]byte, error) {
 	return b, nil
 }
 
-func image(n int, size int64, seed uint64) (*bootstrap.Manifest, map[cid.Cid][]byte) {
+func image(n int, size int64, seed uint64) (*chunk.Manifest, map[cid.Cid][]byte) {
 	r := rand.New(rand.NewPCG(seed, 2))
 	blob := make([]byte, int64(n)*size)
 	for i := 0; i+8 <= len(blob); i += 8 {
@@ -95,7 +95,7 @@ func image(n int, size int64, seed uint64) (*bootstrap.Manifest, map[cid.Cid][]b
 			blob[i+k] = byte(v >> (8 * k))
 		}
 	}
-	m, err := bootstrap.FixedManifest(bytes.NewReader(blob), digest.FromBytes(blob), int64(len(blob)), size)
+	m, err := chunk.FixedManifest(bytes.NewReader(blob), digest.FromBytes(blob), int64(len(blob)), size)
 	if err != nil {
 		panic(err)
 	}
@@ -141,8 +141,8 @@ func closeAll(nodes []*node) {
 }
 
 // read fetches every chunk of m on n with workers in parallel; direct skips p2p entirely.
-func read(ctx context.Context, n *node, m *bootstrap.Manifest, o *origin, workers int, direct bool, lat *[]time.Duration, mu *sync.Mutex) error {
-	next := make(chan bootstrap.Chunk)
+func read(ctx context.Context, n *node, m *chunk.Manifest, o *origin, workers int, direct bool, lat *[]time.Duration, mu *sync.Mutex) error {
+	next := make(chan chunk.Chunk)
 	go func() {
 		defer close(next)
 		for _, c := range m.Chunks {
@@ -168,7 +168,7 @@ func read(ctx context.Context, n *node, m *bootstrap.Manifest, o *origin, worker
 					data, _, err = n.Fetch(ctx, m.Blob, c, func(ctx context.Context) ([]byte, error) { return o.fetch(ctx, c) })
 				}
 				if err == nil {
-					err = bootstrap.VerifyChunk(c.CID, data)
+					err = chunk.Verify(c.CID, data)
 				}
 				if err != nil {
 					firstErr.CompareAndSwap(nil, err)
@@ -335,7 +335,7 @@ func throughput(ctx context.Context, total int64, chunkSize int64) (p2pMBs, tcpM
 			return 0, 0, err
 		}
 		// The p2p path verifies each chunk; so does the baseline, to compare transports alone.
-		_ = bootstrap.ChunkCID(buf)
+		_ = chunk.CID(buf)
 	}
 	tcpMBs = float64(total) / (1 << 20) / time.Since(start).Seconds()
 	return p2pMBs, tcpMBs, nil

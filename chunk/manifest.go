@@ -1,4 +1,4 @@
-package bootstrap
+package chunk
 
 import (
 	"crypto/sha256"
@@ -78,21 +78,21 @@ type Manifest struct {
 // ErrCorrupt is wrapped by every error that reports bytes which do not match their CID.
 var ErrCorrupt = errors.New("content does not match its address")
 
-// ChunkCID returns the CID Shoal gives to data: CIDv1, raw codec, sha2-256.
-func ChunkCID(data []byte) cid.Cid {
+// CID returns the CID Shoal gives to data: CIDv1, raw codec, sha2-256.
+func CID(data []byte) cid.Cid {
 	sum := sha256.Sum256(data)
 	mh, _ := multihash.Encode(sum[:], multihash.SHA2_256) // cannot fail for a known code and 32 bytes
 	return cid.NewCidV1(cid.Raw, mh)
 }
 
-// VerifyChunk reports whether data is exactly the bytes named by id. Only sha2-256 raw CIDs are
+// Verify reports whether data is exactly the bytes named by id. Only sha2-256 raw CIDs are
 // accepted: a CID naming another hash is an error, not a pass.
-func VerifyChunk(id cid.Cid, data []byte) error {
+func Verify(id cid.Cid, data []byte) error {
 	pref := id.Prefix()
 	if pref.Version != 1 || pref.Codec != cid.Raw || pref.MhType != multihash.SHA2_256 {
 		return fmt.Errorf("chunk %s: unsupported cid prefix (want v1 raw sha2-256): %w", id, ErrCorrupt)
 	}
-	if got := ChunkCID(data); !got.Equals(id) {
+	if got := CID(data); !got.Equals(id) {
 		return fmt.Errorf("chunk %s: %d bytes hash to %s: %w", id, len(data), got, ErrCorrupt)
 	}
 	return nil
@@ -190,7 +190,7 @@ func FixedManifest(r io.ReaderAt, dgst digest.Digest, size, chunkSize int64) (*M
 			}
 			return nil, fmt.Errorf("fixed chunking of %s at %d: %w", dgst, off, err)
 		}
-		m.Chunks = append(m.Chunks, Chunk{Offset: off, Length: n, CID: ChunkCID(buf[:n])})
+		m.Chunks = append(m.Chunks, Chunk{Offset: off, Length: n, CID: CID(buf[:n])})
 	}
 	return m, nil
 }

@@ -1,18 +1,13 @@
-package cachefiles
+package mount
 
 import (
 	"fmt"
 	"strings"
+
+	"github.com/shoal-p2p/shoal/chunkstore/layout"
 )
 
-// DefaultDomain is the EROFS domain_id Shoal mounts with: every image shares one fscache volume,
-// so a blob used by two images is one cookie and one backing file.
-const DefaultDomain = "shoal"
-
-// VolumeKey is the volume key the kernel sends in OPEN for images mounted with domain_id=domain.
-func VolumeKey(domain string) string { return "erofs," + domain }
-
-// MountOptions returns the data argument of
+// FscacheOptions returns the data argument of
 //
 //	mount("none", mnt, "erofs", MS_RDONLY, opts)
 //
@@ -20,11 +15,7 @@ func VolumeKey(domain string) string { return "erofs," + domain }
 // volume, and one device= per extra device, in device-table order. In fscache mode EROFS does not
 // open device= as a path: the string becomes the cookie key of that blob (fs/erofs/super.c,
 // erofs_init_device), and the number of device= options must equal the image's extra devices.
-// An empty domain means DefaultDomain.
-func MountOptions(bootstrap, domain string, blobs []string) (string, error) {
-	if domain == "" {
-		domain = DefaultDomain
-	}
+func FscacheOptions(bootstrap, domain string, blobs []string) (string, error) {
 	if err := checkMountValue("domain_id", domain); err != nil {
 		return "", err
 	}
@@ -46,11 +37,11 @@ func MountOptions(bootstrap, domain string, blobs []string) (string, error) {
 func checkMountValue(name, v string) error {
 	switch {
 	case v == "":
-		return fmt.Errorf("%w: %s is empty", ErrBadMountOption, name)
-	case len(v) > MaxCookieKey:
-		return fmt.Errorf("%w: %s %q is longer than %d bytes", ErrBadMountOption, name, v, MaxCookieKey)
+		return fmt.Errorf("%w: %s is empty", ErrBadOption, name)
+	case len(v) > layout.MaxCookieKeyLen:
+		return fmt.Errorf("%w: %s %q is longer than %d bytes", ErrBadOption, name, v, layout.MaxCookieKeyLen)
 	case strings.ContainsAny(v, ",= \t\n\x00\"'\\"):
-		return fmt.Errorf("%w: %s %q contains a separator, quote or whitespace", ErrBadMountOption, name, v)
+		return fmt.Errorf("%w: %s %q contains a separator, quote or whitespace", ErrBadOption, name, v)
 	}
 	return nil
 }

@@ -1,13 +1,17 @@
-package chunkstore
+package layout
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/bits"
 	"path/filepath"
 
 	"github.com/opencontainers/go-digest"
 )
+
+// ErrInvalid is wrapped by errors about keys and xattrs that do not fit the layout.
+var ErrInvalid = errors.New("not in the cachefiles layout")
 
 // DefaultDomain is the fscache domain (the volume key is "erofs,<domain>") used when
 // Config.Domain is empty. The fscache frontend mounts with domain_id=<domain>.
@@ -39,15 +43,15 @@ func CookieKey(d digest.Digest) (string, error) {
 	if err := d.Validate(); err != nil {
 		return "", fmt.Errorf("cookie key of %q: %w: %w", k, ErrInvalid, err)
 	}
-	if !plainKey(k) {
+	if !PlainKey(k) {
 		return "", fmt.Errorf("cookie key %q: not storable in cachefiles' plain D form: %w", k, ErrInvalid)
 	}
 	return k, nil
 }
 
-// plainKey reports whether cachefiles stores key as "D"+key: every byte in 33..46 or 48..127
+// PlainKey reports whether cachefiles stores key as "D"+key: every byte in 33..46 or 48..127
 // (printable, no '/') and at most MaxCookieKeyLen bytes.
-func plainKey(k string) bool {
+func PlainKey(k string) bool {
 	if len(k) == 0 || len(k) > MaxCookieKeyLen {
 		return false
 	}
