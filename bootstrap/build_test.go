@@ -247,7 +247,7 @@ func checkCoverage(t *testing.T, bi *builtImage) {
 			if _, err := bi.blobs[i].ReadAt(buf, c.Offset); err != nil {
 				t.Fatalf("chunk at %d: %v", c.Offset, err)
 			}
-			if err := chunk.Verify(c.CID, buf); err != nil {
+			if _, err := chunk.Verify(c.CID, buf); err != nil {
 				t.Fatal(err)
 			}
 		}

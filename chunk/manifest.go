@@ -85,17 +85,38 @@ func CID(data []byte) cid.Cid {
 	return cid.NewCidV1(cid.Raw, mh)
 }
 
-// Verify reports whether data is exactly the bytes named by id. Only sha2-256 raw CIDs are
-// accepted: a CID naming another hash is an error, not a pass.
-func Verify(id cid.Cid, data []byte) error {
+// Verified is a chunk's bytes known to match its CID. Only Verify makes one, so a function that
+// takes a Verified needs no hash of its own: each chunk is hashed once per source on its way to
+// the store.
+type Verified struct {
+	id   cid.Cid
+	data []byte
+}
+
+// CID is the CID the bytes were verified against.
+func (v Verified) CID() cid.Cid { return v.id }
+
+// Bytes are the verified bytes. They may be shared with other holders of v: do not modify them.
+func (v Verified) Bytes() []byte { return v.data }
+
+// Len is the number of bytes.
+func (v Verified) Len() int64 { return int64(len(v.data)) }
+
+// IsZero reports whether v is the zero Verified (no bytes were verified).
+func (v Verified) IsZero() bool { return !v.id.Defined() }
+
+// Verify checks that data is exactly the bytes named by id and returns them as Verified. Only
+// sha2-256 raw CIDs are accepted: a CID naming another hash is an error, not a pass. Errors wrap
+// ErrCorrupt.
+func Verify(id cid.Cid, data []byte) (Verified, error) {
 	pref := id.Prefix()
 	if pref.Version != 1 || pref.Codec != cid.Raw || pref.MhType != multihash.SHA2_256 {
-		return fmt.Errorf("chunk %s: unsupported cid prefix (want v1 raw sha2-256): %w", id, ErrCorrupt)
+		return Verified{}, fmt.Errorf("chunk %s: unsupported cid prefix (want v1 raw sha2-256): %w", id, ErrCorrupt)
 	}
 	if got := CID(data); !got.Equals(id) {
-		return fmt.Errorf("chunk %s: %d bytes hash to %s: %w", id, len(data), got, ErrCorrupt)
+		return Verified{}, fmt.Errorf("chunk %s: %d bytes hash to %s: %w", id, len(data), got, ErrCorrupt)
 	}
-	return nil
+	return Verified{id: id, data: data}, nil
 }
 
 // Validate checks the manifest's own consistency: known schema and chunking, sorted,

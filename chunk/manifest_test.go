@@ -42,7 +42,8 @@ func TestFixedManifest(t *testing.T) {
 	}
 	must(t, m.Validate())
 	for _, c := range m.Chunks {
-		must(t, Verify(c.CID, blob[c.Offset:c.End()]))
+		_, err := Verify(c.CID, blob[c.Offset:c.End()])
+		must(t, err)
 	}
 	if _, err := FixedManifest(bytes.NewReader(blob[:10]), m.Blob, int64(len(blob)), BlockSize); err == nil {
 		t.Fatal("short blob accepted")
@@ -60,11 +61,15 @@ func TestVerify(t *testing.T) {
 		// the expected value was computed independently (python hashlib + base32).
 		t.Fatalf("CID changed: %s", id)
 	}
-	must(t, Verify(id, data))
-	if err := Verify(id, []byte("hello chunK")); !errors.Is(err, ErrCorrupt) {
+	v, err := Verify(id, data)
+	must(t, err)
+	if !v.CID().Equals(id) || string(v.Bytes()) != string(data) || v.Len() != int64(len(data)) || v.IsZero() {
+		t.Fatalf("Verified = %v %q", v.CID(), v.Bytes())
+	}
+	if v, err := Verify(id, []byte("hello chunK")); !errors.Is(err, ErrCorrupt) || !v.IsZero() {
 		t.Fatalf("tampered data: %v", err)
 	}
-	if err := Verify(id, data[:5]); !errors.Is(err, ErrCorrupt) {
+	if _, err := Verify(id, data[:5]); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("truncated data: %v", err)
 	}
 }

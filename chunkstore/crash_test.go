@@ -131,7 +131,7 @@ func TestCrashConsistency(t *testing.T) {
 				if _, err := unix.Pread(fd, buf, c.Offset); err != nil {
 					t.Fatalf("round %d: %v", round, err)
 				}
-				if err := chunk.Verify(c.CID, buf); err != nil {
+				if _, err := chunk.Verify(c.CID, buf); err != nil {
 					t.Fatalf("round %d: chunk at %d of %s is present in the index but its bytes are wrong: %v", round, c.Offset, b.Digest(), err)
 				}
 			}

@@ -1,10 +1,9 @@
 // Package chunkstore keeps verified chunks on local disk, in backing files laid out exactly as the
 // kernel's cachefiles backend lays them out, indexed in badger.
 //
-// It owns the cache directory: backing files at
-// <dir>/cache/I<volume key>/@<hh>/D<cookie key> (VolumeKey, CookieKey, FanDir, BackingPath,
-// FscacheHash), with the user.CacheFiles.cache xattrs the kernel checks (DataXattr, VolumeXattr),
-// so one directory serves the fscache, fanotify and FUSE frontends and survives switching between
+// It owns the cache directory: backing files at <dir>/cache/I<volume key>/@<hh>/D<cookie key>,
+// with the user.CacheFiles.cache xattrs the kernel checks (their names and formats are the leaf
+// package chunkstore/layout's), so one directory serves the fscache, fanotify and FUSE frontends and survives switching between
 // them. The cookie key of a blob or bootstrap is its digest string ("sha256:…"); the volume key is
 // "erofs,<Config.Domain>". It does not fetch, announce or mount anything: frontends and the p2p
 // layer call it.
@@ -15,14 +14,25 @@
 //	if err != nil { ... }
 //	defer s.Close()
 //	_ = s.AddBlob(ctx, manifest)                    // sparse backing file + xattr, idempotent
-//	err = s.WriteChunk(ctx, manifest.Blob, c, data) // verify, pwrite, fdatasync, mark present
+//	err = s.Put(ctx, manifest.Blob, c, verified)    // pwrite, fdatasync, mark present (no hash)
+//	err = s.WriteChunk(ctx, manifest.Blob, c, data) // untrusted bytes: verify, then Put
 //	missing, _ := s.Missing(manifest.Blob, off, n)  // what to fetch for a read
 //	n, err := s.ReadAt(manifest.Blob, p, off)       // FUSE reads (ErrNotFound if not present)
-//	data, err := s.ReadChunk(ctx, c.CID)            // peers: by CID from any blob, verified
+//	v, err := s.ReadChunk(ctx, c.CID)               // peers, dedup: by CID from any blob, verified
 //	cancel := s.Subscribe(func(e chunkstore.Event) { /* ChunkAdded / ChunkEvicted */ })
 //	_ = s.Pin(manifest.Blob, imageDigest)           // never evicted while pinned
-//	// Kernel frontends write through their own fd, then:
-//	err = s.MarkPresent(ctx, manifest.Blob, c)      // store reads back, verifies, syncs, marks
+//
+// Put is the only way chunk data enters the store, in every mount mode: the fscache frontend's
+// kernel reads the store's own backing files, so nothing is copied a second time. A chunk costs
+// one pwrite (from a pooled page-aligned buffer: one copy), a share of one fdatasync and one
+// index batch (group commit), and no hash: the caller's chunk.Verified says it was verified.
+//
+// # Presence
+//
+// Which chunks are present is answered from memory: per blob, one bit per chunk of its manifest
+// (presence.go), loaded from the index on first use and kept in step with it under the index
+// lock, so Missing, ReadAt and the write path's "already present?" cost a few bit tests, not an
+// index scan.
 //
 // # Index
 //
@@ -47,8 +57,8 @@
 //     index calls present reads back as its bytes. The index itself is not fsynced per write, so a
 //     power loss can forget recent presence: those chunks are fetched again.
 //   - Eviction reverses the order: the index deletion is synced (DB.Sync) before holes are punched.
-//   - A crash between pwrite and the index write leaves unindexed data; ScanBlob adopts it after
-//     verifying.
+//   - A crash between pwrite and the index write leaves unindexed data: the chunk is simply
+//     fetched and written again.
 //   - Open reconciles: a backing file whose inode, size and ctime match what Close recorded is
 //     trusted (one stat per blob); any other file (written since, truncated, recreated, missing) is
 //     checked with SEEK_DATA/SEEK_HOLE and chunks whose ranges are not all data lose presence.

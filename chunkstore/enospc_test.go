@@ -102,7 +102,7 @@ func checkPresent(t *testing.T, s *chunkstore.Store, b storetest.Blob) {
 		if _, err := s.ReadAt(b.Digest(), buf, c.Offset); err != nil {
 			t.Fatal(err)
 		}
-		if err := chunk.Verify(c.CID, buf); err != nil {
+		if _, err := chunk.Verify(c.CID, buf); err != nil {
 			t.Fatalf("present chunk at %d: %v", c.Offset, err)
 		}
 	}

@@ -158,6 +158,15 @@ func (s *Store) removeChunks(b *blobState, chunks []chunk.Chunk, evicted bool) (
 	b.presentBytes.Add(-sum)
 	b.presentChunks.Add(-int64(len(gone)))
 	s.used.Add(-sum)
+	if m, err := s.manifest(b); err == nil {
+		for _, c := range gone {
+			if i := indexAt(m, c.Offset); i >= 0 {
+				b.have.clear(i)
+			}
+		}
+	} else {
+		b.have.p.Store(nil) // reloaded from the (already updated) index on next use
+	}
 	s.idxMu.Unlock()
 
 	if f, err := s.files.get(b.path); err == nil {

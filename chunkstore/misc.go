@@ -87,7 +87,6 @@ func newMetrics(s *Store, reg prometheus.Registerer) (*metrics, error) {
 	}
 	counter("written_bytes_total", "Chunk bytes written to the store.", s.ctr.bytesWritten.Load)
 	counter("written_chunks_total", "Chunks written to the store.", s.ctr.chunksWritten.Load)
-	counter("marked_chunks_total", "Chunks written by a kernel frontend and marked present.", s.ctr.chunksMarked.Load)
 	counter("evicted_chunks_total", "Chunks evicted to stay under the size limit.", s.ctr.chunksEvicted.Load)
 	counter("evicted_bytes_total", "Bytes evicted to stay under the size limit.", s.ctr.bytesEvicted.Load)
 	counter("verify_failures_total", "Chunks whose bytes did not match their CID.", s.ctr.verifyFailures.Load)

@@ -22,19 +22,12 @@ func (s *Store) HasChunk(blob digest.Digest, c chunk.Chunk) bool {
 }
 
 func (s *Store) hasChunk(b *blobState, c chunk.Chunk) bool {
-	ok := false
-	_ = s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(presentKey(b.digest, c.Offset))
-		if err != nil {
-			return nil
-		}
-		return item.Value(func(v []byte) error {
-			l, id, err := decodePresent(v)
-			ok = err == nil && l == c.Length && id.Equals(c.CID)
-			return nil
-		})
-	})
-	return ok
+	i, err := s.chunkIndex(b, c)
+	if err != nil {
+		return false
+	}
+	have, err := s.presence(b)
+	return err == nil && have.has(i)
 }
 
 // PresentTotals returns the bytes and chunks of blob that are present, from counters the store
@@ -66,38 +59,16 @@ func (s *Store) missing(b *blobState, m *chunk.Manifest, off, length int64) ([]c
 	if len(want) == 0 {
 		return nil, nil
 	}
-	var out []chunk.Chunk
-	err := s.db.View(func(txn *badger.Txn) error {
-		prefix := presentPrefix(b.digest)
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: prefix})
-		defer it.Close()
-		it.Seek(presentKey(b.digest, want[0].Offset))
-		for _, c := range want {
-			for it.Valid() {
-				o, err := decodePresentKey(it.Item().Key(), b.digest)
-				if err != nil || o >= c.Offset {
-					break
-				}
-				it.Next()
-			}
-			present := false
-			if it.Valid() {
-				if o, err := decodePresentKey(it.Item().Key(), b.digest); err == nil && o == c.Offset {
-					_ = it.Item().Value(func(v []byte) error {
-						l, id, err := decodePresent(v)
-						present = err == nil && l == c.Length && id.Equals(c.CID)
-						return nil
-					})
-				}
-			}
-			if !present {
-				out = append(out, c)
-			}
-		}
-		return nil
-	})
+	have, err := s.presence(b)
 	if err != nil {
 		return nil, fmt.Errorf("missing chunks of blob %s: %w", b.digest, err)
+	}
+	first := indexAt(m, want[0].Offset)
+	var out []chunk.Chunk
+	for k, c := range want {
+		if !have.has(first + k) {
+			out = append(out, c)
+		}
 	}
 	return out, nil
 }
@@ -182,29 +153,29 @@ func (s *Store) locations(id cid.Cid, max int) []location {
 }
 
 // ReadChunk returns the bytes of a present chunk with this CID from whichever blob holds it,
-// verified against the CID. A copy that fails verification is dropped (and reported as evicted)
-// and the next is tried.
-func (s *Store) ReadChunk(ctx context.Context, id cid.Cid) ([]byte, error) {
+// verified against the CID (what is on disk may have rotted since it was written). A copy that
+// fails verification is dropped (and reported as evicted) and the next is tried.
+func (s *Store) ReadChunk(ctx context.Context, id cid.Cid) (chunk.Verified, error) {
 	if err := s.enter(); err != nil {
-		return nil, err
+		return chunk.Verified{}, err
 	}
 	defer s.leave()
 	var lastErr error
 	for _, loc := range s.locations(id, 16) {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return chunk.Verified{}, err
 		}
 		b, err := s.blob(loc.blob)
 		if err != nil {
 			continue
 		}
 		c := chunk.Chunk{Offset: loc.off, Length: loc.length, CID: id}
-		data, err := s.readChunk(b, c)
+		v, err := s.readChunk(b, c)
 		if err == nil {
 			s.ctr.chunksRead.Add(1)
-			s.ctr.bytesRead.Add(int64(len(data)))
+			s.ctr.bytesRead.Add(v.Len())
 			b.touch()
-			return data, nil
+			return v, nil
 		}
 		lastErr = err
 		if errors.Is(err, ErrCorrupt) {
@@ -216,30 +187,31 @@ func (s *Store) ReadChunk(ctx context.Context, id cid.Cid) ([]byte, error) {
 		}
 	}
 	if lastErr != nil && !errors.Is(lastErr, ErrNotFound) && !errors.Is(lastErr, ErrCorrupt) {
-		return nil, fmt.Errorf("read chunk %s: %w", id, lastErr)
+		return chunk.Verified{}, fmt.Errorf("read chunk %s: %w", id, lastErr)
 	}
-	return nil, fmt.Errorf("read chunk %s: %w", id, ErrNotFound)
+	return chunk.Verified{}, fmt.Errorf("read chunk %s: %w", id, ErrNotFound)
 }
 
-func (s *Store) readChunk(b *blobState, c chunk.Chunk) ([]byte, error) {
+func (s *Store) readChunk(b *blobState, c chunk.Chunk) (chunk.Verified, error) {
 	b.lock.RLock()
 	defer b.lock.RUnlock()
 	if !s.hasChunk(b, c) {
-		return nil, fmt.Errorf("chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.digest, ErrNotFound)
+		return chunk.Verified{}, fmt.Errorf("chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.digest, ErrNotFound)
 	}
 	f, err := s.files.get(b.path)
 	if err != nil {
-		return nil, fmt.Errorf("read chunk %s of blob %s: %w", c.CID, b.digest, classify(err))
+		return chunk.Verified{}, fmt.Errorf("read chunk %s of blob %s: %w", c.CID, b.digest, classify(err))
 	}
 	defer s.files.put(f)
 	buf := make([]byte, c.Length)
 	if err := preadFull(f.fd, buf, c.Offset); err != nil {
-		return nil, fmt.Errorf("read chunk %s at %d of blob %s from %s: %w", c.CID, c.Offset, b.digest, b.path, classify(err))
+		return chunk.Verified{}, fmt.Errorf("read chunk %s at %d of blob %s from %s: %w", c.CID, c.Offset, b.digest, b.path, classify(err))
 	}
-	if err := chunk.Verify(c.CID, buf); err != nil {
-		return nil, fmt.Errorf("read chunk at %d of blob %s from %s: %w: %w", c.Offset, b.digest, b.path, ErrCorrupt, err)
+	v, err := chunk.Verify(c.CID, buf)
+	if err != nil {
+		return chunk.Verified{}, fmt.Errorf("read chunk at %d of blob %s from %s: %w: %w", c.Offset, b.digest, b.path, ErrCorrupt, err)
 	}
-	return buf, nil
+	return v, nil
 }
 
 // ReadAt reads len(p) bytes of the blob at off, like io.ReaderAt. Every chunk overlapping the

@@ -13,7 +13,8 @@ import (
 // change time match what Close recorded is trusted as is (the common case after a clean
 // shutdown: one stat per blob). Any other file is checked with SEEK_DATA/SEEK_HOLE: a chunk the
 // index calls present whose range is not all data (hole, or past a truncated end) is dropped.
-// Data that is present in the file but not in the index is left for ScanBlob.
+// Data that is present in the file but not in the index is ignored: those chunks are fetched and
+// written again.
 func (s *Store) reconcileAll() (reconciled int, dropped int64, err error) {
 	for _, b := range s.blobs {
 		n, checked, err := s.reconcile(b)

@@ -25,7 +25,7 @@ import (
 type EventKind int
 
 const (
-	// ChunkAdded: the chunk became present (written, or marked after a frontend wrote it).
+	// ChunkAdded: the chunk became present (written and made durable).
 	ChunkAdded EventKind = iota + 1
 	// ChunkEvicted: the chunk is no longer present (evicted, or dropped after failing
 	// verification or reconciliation). Peers should stop being told we have it.
@@ -54,10 +54,9 @@ type Event struct {
 type Stats struct {
 	BytesWritten   int64 // chunk bytes written by WriteChunk
 	ChunksWritten  int64
-	ChunksMarked   int64 // chunks made present by MarkPresent/ScanBlob (written by a frontend)
 	ChunksEvicted  int64
 	BytesEvicted   int64
-	VerifyFailures int64 // chunks whose bytes did not match their CID (on write, mark or read)
+	VerifyFailures int64 // chunks whose bytes did not match their CID (on WriteChunk or read)
 	ChunksRead     int64 // chunks served by ReadChunk
 	BytesRead      int64 // bytes served by ReadChunk and ReadAt
 
@@ -68,14 +67,14 @@ type Stats struct {
 	OpenFiles     int
 }
 
-var statNames = []string{"bytes_written", "chunks_written", "chunks_marked", "chunks_evicted", "bytes_evicted", "verify_failures", "chunks_read", "bytes_read"}
+var statNames = []string{"bytes_written", "chunks_written", "chunks_evicted", "bytes_evicted", "verify_failures", "chunks_read", "bytes_read"}
 
 type counters struct {
-	bytesWritten, chunksWritten, chunksMarked, chunksEvicted, bytesEvicted, verifyFailures, chunksRead, bytesRead atomic.Int64
+	bytesWritten, chunksWritten, chunksEvicted, bytesEvicted, verifyFailures, chunksRead, bytesRead atomic.Int64
 }
 
 func (c *counters) all() []*atomic.Int64 {
-	return []*atomic.Int64{&c.bytesWritten, &c.chunksWritten, &c.chunksMarked, &c.chunksEvicted, &c.bytesEvicted, &c.verifyFailures, &c.chunksRead, &c.bytesRead}
+	return []*atomic.Int64{&c.bytesWritten, &c.chunksWritten, &c.chunksEvicted, &c.bytesEvicted, &c.verifyFailures, &c.chunksRead, &c.bytesRead}
 }
 
 // Store is the local chunk store. Its methods are safe for concurrent use.
@@ -127,6 +126,7 @@ type blobState struct {
 	lastAccess    atomic.Int64
 	sig           fileSig         // guarded by Store.idxMu
 	pins          map[string]bool // guarded by Store.mu
+	have          presenceMap     // in-memory mirror of the index's P keys
 }
 
 func (b *blobState) record() blobRecord {
@@ -536,19 +536,6 @@ func (s *Store) manifest(b *blobState) (*chunk.Manifest, error) {
 	return m, nil
 }
 
-// chunkOf checks that c is a chunk of the blob's manifest.
-func (s *Store) chunkOf(b *blobState, c chunk.Chunk) error {
-	m, err := s.manifest(b)
-	if err != nil {
-		return err
-	}
-	in := m.ChunksIn(c.Offset, 1)
-	if len(in) != 1 || in[0].Offset != c.Offset || in[0].Length != c.Length || !in[0].CID.Equals(c.CID) {
-		return fmt.Errorf("chunk %s [%d,%d) is not a chunk of blob %s: %w", c.CID, c.Offset, c.End(), b.digest, ErrInvalid)
-	}
-	return nil
-}
-
 // Pin records that a mounted image uses the blob: pinned blobs are never evicted.
 func (s *Store) Pin(d digest.Digest, image string) error {
 	return s.setPin(d, image, true)
@@ -637,8 +624,8 @@ func (s *Store) emit(evs []Event) {
 func (s *Store) Stats() Stats {
 	st := Stats{
 		BytesWritten: s.ctr.bytesWritten.Load(), ChunksWritten: s.ctr.chunksWritten.Load(),
-		ChunksMarked: s.ctr.chunksMarked.Load(), ChunksEvicted: s.ctr.chunksEvicted.Load(),
-		BytesEvicted: s.ctr.bytesEvicted.Load(), VerifyFailures: s.ctr.verifyFailures.Load(),
+		ChunksEvicted: s.ctr.chunksEvicted.Load(),
+		BytesEvicted:  s.ctr.bytesEvicted.Load(), VerifyFailures: s.ctr.verifyFailures.Load(),
 		ChunksRead: s.ctr.chunksRead.Load(), BytesRead: s.ctr.bytesRead.Load(),
 		PresentBytes: s.used.Load(), MaxBytes: s.cfg.MaxBytes, OpenFiles: s.files.len(),
 	}

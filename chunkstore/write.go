@@ -2,7 +2,6 @@ package chunkstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"unsafe"
@@ -12,10 +11,29 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// WriteChunk verifies data against c.CID, writes it at c.Offset of the blob's backing file,
-// makes it durable and then marks the chunk present. A chunk already present is a no-op, and
-// concurrent writers of one chunk do the work once. On any error nothing is marked present.
+// WriteChunk verifies data against c.CID and stores it (Put). It is for bytes from a source the
+// caller has not verified itself; code that holds a chunk.Verified calls Put, which hashes
+// nothing.
 func (s *Store) WriteChunk(ctx context.Context, blob digest.Digest, c chunk.Chunk, data []byte) error {
+	if int64(len(data)) != c.Length {
+		return fmt.Errorf("write chunk %s at %d of blob %s: %d bytes, want %d: %w", c.CID, c.Offset, blob, len(data), c.Length, ErrInvalid)
+	}
+	v, err := chunk.Verify(c.CID, data)
+	if err != nil {
+		s.ctr.verifyFailures.Add(1)
+		return fmt.Errorf("write chunk at %d of blob %s: %w: %w", c.Offset, blob, ErrCorrupt, err)
+	}
+	return s.Put(ctx, blob, c, v)
+}
+
+// Put writes verified bytes of chunk c at c.Offset of the blob's backing file, makes them
+// durable and then marks the chunk present. It does not hash: v was verified against c.CID
+// (only chunk.Verify makes a Verified). A chunk already present is a no-op, and concurrent
+// writers of one chunk do the work once. On any error nothing is marked present.
+//
+// This is the only way chunk data enters the store, in every mount mode: in fscache mode the
+// kernel's backing files are the store's, so the kernel reads what Put wrote.
+func (s *Store) Put(ctx context.Context, blob digest.Digest, c chunk.Chunk, v chunk.Verified) error {
 	if err := s.enter(); err != nil {
 		return err
 	}
@@ -24,17 +42,14 @@ func (s *Store) WriteChunk(ctx context.Context, blob digest.Digest, c chunk.Chun
 	if err != nil {
 		return fmt.Errorf("write chunk %s: %w", c.CID, err)
 	}
-	if err := s.chunkOf(b, c); err != nil {
+	idx, err := s.chunkIndex(b, c)
+	if err != nil {
 		return fmt.Errorf("write chunk: %w", err)
 	}
-	if int64(len(data)) != c.Length {
-		return fmt.Errorf("write chunk %s at %d of blob %s: %d bytes, want %d: %w", c.CID, c.Offset, blob, len(data), c.Length, ErrInvalid)
+	if !v.CID().Equals(c.CID) || v.Len() != c.Length {
+		return fmt.Errorf("write chunk %s at %d of blob %s: given %d bytes verified as %s: %w", c.CID, c.Offset, blob, v.Len(), v.CID(), ErrInvalid)
 	}
-	if err := chunk.Verify(c.CID, data); err != nil {
-		s.ctr.verifyFailures.Add(1)
-		return fmt.Errorf("write chunk at %d of blob %s: %w: %w", c.Offset, blob, ErrCorrupt, err)
-	}
-	return s.once(ctx, b, c, func() error {
+	return s.once(ctx, b, c, idx, func() error {
 		release, err := s.reserve(ctx, c.Length)
 		if err != nil {
 			return fmt.Errorf("write chunk %s at %d of blob %s: %w", c.CID, c.Offset, blob, err)
@@ -47,7 +62,7 @@ func (s *Store) WriteChunk(ctx context.Context, blob digest.Digest, c chunk.Chun
 			return fmt.Errorf("write chunk %s of blob %s: open %s: %w", c.CID, blob, b.path, classify(err))
 		}
 		defer s.files.put(f)
-		buf, put := alignedCopy(data)
+		buf, put := alignedCopy(v.Bytes())
 		err = pwriteFull(f.fd, buf, c.Offset)
 		put()
 		if err != nil {
@@ -55,105 +70,13 @@ func (s *Store) WriteChunk(ctx context.Context, blob digest.Digest, c chunk.Chun
 			_ = punch(f.fd, c.Offset, c.Length)
 			return fmt.Errorf("write chunk %s at %d of blob %s to %s: %w", c.CID, c.Offset, blob, b.path, classify(err))
 		}
-		return s.commit(b, f, c, true)
+		return s.commit(b, f, c, idx)
 	})
-}
-
-// MarkPresent is for data a frontend wrote into the backing file itself (through the kernel's
-// anonymous fd or the fanotify event fd): the store reads the chunk's bytes back, verifies them,
-// makes them durable and marks the chunk present.
-func (s *Store) MarkPresent(ctx context.Context, blob digest.Digest, c chunk.Chunk) error {
-	if err := s.enter(); err != nil {
-		return err
-	}
-	defer s.leave()
-	b, err := s.blob(blob)
-	if err != nil {
-		return fmt.Errorf("mark chunk %s present: %w", c.CID, err)
-	}
-	if err := s.chunkOf(b, c); err != nil {
-		return fmt.Errorf("mark present: %w", err)
-	}
-	return s.markPresent(ctx, b, c)
-}
-
-func (s *Store) markPresent(ctx context.Context, b *blobState, c chunk.Chunk) error {
-	return s.once(ctx, b, c, func() error {
-		release, err := s.reserve(ctx, c.Length)
-		if err != nil {
-			return fmt.Errorf("mark chunk %s at %d of blob %s present: %w", c.CID, c.Offset, b.digest, err)
-		}
-		defer release()
-		b.lock.RLock()
-		defer b.lock.RUnlock()
-		f, err := s.files.get(b.path)
-		if err != nil {
-			return fmt.Errorf("mark chunk %s of blob %s: open %s: %w", c.CID, b.digest, b.path, classify(err))
-		}
-		defer s.files.put(f)
-		buf := make([]byte, c.Length)
-		if err := preadFull(f.fd, buf, c.Offset); err != nil {
-			return fmt.Errorf("mark chunk %s at %d of blob %s: read %s: %w", c.CID, c.Offset, b.digest, b.path, classify(err))
-		}
-		if err := chunk.Verify(c.CID, buf); err != nil {
-			s.ctr.verifyFailures.Add(1)
-			return fmt.Errorf("mark chunk at %d of blob %s present: bytes in %s: %w: %w", c.Offset, b.digest, b.path, ErrCorrupt, err)
-		}
-		return s.commit(b, f, c, false)
-	})
-}
-
-// ScanBlob looks for chunks of the blob that are not marked present but whose ranges hold data in
-// the backing file (SEEK_DATA), verifies them and marks those that match present. It is how data
-// written by the kernel behind the store's back is adopted. It returns how many were adopted.
-func (s *Store) ScanBlob(ctx context.Context, blob digest.Digest) (int, error) {
-	if err := s.enter(); err != nil {
-		return 0, err
-	}
-	defer s.leave()
-	b, err := s.blob(blob)
-	if err != nil {
-		return 0, err
-	}
-	m, err := s.manifest(b)
-	if err != nil {
-		return 0, err
-	}
-	missing, err := s.missing(b, m, 0, b.size)
-	if err != nil || len(missing) == 0 {
-		return 0, err
-	}
-	f, err := s.files.get(b.path)
-	if err != nil {
-		return 0, fmt.Errorf("scan blob %s: %w", blob, classify(err))
-	}
-	ext, err := dataExtents(f.fd)
-	s.files.put(f)
-	if err != nil {
-		return 0, fmt.Errorf("scan blob %s: %w", blob, classify(err))
-	}
-	n := 0
-	for _, c := range missing {
-		if err := ctx.Err(); err != nil {
-			return n, err
-		}
-		if !covered(ext, c.Offset, c.Length) {
-			continue
-		}
-		if err := s.markPresent(ctx, b, c); err != nil {
-			if errors.Is(err, ErrCorrupt) {
-				continue
-			}
-			return n, err
-		}
-		n++
-	}
-	return n, nil
 }
 
 // once runs fn for a chunk unless it is present already; concurrent callers for the same chunk
 // wait for the first one and share its result.
-func (s *Store) once(ctx context.Context, b *blobState, c chunk.Chunk, fn func() error) error {
+func (s *Store) once(ctx context.Context, b *blobState, c chunk.Chunk, idx int, fn func() error) error {
 	key := flightKey{b.digest, c.Offset}
 	s.flightMu.Lock()
 	if f, ok := s.flight[key]; ok {
@@ -176,7 +99,7 @@ func (s *Store) once(ctx context.Context, b *blobState, c chunk.Chunk, fn func()
 	}()
 	// Checked after becoming the only writer: a writer that finished just before us has
 	// already committed.
-	if s.hasChunk(b, c) {
+	if have, err := s.presence(b); err == nil && have.has(idx) {
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -189,17 +112,17 @@ func (s *Store) once(ctx context.Context, b *blobState, c chunk.Chunk, fn func()
 
 // commitReq asks the committer to make a written chunk durable and mark it present.
 type commitReq struct {
-	b       *blobState
-	f       *openFile
-	c       chunk.Chunk
-	written bool // by WriteChunk (counted as bytes written), else marked
-	done    chan error
+	b    *blobState
+	f    *openFile
+	c    chunk.Chunk
+	idx  int // c's index in the blob's manifest
+	done chan error
 }
 
 // commit hands a written chunk to the group committer and waits for the index to record it.
 // The caller holds a reference on f and b.lock shared.
-func (s *Store) commit(b *blobState, f *openFile, c chunk.Chunk, written bool) error {
-	req := &commitReq{b: b, f: f, c: c, written: written, done: make(chan error, 1)}
+func (s *Store) commit(b *blobState, f *openFile, c chunk.Chunk, idx int) error {
+	req := &commitReq{b: b, f: f, c: c, idx: idx, done: make(chan error, 1)}
 	s.commitCh <- req
 	return <-req.done
 }
@@ -263,7 +186,7 @@ func (s *Store) commitBatch(batch []*commitReq) {
 	s.idxMu.Lock()
 	type delta struct{ bytes, chunks int64 }
 	deltas := map[*blobState]*delta{}
-	var wBytes, wChunks, marked int64
+	var wBytes, wChunks int64
 	wb := s.db.NewWriteBatch()
 	for _, r := range ok {
 		_ = wb.Set(presentKey(r.b.digest, r.c.Offset), encodePresent(r.c.Length, r.c.CID))
@@ -275,12 +198,8 @@ func (s *Store) commitBatch(batch []*commitReq) {
 		}
 		d.bytes += r.c.Length
 		d.chunks++
-		if r.written {
-			wBytes += r.c.Length
-			wChunks++
-		} else {
-			marked++
-		}
+		wBytes += r.c.Length
+		wChunks++
 	}
 	for b, d := range deltas {
 		rec := b.record()
@@ -290,7 +209,6 @@ func (s *Store) commitBatch(batch []*commitReq) {
 	}
 	s.ctr.bytesWritten.Add(wBytes)
 	s.ctr.chunksWritten.Add(wChunks)
-	s.ctr.chunksMarked.Add(marked)
 	s.setCounters(wb)
 	err := wb.Flush()
 	if err == nil {
@@ -300,10 +218,12 @@ func (s *Store) commitBatch(batch []*commitReq) {
 			b.touch()
 			s.used.Add(d.bytes)
 		}
+		for _, r := range ok {
+			r.b.have.set(r.idx) // the in-memory mirror follows the index (a no-op until loaded)
+		}
 	} else {
 		s.ctr.bytesWritten.Add(-wBytes)
 		s.ctr.chunksWritten.Add(-wChunks)
-		s.ctr.chunksMarked.Add(-marked)
 	}
 	s.idxMu.Unlock()
 	if err != nil {

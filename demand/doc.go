@@ -12,8 +12,8 @@
 //
 // Guarantees: one fetch per chunk however many readers wait on it (singleflight keyed by blob
 // and offset; a reader that gives up does not cancel the fetch others wait on); every chunk is
-// verified against its CID before it is stored (the store verifies again before marking it
-// present); bytes of a range that no chunk covers are not file data and stay holes (zeros);
+// verified against its CID before it is stored; bytes of a range that no chunk covers are not
+// file data and stay holes (zeros);
 // at most Config.Workers fetches run at once, prefetch at most PrefetchWorkers of them, and
 // prefetch waits while demand reads are queued.
 //
@@ -21,6 +21,17 @@
 // run's order and passes it to later Prefetch calls, so a host warming an image fetches what the
 // image reads at start before the rest.
 //
+// # The demand path, per chunk
+//
+// A miss costs, whichever frontend asked: one presence check in the store's in-memory map
+// (Missing), one singleflight entry, one worker slot, and then exactly one hash of the chunk's
+// bytes, by whoever first holds bytes from an untrusted place: package p2p for a peer's answer
+// or the origin's (Peers.Fetch), this package for the origin when there is no cluster, the store
+// for a local copy in another blob (dedup; disks rot). The bytes travel on as chunk.Verified and
+// the store writes them with one pwrite and a shared fdatasync (group commit), hashing nothing.
+// The fscache frontend's kernel reads that same backing file, FUSE reads it back once to answer
+// the kernel, fanotify lets the kernel read it: no mode copies the bytes into a second file.
+//
 // It owns neither the store nor the network: Store and Peers are small interfaces satisfied by
-// *chunkstore.Store and (through a small adapter in cmd/shoal) *p2p.Node.
+// *chunkstore.Store and *p2p.Node.
 package demand

@@ -22,19 +22,19 @@ import (
 type Store interface {
 	// Missing returns the chunks overlapping [off, off+length) of blob that are not present.
 	Missing(blob digest.Digest, off, length int64) ([]chunk.Chunk, error)
-	// WriteChunk verifies data against c.CID, writes it durably and marks it present.
-	WriteChunk(ctx context.Context, blob digest.Digest, c chunk.Chunk, data []byte) error
+	// Put writes verified bytes of c durably and marks the chunk present. It does not hash.
+	Put(ctx context.Context, blob digest.Digest, c chunk.Chunk, v chunk.Verified) error
 	// HasCID reports whether any blob holds a chunk with this CID.
 	HasCID(id cid.Cid) bool
-	// ReadChunk reads a present chunk by CID from whichever blob holds it.
-	ReadChunk(ctx context.Context, id cid.Cid) ([]byte, error)
+	// ReadChunk reads a present chunk by CID from whichever blob holds it, verified.
+	ReadChunk(ctx context.Context, id cid.Cid) (chunk.Verified, error)
 }
 
 // Peers fetches a chunk from the cluster (package p2p's Node): holders first, then the peer
-// chosen to fetch it from the origin for everyone, then fromOrigin itself, and says where the
-// bytes came from. The bytes it returns are verified.
+// chosen to fetch it from the origin for everyone, then fromOrigin itself (whose bytes it
+// verifies), and says where the bytes came from.
 type Peers interface {
-	Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (data []byte, src chunk.Source, err error)
+	Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (data chunk.Verified, src chunk.Source, err error)
 }
 
 // OriginFunc reads one chunk's bytes of a blob from the origin (unverified).
@@ -290,7 +290,7 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 		r.stats.fail()
 		return fmt.Errorf("demand: chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.m.Blob, err)
 	}
-	if err := r.store.WriteChunk(fctx, b.m.Blob, c, data); err != nil {
+	if err := r.store.Put(fctx, b.m.Blob, c, data); err != nil {
 		r.met.failures.Inc()
 		r.stats.fail()
 		return fmt.Errorf("demand: storing chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.m.Blob, err)
@@ -303,11 +303,13 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 	return nil
 }
 
-func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c chunk.Chunk) ([]byte, chunk.Source, error) {
+// fetchBytes gets a chunk's bytes, verified exactly once on the way: by the store for a local
+// copy in another blob (dedup), by package p2p for bytes from a peer or the origin, or here for
+// the origin when there is no cluster.
+func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c chunk.Chunk) (chunk.Verified, chunk.Source, error) {
 	if r.store.HasCID(c.CID) {
-		data, err := r.store.ReadChunk(ctx, c.CID)
-		if err == nil && chunk.Verify(c.CID, data) == nil {
-			return data, chunk.SourceDedup, nil
+		if v, err := r.store.ReadChunk(ctx, c.CID); err == nil && v.Len() == c.Length {
+			return v, chunk.SourceDedup, nil
 		}
 		// Evicted or damaged meanwhile: fetch it like any other chunk.
 	}
@@ -315,22 +317,22 @@ func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c chunk.Chunk) 
 		if b.origin == nil {
 			return nil, fmt.Errorf("blob %s has no origin", b.m.Blob)
 		}
-		data, err := b.origin(ctx, c)
-		if err != nil {
-			return nil, err
-		}
-		if err := chunk.Verify(c.CID, data); err != nil {
-			return nil, fmt.Errorf("from origin: %w", err)
-		}
-		return data, nil
+		return b.origin(ctx, c)
 	}
 	if r.peers == nil {
-		data, err := fromOrigin(ctx)
-		return data, chunk.SourceOrigin, err
+		raw, err := fromOrigin(ctx)
+		if err != nil {
+			return chunk.Verified{}, "", err
+		}
+		v, err := chunk.Verify(c.CID, raw)
+		if err != nil {
+			return chunk.Verified{}, "", fmt.Errorf("from origin: %w", err)
+		}
+		return v, chunk.SourceOrigin, nil
 	}
 	data, src, err := r.peers.Fetch(ctx, b.m.Blob, c, fromOrigin)
 	if err != nil {
-		return nil, "", err
+		return chunk.Verified{}, "", err
 	}
 	if src != chunk.SourceOrigin {
 		src = chunk.SourcePeer // from a holder or through the cluster's fetcher: over the LAN

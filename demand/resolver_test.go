@@ -200,13 +200,19 @@ type fakePeers struct {
 	calls atomic.Int64
 }
 
-func (p *fakePeers) Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) ([]byte, chunk.Source, error) {
+func (p *fakePeers) Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (chunk.Verified, chunk.Source, error) {
 	p.calls.Add(1)
-	if b, ok := p.hold[c.Offset]; ok {
-		return b, chunk.SourcePeer, nil
+	src := chunk.SourcePeer
+	b, ok := p.hold[c.Offset]
+	if !ok {
+		var err error
+		if b, err = fromOrigin(ctx); err != nil {
+			return chunk.Verified{}, "", err
+		}
+		src = chunk.SourceOrigin
 	}
-	b, err := fromOrigin(ctx)
-	return b, chunk.SourceOrigin, err
+	v, err := chunk.Verify(c.CID, b) // as package p2p does, once per chunk
+	return v, src, err
 }
 
 func TestSourcesDedupPeersOrigin(t *testing.T) {

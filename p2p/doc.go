@@ -27,7 +27,8 @@
 //	data, src, err := node.Fetch(ctx, blob, chunk, func(ctx context.Context) ([]byte, error) {
 //		return registry.FetchRange(ctx, blob, chunk.Offset, chunk.Length)
 //	})
-//	// data is verified against chunk.CID; store it (the store then emits ChunkAdded).
+//	// data is a chunk.Verified (hashed once, here): store it with chunkstore.Put, which hashes
+//	// nothing (the store then emits ChunkAdded).
 //
 // # Design
 //

@@ -36,7 +36,7 @@ func (e *statusError) Error() string {
 }
 
 type fetched struct {
-	data []byte
+	data chunk.Verified
 	src  chunk.Source
 }
 
@@ -46,9 +46,9 @@ type fetched struct {
 // (fetch-through); and fromOrigin itself (nil: the OriginFunc given to RegisterBlob). Concurrent
 // calls for one CID share one fetch. The returned slice may be shared with other callers: do not
 // modify it. The caller stores the data and then calls Announce.
-func (n *Node) Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) ([]byte, chunk.Source, error) {
+func (n *Node) Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (chunk.Verified, chunk.Source, error) {
 	if c.Length <= 0 || c.Length > MaxChunkSize {
-		return nil, "", fmt.Errorf("fetch chunk %s of %s: length %d out of (0, %d]", c.CID, blob, c.Length, MaxChunkSize)
+		return chunk.Verified{}, "", fmt.Errorf("fetch chunk %s of %s: length %d out of (0, %d]", c.CID, blob, c.Length, MaxChunkSize)
 	}
 	start := time.Now()
 	ch := n.sf.DoChan(c.CID.KeyString(), func() (any, error) {
@@ -60,15 +60,15 @@ func (n *Node) Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 	case r := <-ch:
 		if r.Err != nil {
 			n.met.fetches.WithLabelValues("failed").Inc()
-			return nil, "", r.Err
+			return chunk.Verified{}, "", r.Err
 		}
 		f := r.Val.(fetched)
 		n.met.fetches.WithLabelValues(string(f.src)).Inc()
-		n.met.fetchBytes.WithLabelValues(string(f.src)).Add(float64(len(f.data)))
+		n.met.fetchBytes.WithLabelValues(string(f.src)).Add(float64(f.data.Len()))
 		n.met.fetchSeconds.Observe(time.Since(start).Seconds())
 		return f.data, f.src, nil
 	case <-ctx.Done():
-		return nil, "", ctx.Err()
+		return chunk.Verified{}, "", ctx.Err()
 	}
 }
 
@@ -91,7 +91,7 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 	h := n.host
 	lb := n.blobs[blob]
 	n.mu.Unlock()
-	if data, src := n.recent.get(c.CID); data != nil {
+	if data, src := n.recent.get(c.CID); !data.IsZero() {
 		return fetched{data, src}, nil
 	}
 	if fromOrigin == nil && lb != nil && lb.origin != nil {
@@ -126,7 +126,7 @@ func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, 
 	ch := n.owned.DoChan(c.CID.KeyString(), func() (any, error) {
 		fctx, cancel := n.flightContext(ctx, n.cfg.CoalesceTimeout+time.Duration(n.cfg.MaxAttempts)*n.cfg.RequestTimeout)
 		defer cancel()
-		if data, src := n.recent.get(c.CID); data != nil { // a flight that just ended
+		if data, src := n.recent.get(c.CID); !data.IsZero() { // a flight that just ended
 			return fetched{data, src}, nil
 		}
 		if h != nil {
@@ -137,11 +137,12 @@ func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, 
 		if fromOrigin == nil {
 			return nil, fmt.Errorf("fetch chunk %s of %s: no peer holds it and no origin: %w", c.CID, blob, ErrUnknownBlob)
 		}
-		data, err := fromOrigin(fctx)
+		raw, err := fromOrigin(fctx)
 		if err != nil {
 			return nil, fmt.Errorf("fetch chunk %s of %s from origin: %w", c.CID, blob, err)
 		}
-		if err := chunk.Verify(c.CID, data); err != nil {
+		data, err := chunk.Verify(c.CID, raw) // the one hash of a chunk from the origin
+		if err != nil {
 			return nil, fmt.Errorf("chunk of %s from origin: %w", blob, err)
 		}
 		n.recent.add(c.CID, data, chunk.SourceOrigin)
@@ -189,7 +190,7 @@ func rendezvousScore(c cid.Cid, p peer.ID) uint64 {
 
 // fromHolders asks the holders of c, best first; each request that runs past its peer's p90 is
 // hedged to the next holder, and each failure moves on to the next, up to MaxAttempts peers.
-func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk) ([]byte, error) {
+func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk) (chunk.Verified, error) {
 	n.mu.Lock()
 	holders := n.holdersLocked(c.CID, time.Now())
 	rand.Shuffle(len(holders), func(i, j int) { holders[i], holders[j] = holders[j], holders[i] })
@@ -199,7 +200,7 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 	}
 	n.mu.Unlock()
 	if len(holders) == 0 {
-		return nil, errNoHolders
+		return chunk.Verified{}, errNoHolders
 	}
 	sort.SliceStable(holders, func(i, j int) bool { return scores[holders[i]] < scores[holders[j]] })
 	holders = holders[:min(len(holders), n.cfg.MaxAttempts)]
@@ -207,7 +208,7 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
-		data []byte
+		data chunk.Verified
 		err  error
 	}
 	req := Request{Blob: blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
@@ -245,7 +246,7 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 			}
 		}
 	}
-	return nil, errors.Join(errs...)
+	return chunk.Verified{}, errors.Join(errs...)
 }
 
 // hedgeDelay is how long a request to p may run before a second holder is asked too.
@@ -265,7 +266,7 @@ func isBadData(err error) bool {
 }
 
 // request asks p for one chunk and returns its verified bytes, accounting the outcome to p.
-func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Request, timeout time.Duration) ([]byte, error) {
+func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Request, timeout time.Duration) (chunk.Verified, error) {
 	ctx, cancel := context.WithTimeout(parent, timeout)
 	defer cancel()
 	n.mu.Lock()
@@ -274,9 +275,10 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	ps.requestsOut++
 	n.mu.Unlock()
 	start := time.Now()
-	data, err := n.exchange(ctx, h, p, req)
+	raw, err := n.exchange(ctx, h, p, req)
+	var data chunk.Verified
 	if err == nil {
-		err = chunk.Verify(req.CID, data)
+		data, err = chunk.Verify(req.CID, raw) // the one hash of a chunk from a peer
 	}
 	elapsed := time.Since(start)
 	canceled := err != nil && parent.Err() != nil
@@ -286,7 +288,7 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	switch {
 	case err == nil:
 		ps.stalls = 0
-		ps.bytesDown += int64(len(data))
+		ps.bytesDown += data.Len()
 		if req.Flags&FlagFetchThrough == 0 { // an origin fetch is not the peer's latency
 			ps.addLatency(elapsed)
 		}
@@ -305,7 +307,7 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	}
 	err = fmt.Errorf("chunk %s from %s: %w", req.CID, p, err)
 	if canceled {
-		return nil, err
+		return chunk.Verified{}, err
 	}
 	switch {
 	case errors.Is(err, chunk.ErrCorrupt):
@@ -323,7 +325,7 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 		// (A fetch-through may wait on a slow origin: not the peer's fault.)
 		n.stalled(p)
 	}
-	return nil, err
+	return chunk.Verified{}, err
 }
 
 // exchange runs one request/response on a new stream. The stream's deadline is ctx's, and ctx

@@ -127,7 +127,7 @@ func TestHostilePeers(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range m.Chunks {
-		if err := honest.store.PutChunk(t.Context(), m.Blob, c, o.chunks[c.CID]); err != nil {
+		if err := honest.store.PutChunk(t.Context(), m.Blob, c, mustVerify(t, c, o.chunks[c.CID])); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -212,7 +212,7 @@ func TestAllowlist(t *testing.T) {
 		}
 	}
 	for _, c := range m.Chunks {
-		if err := holder.store.PutChunk(t.Context(), m.Blob, c, o.chunks[c.CID]); err != nil {
+		if err := holder.store.PutChunk(t.Context(), m.Blob, c, mustVerify(t, c, o.chunks[c.CID])); err != nil {
 			t.Fatal(err)
 		}
 	}

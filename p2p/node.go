@@ -28,7 +28,9 @@ import (
 // LocalChunks is what this host serves to peers: the chunk store's read side.
 type LocalChunks interface {
 	HasCID(c cid.Cid) bool
-	ReadChunk(ctx context.Context, c cid.Cid) ([]byte, error)
+	// ReadChunk returns the chunk's bytes, verified against c (disks rot; a peer that sent bad
+	// bytes would be banned).
+	ReadChunk(ctx context.Context, c cid.Cid) (chunk.Verified, error)
 }
 
 // ChunkWriter is an optional capability of LocalChunks, found by type assertion. With it, chunks
@@ -36,10 +38,11 @@ type LocalChunks interface {
 // keeps serving them; the store's ChunkAdded event then reaches Announce as for any chunk. It must
 // accept the same chunk twice.
 type ChunkWriter interface {
-	PutChunk(ctx context.Context, blob digest.Digest, c chunk.Chunk, data []byte) error
+	PutChunk(ctx context.Context, blob digest.Digest, c chunk.Chunk, data chunk.Verified) error
 }
 
-// OriginFunc fetches one chunk of a registered blob from this host's origin (registry).
+// OriginFunc fetches one chunk of a registered blob from this host's origin (registry). Its bytes
+// are not trusted: the node verifies them (once) before any use.
 type OriginFunc func(ctx context.Context, c chunk.Chunk) ([]byte, error)
 
 // Sentinel errors.

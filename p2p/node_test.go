@@ -79,7 +79,7 @@ func TestAnnounceWithdraw(t *testing.T) {
 	}
 	c := m.Chunks[3]
 	start := time.Now()
-	if err := a.store.PutChunk(t.Context(), m.Blob, c, o.chunks[c.CID]); err != nil {
+	if err := a.store.PutChunk(t.Context(), m.Blob, c, mustVerify(t, c, o.chunks[c.CID])); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the announce", func() bool { return len(b.Lookup(c.CID)) == 1 })
@@ -224,7 +224,7 @@ func TestQUIC(t *testing.T) {
 		}
 	}
 	c := m.Chunks[1]
-	if err := a.store.PutChunk(t.Context(), m.Blob, c, o.chunks[c.CID]); err != nil {
+	if err := a.store.PutChunk(t.Context(), m.Blob, c, mustVerify(t, c, o.chunks[c.CID])); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, "the announce over QUIC", func() bool { return len(b.Lookup(c.CID)) == 1 })

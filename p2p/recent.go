@@ -22,11 +22,11 @@ type recentChunks struct {
 
 // recentChunk is a chunk's bytes and where this host got them.
 type recentChunk struct {
-	data []byte
+	data chunk.Verified
 	src  chunk.Source
 }
 
-func (r *recentChunks) add(c cid.Cid, b []byte, src chunk.Source) {
+func (r *recentChunks) add(c cid.Cid, b chunk.Verified, src chunk.Source) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.data == nil {
@@ -37,17 +37,17 @@ func (r *recentChunks) add(c cid.Cid, b []byte, src chunk.Source) {
 	}
 	r.data[c] = recentChunk{b, src}
 	r.order = append(r.order, c)
-	r.bytes += len(b)
+	r.bytes += int(b.Len())
 	for r.bytes > recentMaxBytes && len(r.order) > 0 {
 		old := r.order[0]
 		r.order = r.order[1:]
-		r.bytes -= len(r.data[old].data)
+		r.bytes -= int(r.data[old].data.Len())
 		delete(r.data, old)
 	}
 }
 
-// get returns a recent chunk's bytes and source, or nil.
-func (r *recentChunks) get(c cid.Cid) ([]byte, chunk.Source) {
+// get returns a recent chunk's bytes and source, or the zero Verified.
+func (r *recentChunks) get(c cid.Cid) (chunk.Verified, chunk.Source) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rc := r.data[c]

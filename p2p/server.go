@@ -100,12 +100,12 @@ func (n *Node) serve(s network.Stream, p peer.ID) (Status, []byte, string) {
 		defer cancel()
 		data, err := n.local.ReadChunk(ctx, req.CID)
 		if err == nil {
-			return StatusOK, data, ""
+			return StatusOK, data.Bytes(), ""
 		}
 		// Evicted between the check and the read: fall through.
 	}
-	if data, _ := n.recent.get(req.CID); data != nil {
-		return StatusOK, data, ""
+	if data, _ := n.recent.get(req.CID); !data.IsZero() {
+		return StatusOK, data.Bytes(), ""
 	}
 	if req.Flags&FlagFetchThrough == 0 {
 		return StatusNotFound, nil, ""
@@ -130,5 +130,5 @@ func (n *Node) serve(s network.Stream, p peer.ID) (Status, []byte, string) {
 	if err != nil {
 		return StatusError, nil, err.Error()
 	}
-	return StatusOK, f.data, ""
+	return StatusOK, f.data.Bytes(), ""
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
-	"os"
 	"sync"
 	"testing"
 
@@ -25,12 +24,12 @@ type Store interface {
 	Blob(d digest.Digest) (*chunk.Manifest, bool)
 	BackingPath(d digest.Digest) string
 	WriteChunk(ctx context.Context, blob digest.Digest, c chunk.Chunk, data []byte) error
-	MarkPresent(ctx context.Context, blob digest.Digest, c chunk.Chunk) error
+	Put(ctx context.Context, blob digest.Digest, c chunk.Chunk, v chunk.Verified) error
 	HasChunk(blob digest.Digest, c chunk.Chunk) bool
 	HasCID(id cid.Cid) bool
 	Missing(blob digest.Digest, off, length int64) ([]chunk.Chunk, error)
 	Present(blob digest.Digest) ([]chunk.Range, error)
-	ReadChunk(ctx context.Context, id cid.Cid) ([]byte, error)
+	ReadChunk(ctx context.Context, id cid.Cid) (chunk.Verified, error)
 	ReadAt(blob digest.Digest, p []byte, off int64) (int, error)
 	Subscribe(fn func(chunkstore.Event)) (cancel func())
 }
@@ -84,7 +83,8 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 			if !s.HasChunk(b.Digest(), c) || !s.HasCID(c.CID) {
 				t.Fatalf("chunk at %d not present after writing", c.Offset)
 			}
-			got, err := s.ReadChunk(ctx, c.CID)
+			gotv, err := s.ReadChunk(ctx, c.CID)
+			got := gotv.Bytes()
 			if err != nil || !bytes.Equal(got, b.Bytes(c)) {
 				t.Fatalf("ReadChunk at %d: %d bytes, %v", c.Offset, len(got), err)
 			}
@@ -251,8 +251,8 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		if err := s.WriteChunk(ctx, b2.Digest(), c, b2.Bytes(c)); err != nil {
 			t.Fatal(err)
 		}
-		got, err := s.ReadChunk(ctx, c.CID)
-		if err != nil || !bytes.Equal(got, shared.Data[:4096]) {
+		gotv, err := s.ReadChunk(ctx, c.CID)
+		if got := gotv.Bytes(); err != nil || !bytes.Equal(got, shared.Data[:4096]) {
 			t.Fatalf("ReadChunk via the other blob: %v", err)
 		}
 		if s.HasChunk(b1.Digest(), b1.Manifest.Chunks[0]) {
@@ -260,34 +260,34 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		}
 	})
 
-	t.Run("MarkPresent", func(t *testing.T) {
+	t.Run("Put", func(t *testing.T) {
 		s := newStore(t)
 		b := NewBlob(t, 6, 4*4096, 2*4096)
 		mustAdd(t, s, b)
 		c0, c1 := b.Manifest.Chunks[0], b.Manifest.Chunks[1]
-		if err := s.MarkPresent(ctx, b.Digest(), c0); !errors.Is(err, chunkstore.ErrCorrupt) {
-			t.Fatalf("MarkPresent over a hole: %v, want ErrCorrupt", err)
-		}
-		// A frontend writes the file itself (as the kernel's anonymous fd would).
-		f, err := os.OpenFile(s.BackingPath(b.Digest()), os.O_WRONLY, 0)
+		v0, err := chunk.Verify(c0.CID, b.Bytes(c0))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.WriteAt(b.Bytes(c0), c0.Offset); err != nil {
-			t.Fatal(err)
+		// Verified bytes of another chunk are refused: Put trusts the hash, not the caller.
+		if err := s.Put(ctx, b.Digest(), c1, v0); !errors.Is(err, chunkstore.ErrInvalid) {
+			t.Fatalf("Put of another chunk's bytes: %v, want ErrInvalid", err)
 		}
-		if _, err := f.WriteAt(flip(b.Bytes(c1)), c1.Offset); err != nil {
-			t.Fatal(err)
+		if err := s.Put(ctx, b.Digest(), c0, chunk.Verified{}); !errors.Is(err, chunkstore.ErrInvalid) {
+			t.Fatalf("Put of an unverified zero value: %v, want ErrInvalid", err)
 		}
-		f.Close()
-		if err := s.MarkPresent(ctx, b.Digest(), c0); err != nil {
-			t.Fatalf("MarkPresent: %v", err)
+		if s.HasChunk(b.Digest(), c1) {
+			t.Fatal("refused Put marked a chunk present")
 		}
-		if err := s.MarkPresent(ctx, b.Digest(), c1); !errors.Is(err, chunkstore.ErrCorrupt) {
-			t.Fatalf("MarkPresent of bad bytes: %v, want ErrCorrupt", err)
+		if err := s.Put(ctx, b.Digest(), c0, v0); err != nil {
+			t.Fatalf("Put: %v", err)
 		}
 		if !s.HasChunk(b.Digest(), c0) || s.HasChunk(b.Digest(), c1) {
-			t.Fatal("wrong presence after MarkPresent")
+			t.Fatal("wrong presence after Put")
+		}
+		got := make([]byte, c0.Length)
+		if _, err := s.ReadAt(b.Digest(), got, c0.Offset); err != nil || !bytes.Equal(got, b.Bytes(c0)) {
+			t.Fatalf("ReadAt after Put: %v", err)
 		}
 	})
 }

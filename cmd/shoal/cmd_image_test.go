@@ -74,7 +74,7 @@ func TestImageBuildInspect(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := chunk.Verify(id, blob[c.Offset:c.Offset+c.Length]); err != nil {
+		if _, err := chunk.Verify(id, blob[c.Offset:c.Offset+c.Length]); err != nil {
 			t.Error(err)
 		}
 	}

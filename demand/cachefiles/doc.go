@@ -2,17 +2,24 @@
 // mounted with fsid= (fscache mode) read their bootstrap and blobs through /dev/cachefiles, and this
 // package answers the kernel's OPEN, READ and CLOSE requests from a Resolver.
 //
+// A READ is answered once the Resolver has filled the range in the backing file. The cache is
+// bound to the chunk store's own directory, so the kernel's backing files are the store's: for a
+// blob the Resolver only makes the chunks present (the store writes them, once) and the Server
+// completes the READ without copying anything; only bytes the Resolver hands over (a bootstrap
+// kept as a plain file, zeros between chunks) are pwritten through the kernel's anonymous fd.
+//
 // It owns: the wire codec of /dev/cachefiles messages and commands (msg.go), the device (dir, tag,
 // bind ondemand, restore), the epoll-driven request loop with a bounded pool of READ workers
 // (Server), the failover hand-off of the device fd from a long-lived supervisor to each new worker
 // process over a unix socket with SCM_RIGHTS (Supervisor, Handover), and the probe of whether
 // on-demand mode works here (Probe). The names of volumes, cookies and backing files are package
-// chunkstore/layout's; the fsid= mount options are package mount's. It must not touch the chunk store's files: in fscache mode
-// the kernel writes the backing files under <dir>/cache itself, through the anonymous fds this
-// package pwrites into; it does not mount anything either (package mount does).
+// chunkstore/layout's; the fsid= mount options are package mount's. It never opens the chunk
+// store's files itself: it writes only through the kernel's anonymous fds, and mounts nothing
+// (package mount does).
 //
-// Keys: the volume key is "erofs,<domain>" (layout.VolumeKey); the cookie key of the bootstrap is the fsid
-// and that of each blob is its device= string. Shoal uses the digest string "sha256:<hex>" for both.
+// Keys: the volume key is "erofs,<domain>" (layout.VolumeKey); the cookie key of the bootstrap is
+// the fsid and that of each blob is its device= string. Shoal uses the digest string "sha256:<hex>"
+// for both.
 //
 // Usage, in a daemon that survives its own restarts:
 //

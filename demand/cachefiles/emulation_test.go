@@ -254,7 +254,8 @@ func (k *emuKernel) isClosed(o *emuObject) bool {
 	return k.closed[o.fd] && k.objs[o.fd] == o
 }
 
-// fakeResolver serves blobs from memory. gate, if set, is received from before each ReadRange.
+// fakeResolver serves blobs from memory, a page at a time. gate, if set, is received from before
+// each ReadRange.
 type fakeResolver struct {
 	blobs    map[string][]byte
 	fail     map[string]error
@@ -266,6 +267,10 @@ type fakeResolver struct {
 func (r *fakeResolver) Lookup(volumeKey, cookieKey string) (int64, bool) {
 	b, ok := r.blobs[cookieKey]
 	return int64(len(b)), ok && volumeKey == testVolumeKey
+}
+
+func (r *fakeResolver) Fill(ctx context.Context, cookieKey string, off, length int64, write func([]byte, int64) error) error {
+	return fillInSteps(ctx, cookieKey, off, length, int64(len(r.blobs[cookieKey])), pageSize, r.ReadRange, write)
 }
 
 func (r *fakeResolver) ReadRange(ctx context.Context, cookieKey string, p []byte, off int64) error {

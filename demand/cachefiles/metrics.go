@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "shoal_cachefiles_read_failures_total", Help: "READ requests completed without data (the reader gets EIO).",
 		}),
 		readBytes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "shoal_cachefiles_read_bytes_total", Help: "Bytes written into backing files for READ requests.",
+			Name: "shoal_cachefiles_read_bytes_total", Help: "Bytes copied into backing files through the kernel's anonymous fds for READ requests (bootstraps, zero gaps); blob chunks the chunk store wrote in place are not counted.",
 		}),
 		readSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "shoal_cachefiles_read_seconds", Help: "Time from dispatching a READ to completing it.",

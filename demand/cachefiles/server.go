@@ -13,16 +13,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Resolver is what the Server needs from the rest of Shoal: which blobs exist and their bytes.
-// The demand resolver implements it; tests use fakes.
+// Resolver is what the Server needs from the rest of Shoal: which objects exist and how to fill
+// their backing files. The daemon implements it over the chunk store; tests use fakes.
 type Resolver interface {
 	// Lookup maps an OPEN's (volume key, cookie key) to a blob or bootstrap and returns its size in
 	// bytes. ok=false answers the OPEN with -ENOENT. It must be fast: it runs on the request loop.
 	// The size must be the same every time for the same key, or the kernel discards its cache file.
 	Lookup(volumeKey, cookieKey string) (size int64, ok bool)
-	// ReadRange makes [off, off+len(p)) of the blob available and copies it into p, zeros where no
-	// chunk covers it. The range never extends past the size Lookup returned.
-	ReadRange(ctx context.Context, cookieKey string, p []byte, off int64) error
+	// Fill makes every page of [off, off+length) of the object's backing file hold data before
+	// it returns; off is page-aligned and the range ends on a page boundary or at the page
+	// holding the object's last byte. There are two ways, and a resolver may mix them within one
+	// range:
+	//   - write the bytes into the backing file itself. The chunk store does this for blobs: the
+	//     kernel's backing files are the store's, so a chunk the store has written (pwrite +
+	//     fdatasync) is what the kernel reads, and nothing is copied again;
+	//   - hand bytes to write, which copies them into the backing file through the kernel's
+	//     anonymous fd (for a bootstrap kept as a plain file, or zeros for bytes no chunk covers).
+	//     write takes a page-aligned offset; a length that is not a multiple of the page size is
+	//     padded with zeros.
+	// The kernel checks for data at the READ's offset when the READ completes: a page Fill
+	// leaves as a hole fails the reader with EIO.
+	Fill(ctx context.Context, cookieKey string, off, length int64, write func(p []byte, off int64) error) error
 }
 
 const pageSize = 4096
@@ -31,8 +42,9 @@ const pageSize = 4096
 type Config struct {
 	// Workers is how many READ requests are served at once. Default 8.
 	Workers int
-	// StepSize is how many bytes of a READ are resolved and written at a time (one page-aligned
-	// buffer of this size per worker). A multiple of 4096. Default 1 MiB.
+	// StepSize is how many bytes the Resolver hands to write are copied through the kernel's fd
+	// at a time (one page-aligned buffer of this size per worker). A multiple of 4096. Default
+	// 1 MiB.
 	StepSize int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -71,7 +83,7 @@ func (c *Config) Validate() error {
 type Stats struct {
 	Opens, OpenMisses, Closes  uint64
 	Reads, ReadErrors          uint64 // READ requests completed; of those, completed without data
-	ReadBytes                  uint64 // bytes written into backing files
+	ReadBytes                  uint64 // bytes copied through the kernel's fds (bootstraps, zeros); not what the store wrote itself
 	Malformed, UnknownRequests uint64 // messages dropped
 }
 
@@ -415,9 +427,9 @@ func (s *Server) serveRead(ctx context.Context, j readJob, buf []byte) {
 	s.met.readSeconds.Observe(time.Since(start).Seconds())
 }
 
-// fill writes [Off, Off+Len) of the object, widened to whole pages and clipped to the object's
-// size rounded up to a page, in StepSize pieces through the page-aligned buf. Bytes past the
-// object's size are zeros.
+// fill has the Resolver fill [Off, Off+Len) of the object, widened to whole pages and clipped to
+// the object's size rounded up to a page. Bytes the Resolver hands over are copied in StepSize
+// pieces through the page-aligned buf; bytes past the object's size are zeros.
 func (s *Server) fill(ctx context.Context, obj *object, m *Msg, buf []byte) error {
 	const mask = pageSize - 1
 	start := int64(m.Off) &^ mask
@@ -425,26 +437,35 @@ func (s *Server) fill(ctx context.Context, obj *object, m *Msg, buf []byte) erro
 	if limit := (obj.size + mask) &^ mask; end > limit {
 		end = limit
 	}
-	for pos := start; pos < end; {
-		if err := ctx.Err(); err != nil {
-			return err // shutting down: the next worker serves the rest after restore
+	if start >= end {
+		return nil
+	}
+	write := func(p []byte, off int64) error {
+		if off&mask != 0 || off < start || off+int64(len(p)) > end {
+			return fmt.Errorf("READ msg %d object %d cookie %s: resolver wrote [%d,+%d), outside [%d,%d) or not page-aligned", m.ID, obj.id, obj.cookie, off, len(p), start, end)
 		}
-		n := min(int64(len(buf)), end-pos)
-		dn := min(n, obj.size-pos)
-		if err := s.res.ReadRange(ctx, obj.cookie, buf[:dn], pos); err != nil {
-			return fmt.Errorf("READ msg %d object %d cookie %s [%d,+%d): %w", m.ID, obj.id, obj.cookie, pos, dn, err)
+		for len(p) > 0 {
+			if err := ctx.Err(); err != nil {
+				return err // shutting down: the next worker serves the rest after restore
+			}
+			k := copy(buf, p)
+			n := (k + mask) &^ mask
+			clear(buf[k:n])
+			w, err := s.ops.pwrite(obj.fd, buf[:n], off)
+			if err == nil && w != n {
+				err = fmt.Errorf("short write %d of %d", w, n)
+			}
+			if err != nil {
+				return fmt.Errorf("READ msg %d object %d cookie %s: pwrite [%d,+%d): %w", m.ID, obj.id, obj.cookie, off, n, err)
+			}
+			s.readBytes.Add(uint64(n))
+			s.met.readBytes.Add(float64(n))
+			p, off = p[k:], off+int64(n)
 		}
-		clear(buf[dn:n])
-		w, err := s.ops.pwrite(obj.fd, buf[:n], pos)
-		if err == nil && int64(w) != n {
-			err = fmt.Errorf("short write %d of %d", w, n)
-		}
-		if err != nil {
-			return fmt.Errorf("READ msg %d object %d cookie %s: pwrite [%d,+%d): %w", m.ID, obj.id, obj.cookie, pos, n, err)
-		}
-		s.readBytes.Add(uint64(n))
-		s.met.readBytes.Add(float64(n))
-		pos += n
+		return nil
+	}
+	if err := s.res.Fill(ctx, obj.cookie, start, end-start, write); err != nil {
+		return fmt.Errorf("READ msg %d object %d cookie %s [%d,+%d): %w", m.ID, obj.id, obj.cookie, start, end-start, err)
 	}
 	return nil
 }

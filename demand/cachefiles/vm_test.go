@@ -42,6 +42,7 @@ const (
 	vmReadLog   = "/tmp/shoal-reads.log" // one line per ReadRange the worker served
 	vmBlock     = "/tmp/shoal-block"     // while it exists, a worker blocks after serving vmFastSteps
 	vmFastSteps = 3
+	vmStepSize  = 128 << 10               // bytes per ReadRange (a "READ step")
 	vmOverlap   = "/tmp/shoal-overlap"    // while it exists, ReadRange waits (up to 10s) until two overlap
 	vmWorkLog   = "/tmp/shoal-worker.log" // worker stdout and stderr
 )
@@ -405,6 +406,10 @@ func (r *vmResolver) Lookup(volumeKey, cookieKey string) (int64, bool) {
 	return size, ok
 }
 
+func (r *vmResolver) Fill(ctx context.Context, cookieKey string, off, length int64, write func([]byte, int64) error) error {
+	return fillInSteps(ctx, cookieKey, off, length, r.sizes[cookieKey], vmStepSize, r.ReadRange, write)
+}
+
 func (r *vmResolver) ReadRange(ctx context.Context, cookieKey string, p []byte, off int64) error {
 	f := r.files[cookieKey]
 	if f == nil {
@@ -480,7 +485,7 @@ func TestKernelWorker(t *testing.T) {
 	}
 	defer dev.Close()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	srv, err := NewServer(dev, res, Config{Workers: 4, StepSize: 128 << 10, Logger: logger})
+	srv, err := NewServer(dev, res, Config{Workers: 4, StepSize: vmStepSize, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}

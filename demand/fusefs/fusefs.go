@@ -258,7 +258,11 @@ func (n *blobNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 		return fuse.ReadResultData(nil), 0
 	}
 	want := min(int64(len(dest)), n.size-off)
-	ctx, cancel := context.WithTimeout(ctx, n.s.cfg.ReadTimeout)
+	// Not the request's context: the kernel cancels it when the reader takes a signal (a Go
+	// program's runtime sends itself SIGURG all the time), and a fetch that would have succeeded
+	// must not turn into EIO. The read goes on, bounded by ReadTimeout; a reader that is killed
+	// is abandoned by the kernel itself.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), n.s.cfg.ReadTimeout)
 	defer cancel()
 	if err := n.s.res.Ensure(ctx, n.blob, off, want); err != nil {
 		n.s.log.Warn("demand read failed; reader gets EIO", "blob", n.blob, "offset", off, "length", want, "err", err)

@@ -161,8 +161,8 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 // fetches for the cluster (fetch-through) are kept.
 type storeChunks struct{ *chunkstore.Store }
 
-func (s storeChunks) PutChunk(ctx context.Context, blob digest.Digest, c chunk.Chunk, data []byte) error {
-	return s.WriteChunk(ctx, blob, c, data)
+func (s storeChunks) PutChunk(ctx context.Context, blob digest.Digest, c chunk.Chunk, data chunk.Verified) error {
+	return s.Put(ctx, blob, c, data)
 }
 
 var _ p2p.ChunkWriter = storeChunks{}

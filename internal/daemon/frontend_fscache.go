@@ -15,6 +15,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore/layout"
 	"github.com/shoal-p2p/shoal/demand/cachefiles"
 	"github.com/shoal-p2p/shoal/mount"
@@ -153,29 +154,69 @@ func (r fscacheResolver) Lookup(volumeKey, cookieKey string) (int64, bool) {
 	return 0, false
 }
 
-func (r fscacheResolver) ReadRange(ctx context.Context, cookieKey string, p []byte, off int64) error {
-	if path, _, ok := r.bootstrap(cookieKey); ok {
+// Fill makes a READ's range present in the backing file. A bootstrap is a local file: its bytes
+// go through write. A blob's chunks are written by the chunk store into the very backing file
+// the kernel reads (the cachefiles cache is bound to the store's directory), so Ensure is all it
+// takes; only bytes that no chunk covers (not file data) are written, as zeros, so the kernel
+// finds data at every page of the range.
+func (r fscacheResolver) Fill(ctx context.Context, cookieKey string, off, length int64, write func([]byte, int64) error) error {
+	if path, size, ok := r.bootstrap(cookieKey); ok {
 		f, err := os.Open(path)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		n, err := f.ReadAt(p, off)
-		if err != nil && !errors.Is(err, io.EOF) {
+		n := max(0, min(length, size-off))
+		p := make([]byte, n)
+		if _, err := f.ReadAt(p, off); err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
-		clear(p[n:]) // past the end: zeros, never a reused buffer's old bytes
-		return nil
+		return write(p, off)
 	}
 	blob := digest.Digest(cookieKey)
-	if err := r.d.resolver.Ensure(ctx, blob, off, int64(len(p))); err != nil {
+	m, ok := r.d.store.Blob(blob)
+	if !ok {
+		return fmt.Errorf("fscache READ of unknown blob %s", blob)
+	}
+	if err := r.d.resolver.Ensure(ctx, blob, off, length); err != nil {
 		return err
 	}
-	n, err := r.d.store.ReadAt(blob, p, off)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return err
+	return writeGaps(m, off, length, write)
+}
+
+// writeGaps writes zeros over the pages of [off, off+length) that no chunk of m covers.
+func writeGaps(m *chunk.Manifest, off, length int64, write func([]byte, int64) error) error {
+	const page = chunk.BlockSize
+	end := min(off+length, (m.BlobSize+page-1)&^(page-1))
+	pos := off
+	var zeros []byte
+	gap := func(from, to int64) error {
+		// A page a chunk covers in part is the chunk's: the store writes a chunk padded with
+		// zeros to whole blocks. Chunks start on block boundaries, so only from needs rounding.
+		from = (from + page - 1) &^ (page - 1)
+		for from < to {
+			n := min(to-from, 1<<20)
+			if int64(len(zeros)) < n {
+				zeros = make([]byte, n)
+			}
+			if err := write(zeros[:n], from); err != nil {
+				return err
+			}
+			from += n
+		}
+		return nil
 	}
-	clear(p[n:])
+	for _, c := range m.ChunksIn(off, length) {
+		if c.Offset > pos {
+			if err := gap(pos, c.Offset); err != nil {
+				return err
+			}
+		}
+		pos = max(pos, c.End())
+	}
+	if pos < end {
+		return gap(pos, end)
+	}
 	return nil
 }
 
