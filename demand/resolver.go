@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/shoal-p2p/shoal/internal/scope"
 	"log/slog"
 	"sort"
 	"sync"
@@ -104,6 +105,10 @@ type Resolver struct {
 
 	readsMu sync.Mutex
 	reads   map[digest.Digest]*readLog
+
+	// scope owns the shared fetches: they outlive the reader that started them (others wait on
+	// them) but not the resolver. Close ends and waits for them.
+	scope *scope.Scope
 }
 
 // maxRecordedChunks bounds the read order kept per blob.
@@ -139,7 +144,18 @@ func New(store Store, peers Peers, cfg Config) (*Resolver, error) {
 		stats:    newStats(),
 		met:      met,
 		reads:    map[digest.Digest]*readLog{},
+		scope:    scope.New(),
 	}, nil
+}
+
+// ErrClosed is returned for calls after Close.
+var ErrClosed = errors.New("demand: resolver closed")
+
+// Close stops every fetch in flight and waits for them; readers waiting on them get an error.
+// Call it before closing the store the fetches write to.
+func (r *Resolver) Close() error {
+	r.scope.Close()
+	return nil
 }
 
 // AddBlob makes a blob resolvable: its chunk manifest and how to read it from the origin.
@@ -263,7 +279,12 @@ func (r *Resolver) ensureChunk(ctx context.Context, b *blobEntry, c chunk.Chunk,
 	}
 	key := b.m.Blob.String() + "@" + fmt.Sprint(c.Offset)
 	ch := r.flight.DoChan(key, func() (any, error) {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.FetchTimeout)
+		done, ok := r.scope.Track()
+		if !ok {
+			return nil, ErrClosed
+		}
+		defer done()
+		fctx, cancel := r.scope.Detach(ctx, r.cfg.FetchTimeout)
 		defer cancel()
 		return nil, r.fetchChunk(fctx, b, c, prefetch)
 	})

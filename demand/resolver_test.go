@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -247,49 +248,140 @@ func TestSourcesDedupPeersOrigin(t *testing.T) {
 	}
 }
 
-func TestPrefetchCompletesWithRateAndPriority(t *testing.T) {
+func newResolverCfg(t testing.TB, s *chunkstore.Store, cfg Config, tb testBlob, origin OriginFunc) *Resolver {
+	t.Helper()
+	r, err := New(s, nil, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	if err := s.AddBlob(context.Background(), tb.m); err != nil {
+		t.Fatal(err)
+	}
+	r.AddBlob(tb.m, origin)
+	return r
+}
+
+// orderOrigin records the order in which chunks are asked of the origin.
+type orderOrigin struct {
+	*countingOrigin
+	mu    sync.Mutex
+	order []int64
+}
+
+func (o *orderOrigin) fetch(ctx context.Context, c chunk.Chunk) ([]byte, error) {
+	o.mu.Lock()
+	o.order = append(o.order, c.Offset)
+	o.mu.Unlock()
+	return o.countingOrigin.fetch(ctx, c)
+}
+
+func TestPrefetchCompletesPriorityFirst(t *testing.T) {
 	tb := newTestBlob(t, 12)
 	s := openStore(t)
-	o := &countingOrigin{data: tb.data}
-	r := newResolver(t, s, nil, tb, o)
-	ctx := context.Background()
-	var last atomic.Int64
-	lim := rate.NewLimiter(rate.Limit(1<<30), chunkSz/2) // burst smaller than a chunk: waitBytes splits
-	first := []chunk.Range{{Offset: tb.m.Chunks[9].Offset, Length: 1}}
-	var firstOrigin atomic.Int64
-	o2 := func(ctx context.Context, c chunk.Chunk) ([]byte, error) {
-		firstOrigin.CompareAndSwap(0, c.Offset+1)
-		return o.fetch(ctx, c)
-	}
-	r.AddBlob(tb.m, o2)
-	if err := r.Prefetch(ctx, tb.m.Blob, first, lim, func(p, total int64) { last.Store(p) }); err != nil {
+	o := &orderOrigin{countingOrigin: &countingOrigin{data: tb.data}}
+	cfg := DefaultConfig()
+	cfg.PrefetchWorkers = 1 // one worker: the dispatch order is the fetch order
+	r := newResolverCfg(t, s, cfg, tb, o.fetch)
+	// Chunk 3 is present already; chunks 9 and 5 are the priority ranges (5 twice).
+	if err := r.Ensure(context.Background(), tb.m.Blob, tb.m.Chunks[3].Offset, 1); err != nil {
 		t.Fatal(err)
+	}
+	o.order = nil
+	first := []chunk.Range{{Offset: tb.m.Chunks[9].Offset, Length: 1}, {Offset: tb.m.Chunks[5].Offset, Length: 10}, {Offset: tb.m.Chunks[5].Offset, Length: 1}}
+	var last atomic.Int64
+	if err := r.Prefetch(context.Background(), tb.m.Blob, first, nil, func(p, total int64) { last.Store(p) }); err != nil {
+		t.Fatal(err)
+	}
+	var want []int64
+	for _, i := range []int{9, 5, 0, 1, 2, 4, 6, 7, 8, 10, 11} {
+		want = append(want, tb.m.Chunks[i].Offset)
+	}
+	if fmt.Sprint(o.order) != fmt.Sprint(want) {
+		t.Fatalf("origin asked for %v, want the priority chunks first, then the rest in offset order, each once: %v", o.order, want)
 	}
 	if last.Load() != tb.m.DataBytes() {
 		t.Fatalf("progress ended at %d of %d", last.Load(), tb.m.DataBytes())
 	}
-	if o.calls.Load() != int64(len(tb.m.Chunks)) {
-		t.Fatalf("origin calls %d, chunks %d", o.calls.Load(), len(tb.m.Chunks))
-	}
-	missing, _ := s.Missing(tb.m.Blob, 0, tb.m.BlobSize)
-	if len(missing) != 0 {
+	if missing, _ := s.Missing(tb.m.Blob, 0, tb.m.BlobSize); len(missing) != 0 {
 		t.Fatalf("%d chunks missing after prefetch", len(missing))
-	}
-	if got := firstOrigin.Load() - 1; got != tb.m.Chunks[9].Offset {
-		// With several prefetch workers the first chunk dispatched is the priority one.
-		t.Logf("first origin fetch at %d (priority chunk %d): workers raced", got, tb.m.Chunks[9].Offset)
 	}
 	// A cancelled prefetch returns promptly with the context's error.
 	tb2 := newTestBlob(t, 6)
 	o3 := &countingOrigin{data: tb2.data, delay: time.Hour}
-	if err := s.AddBlob(ctx, tb2.m); err != nil {
+	if err := s.AddBlob(context.Background(), tb2.m); err != nil {
 		t.Fatal(err)
 	}
 	r.AddBlob(tb2.m, o3.fetch)
-	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	cctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if err := r.Prefetch(cctx, tb2.m.Blob, nil, nil, nil); err == nil {
-		t.Fatal("cancelled prefetch succeeded")
+	if err := r.Prefetch(cctx, tb2.m.Blob, nil, nil, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("cancelled prefetch: %v, want the context's error", err)
+	}
+}
+
+// TestPrefetchKeepsToTheRate checks the bandwidth cap from below: a prefetch of N bytes at rate R
+// with burst B cannot finish in less than (N-B)/R, whatever the machine's speed.
+func TestPrefetchKeepsToTheRate(t *testing.T) {
+	tb := newTestBlob(t, 12)
+	s := openStore(t)
+	o := &countingOrigin{data: tb.data}
+	r := newResolverCfg(t, s, DefaultConfig(), tb, o.fetch)
+	const perSec, burst = 2 << 20, chunkSz / 2 // burst smaller than a chunk: waitBytes splits
+	lim := rate.NewLimiter(rate.Limit(perSec), burst)
+	start := time.Now()
+	if err := r.Prefetch(context.Background(), tb.m.Blob, nil, lim, nil); err != nil {
+		t.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	n := tb.m.DataBytes()
+	if floor := time.Duration(float64(n-burst) / perSec * float64(time.Second)); elapsed < floor {
+		t.Fatalf("prefetched %d bytes in %v at a cap of %d B/s: faster than the cap allows (%v)", n, elapsed, perSec, floor)
+	}
+	if o.bytes.Load() != n {
+		t.Fatalf("origin served %d bytes, want %d", o.bytes.Load(), n)
+	}
+}
+
+// TestDemandOvertakesPrefetch: a demand read of the chunk a prefetch would fetch last is served
+// while the prefetch is still far from done, because demand never waits behind prefetch.
+func TestDemandOvertakesPrefetch(t *testing.T) {
+	tb := newTestBlob(t, 40)
+	s := openStore(t)
+	o := &countingOrigin{data: tb.data, delay: 20 * time.Millisecond}
+	cfg := DefaultConfig()
+	cfg.Workers, cfg.PrefetchWorkers = 4, 2
+	r := newResolverCfg(t, s, cfg, tb, o.fetch)
+	ctx := context.Background()
+	pre := make(chan error, 1)
+	go func() { pre <- r.Prefetch(ctx, tb.m.Blob, nil, nil, nil) }()
+	waitUntil(t, func() bool { return o.calls.Load() >= 2 }) // prefetch is fetching
+	lastChunk := tb.m.Chunks[len(tb.m.Chunks)-1]
+	if err := r.Ensure(ctx, tb.m.Blob, lastChunk.Offset, 1); err != nil {
+		t.Fatal(err)
+	}
+	_, present, err := s.PresentTotals(tb.m.Blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total := int64(len(tb.m.Chunks)); present > total/2 {
+		t.Fatalf("the demand read of the last chunk returned with %d of %d chunks present: it waited behind the prefetch", present, total)
+	}
+	if err := <-pre; err != nil {
+		t.Fatal(err)
+	}
+	if got := o.calls.Load(); got != int64(len(tb.m.Chunks)) {
+		t.Fatalf("origin asked %d times for %d chunks", got, len(tb.m.Chunks))
+	}
+}
+
+func waitUntil(t testing.TB, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

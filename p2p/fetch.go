@@ -75,15 +75,7 @@ func (n *Node) Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 // flightContext is the context of a shared fetch: it outlives the caller that started it (others
 // wait on it) but not the node.
 func (n *Node) flightContext(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d)
-	n.mu.Lock()
-	rctx := n.ctx
-	n.mu.Unlock()
-	if rctx == nil {
-		return fctx, cancel
-	}
-	stop := context.AfterFunc(rctx, cancel)
-	return fctx, func() { stop(); cancel() }
+	return n.scope.Detach(ctx, d)
 }
 
 func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (fetched, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/shoal-p2p/shoal/internal/scope"
 	"log/slog"
 	"slices"
 	"sort"
@@ -87,11 +88,7 @@ type Node struct {
 	peers   map[peer.ID]*peerState
 	host    host.Host
 	dht     *dht.IpfsDHT
-	ctx     context.Context // Run's context
-	cancel  context.CancelFunc
 	started bool
-	closing bool
-	wg      sync.WaitGroup
 	kick    chan struct{} // wakes the DHT loop when a blob is registered
 	// lost has one channel per redial loop, woken when a peer disconnects: a peer that restarts
 	// (a daemon upgrade) is dialled again within a second or so, not after RedialInterval.
@@ -100,6 +97,10 @@ type Node struct {
 	resolver *madns.Resolver
 	ready    chan struct{}
 	done     chan struct{}
+	// scope owns every goroutine the node starts (discovery, presence writers, connects), the
+	// stream handlers libp2p runs for it, and the contexts of shared fetches: Close ends and
+	// waits for all of them.
+	scope *scope.Scope
 }
 
 // New makes a node. It loads (or creates) the identity key and starts nothing: call Run. local
@@ -128,6 +129,7 @@ func New(cfg Config, local LocalChunks) (*Node, error) {
 		kick:  make(chan struct{}, 1),
 		ready: make(chan struct{}),
 		done:  make(chan struct{}),
+		scope: scope.New(),
 	}
 	if len(cfg.Allowlist) > 0 {
 		n.allow = map[peer.ID]bool{}
@@ -172,19 +174,20 @@ func (n *Node) Addrs() []ma.Multiaddr {
 // Run starts the host, discovery and protocol handlers and serves until ctx ends or Close.
 func (n *Node) Run(ctx context.Context) error {
 	n.mu.Lock()
-	if n.started || n.closing {
+	if n.started || n.scope.Closed() {
 		n.mu.Unlock()
 		return errors.New("p2p: Run called twice or after Close")
 	}
 	n.started = true
-	ctx, n.cancel = context.WithCancel(ctx)
-	n.ctx = ctx
 	n.mu.Unlock()
 	defer close(n.done)
+	stop := context.AfterFunc(ctx, n.scope.Cancel)
+	defer stop()
+	life := n.scope.Context()
 
 	h, err := n.newHost()
 	if err != nil {
-		n.cancel()
+		n.scope.Close()
 		return err
 	}
 	h.Network().Notify(&network.NotifyBundle{ConnectedF: n.onConnected, DisconnectedF: n.onDisconnected})
@@ -193,58 +196,47 @@ func (n *Node) Run(ctx context.Context) error {
 	n.mu.Lock()
 	n.host = h
 	n.mu.Unlock()
-	if err := n.startDiscovery(ctx, h); err != nil {
+	if err := n.startDiscovery(life, h); err != nil {
 		n.shutdown(h)
 		return err
 	}
 	n.log.Info("p2p host listening", "id", n.id, "addrs", n.Addrs())
 	close(n.ready)
-	<-ctx.Done()
+	<-life.Done()
 	n.shutdown(h)
 	return nil
 }
 
+// shutdown ends the node's scope, closes the DHT and the host (which ends the streams its
+// handlers and presence writers block on), then waits for every goroutine of the scope.
 func (n *Node) shutdown(h host.Host) {
-	n.cancel()
+	n.scope.Cancel()
 	n.mu.Lock()
-	n.closing = true
 	d := n.dht
 	n.mu.Unlock()
 	if d != nil {
 		_ = d.Close()
 	}
 	_ = h.Close()
-	n.wg.Wait()
+	n.scope.Wait()
 }
 
-// Close stops Run and waits for it. A node is not reusable.
+// Close stops Run and waits for it and for everything the node started. A node is not reusable.
 func (n *Node) Close() error {
 	n.mu.Lock()
 	started := n.started
-	n.closing = true
-	cancel := n.cancel
 	n.mu.Unlock()
-	if !started {
-		return nil
+	n.scope.Cancel()
+	if started {
+		<-n.done
 	}
-	cancel()
-	<-n.done
+	n.scope.Wait()
 	return nil
 }
 
-// goFn runs f in a goroutine that shutdown waits for, unless the node is shutting down.
+// goFn runs f in a goroutine of the node's scope, unless the node is shutting down.
 func (n *Node) goFn(f func()) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closing {
-		return false
-	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		f()
-	}()
-	return true
+	return n.scope.Go(func(context.Context) { f() })
 }
 
 // RegisterBlob makes this host a member of blob's swarm: it learns the manifest (to map chunks to

@@ -102,7 +102,7 @@ func (n *Node) snapshotLocked(blob digest.Digest) Presence {
 // stream. It sends each dirty blob's full state, so a burst of Announce calls while a write is in
 // progress goes out as one frame per blob.
 func (n *Node) sendPresence(ps *peerState) {
-	ctx := n.ctx
+	ctx := n.scope.Context()
 	var s network.Stream
 	defer func() {
 		if s != nil {
@@ -181,6 +181,12 @@ func (n *Node) sendPresence(ps *peerState) {
 
 // handlePresence reads a peer's presence frames until the stream ends.
 func (n *Node) handlePresence(s network.Stream) {
+	done, ok := n.scope.Track()
+	if !ok {
+		_ = s.Reset()
+		return
+	}
+	defer done()
 	p := s.Conn().RemotePeer()
 	if !n.allowed(p) {
 		_ = s.Reset()

@@ -18,6 +18,12 @@ const floodWindow = 10 * time.Second
 // rate or concurrency gets a busy answer at once (it asks another holder), and a peer that keeps
 // going over its rate is banned.
 func (n *Node) handleChunk(s network.Stream) {
+	done, ok := n.scope.Track()
+	if !ok {
+		_ = s.Reset()
+		return
+	}
+	defer done()
 	p := s.Conn().RemotePeer()
 	_ = s.SetDeadline(time.Now().Add(n.cfg.RequestTimeout))
 	st, data, msg := n.serve(s, p)
@@ -29,7 +35,7 @@ func (n *Node) handleChunk(s network.Stream) {
 	n.mu.Lock()
 	ps := n.peerLocked(p)
 	up := ps.upLimit
-	rctx := n.ctx
+	rctx := n.scope.Context()
 	n.mu.Unlock()
 	if up != nil && len(data) > 0 {
 		if err := up.WaitN(rctx, len(data)); err != nil {
@@ -75,7 +81,7 @@ func (n *Node) serve(s network.Stream, p peer.ID) (Status, []byte, string) {
 		ps.refused++
 		flood = ps.refused >= n.cfg.FloodBanAfter
 	}
-	rctx := n.ctx
+	rctx := n.scope.Context()
 	n.mu.Unlock()
 	if !ok {
 		if flood {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/shoal-p2p/shoal/internal/scope"
 	"log/slog"
 	"os"
 	"sync"
@@ -81,10 +82,8 @@ type Listener struct {
 	runDone chan struct{} // closed when Run has returned
 	closed  bool
 
-	handlers sync.WaitGroup
-	sem      chan struct{}
-	ctx      context.Context // cancelled by Close: in-flight Ensure calls give up
-	cancel   context.CancelFunc
+	// life ends when Close is called: Run stops reading and in-flight Ensure calls give up.
+	life *scope.Scope
 }
 
 // New creates the fanotify group. It needs CAP_SYS_ADMIN and Linux 6.14+ (see Probe).
@@ -107,7 +106,6 @@ func New(res Resolver, cfg Config) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fanotify_init(FAN_CLASS_PRE_CONTENT): %w", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	return &Listener{
 		res:    res,
 		cfg:    cfg,
@@ -117,9 +115,7 @@ func New(res Resolver, cfg Config) (*Listener, error) {
 		f:      os.NewFile(uintptr(fd), "fanotify"),
 		byBlob: map[digest.Digest]*watch{},
 		byFile: map[fileKey]*watch{},
-		sem:    make(chan struct{}, cfg.Workers),
-		ctx:    ctx,
-		cancel: cancel,
+		life:   scope.New(),
 	}, nil
 }
 
@@ -214,18 +210,36 @@ func (l *Listener) Run(ctx context.Context) error {
 	l.runDone = make(chan struct{})
 	l.mu.Unlock()
 	defer close(l.runDone)
-	defer l.handlers.Wait()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	stopClose := context.AfterFunc(l.life.Context(), cancel) // Close ends Run
+	defer stopClose()
 	stop := context.AfterFunc(ctx, func() { _ = l.f.SetReadDeadline(time.Now()) })
 	defer stop()
-	go func() { // Close cancels l.ctx.
-		select {
-		case <-l.ctx.Done():
-			cancel()
-		case <-ctx.Done():
-		}
+
+	// A fixed pool of workers answers events from a queue. The reading loop never waits for a
+	// worker: the daemon's own accesses (the store's pwrite of a chunk a worker is fetching) raise
+	// events too, and they must be answered while every worker is busy, or the workers would
+	// wait on themselves.
+	q := newEventQueue()
+	var workers sync.WaitGroup
+	for range l.cfg.Workers {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for {
+				ev, ok := q.pop()
+				if !ok {
+					return
+				}
+				l.handle(ctx, ev)
+			}
+		}()
+	}
+	defer func() {
+		q.close() // workers answer what is queued (Ensure fails fast once ctx is done), then exit
+		workers.Wait()
 	}()
 
 	buf := make([]byte, 64<<10)
@@ -245,13 +259,14 @@ func (l *Listener) Run(ctx context.Context) error {
 			l.log.Error("odd event stream from the kernel", "err", perr)
 		}
 		for _, ev := range evs {
-			l.dispatch(ctx, ev, perr == nil)
+			l.dispatch(q, ev, perr == nil)
 		}
 	}
 }
 
-// dispatch answers the daemon's own accesses at once and hands the others to a worker.
-func (l *Listener) dispatch(ctx context.Context, ev Event, wellFormed bool) {
+// dispatch answers the daemon's own accesses and malformed events at once and queues the others
+// for the workers.
+func (l *Listener) dispatch(q *eventQueue, ev Event, wellFormed bool) {
 	if ev.FD < 0 {
 		if ev.Mask&QueueOverflow != 0 {
 			l.log.Error("fanotify queue overflowed")
@@ -267,18 +282,52 @@ func (l *Listener) dispatch(ctx context.Context, ev Event, wellFormed bool) {
 		l.respond(ev, DenyErrno(uint8(unix.EIO)))
 		return
 	}
-	l.handlers.Add(1)
-	go func() {
-		defer l.handlers.Done()
-		select {
-		case l.sem <- struct{}{}:
-		case <-ctx.Done():
-			l.respond(ev, DenyErrno(uint8(unix.EIO)))
-			return
-		}
-		defer func() { <-l.sem }()
-		l.handle(ctx, ev)
-	}()
+	q.push(ev)
+}
+
+// eventQueue is the FIFO between the reading loop and the workers. It is unbounded, like the
+// kernel's own queue (FAN_UNLIMITED_QUEUE): each entry is an event already read, holding its fd.
+type eventQueue struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	evs    []Event
+	closed bool
+}
+
+func newEventQueue() *eventQueue {
+	q := &eventQueue{}
+	q.cond = sync.NewCond(&q.mu)
+	return q
+}
+
+func (q *eventQueue) push(ev Event) {
+	q.mu.Lock()
+	q.evs = append(q.evs, ev)
+	q.mu.Unlock()
+	q.cond.Signal()
+}
+
+// pop returns the oldest event, waiting for one; ok is false once the queue is closed and empty.
+func (q *eventQueue) pop() (Event, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.evs) == 0 && !q.closed {
+		q.cond.Wait()
+	}
+	if len(q.evs) == 0 {
+		return Event{}, false
+	}
+	ev := q.evs[0]
+	q.evs[0] = Event{}
+	q.evs = q.evs[1:]
+	return ev, true
+}
+
+func (q *eventQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.cond.Broadcast()
 }
 
 func (l *Listener) handle(ctx context.Context, ev Event) {
@@ -341,7 +390,7 @@ func (l *Listener) Close() error {
 	l.closed = true
 	running, done := l.running, l.runDone
 	l.mu.Unlock()
-	l.cancel()
+	l.life.Cancel()
 	_ = l.f.SetReadDeadline(time.Now())
 	if running {
 		<-done // Run answers what it holds before returning
