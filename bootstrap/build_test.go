@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"github.com/shoal-p2p/shoal/chunk"
 	"io"
 	"io/fs"
 	"os"
@@ -18,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/shoal-p2p/shoal/chunk"
 
 	"github.com/ipfs/go-cid"
 	"golang.org/x/sys/unix"

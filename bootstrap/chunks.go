@@ -2,9 +2,10 @@ package bootstrap
 
 import (
 	"fmt"
-	"github.com/shoal-p2p/shoal/chunk"
 	"io"
 	"sort"
+
+	"github.com/shoal-p2p/shoal/chunk"
 
 	"github.com/opencontainers/go-digest"
 )

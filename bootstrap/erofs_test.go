@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"github.com/shoal-p2p/shoal/chunk"
 	"hash/crc32"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/shoal-p2p/shoal/chunk"
 
 	"golang.org/x/sys/unix"
 )

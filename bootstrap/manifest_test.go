@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"github.com/shoal-p2p/shoal/chunk"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/shoal-p2p/shoal/chunk"
 
 	"github.com/ipfs/go-cid"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"

@@ -15,10 +15,11 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
 	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/chunkstore/storetest"
-	"golang.org/x/sys/unix"
 )
 
 // benchDir is where benchmarks put their files: SHOAL_BENCH_DIR or a temp dir (same disk as

@@ -3,9 +3,10 @@ package chunkstore
 import (
 	"errors"
 	"fmt"
-	"github.com/shoal-p2p/shoal/chunkstore/layout"
 	"log/slog"
 	"strings"
+
+	"github.com/shoal-p2p/shoal/chunkstore/layout"
 
 	"github.com/prometheus/client_golang/prometheus"
 )

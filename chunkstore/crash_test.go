@@ -13,10 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/chunkstore/storetest"
-	"golang.org/x/sys/unix"
 )
 
 const crashEnv = "SHOAL_CHUNKSTORE_CRASH_DIR"

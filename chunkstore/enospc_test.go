@@ -9,10 +9,11 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/chunkstore/storetest"
-	"golang.org/x/sys/unix"
 )
 
 // smallExt4 mounts a fresh 8 MiB ext4 filesystem (loop device) and returns its mount point; the

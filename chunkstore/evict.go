@@ -6,6 +6,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/ipfs/go-cid"
+
 	"github.com/shoal-p2p/shoal/chunk"
 )
 

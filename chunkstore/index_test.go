@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+
 	"github.com/shoal-p2p/shoal/chunk"
 )
 

@@ -7,8 +7,11 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/shoal-p2p/shoal/internal/metrics"
+
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/shoal-p2p/shoal/chunk"
 )
 
@@ -72,13 +75,13 @@ func (b badgerLogger) Debugf(f string, a ...any) {
 }
 
 // metrics exposes the store's counters to Prometheus.
-type metrics struct {
-	reg  prometheus.Registerer
-	cols []prometheus.Collector
+type storeMetrics struct {
+	cols       []prometheus.Collector
+	unregister func()
 }
 
-func newMetrics(s *Store, reg prometheus.Registerer) (*metrics, error) {
-	m := &metrics{reg: reg}
+func newMetrics(s *Store, reg prometheus.Registerer) (*storeMetrics, error) {
+	m := &storeMetrics{}
 	counter := func(name, help string, f func() int64) {
 		m.cols = append(m.cols, prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_chunkstore_" + name, Help: help}, func() float64 { return float64(f()) }))
 	}
@@ -94,19 +97,11 @@ func newMetrics(s *Store, reg prometheus.Registerer) (*metrics, error) {
 	gauge("present_bytes", "Bytes of present chunks.", s.used.Load)
 	gauge("max_bytes", "Configured size limit (0: none).", func() int64 { return s.cfg.MaxBytes })
 	gauge("open_files", "Backing files held open.", func() int64 { return int64(s.files.len()) })
-	for i, c := range m.cols {
-		if err := reg.Register(c); err != nil {
-			for _, r := range m.cols[:i] {
-				reg.Unregister(r)
-			}
-			return nil, fmt.Errorf("chunkstore: register metrics: %w", err)
-		}
+	// The collectors read this store's fields: registered for its lifetime, not shared.
+	un, err := metrics.RegisterOwned(reg, m.cols...)
+	if err != nil {
+		return nil, fmt.Errorf("chunkstore: %w", err)
 	}
+	m.unregister = un
 	return m, nil
-}
-
-func (m *metrics) unregister() {
-	for _, c := range m.cols {
-		m.reg.Unregister(c)
-	}
 }

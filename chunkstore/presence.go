@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/dgraph-io/badger/v4"
+
 	"github.com/shoal-p2p/shoal/chunk"
 )
 

@@ -9,6 +9,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/ipfs/go-cid"
 	"github.com/opencontainers/go-digest"
+
 	"github.com/shoal-p2p/shoal/chunk"
 )
 

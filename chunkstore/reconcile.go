@@ -5,8 +5,9 @@ import (
 	"fmt"
 
 	"github.com/ipfs/go-cid"
-	"github.com/shoal-p2p/shoal/chunk"
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // reconcileAll checks every blob's backing file against the index. A file whose identity and

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/shoal-p2p/shoal/chunkstore/layout"
 	"io"
 	"log/slog"
 	"os"
@@ -14,11 +13,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/shoal-p2p/shoal/chunkstore/layout"
+
 	"github.com/dgraph-io/badger/v4"
 	"github.com/ipfs/go-cid"
 	"github.com/opencontainers/go-digest"
-	"github.com/shoal-p2p/shoal/chunk"
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // EventKind says what happened to a chunk.
@@ -110,7 +112,7 @@ type Store struct {
 
 	commitCh   chan *commitReq
 	committerW sync.WaitGroup
-	metrics    *metrics
+	metrics    *storeMetrics
 }
 
 type blobState struct {

@@ -4,16 +4,18 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/shoal-p2p/shoal/chunkstore/layout"
 	"log/slog"
 	"os"
 	"sync"
 	"testing"
 
+	"github.com/shoal-p2p/shoal/chunkstore/layout"
+
+	"golang.org/x/sys/unix"
+
 	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/chunkstore/storetest"
-	"golang.org/x/sys/unix"
 )
 
 var quiet = slog.New(slog.DiscardHandler)

@@ -7,8 +7,9 @@ import (
 	"unsafe"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/shoal-p2p/shoal/chunk"
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // WriteChunk verifies data against c.CID and stores it (Put). It is for bytes from a source the

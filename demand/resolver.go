@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/shoal-p2p/shoal/internal/scope"
 	"log/slog"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/shoal-p2p/shoal/internal/metrics"
+	"github.com/shoal-p2p/shoal/internal/scope"
 
 	"github.com/ipfs/go-cid"
 	"github.com/opencontainers/go-digest"
@@ -101,7 +103,7 @@ type Resolver struct {
 	demand   atomic.Int64  // demand fetches waiting or running: prefetch yields while > 0
 
 	stats *stats
-	met   *metrics
+	met   *resolverMetrics
 
 	readsMu sync.Mutex
 	reads   map[digest.Digest]*readLog
@@ -467,14 +469,14 @@ func (s *stats) snapshot() Stats {
 	return out
 }
 
-type metrics struct {
+type resolverMetrics struct {
 	bytes    *prometheus.CounterVec
 	seconds  *prometheus.HistogramVec
 	failures prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	m := &metrics{
+func newMetrics(reg prometheus.Registerer) (*resolverMetrics, error) {
+	m := &resolverMetrics{
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_demand_bytes_total", Help: "Bytes of chunk data made present, by source (local = demand bytes that were already present).",
 		}, []string{"source"}),
@@ -486,12 +488,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "shoal_demand_fetch_failures_total", Help: "Chunk fetches that failed from every source.",
 		}),
 	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.bytes, m.seconds, m.failures} {
-			if err := reg.Register(c); err != nil {
-				return nil, fmt.Errorf("demand: registering metrics: %w", err)
-			}
-		}
+	var err error
+	if m.bytes, err = metrics.Register(reg, m.bytes); err != nil {
+		return nil, fmt.Errorf("demand: %w", err)
+	}
+	if m.seconds, err = metrics.Register(reg, m.seconds); err != nil {
+		return nil, fmt.Errorf("demand: %w", err)
+	}
+	if m.failures, err = metrics.Register(reg, m.failures); err != nil {
+		return nil, fmt.Errorf("demand: %w", err)
 	}
 	return m, nil
 }

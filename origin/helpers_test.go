@@ -211,6 +211,7 @@ type tokenServer struct {
 	life     atomic.Int64 // token lifetime in seconds (exp claim)
 	claimed  atomic.Int64 // expires_in told to the client; 0: same as life
 	issued   atomic.Int64
+	dead     atomic.Int64 // this many next tokens are issued already expired (the registry rejects them)
 }
 
 func newTokenServer(t testing.TB) *tokenServer {
@@ -254,6 +255,12 @@ func (ts *tokenServer) serveToken(w http.ResponseWriter, r *http.Request) {
 	}
 	now := time.Now()
 	life := ts.life.Load()
+	claimedLife := life
+	if ts.dead.Add(-1) >= 0 {
+		life = -60 // expired a minute ago, leeway included: refused at once
+	} else {
+		ts.dead.Store(0)
+	}
 	claims := map[string]any{
 		"iss": "shoal-test-issuer", "sub": u, "aud": r.URL.Query().Get("service"),
 		// The registry accepts a token until token.Leeway after its exp: take that off so that
@@ -274,7 +281,7 @@ func (ts *tokenServer) serveToken(w http.ResponseWriter, r *http.Request) {
 	tok := signing + "." + base64.RawURLEncoding.EncodeToString(sig)
 	claimed := ts.claimed.Load()
 	if claimed == 0 {
-		claimed = life
+		claimed = claimedLife
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"token": tok, "expires_in": claimed, "issued_at": now.UTC().Format(time.RFC3339)})

@@ -1,9 +1,9 @@
 package origin
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/shoal-p2p/shoal/internal/metrics"
 )
 
 // clientMetrics counts what the clients of one Registerer ask of origins.
@@ -49,20 +49,12 @@ func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
 	}
 }
 
-// register registers c, or returns the collector already registered under its name, so that
-// several Sources can share one Registerer.
+// register registers c through the shared helper. A conflicting collector of another type leaves
+// the client counting privately: a metrics clash must not stop reads.
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if reg == nil {
+	got, err := metrics.Register(reg, c)
+	if err != nil {
 		return c
 	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		// A conflicting collector of another type: count privately rather than fail.
-	}
-	return c
+	return got
 }

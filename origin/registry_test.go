@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -104,14 +105,18 @@ func TestCrossRepositoryMount(t *testing.T) {
 }
 
 // TestTokenRefresh reads through a long-lived Source while its tokens expire: once when the
-// token server says how long they live, once when the registry rejects them earlier than that.
+// token server says how long they live (the client's clock is moved on, not waited for), once
+// when the registry rejects a token the client believes valid (it was issued already expired).
 func TestTokenRefresh(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		claimed int64 // expires_in the client is told
+		name       string
+		claimed    int64 // expires_in the client is told
+		dead       int64 // tokens issued already expired
+		advance    time.Duration
+		wantTokens int64
 	}{
-		{"expires_in honoured", 2},
-		{"rejected before expires_in", 3600},
+		{"expires_in honoured", 2, 0, 3 * time.Second, 3},
+		{"rejected before expires_in", 3600, 1, 0, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -123,17 +128,19 @@ func TestTokenRefresh(t *testing.T) {
 			if _, err := Push(ctx, im.dir, env.host+"/img:latest", cfg, PushOptions{}); err != nil {
 				t.Fatal(err)
 			}
-			env.tokens.life.Store(2)
 			env.tokens.claimed.Store(tc.claimed)
+			env.tokens.dead.Store(tc.dead)
 			src, err := Open(env.host+"/img", cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
+			var skew atomic.Int64 // the client's clock runs ahead of the wall by this much
+			src.(*Registry).auth.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
 			big := im.biggest()
 			before := env.tokens.issued.Load()
 			for i := range 3 {
 				if i > 0 {
-					time.Sleep(2100 * time.Millisecond)
+					skew.Add(int64(tc.advance))
 				}
 				got, err := src.ReadRange(ctx, big.Digest, 4096, 4096)
 				if err != nil {
@@ -143,8 +150,8 @@ func TestTokenRefresh(t *testing.T) {
 					t.Fatalf("read %d: wrong bytes", i)
 				}
 			}
-			if n := env.tokens.issued.Load() - before; n < 3 {
-				t.Fatalf("%d tokens issued for reads 2 s apart with 2 s tokens, want at least 3", n)
+			if n := env.tokens.issued.Load() - before; n != tc.wantTokens {
+				t.Fatalf("%d tokens issued for three reads, want %d", n, tc.wantTokens)
 			}
 		})
 	}

@@ -1,7 +1,11 @@
 package p2p
 
 import (
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
+
+	shoalmetrics "github.com/shoal-p2p/shoal/internal/metrics"
 )
 
 // metrics are the shoal_p2p_* series. They exist whether or not a Registerer is configured, so
@@ -20,7 +24,7 @@ type metrics struct {
 	peers          prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer, connected func() float64) *metrics {
+func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, func(), error) {
 	m := &metrics{
 		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_p2p_fetches_total", Help: "Chunk fetches by where the data came from (peer, coalesced, origin) or failed.",
@@ -57,9 +61,12 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) *metrics {
 			Name: "shoal_p2p_connected_peers", Help: "Peers with an open connection.",
 		}, connected),
 	}
-	if reg != nil {
-		reg.MustRegister(m.fetches, m.fetchBytes, m.fetchSeconds, m.servedRequests, m.servedBytes,
-			m.peerFailures, m.hedges, m.bans, m.presenceIn, m.presenceOut, m.peers)
+	// The gauge reads this node's peers, and the counters are its own: registered for the
+	// node's lifetime (Close unregisters them), not shared with another node.
+	unregister, err := shoalmetrics.RegisterOwned(reg, m.fetches, m.fetchBytes, m.fetchSeconds, m.servedRequests, m.servedBytes,
+		m.peerFailures, m.hedges, m.bans, m.presenceIn, m.presenceOut, m.peers)
+	if err != nil {
+		return nil, nil, fmt.Errorf("p2p: %w", err)
 	}
-	return m
+	return m, unregister, nil
 }

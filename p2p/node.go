@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/shoal-p2p/shoal/internal/scope"
 	"log/slog"
 	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/shoal-p2p/shoal/internal/scope"
 
 	"github.com/ipfs/go-cid"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
@@ -101,6 +102,9 @@ type Node struct {
 	// stream handlers libp2p runs for it, and the contexts of shared fetches: Close ends and
 	// waits for all of them.
 	scope *scope.Scope
+	// unregister removes the node's metrics from the Registerer (at Close).
+	unregister func()
+	unregOnce  sync.Once
 }
 
 // New makes a node. It loads (or creates) the identity key and starts nothing: call Run. local
@@ -138,7 +142,7 @@ func New(cfg Config, local LocalChunks) (*Node, error) {
 		}
 	}
 	n.seq.Store(uint64(time.Now().UnixNano())) // a restarted host's frames must supersede its old ones
-	n.met = newMetrics(cfg.Registerer, func() float64 {
+	n.met, n.unregister, err = newMetrics(cfg.Registerer, func() float64 {
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		c := 0
@@ -149,6 +153,9 @@ func New(cfg Config, local LocalChunks) (*Node, error) {
 		}
 		return float64(c)
 	})
+	if err != nil {
+		return nil, err
+	}
 	return n, nil
 }
 
@@ -231,6 +238,7 @@ func (n *Node) Close() error {
 		<-n.done
 	}
 	n.scope.Wait()
+	n.unregOnce.Do(n.unregister)
 	return nil
 }
 

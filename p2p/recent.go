@@ -1,8 +1,9 @@
 package p2p
 
 import (
-	"github.com/shoal-p2p/shoal/chunk"
 	"sync"
+
+	"github.com/shoal-p2p/shoal/chunk"
 
 	"github.com/ipfs/go-cid"
 )

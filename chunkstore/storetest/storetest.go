@@ -14,6 +14,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/opencontainers/go-digest"
+
 	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 )

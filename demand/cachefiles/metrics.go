@@ -1,10 +1,11 @@
 package cachefiles
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	shoalmetrics "github.com/shoal-p2p/shoal/internal/metrics"
 )
 
 // metrics are the shoal_cachefiles_* series. They exist whether or not a Registerer is configured,
@@ -40,36 +41,25 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "shoal_cachefiles_open_objects", Help: "Anonymous fds (opened bootstraps and blobs) held.",
 		}),
 	}
-	if reg == nil {
-		return m, nil
-	}
-	// A new Server in the same process (a restarted worker loop) reuses the registered series.
-	reuse := func(c prometheus.Collector) (prometheus.Collector, error) {
-		err := reg.Register(c)
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			return are.ExistingCollector, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("cachefiles metrics: %w", err)
-		}
-		return c, nil
-	}
+	// A new Server in the same process (a restarted worker loop) shares the registered series.
 	var err error
-	set := func(c prometheus.Collector, assign func(prometheus.Collector)) {
-		if err != nil {
-			return
-		}
-		var got prometheus.Collector
-		if got, err = reuse(c); err == nil {
-			assign(got)
-		}
+	if m.requests, err = shoalmetrics.Register(reg, m.requests); err != nil {
+		return nil, fmt.Errorf("cachefiles: %w", err)
 	}
-	set(m.requests, func(c prometheus.Collector) { m.requests = c.(*prometheus.CounterVec) })
-	set(m.openMisses, func(c prometheus.Collector) { m.openMisses = c.(prometheus.Counter) })
-	set(m.readFailures, func(c prometheus.Collector) { m.readFailures = c.(prometheus.Counter) })
-	set(m.readBytes, func(c prometheus.Collector) { m.readBytes = c.(prometheus.Counter) })
-	set(m.readSeconds, func(c prometheus.Collector) { m.readSeconds = c.(prometheus.Histogram) })
-	set(m.objects, func(c prometheus.Collector) { m.objects = c.(prometheus.Gauge) })
-	return m, err
+	if m.openMisses, err = shoalmetrics.Register(reg, m.openMisses); err != nil {
+		return nil, fmt.Errorf("cachefiles: %w", err)
+	}
+	if m.readFailures, err = shoalmetrics.Register(reg, m.readFailures); err != nil {
+		return nil, fmt.Errorf("cachefiles: %w", err)
+	}
+	if m.readBytes, err = shoalmetrics.Register(reg, m.readBytes); err != nil {
+		return nil, fmt.Errorf("cachefiles: %w", err)
+	}
+	if m.readSeconds, err = shoalmetrics.Register(reg, m.readSeconds); err != nil {
+		return nil, fmt.Errorf("cachefiles: %w", err)
+	}
+	if m.objects, err = shoalmetrics.Register(reg, m.objects); err != nil {
+		return nil, fmt.Errorf("cachefiles: %w", err)
+	}
+	return m, nil
 }

@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/shoal-p2p/shoal/internal/scope"
 	"log/slog"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/shoal-p2p/shoal/internal/scope"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
