@@ -5,6 +5,8 @@ GO          ?= go
 BIN         := bin
 STATICCHECK := $(BIN)/tools/staticcheck
 STATICCHECK_VERSION := v0.8.2
+ERRCHECK    := $(BIN)/tools/errcheck
+ERRCHECK_VERSION := v1.30.0
 # Debian packages the demo and the tests use; installed only when missing and only as root.
 DEMO_PACKAGES := erofs-utils fuse3 util-linux curl
 APT_PACKAGES  := $(DEMO_PACKAGES) e2fsprogs iproute2 attr qemu-system-x86 busybox-static cpio
@@ -36,11 +38,17 @@ apt-install:
 $(STATICCHECK):
 	GOBIN=$(abspath $(BIN)/tools) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
-lint: $(STATICCHECK)
+$(ERRCHECK):
+	GOBIN=$(abspath $(BIN)/tools) $(GO) install github.com/kisielk/errcheck@$(ERRCHECK_VERSION)
+
+# lint: gofmt, go vet, staticcheck, and errcheck (every error handled or explicitly assigned to _;
+# .errcheck-exclude lists the few calls whose errors carry nothing to act on).
+lint: $(STATICCHECK) $(ERRCHECK)
 	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
+	$(ERRCHECK) -ignoretests -exclude .errcheck-exclude ./...
 
 unit:
 	$(GO) test -race -timeout 20m ./...

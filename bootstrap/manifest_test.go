@@ -11,7 +11,6 @@ import (
 
 	"github.com/shoal-p2p/shoal/chunk"
 
-	"github.com/ipfs/go-cid"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -65,11 +64,4 @@ func FuzzParseImage(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = ParseImage(b, func(d ocispec.Descriptor) ([]byte, error) { return nil, errors.New("no content") })
 	})
-}
-
-func mustDecodeCID(t testing.TB, s string) cid.Cid {
-	t.Helper()
-	id, err := cid.Decode(s)
-	must(t, err)
-	return id
 }

@@ -124,7 +124,7 @@ func TestCrashConsistency(t *testing.T) {
 			}
 			for _, c := range b.Manifest.Chunks {
 				checked++
-				if !s.HasChunk(b.Digest(), c) {
+				if !storetest.Has(t, s, b.Digest(), c) {
 					continue
 				}
 				present++

@@ -13,22 +13,28 @@ import (
 	"github.com/shoal-p2p/shoal/chunk"
 )
 
-// HasChunk reports whether chunk c of the blob is present.
-func (s *Store) HasChunk(blob digest.Digest, c chunk.Chunk) bool {
+// HasChunk reports whether chunk c of the blob is present. An unknown blob or a chunk that is not
+// the blob's is simply not present; an index that cannot be read is an error, never "absent".
+func (s *Store) HasChunk(blob digest.Digest, c chunk.Chunk) (bool, error) {
 	b, err := s.blob(blob)
 	if err != nil {
-		return false
+		return false, nil
 	}
 	return s.hasChunk(b, c)
 }
 
-func (s *Store) hasChunk(b *blobState, c chunk.Chunk) bool {
+func (s *Store) hasChunk(b *blobState, c chunk.Chunk) (bool, error) {
 	i, err := s.chunkIndex(b, c)
-	if err != nil {
-		return false
+	if errors.Is(err, ErrInvalid) {
+		return false, nil
+	} else if err != nil {
+		return false, err
 	}
 	have, err := s.presence(b)
-	return err == nil && have.has(i)
+	if err != nil {
+		return false, err
+	}
+	return have.has(i), nil
 }
 
 // PresentTotals returns the bytes and chunks of blob that are present, from counters the store
@@ -129,9 +135,9 @@ type location struct {
 }
 
 // locations lists where a CID is present (at most max).
-func (s *Store) locations(id cid.Cid, max int) []location {
+func (s *Store) locations(id cid.Cid, max int) ([]location, error) {
 	var out []location
-	_ = s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: cidPrefix(id)})
 		defer it.Close()
 		for it.Rewind(); it.Valid() && len(out) < max; it.Next() {
@@ -150,7 +156,10 @@ func (s *Store) locations(id cid.Cid, max int) []location {
 		}
 		return nil
 	})
-	return out
+	if err != nil {
+		return nil, fmt.Errorf("index lookup of chunk %s: %w: %w", id, ErrIO, err)
+	}
+	return out, nil
 }
 
 // ReadChunk returns the bytes of a present chunk with this CID from whichever blob holds it,
@@ -161,8 +170,12 @@ func (s *Store) ReadChunk(ctx context.Context, id cid.Cid) (chunk.Verified, erro
 		return chunk.Verified{}, err
 	}
 	defer s.leave()
+	locs, err := s.locations(id, 16)
+	if err != nil {
+		return chunk.Verified{}, err
+	}
 	var lastErr error
-	for _, loc := range s.locations(id, 16) {
+	for _, loc := range locs {
 		if err := ctx.Err(); err != nil {
 			return chunk.Verified{}, err
 		}
@@ -196,7 +209,9 @@ func (s *Store) ReadChunk(ctx context.Context, id cid.Cid) (chunk.Verified, erro
 func (s *Store) readChunk(b *blobState, c chunk.Chunk) (chunk.Verified, error) {
 	b.lock.RLock()
 	defer b.lock.RUnlock()
-	if !s.hasChunk(b, c) {
+	if ok, err := s.hasChunk(b, c); err != nil {
+		return chunk.Verified{}, fmt.Errorf("chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.digest, err)
+	} else if !ok {
 		return chunk.Verified{}, fmt.Errorf("chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.digest, ErrNotFound)
 	}
 	f, err := s.files.get(b.path)

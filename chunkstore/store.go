@@ -669,14 +669,17 @@ func (r *blobReader) ReadAt(p []byte, off int64) (int, error) { return r.s.ReadA
 func (s *Store) ReaderAt(d digest.Digest) io.ReaderAt { return &blobReader{s, d} }
 
 // HasCID reports whether any blob holds a present chunk with this CID.
-func (s *Store) HasCID(id cid.Cid) bool {
+func (s *Store) HasCID(id cid.Cid) (bool, error) {
 	found := false
-	_ = s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: cidPrefix(id)})
 		defer it.Close()
 		it.Rewind()
 		found = it.Valid()
 		return nil
 	})
-	return found
+	if err != nil {
+		return false, fmt.Errorf("index lookup of chunk %s: %w: %w", id, ErrIO, err)
+	}
+	return found, nil
 }

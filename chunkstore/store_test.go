@@ -123,12 +123,12 @@ func TestEvictionLRUAndPins(t *testing.T) {
 	}
 	mu.Unlock()
 	for _, c := range pinned.Manifest.Chunks {
-		if !s.HasChunk(pinned.Digest(), c) {
+		if !storetest.Has(t, s, pinned.Digest(), c) {
 			t.Fatal("pinned chunk evicted")
 		}
 	}
 	for _, c := range old.Manifest.Chunks {
-		if s.HasChunk(old.Digest(), c) || s.HasCID(c.CID) {
+		if storetest.Has(t, s, old.Digest(), c) || storetest.HasCID(t, s, c.CID) {
 			t.Fatal("evicted chunk still present")
 		}
 	}
@@ -147,7 +147,7 @@ func TestEvictionLRUAndPins(t *testing.T) {
 	if err := s.WriteChunk(ctx, old.Digest(), c, old.Bytes(c)); !errors.Is(err, chunkstore.ErrNoSpace) {
 		t.Fatalf("write into a full, pinned cache: %v, want ErrNoSpace", err)
 	}
-	if s.HasChunk(old.Digest(), c) {
+	if storetest.Has(t, s, old.Digest(), c) {
 		t.Fatal("failed write left the chunk present")
 	}
 	if err := s.Unpin(fresh.Digest(), "image-b"); err != nil {
@@ -180,7 +180,7 @@ func TestPinnedOverflow(t *testing.T) {
 	writeAll(t, s, b) // past the cap: nothing evictable, the writes go through
 	for _, x := range []storetest.Blob{a, b} {
 		for _, c := range x.Manifest.Chunks {
-			if !s.HasChunk(x.Digest(), c) {
+			if !storetest.Has(t, s, x.Digest(), c) {
 				t.Fatal("pinned chunk missing")
 			}
 		}
@@ -208,7 +208,7 @@ func TestReopenAndReconcile(t *testing.T) {
 	s = open(t, dir, testConfig())
 	ch := b.Manifest.Chunks
 	for _, c := range ch {
-		if !s.HasChunk(b.Digest(), c) {
+		if !storetest.Has(t, s, b.Digest(), c) {
 			t.Fatalf("chunk at %d lost across a clean reopen", c.Offset)
 		}
 	}
@@ -237,7 +237,7 @@ func TestReopenAndReconcile(t *testing.T) {
 	s = open(t, dir, testConfig())
 	defer s.Close()
 	for i, want := range []bool{true, false, true, false} {
-		if got := s.HasChunk(b.Digest(), ch[i]); got != want {
+		if got := storetest.Has(t, s, b.Digest(), ch[i]); got != want {
 			t.Errorf("after reconcile chunk %d present = %v, want %v", i, got, want)
 		}
 	}
@@ -261,7 +261,7 @@ func TestSyncFailureMarksNothing(t *testing.T) {
 	if !errors.Is(err, chunkstore.ErrIO) || !errors.Is(err, unix.EIO) {
 		t.Fatalf("WriteChunk with failing fdatasync: %v, want ErrIO", err)
 	}
-	if s.HasChunk(b.Digest(), c) || s.HasCID(c.CID) {
+	if storetest.Has(t, s, b.Digest(), c) || storetest.HasCID(t, s, c.CID) {
 		t.Fatal("chunk marked present although its data was not durable")
 	}
 	if err := s.WriteChunk(context.Background(), b.Digest(), c, b.Bytes(c)); err != nil {

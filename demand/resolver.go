@@ -27,8 +27,9 @@ type Store interface {
 	Missing(blob digest.Digest, off, length int64) ([]chunk.Chunk, error)
 	// Put writes verified bytes of c durably and marks the chunk present. It does not hash.
 	Put(ctx context.Context, blob digest.Digest, c chunk.Chunk, v chunk.Verified) error
-	// HasCID reports whether any blob holds a chunk with this CID.
-	HasCID(id cid.Cid) bool
+	// HasCID reports whether any blob holds a chunk with this CID; an error means the store
+	// could not tell.
+	HasCID(id cid.Cid) (bool, error)
 	// ReadChunk reads a present chunk by CID from whichever blob holds it, verified.
 	ReadChunk(ctx context.Context, id cid.Cid) (chunk.Verified, error)
 }
@@ -330,7 +331,11 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 // copy in another blob (dedup), by package p2p for bytes from a peer or the origin, or here for
 // the origin when there is no cluster.
 func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c chunk.Chunk) (chunk.Verified, chunk.Source, error) {
-	if r.store.HasCID(c.CID) {
+	held, err := r.store.HasCID(c.CID)
+	if err != nil {
+		return chunk.Verified{}, "", fmt.Errorf("local store: %w", err)
+	}
+	if held {
 		if v, err := r.store.ReadChunk(ctx, c.CID); err == nil && v.Len() == c.Length {
 			return v, chunk.SourceDedup, nil
 		}

@@ -191,9 +191,11 @@ func (s *Server) Run(ctx context.Context, l net.Listener) error {
 			err := hs.Shutdown(sctx)
 			cancel()
 			if err != nil {
-				hs.Close()
+				_ = hs.Close()
 			}
-			<-errc
+			if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Debug("origin server stopped", "err", err)
+			}
 			return nil
 		}
 	}

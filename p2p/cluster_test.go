@@ -32,11 +32,11 @@ var _ ChunkWriter = (*memStore)(nil)
 
 func newMemStore() *memStore { return &memStore{m: map[cid.Cid][]byte{}} }
 
-func (s *memStore) HasCID(c cid.Cid) bool {
+func (s *memStore) HasCID(c cid.Cid) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, ok := s.m[c]
-	return ok
+	return ok, nil
 }
 
 func (s *memStore) ReadChunk(_ context.Context, c cid.Cid) (chunk.Verified, error) {
@@ -204,7 +204,7 @@ func readImage(ctx context.Context, n *testNode, m *chunk.Manifest, o *countingO
 		go func() {
 			defer wg.Done()
 			for c := range next {
-				if n.store.HasCID(c.CID) {
+				if ok, _ := n.store.HasCID(c.CID); ok {
 					continue
 				}
 				data, src, err := n.Fetch(ctx, m.Blob, c, func(ctx context.Context) ([]byte, error) { return o.fetch(ctx, c) })

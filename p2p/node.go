@@ -29,7 +29,8 @@ import (
 
 // LocalChunks is what this host serves to peers: the chunk store's read side.
 type LocalChunks interface {
-	HasCID(c cid.Cid) bool
+	// HasCID reports whether the chunk is held; an error means the store could not tell.
+	HasCID(c cid.Cid) (bool, error)
 	// ReadChunk returns the chunk's bytes, verified against c (disks rot; a peer that sent bad
 	// bytes would be banned).
 	ReadChunk(ctx context.Context, c cid.Cid) (chunk.Verified, error)

@@ -101,7 +101,15 @@ func (n *Node) serve(s network.Stream, p peer.ID) (Status, []byte, string) {
 		n.log.Debug("bad chunk request", "peer", p, "err", err)
 		return 0xff, nil, ""
 	}
-	if n.local != nil && n.local.HasCID(req.CID) {
+	held := false
+	if n.local != nil {
+		var err error
+		if held, err = n.local.HasCID(req.CID); err != nil {
+			n.log.Warn("local store lookup failed", "chunk", req.CID, "peer", p, "err", err)
+			return StatusError, nil, "store lookup failed"
+		}
+	}
+	if held {
 		ctx, cancel := context.WithTimeout(rctx, n.cfg.RequestTimeout)
 		defer cancel()
 		data, err := n.local.ReadChunk(ctx, req.CID)

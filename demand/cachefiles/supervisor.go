@@ -158,7 +158,7 @@ func (s *Supervisor) serve(ln *net.UnixListener) {
 		if err := s.handOver(c); err != nil {
 			s.log.Error("handover", "err", err)
 		}
-		c.Close()
+		_ = c.Close()
 	}
 }
 

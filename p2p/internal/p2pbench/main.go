@@ -39,11 +39,11 @@ type store struct {
 	node *p2p.Node
 }
 
-func (s *store) HasCID(c cid.Cid) bool {
+func (s *store) HasCID(c cid.Cid) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, ok := s.m[c]
-	return ok
+	return ok, nil
 }
 
 func (s *store) ReadChunk(_ context.Context, c cid.Cid) (chunk.Verified, error) {
@@ -156,7 +156,7 @@ func read(ctx context.Context, n *node, m *chunk.Manifest, o *origin, workers in
 		go func() {
 			defer wg.Done()
 			for c := range next {
-				if n.st.HasCID(c.CID) {
+				if ok, _ := n.st.HasCID(c.CID); ok {
 					continue
 				}
 				start := time.Now()
