@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +45,7 @@ const (
 	vmFastSteps = 3
 	vmStepSize  = 128 << 10               // bytes per ReadRange (a "READ step")
 	vmOverlap   = "/tmp/shoal-overlap"    // while it exists, ReadRange waits (up to 10s) until two overlap
+	vmSlow      = "/tmp/shoal-slow"       // while it exists, each ReadRange takes 5 ms more
 	vmWorkLog   = "/tmp/shoal-worker.log" // worker stdout and stderr
 )
 
@@ -299,6 +301,7 @@ func TestKernelInVM(t *testing.T) {
 	if err != nil {
 		t.FailNow()
 	}
+	signalledRead(t, b, "signalled-4M")
 	restartDuringRead(t, sup, b, "big-16M", syscall.SIGKILL, "failover")
 
 	// 6. Upgrade: stop the worker gracefully (SIGTERM) in the middle of a read; it leaves its READs
@@ -362,6 +365,48 @@ func restartDuringRead(t *testing.T, sup *Supervisor, img vmImage, file string, 
 	vmReport(t, killErr == nil && r.err == nil && r.sum == want && newPID != old && newPID != 0 && resent > 0, name,
 		"sent %q to worker %d after %d READ steps of %s (err %v); new worker %d served %d of the old worker's unanswered ranges again after restore; read: %v; sha256 %s, want %s; %d READ steps in all",
 		sig, old, stoppedAt, file, killErr, newPID, resent, r.err, r.sum, want, countLines(vmReadLog)-before)
+}
+
+// signalledRead reads a cold file while its reading thread takes SIGURG every millisecond (the
+// signal the Go runtime preempts goroutines with) and the worker serves each READ step slowly:
+// the read must return the right bytes. (The kernel's wait for a READ is killable only, so
+// ordinary signals must neither fail the read nor reach the worker.)
+func signalledRead(t *testing.T, img vmImage, file string) {
+	t.Helper()
+	if err := os.WriteFile(vmSlow, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(vmSlow)
+	type result struct {
+		sum string
+		err error
+	}
+	tids := make(chan int, 1)
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // one thread does the whole read: the one the signals go to
+		defer runtime.UnlockOSThread()
+		tids <- unix.Gettid()
+		s, err := sha256File(filepath.Join("/mnt", img.name, file))
+		done <- result{s, err}
+	}()
+	tid := <-tids
+	sent := 0
+	var r result
+loop:
+	for {
+		select {
+		case r = <-done:
+			break loop
+		case <-time.After(time.Millisecond):
+			if unix.Tgkill(os.Getpid(), tid, unix.SIGURG) == nil {
+				sent++
+			}
+		}
+	}
+	want := img.sums[file]
+	vmReport(t, r.err == nil && r.sum == want && sent > 10, "signalled-read",
+		"%s read cold with %d signals to the reading thread: err %v, sha256 %s, want %s", file, sent, r.err, r.sum, want)
 }
 
 // resentRanges counts the ranges of blob that worker pid started to serve and another worker
@@ -430,6 +475,9 @@ func (r *vmResolver) ReadRange(ctx context.Context, cookieKey string, p []byte, 
 		for deadline := time.Now().Add(10 * time.Second); !r.overlapped.Load() && time.Now().Before(deadline); {
 			time.Sleep(time.Millisecond)
 		}
+	}
+	if _, err := os.Stat(vmSlow); err == nil {
+		time.Sleep(5 * time.Millisecond)
 	}
 	if _, err := os.Stat(vmBlock); err == nil && r.blockSteps.Add(1) > vmFastSteps {
 		for {

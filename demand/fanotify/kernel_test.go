@@ -182,3 +182,36 @@ func TestFailingResolverGivesEIO(t *testing.T) {
 		t.Fatalf("empty file: %+v, %v", got, err)
 	}
 }
+
+// TestSignalledReaderGetsData reads cold data from a reader that takes a signal every
+// millisecond (SIGURG, as the Go runtime sends itself): every read returns the right bytes.
+func TestSignalledReaderGetsData(t *testing.T) {
+	var res *mounttest.SlowResolver
+	var paths []string
+	fx := setup(t, func(im *mounttest.Image, fx *fixture) fanotify.Resolver {
+		store := mounttest.OpenStore(t, filepath.Join(fx.dir, "cache"), im)
+		for _, b := range im.Image.Blobs {
+			paths = append(paths, store.BackingPath(b.Digest))
+		}
+		res = &mounttest.SlowResolver{StoreResolver: &mounttest.StoreResolver{Store: store, Image: im}, Delay: 15 * time.Millisecond}
+		return res
+	})
+	fx.mount(t, paths)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var reqs []mounttest.ReadReq
+	for rel := range fx.im.Files {
+		reqs = append(reqs, mounttest.ReadReq{Path: filepath.Join(fx.target, rel), Len: -1})
+	}
+	sent, err := fx.im.VerifySignalled(ctx, fx.target, reqs, time.Millisecond)
+	if err != nil {
+		t.Fatalf("after %d signals: %v", sent, err)
+	}
+	if res.Fetched.Load() == 0 || sent < 10 {
+		t.Fatalf("%d chunks fetched, %d signals sent: the reads were not cold or not interrupted", res.Fetched.Load(), sent)
+	}
+	t.Logf("%d files read cold with %d signals, %d chunks fetched", len(reqs), sent, res.Fetched.Load())
+	if err := mount.Unmount(fx.target); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -171,3 +171,32 @@ func TestFailingResolverGivesEIO(t *testing.T) {
 		t.Fatal("resolver never called")
 	}
 }
+
+// TestSignalledReaderGetsData reads cold data from a reader that takes a signal every
+// millisecond (SIGURG, as the Go runtime sends itself): the kernel interrupts the FUSE request
+// each time, and the read must still return the right bytes, never EIO.
+func TestSignalledReaderGetsData(t *testing.T) {
+	mounttest.RequireRoot(t)
+	dir := t.TempDir()
+	im := mounttest.BuildImage(t, dir, 11)
+	store := mounttest.OpenStore(t, filepath.Join(dir, "cache"), im)
+	res := &mounttest.SlowResolver{StoreResolver: &mounttest.StoreResolver{Store: store, Image: im}, Delay: 15 * time.Millisecond}
+	fx := setup(t, res, store, im, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var reqs []mounttest.ReadReq
+	for rel := range im.Files {
+		reqs = append(reqs, mounttest.ReadReq{Path: filepath.Join(fx.target, rel), Len: -1})
+	}
+	sent, err := fx.im.VerifySignalled(ctx, fx.target, reqs, time.Millisecond)
+	if err != nil {
+		t.Fatalf("after %d signals: %v", sent, err)
+	}
+	if res.Fetched.Load() == 0 || sent < 10 {
+		t.Fatalf("%d chunks fetched, %d signals sent: the reads were not cold or not interrupted", res.Fetched.Load(), sent)
+	}
+	t.Logf("%d files read cold with %d signals, %d chunks fetched", len(reqs), sent, res.Fetched.Load())
+	if err := mount.Unmount(fx.target); err != nil {
+		t.Fatal(err)
+	}
+}

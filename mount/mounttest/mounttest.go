@@ -22,6 +22,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -158,6 +159,27 @@ func (r *StoreResolver) Ensure(ctx context.Context, blob digest.Digest, off, len
 	return fmt.Errorf("unknown blob %s", blob)
 }
 
+// SlowResolver makes every Ensure that has something to fetch take Delay first, as a fetch over
+// the network does, and gives up if its context ends meanwhile (as the real resolver's waiting
+// readers do): a frontend that passes a reader's interruptible context down turns signals into
+// failed reads.
+type SlowResolver struct {
+	*StoreResolver
+	Delay time.Duration
+}
+
+// Ensure waits Delay (unless the range is present), then fetches like StoreResolver.
+func (r *SlowResolver) Ensure(ctx context.Context, blob digest.Digest, off, length int64) error {
+	if missing, err := r.Store.Missing(blob, off, length); err == nil && len(missing) > 0 {
+		select {
+		case <-time.After(r.Delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return r.StoreResolver.Ensure(ctx, blob, off, length)
+}
+
 // FailingResolver fails every Ensure, like a blob no peer or origin can serve.
 type FailingResolver struct{ Calls atomic.Int64 }
 
@@ -279,6 +301,47 @@ func ChildRead(ctx context.Context, reqs []ReadReq) ([]ReadResp, error) {
 	return out, nil
 }
 
+// ChildReadSignalled is ChildRead with the child signalled all the time it reads: SIGURG every
+// interval, the signal the Go runtime sends itself to preempt goroutines (so every Go program in a
+// container takes it while it reads). A frontend must not turn an interrupted read into EIO for a
+// fetch that would have succeeded. It returns the answers and how many signals were sent.
+func ChildReadSignalled(ctx context.Context, reqs []ReadReq, interval time.Duration) ([]ReadResp, int, error) {
+	in, err := json.Marshal(reqs)
+	if err != nil {
+		return nil, 0, err
+	}
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), readerEnv+"=1")
+	cmd.Stdin = bytes.NewReader(in)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		return nil, 0, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	sent := 0
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				return nil, sent, fmt.Errorf("reader process: %w (ctx: %v): %s", err, ctx.Err(), stderr.String())
+			}
+			var out []ReadResp
+			if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
+				return nil, sent, fmt.Errorf("reader process output: %w: %q", err, stdout.String())
+			}
+			return out, sent, nil
+		case <-tick.C:
+			if cmd.Process.Signal(unix.SIGURG) == nil {
+				sent++
+			}
+		}
+	}
+}
+
 // Expect is the ReadResp a correct read of req gives on the image's source files, with root the
 // mountpoint the request paths are under.
 func (im *Image) Expect(root string, req ReadReq) (ReadResp, error) {
@@ -346,6 +409,20 @@ func (im *Image) Verify(ctx context.Context, root string, reqs []ReadReq) error 
 	if err != nil {
 		return err
 	}
+	return im.compare(root, reqs, got)
+}
+
+// VerifySignalled is Verify with the reader signalled every interval all the while it reads
+// (ChildReadSignalled). It returns how many signals the reader took.
+func (im *Image) VerifySignalled(ctx context.Context, root string, reqs []ReadReq, interval time.Duration) (int, error) {
+	got, sent, err := ChildReadSignalled(ctx, reqs, interval)
+	if err != nil {
+		return sent, err
+	}
+	return sent, im.compare(root, reqs, got)
+}
+
+func (im *Image) compare(root string, reqs []ReadReq, got []ReadResp) error {
 	if len(got) != len(reqs) {
 		return fmt.Errorf("reader answered %d of %d requests", len(got), len(reqs))
 	}

@@ -31,6 +31,7 @@ head -c 1048577 /dev/urandom >"$ta/sub/deeper/1M-plus-1"
 seq 1 200000 >"$ta/sub/numbers"
 head -c 16777216 /dev/urandom >"$work/tree-b/big-16M"
 head -c 8388608 /dev/urandom >"$work/tree-b/upgrade-8M"
+head -c 4194304 /dev/urandom >"$work/tree-b/signalled-4M"
 for img in a b; do
 	run_logged "$work/mkfs-$img.log" mkfs.erofs --chunksize=1048576 --blobdev="$data/$img.blob.img" \
 		-Eforce-chunk-indexes "$data/$img.boot.img" "$work/tree-$img"
