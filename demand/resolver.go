@@ -59,13 +59,21 @@ type Config struct {
 	PrefetchWorkers int
 	// FetchTimeout bounds one chunk fetch, all sources included.
 	FetchTimeout time.Duration
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer // nil: metrics are not registered
+	// CorruptAttempts is how many times a chunk whose bytes did not match its CID is asked for
+	// in one fetch (a bad proxy or a flaky disk on the way gives wrong bytes now and then).
+	CorruptAttempts int
+	// PrefetchAttempts is how many rounds a prefetch gives a failing chunk; PrefetchRetryBase is
+	// the wait before the second round, doubling for each one after.
+	PrefetchAttempts  int
+	PrefetchRetryBase time.Duration
+	Logger            *slog.Logger
+	Registerer        prometheus.Registerer // nil: metrics are not registered
 }
 
 // DefaultConfig returns the settings the daemon uses unless told otherwise.
 func DefaultConfig() Config {
-	return Config{Workers: 16, PrefetchWorkers: 4, FetchTimeout: 2 * time.Minute}
+	return Config{Workers: 16, PrefetchWorkers: 4, FetchTimeout: 2 * time.Minute, CorruptAttempts: 3,
+		PrefetchAttempts: 4, PrefetchRetryBase: time.Second}
 }
 
 // Validate checks ranges and cross-field rules.
@@ -77,6 +85,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("demand: PrefetchWorkers %d must be at least 1 and less than Workers (%d), so demand reads always have a worker", c.PrefetchWorkers, c.Workers)
 	case c.FetchTimeout <= 0:
 		return fmt.Errorf("demand: FetchTimeout must be positive")
+	case c.CorruptAttempts < 1 || c.CorruptAttempts > 10:
+		return fmt.Errorf("demand: CorruptAttempts %d out of range 1..10", c.CorruptAttempts)
+	case c.PrefetchAttempts < 1 || c.PrefetchAttempts > 100:
+		return fmt.Errorf("demand: PrefetchAttempts %d out of range 1..100", c.PrefetchAttempts)
+	case c.PrefetchRetryBase <= 0:
+		return fmt.Errorf("demand: PrefetchRetryBase must be positive")
 	}
 	return nil
 }
@@ -309,6 +323,15 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 	defer release()
 	start := time.Now()
 	data, src, err := r.fetchBytes(fctx, b, c)
+	for try := 1; err != nil && errors.Is(err, chunk.ErrCorrupt) && try < r.cfg.CorruptAttempts && fctx.Err() == nil; try++ {
+		// Wrong bytes are counted where they were found (the peer is struck, the origin's bytes
+		// are refused); ask again, perhaps from another source, before failing the read.
+		r.log.Info("chunk did not match its CID; asking again", "blob", b.m.Blob, "offset", c.Offset, "cid", c.CID, "attempt", try+1, "err", err)
+		if sleepCtx(fctx, time.Duration(try)*50*time.Millisecond) != nil {
+			break
+		}
+		data, src, err = r.fetchBytes(fctx, b, c)
+	}
 	if err != nil {
 		r.met.failures.Inc()
 		r.stats.fail()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -291,7 +292,7 @@ func TestPrefetchCompletesPriorityFirst(t *testing.T) {
 	o.order = nil
 	first := []chunk.Range{{Offset: tb.m.Chunks[9].Offset, Length: 1}, {Offset: tb.m.Chunks[5].Offset, Length: 10}, {Offset: tb.m.Chunks[5].Offset, Length: 1}}
 	var last atomic.Int64
-	if err := r.Prefetch(context.Background(), tb.m.Blob, first, nil, func(p, total int64) { last.Store(p) }); err != nil {
+	if _, err := r.Prefetch(context.Background(), tb.m.Blob, first, nil, func(p, total int64) { last.Store(p) }); err != nil {
 		t.Fatal(err)
 	}
 	var want []int64
@@ -316,7 +317,7 @@ func TestPrefetchCompletesPriorityFirst(t *testing.T) {
 	r.AddBlob(tb2.m, o3.fetch)
 	cctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if err := r.Prefetch(cctx, tb2.m.Blob, nil, nil, nil); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := r.Prefetch(cctx, tb2.m.Blob, nil, nil, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("cancelled prefetch: %v, want the context's error", err)
 	}
 }
@@ -331,7 +332,7 @@ func TestPrefetchKeepsToTheRate(t *testing.T) {
 	const perSec, burst = 2 << 20, chunkSz / 2 // burst smaller than a chunk: waitBytes splits
 	lim := rate.NewLimiter(rate.Limit(perSec), burst)
 	start := time.Now()
-	if err := r.Prefetch(context.Background(), tb.m.Blob, nil, lim, nil); err != nil {
+	if _, err := r.Prefetch(context.Background(), tb.m.Blob, nil, lim, nil); err != nil {
 		t.Fatal(err)
 	}
 	elapsed := time.Since(start)
@@ -355,7 +356,7 @@ func TestDemandOvertakesPrefetch(t *testing.T) {
 	r := newResolverCfg(t, s, cfg, tb, o.fetch)
 	ctx := context.Background()
 	pre := make(chan error, 1)
-	go func() { pre <- r.Prefetch(ctx, tb.m.Blob, nil, nil, nil) }()
+	go func() { _, err := r.Prefetch(ctx, tb.m.Blob, nil, nil, nil); pre <- err }()
 	waitUntil(t, func() bool { return o.calls.Load() >= 2 }) // prefetch is fetching
 	lastChunk := tb.m.Chunks[len(tb.m.Chunks)-1]
 	if err := r.Ensure(ctx, tb.m.Blob, lastChunk.Offset, 1); err != nil {
@@ -414,7 +415,7 @@ func TestReadOrderRecorded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := r.Prefetch(ctx, tb.m.Blob, nil, nil, nil); err != nil { // prefetch is not recorded
+	if _, err := r.Prefetch(ctx, tb.m.Blob, nil, nil, nil); err != nil { // prefetch is not recorded
 		t.Fatal(err)
 	}
 	got := r.ReadOrder(tb.m.Blob)
@@ -426,5 +427,106 @@ func TestReadOrderRecorded(t *testing.T) {
 		if got[i].Offset != want[i] || got[i].Length != chunkSz {
 			t.Fatalf("read order %v, want offsets %v", got, want)
 		}
+	}
+}
+
+// flakyOrigin fails chunks in a pattern: each chunk in fail fails its first failures[off] asks with
+// err (a 500, or wrong bytes), then serves.
+type flakyOrigin struct {
+	*countingOrigin
+	mu       sync.Mutex
+	failures map[int64]int
+	corrupt  map[int64]bool
+}
+
+func (o *flakyOrigin) fetch(ctx context.Context, c chunk.Chunk) ([]byte, error) {
+	o.mu.Lock()
+	n := o.failures[c.Offset]
+	if n > 0 {
+		o.failures[c.Offset] = n - 1
+	}
+	bad := o.corrupt[c.Offset] && n > 0
+	o.mu.Unlock()
+	b, err := o.countingOrigin.fetch(ctx, c)
+	if err != nil || n == 0 {
+		return b, err
+	}
+	if bad {
+		b[0] ^= 1
+		return b, nil
+	}
+	return nil, errors.New("origin: 500 Internal Server Error (test)")
+}
+
+func TestPrefetchGoesOnPastFailures(t *testing.T) {
+	tb := newTestBlob(t, 10)
+	s := openStore(t)
+	o := &flakyOrigin{countingOrigin: &countingOrigin{data: tb.data},
+		// chunk 2 fails twice with a 500, chunk 5 sends wrong bytes four times (more than one
+		// fetch's CorruptAttempts), chunk 7 fails every time.
+		failures: map[int64]int{tb.m.Chunks[2].Offset: 2, tb.m.Chunks[5].Offset: 4, tb.m.Chunks[7].Offset: 1 << 30},
+		corrupt:  map[int64]bool{tb.m.Chunks[5].Offset: true}}
+	cfg := DefaultConfig()
+	cfg.PrefetchAttempts, cfg.PrefetchRetryBase = 3, 10*time.Millisecond
+	r := newResolverCfg(t, s, cfg, tb, o.fetch)
+	res, err := r.Prefetch(context.Background(), tb.m.Blob, nil, nil, nil)
+	if !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("Prefetch: %v, want ErrIncomplete", err)
+	}
+	if len(res.Missing) != 1 || res.Missing[0].Chunk.Offset != tb.m.Chunks[7].Offset {
+		t.Fatalf("missing %+v, want only chunk 7", res.Missing)
+	}
+	if !strings.Contains(res.Missing[0].Err.Error(), "500") || !strings.Contains(err.Error(), "500") {
+		t.Fatalf("the reason is lost: %v / %v", res.Missing[0].Err, err)
+	}
+	if want := tb.m.DataBytes() - tb.m.Chunks[7].Length; res.Present != want || res.Total != tb.m.DataBytes() {
+		t.Fatalf("present %d of %d, want %d", res.Present, res.Total, want)
+	}
+	for _, i := range []int{0, 2, 5, 9} {
+		if !storetest.Has(t, s, tb.m.Blob, tb.m.Chunks[i]) {
+			t.Errorf("chunk %d not present: a failure elsewhere stopped the prefetch", i)
+		}
+	}
+	// Chunk 7 was asked for once per round, no more.
+	if got := int64(cfg.PrefetchAttempts); o.failures[tb.m.Chunks[7].Offset] != 1<<30-int(got) {
+		t.Errorf("chunk 7 asked %d times, want %d", 1<<30-o.failures[tb.m.Chunks[7].Offset], got)
+	}
+}
+
+func TestPrefetchReportsEvictedChunks(t *testing.T) {
+	tb := newTestBlob(t, 12)
+	cfg := chunkstore.DefaultConfig()
+	cfg.MaxBytes = 4 * chunkSz // a third of the blob
+	cfg.PinnedOverflow = false
+	s, err := chunkstore.Open(t.TempDir(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	o := &countingOrigin{data: tb.data}
+	r := newResolverCfg(t, s, DefaultConfig(), tb, o.fetch)
+	res, err := r.Prefetch(context.Background(), tb.m.Blob, nil, nil, nil)
+	if !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("a prefetch of an image three times the cache: %v, want ErrIncomplete", err)
+	}
+	if res.Present > cfg.MaxBytes || res.Present+int64(len(res.Missing))*chunkSz != res.Total {
+		t.Fatalf("result says %d of %d present with %d missing chunks; the cache holds %d", res.Present, res.Total, len(res.Missing), cfg.MaxBytes)
+	}
+	if !strings.Contains(res.Summary(), "evicted") {
+		t.Fatalf("summary does not say why: %s", res.Summary())
+	}
+}
+
+func TestCorruptOriginBytesAreAskedAgain(t *testing.T) {
+	tb := newTestBlob(t, 3)
+	s := openStore(t)
+	o := &flakyOrigin{countingOrigin: &countingOrigin{data: tb.data},
+		failures: map[int64]int{tb.m.Chunks[1].Offset: 2}, corrupt: map[int64]bool{tb.m.Chunks[1].Offset: true}}
+	r := newResolverCfg(t, s, DefaultConfig(), tb, o.fetch)
+	if err := r.Ensure(context.Background(), tb.m.Blob, tb.m.Chunks[1].Offset, 1); err != nil {
+		t.Fatalf("a chunk whose first two answers were wrong: %v", err)
+	}
+	if got := o.calls.Load(); got != 3 {
+		t.Fatalf("origin asked %d times, want 3", got)
 	}
 }

@@ -513,7 +513,7 @@ func (d *Daemon) startPrefetch(im *image) {
 		for _, b := range im.Image.Blobs {
 			base := done
 			first := d.loadReadOrder(b.Digest)
-			err = d.resolver.Prefetch(ctx, b.Digest, first, lim, func(present, total int64) {
+			_, err = d.resolver.Prefetch(ctx, b.Digest, first, lim, func(present, total int64) {
 				d.mu.Lock()
 				im.prefetch.Present = base + present
 				d.mu.Unlock()
