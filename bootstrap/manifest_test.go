@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ipfs/go-cid"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -64,11 +63,4 @@ func FuzzParseImage(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = ParseImage(b, func(d ocispec.Descriptor) ([]byte, error) { return nil, errors.New("no content") })
 	})
-}
-
-func mustDecodeCID(t testing.TB, s string) cid.Cid {
-	t.Helper()
-	id, err := cid.Decode(s)
-	must(t, err)
-	return id
 }
