@@ -83,9 +83,15 @@ fuzz:
 clean:
 	rm -rf $(BIN)
 
-# kernel-test builds (once, cached in /var/cache/shoal) a Linux 6.12 with cachefiles on-demand mode
+# kernel-test installs what it needs (the kernel's build tools, qemu and what the VM's images are
+# made with), builds (once, cached in /var/cache/shoal) a Linux 6.12 with cachefiles on-demand mode
 # and runs demand/cachefiles' real-kernel test under qemu. Needs root.
-.PHONY: kernel-test
-kernel-test:
+KERNEL_TEST_PACKAGES := bc flex bison libelf-dev libssl-dev cpio make gcc xz-utils \
+	qemu-system-x86 busybox-static erofs-utils e2fsprogs
+.PHONY: kernel-test deps-kernel
+deps-kernel:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(KERNEL_TEST_PACKAGES)"
+
+kernel-test: deps-kernel
 	./scripts/kernel/build-kernel.sh >/dev/null
 	SHOAL_KERNEL_TEST=required $(GO) test -count=1 -v -run '^TestKernel$$' ./demand/cachefiles/

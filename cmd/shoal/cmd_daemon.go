@@ -66,21 +66,35 @@ func runDaemon(ctx context.Context, args []string) error {
 	}
 	// SIGUSR1 (sent by the supervisor on SIGHUP) stops this worker for a restart: fscache mounts
 	// stay, the next worker adopts them.
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	usr1 := make(chan os.Signal, 1)
-	signal.Notify(usr1, syscall.SIGUSR1)
-	defer signal.Stop(usr1)
-	go func() {
-		if _, ok := <-usr1; ok {
-			cancel(daemon.ErrRestart)
-		}
-	}()
+	ctx, stop := onSignal(ctx, syscall.SIGUSR1, daemon.ErrRestart)
+	defer stop()
 	d, err := daemon.New(cfg, log)
 	if err != nil {
 		return err
 	}
 	return d.Run(ctx)
+}
+
+// onSignal returns a context that ends, with cause, when sig arrives or ctx ends. stop ends the
+// watch and waits for its goroutine.
+func onSignal(ctx context.Context, sig os.Signal, cause error) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, sig)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-ch:
+			cancel(cause)
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(ch)
+		cancel(nil)
+		<-done
+	}
 }
 
 // superviseDaemon runs `shoal daemon --supervise`: a small process that holds /dev/cachefiles
@@ -330,7 +344,15 @@ func runPrefetch(ctx context.Context, args []string) error {
 			fmt.Printf("%s is local: %s from peers, %s from origin so far on this host\n", pos[0], units.Bytes(st.Bytes.Peers), units.Bytes(st.Bytes.Origin))
 			return nil
 		case "failed":
+			if tty {
+				fmt.Fprintln(os.Stderr)
+			}
 			return errors.New("prefetch failed: " + im.PrefetchError)
+		case "incomplete":
+			if tty {
+				fmt.Fprintln(os.Stderr)
+			}
+			return fmt.Errorf("%s is not all local: %s", pos[0], im.PrefetchError)
 		}
 		select {
 		case <-ctx.Done():

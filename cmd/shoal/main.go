@@ -47,24 +47,72 @@ func main() {
 	}
 }
 
-// run finds the longest registered command name that prefixes args ("image build" before "image").
+// run finds the longest registered command name that prefixes args ("image build" before "image"),
+// after the global flags.
 func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		usage(stdout)
 		return nil
 	}
+	global, args, err := splitGlobalFlags(args)
+	if err != nil {
+		usage(os.Stderr)
+		return err
+	}
+	if len(args) == 0 {
+		usage(os.Stderr)
+		return errors.New("no command after the global flags")
+	}
 	for n := min(len(args), 3); n >= 1; n-- {
 		if c, ok := commands[strings.Join(args[:n], " ")]; ok {
-			return c.run(ctx, args[n:])
+			// Ahead of the command's own arguments: a flag given in both places takes the
+			// command's value, the later one.
+			return c.run(ctx, append(global, args[n:]...))
 		}
 	}
 	usage(os.Stderr)
 	return fmt.Errorf("unknown command %q", strings.Join(args, " "))
 }
 
+// globalFlags are the flags common to the client commands, which may also come before the
+// command (`shoal --api SOCKET stats`, as kubectl and docker take theirs). Each takes a value.
+var globalFlags = map[string]string{"api": "SOCKET"}
+
+// splitGlobalFlags takes the global flags off the front of args ("--api S", "--api=S", one dash
+// or two) and returns them in "--name=value" form, with the rest.
+func splitGlobalFlags(args []string) (global, rest []string, err error) {
+	for len(args) > 0 && strings.HasPrefix(args[0], "-") && args[0] != "-" {
+		if args[0] == "--" {
+			return global, args[1:], nil
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(args[0], "-"), "=")
+		if _, ok := globalFlags[name]; !ok {
+			return nil, nil, fmt.Errorf("flag %s before the command: only %s may come there; a command's own flags go after it (shoal COMMAND --help)", args[0], globalFlagList())
+		}
+		args = args[1:]
+		if !hasValue {
+			if len(args) == 0 {
+				return nil, nil, fmt.Errorf("flag --%s needs a value: --%s %s", name, name, globalFlags[name])
+			}
+			value, args = args[0], args[1:]
+		}
+		global = append(global, "--"+name+"="+value)
+	}
+	return global, args, nil
+}
+
+func globalFlagList() string {
+	var out []string
+	for n, v := range globalFlags {
+		out = append(out, "--"+n+" "+v)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ", ")
+}
+
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "Shoal: peer-to-peer chunk distribution for EROFS container images.")
-	fmt.Fprintln(w, "\nUsage: shoal COMMAND [flags] [args]\n\nCommands:")
+	fmt.Fprintf(w, "\nUsage: shoal [%s] COMMAND [flags] [args]\n\nCommands:\n", globalFlagList())
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)

@@ -3,10 +3,8 @@ package daemon
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,24 +12,25 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/shoal-p2p/shoal/bootstrap"
 	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/demand"
+	"github.com/shoal-p2p/shoal/mount"
 	"github.com/shoal-p2p/shoal/origin"
 	"github.com/shoal-p2p/shoal/p2p"
 )
 
-// Daemon is one running `shoal daemon`.
+// Daemon is one running `shoal daemon`: the parts it assembles (chunk store, p2p node, demand
+// resolver) and the service that the control API drives. Run owns every goroutine it starts.
 type Daemon struct {
 	cfg      Config
 	log      *slog.Logger
@@ -39,40 +38,12 @@ type Daemon struct {
 	store    *chunkstore.Store
 	node     *p2p.Node
 	resolver *demand.Resolver
-	originCf origin.Config
-	started  time.Time
-
-	// handover is the cachefiles supervisor's socket when this daemon runs as its worker
-	// (EnvHandover): the fscache frontend takes the device from it instead of opening it.
-	handover string
-
-	mu        sync.Mutex
-	images    map[digest.Digest]*image // by manifest digest
-	frontends map[string]frontend      // by mode, started on first use
-	ctx       context.Context          // Run's
-}
-
-// image is an image this host knows: added by mount or prefetch.
-type image struct {
-	Ref       string
-	Image     *bootstrap.Image
-	Manifest  []byte // the OCI manifest, kept so a restart needs no origin
-	BootPath  string // the bootstrap, local and verified
-	src       origin.Source
-	mounts    map[string]string // mountpoint → mode
-	prefetch  prefetchState
-	cancelPre context.CancelFunc
-}
-
-type prefetchState struct {
-	State   string // "", "running", "done", "failed"
-	Err     string
-	Present int64
-	Total   int64
+	svc      *service
 }
 
 // New builds the daemon's parts from a validated Config. It opens the chunk store (which
-// reconciles its index with the files) and creates the node, but starts nothing: call Run.
+// reconciles its index with the files) and creates the node, but starts nothing: call Run, which
+// closes everything on return.
 func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -85,8 +56,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d := &Daemon{cfg: cfg, log: log, reg: reg, images: map[digest.Digest]*image{}, frontends: map[string]frontend{},
-		started: time.Now(), handover: os.Getenv(EnvHandover)}
+	d := &Daemon{cfg: cfg, log: log, reg: reg}
 
 	scfg := chunkstore.DefaultConfig()
 	scfg.Domain = cfg.Domain
@@ -98,6 +68,10 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d.store = store
+	fail := func(err error) (*Daemon, error) {
+		store.Close()
+		return nil, err
+	}
 
 	pcfg := p2p.DefaultConfig()
 	pcfg.ListenAddrs = cfg.Listen
@@ -111,23 +85,20 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if cfg.PSKFile != "" {
 		psk, err := readPSK(cfg.PSKFile)
 		if err != nil {
-			store.Close()
-			return nil, err
+			return fail(err)
 		}
 		pcfg.PSK = psk
 	}
 	for _, s := range cfg.AllowPeer {
-		id, err := p2pPeerID(s)
+		id, err := peer.Decode(s)
 		if err != nil {
-			store.Close()
-			return nil, fmt.Errorf("allow_peers: %w", err)
+			return fail(fmt.Errorf("allow_peers: %w", err))
 		}
 		pcfg.Allowlist = append(pcfg.Allowlist, id)
 	}
 	node, err := p2p.New(pcfg, storeChunks{store})
 	if err != nil {
-		store.Close()
-		return nil, err
+		return fail(err)
 	}
 	d.node = node
 
@@ -138,22 +109,45 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	rcfg.Registerer = reg
 	d.resolver, err = demand.New(store, node, rcfg)
 	if err != nil {
-		store.Close()
-		return nil, err
+		return fail(err)
 	}
-	d.originCf = origin.DefaultConfig()
-	d.originCf.Insecure = cfg.Insecure
-	d.originCf.CAFile = cfg.RegistryCA
-	d.originCf.DockerConfig = cfg.DockerConfig
-	d.originCf.Logger = log
+	ocfg := origin.DefaultConfig()
+	ocfg.Insecure = cfg.Insecure
+	ocfg.CAFile = cfg.RegistryCA
+	ocfg.DockerConfig = cfg.DockerConfig
+	ocfg.Logger = log
 	if cfg.RegistryUser != "" {
 		pw, err := os.ReadFile(cfg.RegistryPass)
 		if err != nil {
-			store.Close()
-			return nil, fmt.Errorf("registry_password_file: %w", err)
+			return fail(fmt.Errorf("registry_password_file: %w", err))
 		}
-		d.originCf.Username, d.originCf.Password = cfg.RegistryUser, strings.TrimRight(string(pw), "\r\n")
+		ocfg.Username, ocfg.Password = cfg.RegistryUser, strings.TrimRight(string(pw), "\r\n")
 	}
+
+	handover := os.Getenv(EnvHandover)
+	fdeps := frontendDeps{dataDir: cfg.DataDir, domain: cfg.Domain, handover: handover, workers: cfg.Workers,
+		log: log, metrics: reg, resolver: d.resolver, store: store}
+	d.svc = newService(serviceConfig{DataDir: cfg.DataDir, Mode: cfg.Mode, Prefetch: cfg.Prefetch, Supervised: handover != ""},
+		serviceDeps{
+			Store:    store,
+			Resolver: d.resolver,
+			Node:     node,
+			Loader:   originLoader{cfg: ocfg, dir: filepath.Join(cfg.DataDir, "bootstraps")},
+			Frontend: func(ctx context.Context, m mount.Mode, images bootstrapLookup) (frontend, error) {
+				deps := fdeps
+				deps.bootstraps = images
+				return newFrontend(ctx, m, deps)
+			},
+			Probe: func(m mount.Mode) error {
+				if m == mount.Fscache && handover != "" {
+					return nil // the supervisor holds the device for us
+				}
+				return probeMode(cfg.DataDir, m) // fscache: opens /dev/cachefiles and binds a scratch cache
+			},
+			CleanStale:   func(mp string) { unmountStale(log, mp) },
+			PrefetchRate: cfg.PrefetchRate(),
+			Log:          log,
+		})
 	return d, nil
 }
 
@@ -170,14 +164,15 @@ var _ p2p.ChunkWriter = storeChunks{}
 var _ demand.Peers = (*p2p.Node)(nil)
 
 // Run serves until ctx ends: the p2p node, the control API, the admin listener, and the images
-// and mounts restored from the last run. On return everything is unmounted and closed.
+// and mounts restored from the last run. On return every goroutine it started has ended, every
+// image is unmounted (but fscache ones on a supervised restart), and the node and store are
+// closed.
 func (d *Daemon) Run(ctx context.Context) error {
 	defer d.store.Close()
+	defer d.resolver.Close() // its shared fetches write to the store: they end first
+	defer d.node.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	d.mu.Lock()
-	d.ctx = ctx
-	d.mu.Unlock()
 
 	// Presence changes reach peers: chunks that land are announced, evicted ones withdrawn.
 	unsub := d.store.Subscribe(func(e chunkstore.Event) {
@@ -197,6 +192,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer os.Remove(d.cfg.APISocket)
+	var admin *http.Server
+	if d.cfg.AdminListen != "" {
+		admin = d.adminServer()
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.node.Run(gctx) })
 	g.Go(func() error {
@@ -205,54 +205,51 @@ func (d *Daemon) Run(ctx context.Context) error {
 		case <-gctx.Done():
 			return nil
 		}
-		for _, a := range d.selfAddrs() {
+		for _, a := range d.svc.selfAddrs() {
 			d.log.Info("listening", "addr", a)
 		}
 		// Mounts a killed daemon left under the data directory (its FUSE filesystem) would block
 		// this one; image mountpoints it recorded are cleaned as they are restored.
-		if gone, err := cleanupDataDirMounts(d.cfg.DataDir); len(gone) > 0 || err != nil {
+		if gone, err := mount.Cleanup(d.cfg.DataDir); len(gone) > 0 || err != nil {
 			d.log.Info("cleaned up stale mounts", "count", len(gone), "err", err)
 		}
-		d.restore(gctx)
+		d.svc.restore(gctx)
 		return nil
 	})
-	srv := &http.Server{Handler: d.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
+	// Requests' contexts derive from Run's: at shutdown, operations in progress (a mount waiting
+	// for the cachefiles handover, an image being fetched) are cancelled, and the service waits
+	// for them before it unmounts anything.
+	srv := &http.Server{Handler: apiHandler(d.svc), ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return gctx }}
 	g.Go(func() error {
 		if err := srv.Serve(api); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("control API: %w", err)
 		}
 		return nil
 	})
-	if d.cfg.AdminListen != "" {
-		admin, err := d.adminServer()
-		if err != nil {
-			api.Close()
-			return err
-		}
+	if admin != nil {
 		g.Go(func() error {
 			if err := admin.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("admin listener %s: %w", d.cfg.AdminListen, err)
 			}
 			return nil
 		})
-		g.Go(func() error {
-			<-gctx.Done()
-			return admin.Close()
-		})
 	}
 	g.Go(func() error {
 		<-gctx.Done()
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		sctx, scancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
 		defer scancel()
-		_ = srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			_ = srv.Close() // handlers past the deadline: their connections go, their contexts end
+		}
+		if admin != nil {
+			_ = admin.Close()
+		}
 		return nil
 	})
 	d.log.Info("shoal daemon started", "data", d.cfg.DataDir, "api", d.cfg.APISocket, "peer_id", d.node.ID())
 	err = g.Wait()
-	d.saveReadOrders()
-	d.shutdown(errors.Is(context.Cause(ctx), ErrRestart))
-	_ = d.node.Close()
-	_ = os.Remove(d.cfg.APISocket)
+	d.svc.shutdown(errors.Is(context.Cause(ctx), ErrRestart))
 	return err
 }
 
@@ -264,47 +261,6 @@ var ErrRestart = errors.New("restarting under the cachefiles supervisor")
 // EnvHandover names the environment variable through which the supervisor tells its worker
 // where to get the /dev/cachefiles fd.
 const EnvHandover = "SHOAL_CACHEFILES_HANDOVER"
-
-// shutdown unmounts every image and stops the frontends. The state file keeps the mounts, so
-// the next start mounts them again. On a supervised restart fscache mounts are left in place.
-func (d *Daemon) shutdown(restart bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, im := range d.images {
-		if im.cancelPre != nil {
-			im.cancelPre()
-		}
-		for mp, mode := range im.mounts {
-			if restart && mode == "fscache" && d.handover != "" {
-				d.log.Info("restart: leaving the fscache mount for the next worker", "mountpoint", mp)
-				continue
-			}
-			if fe := d.frontends[mode]; fe != nil {
-				if err := fe.Unmount(mp); err != nil {
-					d.log.Warn("unmount at shutdown", "mountpoint", mp, "err", err)
-				}
-			}
-		}
-	}
-	for mode, fe := range d.frontends {
-		if err := fe.Close(); err != nil {
-			d.log.Warn("stopping frontend", "mode", mode, "err", err)
-		}
-	}
-	d.frontends = map[string]frontend{}
-}
-
-func (d *Daemon) selfAddrs() []string {
-	var out []string
-	for _, a := range d.node.Addrs() {
-		s := a.String()
-		if !strings.Contains(s, "/p2p/") {
-			s += "/p2p/" + d.node.ID().String()
-		}
-		out = append(out, s)
-	}
-	return out
-}
 
 // listenAPI opens the control socket, root-only. A socket left by a killed daemon is removed;
 // one a live daemon answers on is an error.
@@ -329,7 +285,7 @@ func (d *Daemon) listenAPI() (net.Listener, error) {
 	return l, nil
 }
 
-func (d *Daemon) adminServer() (*http.Server, error) {
+func (d *Daemon) adminServer() *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -337,259 +293,7 @@ func (d *Daemon) adminServer() (*http.Server, error) {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return &http.Server{Addr: d.cfg.AdminListen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}, nil
-}
-
-// addImage resolves ref, fetches its bootstrap and chunk manifests, and registers its blobs with
-// the store, the resolver and the node. Adding a known image again refreshes its origin.
-func (d *Daemon) addImage(ctx context.Context, ref string) (*image, error) {
-	src, err := origin.Open(ref, d.originCf)
-	if err != nil {
-		return nil, err
-	}
-	_, mb, err := src.Resolve(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("resolving %s: %w", ref, err)
-	}
-	return d.registerImage(ctx, ref, src, mb)
-}
-
-func (d *Daemon) registerImage(ctx context.Context, ref string, src origin.Source, mb []byte) (*image, error) {
-	im, err := bootstrap.ParseImage(mb, func(desc ocispecDescriptor) ([]byte, error) {
-		return fetchAll(ctx, src, desc.Digest, bootstrap.MaxMetadataSize)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", ref, err)
-	}
-	boot, err := d.fetchBootstrap(ctx, src, im)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: bootstrap: %w", ref, err)
-	}
-	for _, b := range im.Blobs {
-		if err := d.store.AddBlob(ctx, b.Manifest); err != nil {
-			return nil, fmt.Errorf("image %s: %w", ref, err)
-		}
-		blob := b.Digest
-		fromOrigin := func(ctx context.Context, c chunk.Chunk) ([]byte, error) {
-			return src.ReadRange(ctx, blob, c.Offset, c.Length)
-		}
-		if err := d.node.RegisterBlob(b.Manifest, p2p.OriginFunc(fromOrigin)); err != nil {
-			return nil, err
-		}
-		d.resolver.AddBlob(b.Manifest, fromOrigin)
-		// Tell peers what this host already holds (from an earlier run or another image).
-		if present := d.presentChunks(b.Manifest); len(present) > 0 {
-			_ = d.node.Announce(blob, present...)
-		}
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if old := d.images[im.Digest]; old != nil {
-		old.src, old.Ref = src, ref
-		return old, nil
-	}
-	entry := &image{Ref: ref, Image: im, Manifest: mb, BootPath: boot, src: src, mounts: map[string]string{}}
-	d.images[im.Digest] = entry
-	return entry, nil
-}
-
-// pinImage pins (or unpins) an image's blobs in the store: a mounted image's data is never
-// evicted; an image that is only prefetched, or no longer mounted, is evicted least recently used
-// first when the cache is full.
-func (d *Daemon) pinImage(im *image, on bool) {
-	for _, b := range im.Image.Blobs {
-		var err error
-		if on {
-			err = d.store.Pin(b.Digest, im.Image.Digest.String())
-		} else {
-			err = d.store.Unpin(b.Digest, im.Image.Digest.String())
-		}
-		if err != nil {
-			d.log.Warn("pinning", "blob", b.Digest, "pin", on, "err", err)
-		}
-	}
-}
-
-func (d *Daemon) presentChunks(m *chunk.Manifest) []chunk.Chunk {
-	missing, err := d.store.Missing(m.Blob, 0, m.BlobSize)
-	if err != nil {
-		return nil
-	}
-	miss := map[int64]bool{}
-	for _, c := range missing {
-		miss[c.Offset] = true
-	}
-	var out []chunk.Chunk
-	for _, c := range m.Chunks {
-		if !miss[c.Offset] {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-// fetchBootstrap keeps the bootstrap as a local, verified file: EROFS metadata never leaves the
-// host once fetched (file-backed and FUSE mounts read it directly; fscache serves it).
-func (d *Daemon) fetchBootstrap(ctx context.Context, src origin.Source, im *bootstrap.Image) (string, error) {
-	desc := im.Bootstrap
-	dir := filepath.Join(d.cfg.DataDir, "bootstraps")
-	path := filepath.Join(dir, desc.Digest.Encoded())
-	if st, err := os.Stat(path); err == nil && st.Size() == desc.Size {
-		return path, nil
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
-	rc, err := src.Open(ctx, desc.Digest)
-	if err != nil {
-		return "", err
-	}
-	defer rc.Close()
-	tmp, err := os.CreateTemp(dir, ".fetch-*")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name())
-	h := digest.SHA256.Digester()
-	n, err := io.Copy(io.MultiWriter(tmp, h.Hash()), io.LimitReader(rc, desc.Size+1))
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return "", err
-	}
-	if n != desc.Size || h.Digest() != desc.Digest {
-		return "", fmt.Errorf("bootstrap %s: got %d bytes with digest %s: %w", desc.Digest, n, h.Digest(), chunk.ErrCorrupt)
-	}
-	f, err := os.Open(tmp.Name())
-	if err != nil {
-		return "", err
-	}
-	// A bootstrap that is not a well-formed EROFS image of these blobs is refused before any
-	// mount: the kernel never sees it.
-	var sizes []int64
-	for _, b := range im.Blobs {
-		sizes = append(sizes, b.Size)
-	}
-	fsys, err := bootstrap.Open(f, n)
-	if err == nil {
-		err = fsys.Check(sizes)
-	}
-	f.Close()
-	if err != nil {
-		return "", fmt.Errorf("bootstrap %s: %w", desc.Digest, err)
-	}
-	return path, os.Rename(tmp.Name(), path)
-}
-
-func fetchAll(ctx context.Context, src origin.Source, d digest.Digest, limit int64) ([]byte, error) {
-	rc, err := src.Open(ctx, d)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	return bootstrap.ReadAllLimited(rc, limit, d.String())
-}
-
-// startPrefetch fetches the rest of an image in the background (idempotent while one runs).
-func (d *Daemon) startPrefetch(im *image) {
-	d.mu.Lock()
-	if im.prefetch.State == "running" || im.prefetch.State == "done" {
-		d.mu.Unlock()
-		return
-	}
-	ctx, cancel := context.WithCancel(d.ctx)
-	im.cancelPre = cancel
-	im.prefetch = prefetchState{State: "running", Total: im.Image.DataBytes()}
-	d.mu.Unlock()
-	go func() {
-		defer cancel()
-		lim := newLimiter(d.cfg.PrefetchRate())
-		var done int64
-		var err error
-		for _, b := range im.Image.Blobs {
-			base := done
-			first := d.loadReadOrder(b.Digest)
-			_, err = d.resolver.Prefetch(ctx, b.Digest, first, lim, func(present, total int64) {
-				d.mu.Lock()
-				im.prefetch.Present = base + present
-				d.mu.Unlock()
-			})
-			if err != nil {
-				break
-			}
-			done += b.Manifest.DataBytes()
-		}
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		switch {
-		case err == nil:
-			im.prefetch.State, im.prefetch.Present = "done", im.prefetch.Total
-			d.log.Info("prefetch complete", "image", im.Ref, "bytes", im.prefetch.Total)
-		case ctx.Err() != nil:
-			im.prefetch.State = "stopped"
-		default:
-			im.prefetch.State, im.prefetch.Err = "failed", err.Error()
-			d.log.Warn("prefetch failed", "image", im.Ref, "err", err)
-		}
-	}()
-}
-
-// Read orders: the chunks the first run of an image read, in the order it read them, kept per
-// blob in <data>/readorder/<hex>.json. A later prefetch of the blob (a restart, another mount,
-// `shoal prefetch`) fetches those first, so a host warming an image gets its start-up working set
-// before the rest. The first recording is kept: later runs read mostly from the cache.
-
-func (d *Daemon) readOrderPath(blob digest.Digest) string {
-	return filepath.Join(d.cfg.DataDir, "readorder", blob.Encoded()+".json")
-}
-
-func (d *Daemon) loadReadOrder(blob digest.Digest) []chunk.Range {
-	b, err := os.ReadFile(d.readOrderPath(blob))
-	if err != nil {
-		return nil
-	}
-	var order []chunk.Range
-	if err := json.Unmarshal(b, &order); err != nil {
-		d.log.Warn("ignoring a damaged read order", "blob", blob, "err", err)
-		return nil
-	}
-	return order
-}
-
-// saveReadOrders records the read order of every blob that has one and no recording yet.
-func (d *Daemon) saveReadOrders() {
-	d.mu.Lock()
-	var blobs []digest.Digest
-	for _, im := range d.images {
-		for _, b := range im.Image.Blobs {
-			blobs = append(blobs, b.Digest)
-		}
-	}
-	d.mu.Unlock()
-	for _, blob := range blobs {
-		path := d.readOrderPath(blob)
-		if _, err := os.Stat(path); err == nil {
-			continue
-		}
-		order := d.resolver.ReadOrder(blob)
-		if len(order) == 0 {
-			continue
-		}
-		b, err := json.Marshal(order)
-		if err == nil {
-			err = os.MkdirAll(filepath.Dir(path), 0o700)
-		}
-		if err == nil {
-			err = writeFileAtomic(path, b)
-		}
-		if err != nil {
-			d.log.Warn("saving the read order", "blob", blob, "err", err)
-		}
-	}
+	return &http.Server{Addr: d.cfg.AdminListen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 }
 
 func readPSK(path string) ([]byte, error) {

@@ -3,9 +3,30 @@
 // restarts (state.json, read orders). It holds no chunk, network or kernel logic of its own: that
 // lives in the library packages it wires together.
 //
-// Files: config.go (settings: file, environment, flags, one Validate), daemon.go (New, Run,
-// images, prefetch), api.go and client.go (the control API and its client), frontends.go and
-// frontend_fscache.go (one frontend per mount mode, mode probing; Supervise, the
-// `--supervise` holder of /dev/cachefiles), state.go (what survives a restart), render.go (the
-// CLI's tables).
+// Files, one responsibility each:
+//   - daemon.go: New builds the parts from a Config; Run runs the node, the control API and the
+//     admin listener and, on return, has stopped every goroutine it started, unmounted the images
+//     and closed the node and the store.
+//   - service.go: what the API does (add, mount, unmount, prefetch, remove an image), over narrow
+//     interfaces of the store, resolver and node, so unit tests run it on fakes without root.
+//   - registry.go: the images, their blobs and their mounts. The one path that registers a blob
+//     with the store, the resolver and the swarm (and unregisters it from them and the frontends),
+//     reference-counted across images, undone when a step fails.
+//   - loader.go: an image from its origin (registry or local layout), its bootstrap fetched and
+//     verified.
+//   - frontend.go: the frontend interface, the switch that builds one per mount mode, and the set
+//     that starts each on first use without holding any lock across the construction;
+//     frontend_fscache.go, frontend_fanotify.go, frontend_fuse.go: one mode each. A new mode is
+//     one file and one case in newFrontend.
+//   - modes.go: which modes can run here (each frontend's probe) and how `auto` chooses.
+//   - prefetch.go: background prefetch, whose goroutines it owns, and read orders.
+//   - state.go: state.json, and restoring its images and mounts at start.
+//   - stats.go: the status and stats reports.
+//   - api.go (HTTP only), wire.go (the JSON types, shared with the CLI), client.go (the CLI's
+//     client), render.go (the CLI's tables), config.go (settings: file, environment, flags, one
+//     Validate), supervise.go (Supervise, the `--supervise` holder of /dev/cachefiles).
+//
+// Locks: the registry's mutex guards its maps only; registrations are serialized by their own
+// mutex, held across the store, resolver and node calls of one Add or Remove (local and fast)
+// but never across an origin fetch, a frontend's construction, a mount or an unmount.
 package daemon

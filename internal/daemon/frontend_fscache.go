@@ -7,13 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore/layout"
@@ -21,50 +20,75 @@ import (
 	"github.com/shoal-p2p/shoal/mount"
 )
 
-func init() {
-	frontendFactories["fscache"] = newFscacheFrontend
-	probeFuncs["fscache"] = func(d *Daemon) error {
-		d.mu.Lock()
-		running := d.frontends["fscache"] != nil
-		d.mu.Unlock()
-		if d.handover != "" || running {
-			return nil // the supervisor holds the device for us, or we already do
-		}
-		return probeMode(d.cfg.DataDir, mount.Fscache) // opens /dev/cachefiles and binds a scratch cache
-	}
+// fscacheStore is what the fscache frontend reads of the chunk store: a blob's size, and its
+// present bytes.
+type fscacheStore interface {
+	Blob(d digest.Digest) (*chunk.Manifest, bool)
 }
+
+// bootstrapLookup finds a registered image's bootstrap by its digest string (the registry).
+type bootstrapLookup interface {
+	Bootstrap(key string) (path string, size int64, ok bool)
+}
+
+// fscacheDeps is what the fscache frontend is built from.
+type fscacheDeps struct {
+	dataDir, domain string
+	handover        string // the supervisor's socket; empty: open /dev/cachefiles here
+	workers         int
+	log             *slog.Logger
+	metrics         prometheus.Registerer
+	resolver        ensurer
+	store           fscacheStore
+	bootstraps      bootstrapLookup
+}
+
+// handoverTimeout bounds the wait for the supervisor's device.
+const handoverTimeout = 30 * time.Second
 
 // fscacheFrontend answers the kernel's cachefiles on-demand requests: EROFS mounted with fsid=
 // reads its bootstrap and blobs through /dev/cachefiles, bound to the store's own directory so
 // the kernel's backing files are the store's. Hits never leave the kernel.
 type fscacheFrontend struct {
-	d      *Daemon
+	domain string
 	dev    *cachefiles.Device
 	srv    *cachefiles.Server
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	mu     sync.Mutex
+	mounts map[digest.Digest]map[string]bool // bootstrap → its fscache mountpoints
 }
 
-func newFscacheFrontend(d *Daemon) (frontend, error) {
-	dev, err := openCachefiles(d)
+var (
+	_ frontend = (*fscacheFrontend)(nil)
+	_ adopter  = (*fscacheFrontend)(nil)
+)
+
+// newFscacheFrontend opens (or, as the supervisor's worker, takes over) the device and starts the
+// server. ctx bounds the handover; the server runs until Close.
+func newFscacheFrontend(ctx context.Context, deps fscacheDeps) (*fscacheFrontend, error) {
+	dev, err := openCachefiles(ctx, deps.dataDir, deps.handover)
 	if err != nil {
 		return nil, err
 	}
 	cfg := cachefiles.DefaultConfig()
-	cfg.Workers = d.cfg.Workers
-	cfg.Logger = d.log
-	cfg.Registerer = d.reg
-	srv, err := cachefiles.NewServer(dev, fscacheResolver{d}, cfg)
+	cfg.Workers = deps.workers
+	cfg.Logger = deps.log
+	cfg.Registerer = deps.metrics
+	res := fscacheResolver{volumeKey: layout.VolumeKey(deps.domain), boots: deps.bootstraps, store: deps.store, res: deps.resolver}
+	srv, err := cachefiles.NewServer(dev, res, cfg)
 	if err != nil {
 		dev.Close()
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(d.ctx)
-	f := &fscacheFrontend{d: d, dev: dev, srv: srv, cancel: cancel, done: make(chan struct{})}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	f := &fscacheFrontend{domain: deps.domain, dev: dev, srv: srv, cancel: cancel, done: make(chan struct{}),
+		mounts: map[digest.Digest]map[string]bool{}}
 	go func() {
 		defer close(f.done)
-		if err := srv.Run(ctx); err != nil && ctx.Err() == nil {
-			d.log.Error("cachefiles server stopped", "err", err)
+		if err := srv.Run(rctx); err != nil && rctx.Err() == nil {
+			deps.log.Error("cachefiles server stopped", "err", err)
 		}
 	}()
 	return f, nil
@@ -73,13 +97,13 @@ func newFscacheFrontend(d *Daemon) (frontend, error) {
 // openCachefiles opens and binds /dev/cachefiles, or, as a supervisor's worker, takes the
 // supervisor's bound device (Handover writes "restore": requests the previous worker left
 // unanswered are sent again).
-func openCachefiles(d *Daemon) (*cachefiles.Device, error) {
-	if d.handover != "" {
-		ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
+func openCachefiles(ctx context.Context, dataDir, handover string) (*cachefiles.Device, error) {
+	if handover != "" {
+		ctx, cancel := context.WithTimeout(ctx, handoverTimeout)
 		defer cancel()
-		return cachefiles.Handover(ctx, d.handover)
+		return cachefiles.Handover(ctx, handover)
 	}
-	return openBoundDevice(d.cfg.DataDir)
+	return openBoundDevice(dataDir)
 }
 
 // openBoundDevice opens /dev/cachefiles and binds it, in on-demand mode, to dir: the chunk
@@ -97,58 +121,94 @@ func openBoundDevice(dir string) (*cachefiles.Device, error) {
 }
 
 func (f *fscacheFrontend) Mount(ctx context.Context, im *image, mp string) error {
+	boot := im.Image.Bootstrap.Digest
 	// The kernel takes an fsid once per domain (a second mount fails with EEXIST): mount the
 	// image again by binding a mountpoint it already has.
-	f.d.mu.Lock()
+	f.mu.Lock()
 	var existing string
-	for other, mode := range im.mounts {
-		if mode == "fscache" && other != mp {
+	for other := range f.mounts[boot] {
+		if other != mp {
 			existing = other
+			break
 		}
 	}
-	f.d.mu.Unlock()
+	f.mu.Unlock()
+	var err error
 	if existing != "" {
-		return mount.Bind(existing, mp)
+		err = mount.Bind(existing, mp)
+	} else {
+		var blobs []string
+		for _, b := range im.Image.Blobs {
+			blobs = append(blobs, b.Digest.String())
+		}
+		err = mount.MountFscache(boot.String(), f.domain, blobs, mp)
 	}
-	var blobs []string
-	for _, b := range im.Image.Blobs {
-		blobs = append(blobs, b.Digest.String())
+	if err == nil {
+		f.track(boot, mp)
 	}
-	return mount.MountFscache(im.Image.Bootstrap.Digest.String(), f.d.cfg.Domain, blobs, mp)
+	return err
 }
 
-func (f *fscacheFrontend) Unmount(mp string) error { return unmountErofs(mp) }
+func (f *fscacheFrontend) track(boot digest.Digest, mp string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.mounts[boot] == nil {
+		f.mounts[boot] = map[string]bool{}
+	}
+	f.mounts[boot][mp] = true
+}
 
+// Adopt takes over an fscache mount of im the previous worker under the same supervisor left at
+// mp: the kernel's cache lived on, so the mount did too.
+func (f *fscacheFrontend) Adopt(im *image, mp string) bool {
+	if !isFscacheMountOf(mp, im) {
+		return false
+	}
+	f.track(im.Image.Bootstrap.Digest, mp)
+	return true
+}
+
+func (f *fscacheFrontend) Unmount(mp string) error {
+	if err := unmountErofs(mp); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	for boot, mps := range f.mounts {
+		if delete(mps, mp); len(mps) == 0 {
+			delete(f.mounts, boot)
+		}
+	}
+	f.mu.Unlock()
+	return nil
+}
+
+// Close stops the server, waits for it, and closes the device (the supervisor keeps its own).
 func (f *fscacheFrontend) Close() error {
 	f.cancel()
-	err := f.srv.Close()
 	<-f.done
+	err := f.srv.Close() // after Run returned, as the server requires
 	return errors.Join(err, f.dev.Close())
 }
 
 // fscacheResolver maps cookie keys (digest strings) to bootstraps (local files) and blobs (the
 // demand resolver and the store).
-type fscacheResolver struct{ d *Daemon }
-
-func (r fscacheResolver) bootstrap(key string) (string, int64, bool) {
-	r.d.mu.Lock()
-	defer r.d.mu.Unlock()
-	for _, im := range r.d.images {
-		if im.Image.Bootstrap.Digest.String() == key {
-			return im.BootPath, im.Image.Bootstrap.Size, true
-		}
-	}
-	return "", 0, false
+type fscacheResolver struct {
+	volumeKey string
+	boots     bootstrapLookup
+	store     fscacheStore
+	res       ensurer
 }
 
+var _ cachefiles.Resolver = fscacheResolver{}
+
 func (r fscacheResolver) Lookup(volumeKey, cookieKey string) (int64, bool) {
-	if volumeKey != layout.VolumeKey(r.d.cfg.Domain) {
+	if volumeKey != r.volumeKey {
 		return 0, false
 	}
-	if _, size, ok := r.bootstrap(cookieKey); ok {
+	if _, size, ok := r.boots.Bootstrap(cookieKey); ok {
 		return size, true
 	}
-	if m, ok := r.d.store.Blob(digest.Digest(cookieKey)); ok {
+	if m, ok := r.store.Blob(digest.Digest(cookieKey)); ok {
 		return m.BlobSize, true
 	}
 	return 0, false
@@ -160,7 +220,7 @@ func (r fscacheResolver) Lookup(volumeKey, cookieKey string) (int64, bool) {
 // takes; only bytes that no chunk covers (not file data) are written, as zeros, so the kernel
 // finds data at every page of the range.
 func (r fscacheResolver) Fill(ctx context.Context, cookieKey string, off, length int64, write func([]byte, int64) error) error {
-	if path, size, ok := r.bootstrap(cookieKey); ok {
+	if path, size, ok := r.boots.Bootstrap(cookieKey); ok {
 		f, err := os.Open(path)
 		if err != nil {
 			return err
@@ -174,11 +234,11 @@ func (r fscacheResolver) Fill(ctx context.Context, cookieKey string, off, length
 		return write(p, off)
 	}
 	blob := digest.Digest(cookieKey)
-	m, ok := r.d.store.Blob(blob)
+	m, ok := r.store.Blob(blob)
 	if !ok {
 		return fmt.Errorf("fscache READ of unknown blob %s", blob)
 	}
-	if err := r.d.resolver.Ensure(ctx, blob, off, length); err != nil {
+	if err := r.res.Ensure(ctx, blob, off, length); err != nil {
 		return err
 	}
 	return writeGaps(m, off, length, write)
@@ -233,39 +293,4 @@ func isFscacheMountOf(mp string, im *image) bool {
 		}
 	}
 	return false
-}
-
-// Supervise runs the cachefiles supervisor of `shoal daemon --supervise`: it opens and binds
-// /dev/cachefiles on dataDir, keeps it open for as long as it lives, and keeps a worker (the
-// daemon itself, started by worker) running, handing it the device over a unix socket. SIGHUP
-// (hup) asks the worker to restart, e.g. after an upgrade of the binary; fscache mounts stay
-// mounted throughout. It returns when ctx ends, after the worker has stopped.
-func Supervise(ctx context.Context, dataDir string, worker func(ctx context.Context, socket string) *exec.Cmd, hup <-chan os.Signal, log *slog.Logger) error {
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return err
-	}
-	dev, err := openBoundDevice(dataDir)
-	if err != nil {
-		return fmt.Errorf("supervisor: %w", err)
-	}
-	defer dev.Close()
-	sock := filepath.Join(dataDir, "cachefiles.sock")
-	sup, err := cachefiles.NewSupervisor(dev, cachefiles.SupervisorConfig{
-		Socket: sock,
-		Worker: func(ctx context.Context) *exec.Cmd { return worker(ctx, sock) },
-		Logger: log,
-	})
-	if err != nil {
-		return err
-	}
-	go func() {
-		for range hup {
-			if pid := sup.WorkerPID(); pid > 0 {
-				log.Info("restarting the worker", "pid", pid)
-				_ = syscall.Kill(pid, syscall.SIGUSR1)
-			}
-		}
-	}()
-	log.Info("cachefiles supervisor holding /dev/cachefiles", "dir", dataDir, "socket", sock)
-	return sup.Run(ctx)
 }

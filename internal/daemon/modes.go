@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/shoal-p2p/shoal/demand/cachefiles"
@@ -27,6 +28,32 @@ func probeMode(dataDir string, m mount.Mode) error {
 		return errors.Join(mount.ProbeFileBacked(), fusefs.Probe())
 	}
 	return fmt.Errorf("unknown mount mode %q", m)
+}
+
+// chooseMode resolves a requested mode ("auto", "" for auto, or a mode name) against probe,
+// which says whether a mode can run here (nil) or why not. "auto" takes the first available mode
+// in modeOrder and says why the ones before it were passed over; an explicit mode that cannot run
+// is the caller's to fix (errBadRequest), with the probe's reason.
+func chooseMode(requested string, probe func(mount.Mode) error) (mount.Mode, string, error) {
+	if requested == "" || requested == "auto" {
+		var why string
+		for _, m := range modeOrder {
+			if err := probe(m); err != nil {
+				why += fmt.Sprintf("%s: %v; ", m, err)
+				continue
+			}
+			return m, "auto: " + why + string(m) + " available", nil
+		}
+		return "", "", fmt.Errorf("no mount mode works on this host: %s", strings.TrimSuffix(why, "; "))
+	}
+	m := mount.Mode(requested)
+	if !slices.Contains(modeOrder, m) {
+		return "", "", fmt.Errorf("%w: unknown mount mode %q: use auto, fscache, fanotify or fuse", errBadRequest, requested)
+	}
+	if err := probe(m); err != nil {
+		return "", "", fmt.Errorf("%w: %s mode is not available here: %v", errBadRequest, m, err)
+	}
+	return m, "requested", nil
 }
 
 // ModeStatus says whether one mode can run here, and why not.

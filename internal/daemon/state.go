@@ -7,15 +7,8 @@ import (
 	"path/filepath"
 	"sort"
 
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/time/rate"
-
-	"github.com/libp2p/go-libp2p/core/peer"
-
-	"github.com/shoal-p2p/shoal/origin"
+	"github.com/shoal-p2p/shoal/mount"
 )
-
-type ocispecDescriptor = ocispec.Descriptor
 
 // state is what survives a restart: the images this host knows (with their manifests, so no
 // origin is needed to come back) and where they were mounted.
@@ -30,28 +23,29 @@ type stateImage struct {
 	Prefetch bool              `json:"prefetch"`
 }
 
-func (d *Daemon) statePath() string { return filepath.Join(d.cfg.DataDir, "state.json") }
+func (s *service) statePath() string { return filepath.Join(s.cfg.DataDir, "state.json") }
 
-// saveState writes the state atomically (temp file, fsync, rename).
-func (d *Daemon) saveState() {
-	d.mu.Lock()
+// saveState writes the state atomically (temp file, fsync, rename). Writes are serialized, so a
+// snapshot taken earlier never replaces a newer one.
+func (s *service) saveState() {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
 	var st state
-	for _, im := range d.images {
+	for _, im := range s.reg.Images() {
 		mounts := map[string]string{}
-		for k, v := range im.mounts {
-			mounts[k] = v
+		for mp, mode := range s.reg.Mounts(im.digest()) {
+			mounts[mp] = string(mode)
 		}
-		st.Images = append(st.Images, stateImage{Ref: im.Ref, Manifest: im.Manifest, Mounts: mounts,
-			Prefetch: im.prefetch.State != ""})
+		pre, _ := s.prefetch.Status(im.digest())
+		st.Images = append(st.Images, stateImage{Ref: im.Ref, Manifest: im.Manifest, Mounts: mounts, Prefetch: pre != ""})
 	}
-	d.mu.Unlock()
 	sort.Slice(st.Images, func(i, j int) bool { return st.Images[i].Ref < st.Images[j].Ref })
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err == nil {
-		err = writeFileAtomic(d.statePath(), b)
+		err = writeFileAtomic(s.statePath(), b)
 	}
 	if err != nil {
-		d.log.Error("saving state", "err", err)
+		s.log.Error("saving state", "err", err)
 	}
 }
 
@@ -75,10 +69,15 @@ func writeFileAtomic(path string, b []byte) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-// restore brings back the images and mounts of the last run. Leftover mounts of a daemon that
-// was killed are unmounted first, so they cannot block the new ones.
-func (d *Daemon) restore(ctx context.Context) {
-	b, err := os.ReadFile(d.statePath())
+// restore brings back the images and mounts of the last run. An image or mount that cannot be
+// restored is logged and skipped; the others come back. A mount left by a killed daemon at a
+// recorded mountpoint is unmounted first (or, for fscache under the supervisor, adopted).
+func (s *service) restore(ctx context.Context) {
+	if !s.begin() {
+		return
+	}
+	defer s.ops.Done()
+	b, err := os.ReadFile(s.statePath())
 	if os.IsNotExist(err) {
 		return
 	}
@@ -87,7 +86,7 @@ func (d *Daemon) restore(ctx context.Context) {
 		err = json.Unmarshal(b, &st)
 	}
 	if err != nil {
-		d.log.Error("reading state: starting with no images", "path", d.statePath(), "err", err)
+		s.log.Error("reading state: starting with no images", "path", s.statePath(), "err", err)
 		return
 	}
 	// Every image is registered before any frontend starts: a supervised restart's fscache
@@ -101,56 +100,38 @@ func (d *Daemon) restore(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		src, err := origin.Open(si.Ref, d.originCf)
+		im, err := s.loader.Reload(ctx, si.Ref, si.Manifest)
 		if err == nil {
-			var im *image
-			if im, err = d.registerImage(ctx, si.Ref, src, si.Manifest); err == nil {
-				ims = append(ims, restored{si, im})
-				continue
-			}
+			im, err = s.reg.Add(ctx, im)
 		}
-		d.log.Error("restoring image", "ref", si.Ref, "err", err)
+		if err != nil {
+			s.log.Error("restoring image", "ref", si.Ref, "err", err)
+			continue
+		}
+		ims = append(ims, restored{si, im})
 	}
 	for _, r := range ims {
-		for mp, mode := range r.si.Mounts {
+		mps := make([]string, 0, len(r.si.Mounts))
+		for mp := range r.si.Mounts {
+			mps = append(mps, mp)
+		}
+		sort.Strings(mps)
+		for _, mp := range mps {
 			if ctx.Err() != nil {
 				return
 			}
-			fe, err := d.frontend(mode)
-			if err == nil {
-				if mode == "fscache" && isFscacheMountOf(mp, r.im) {
-					// Left by the previous worker under the same supervisor: the kernel's cache
-					// lived on, so the mount did too.
-					d.log.Info("fscache mount adopted", "ref", r.si.Ref, "mountpoint", mp)
-				} else {
-					cleanupStaleMount(d.log, mp)
-					err = fe.Mount(ctx, r.im, mp)
-				}
-			}
-			if err != nil {
-				d.log.Error("restoring mount", "ref", r.si.Ref, "mountpoint", mp, "mode", mode, "err", err)
+			mode := mount.Mode(r.si.Mounts[mp])
+			if err := s.mount(ctx, r.im, mp, mode, true); err != nil {
+				s.log.Error("restoring mount", "ref", r.si.Ref, "mountpoint", mp, "mode", mode, "err", err)
 				continue
 			}
-			d.mu.Lock()
-			r.im.mounts[mp] = mode
-			d.mu.Unlock()
-			d.log.Info("mount restored", "ref", r.si.Ref, "mountpoint", mp, "mode", mode)
+			s.log.Info("mount restored", "ref", r.si.Ref, "mountpoint", mp, "mode", mode)
 		}
-		d.mu.Lock()
-		mounted := len(r.im.mounts) > 0
-		d.mu.Unlock()
-		d.pinImage(r.im, mounted) // a mount that could not be restored no longer holds its data
-		if r.si.Prefetch || (len(r.si.Mounts) > 0 && d.cfg.Prefetch) {
-			d.startPrefetch(r.im)
+		s.syncPins(r.im) // a mount that could not be restored no longer holds its data
+		if r.si.Prefetch || (len(r.si.Mounts) > 0 && s.cfg.Prefetch) {
+			s.prefetch.Start(ctx, r.im)
 		}
 	}
+	// state.json is not written here: an image or mount that failed to come back (an origin down
+	// for a moment) stays in it for the next start, until the next change rewrites it.
 }
-
-func newLimiter(bytesPerSec int64) *rate.Limiter {
-	if bytesPerSec <= 0 {
-		return nil
-	}
-	return rate.NewLimiter(rate.Limit(bytesPerSec), int(min(bytesPerSec, 16<<20)))
-}
-
-func p2pPeerID(s string) (peer.ID, error) { return peer.Decode(s) }

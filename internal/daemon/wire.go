@@ -1,0 +1,135 @@
+package daemon
+
+// The wire types of the control API: the JSON bodies of its requests and answers, shared by the
+// daemon (api.go), its client (client.go) and the CLI. Their JSON is stable: fields may be added,
+// none renamed or removed (docs/stats.md documents StatsReport; a test keeps it complete).
+
+// apiVersion prefixes every path of the control API (api.go lists them).
+const apiVersion = "v1"
+
+// MountRequest asks the daemon to add an image and, with a mountpoint, mount it.
+type MountRequest struct {
+	Ref        string `json:"ref"`
+	Mountpoint string `json:"mountpoint,omitempty"`
+	Mode       string `json:"mode,omitempty"` // auto (default), fscache, fanotify, fuse
+}
+
+// MountResponse says what was done.
+type MountResponse struct {
+	Image      string `json:"image"` // manifest digest
+	Mountpoint string `json:"mountpoint,omitempty"`
+	Mode       string `json:"mode,omitempty"`
+	Reason     string `json:"reason,omitempty"` // why auto picked this mode
+}
+
+// PrefetchRequest asks for a whole image to be made local without mounting it.
+type PrefetchRequest struct {
+	Ref string `json:"ref"`
+}
+
+// RemoveRequest asks the daemon to forget an image (by ref or manifest digest). Its data stays in
+// the cache, evictable, and keeps serving peers until evicted.
+type RemoveRequest struct {
+	Image string `json:"image"`
+}
+
+// UmountRequest asks for a mountpoint to be unmounted.
+type UmountRequest struct {
+	Mountpoint string `json:"mountpoint"`
+}
+
+// StatusReport describes this host.
+type StatusReport struct {
+	PeerID  string   `json:"peerID"`
+	PID     int      `json:"pid"` // the daemon's process (the worker, under --supervise)
+	Addrs   []string `json:"addrs"`
+	DataDir string   `json:"dataDir"`
+	Version string   `json:"version"`
+	Uptime  string   `json:"uptime"`
+}
+
+// Version is reported by /v1/status; cmd/shoal sets it.
+var Version = "dev"
+
+// StatsReport is the JSON of `shoal stats --json` and GET /v1/stats. Fields are stable: new ones
+// may be added, none renamed or removed.
+type StatsReport struct {
+	PeerID string `json:"peerID"`
+	// Bytes of chunk data by source: local (demand reads already present), dedup (copied from
+	// another local blob with the same CID), peers, origin; servedToPeers is what peers took
+	// from this host.
+	Bytes  ByteTotals  `json:"bytes"`
+	Chunks ChunkTotals `json:"chunks"`
+	// OriginOffload is the share of fetched bytes that did not come from this host's origin:
+	// (peers+dedup) / (peers+dedup+origin); 0 before any fetch.
+	OriginOffload  float64        `json:"originOffload"`
+	VerifyFailures int64          `json:"verifyFailures"`
+	FetchFailures  int64          `json:"fetchFailures"`
+	Bans           int            `json:"bans"`
+	Cache          CacheReport    `json:"cache"`
+	Latency        map[string]Lat `json:"latency"`
+	Images         []ImageReport  `json:"images"`
+	Peers          []PeerReport   `json:"peers"`
+	Uptime         float64        `json:"uptimeSeconds"`
+}
+
+// ByteTotals are bytes by source.
+type ByteTotals struct {
+	Local         int64 `json:"local"`
+	Dedup         int64 `json:"dedup"`
+	Peers         int64 `json:"peers"`
+	Origin        int64 `json:"origin"`
+	ServedToPeers int64 `json:"servedToPeers"`
+}
+
+// ChunkTotals are chunks by source.
+type ChunkTotals struct {
+	Dedup         int64 `json:"dedup"`
+	Peers         int64 `json:"peers"`
+	Origin        int64 `json:"origin"`
+	ServedToPeers int64 `json:"servedToPeers"`
+}
+
+// Lat is a latency summary in milliseconds.
+type Lat struct {
+	P50 float64 `json:"p50ms"`
+	P99 float64 `json:"p99ms"`
+}
+
+// CacheReport describes the local store.
+type CacheReport struct {
+	PresentBytes int64 `json:"presentBytes"`
+	MaxBytes     int64 `json:"maxBytes"`
+	EvictedBytes int64 `json:"evictedBytes"`
+	Blobs        int   `json:"blobs"`
+}
+
+// ImageReport describes one image.
+type ImageReport struct {
+	Ref           string            `json:"ref"`
+	Digest        string            `json:"digest"`
+	Mounts        map[string]string `json:"mounts"` // mountpoint → mode
+	Bytes         int64             `json:"bytes"`
+	BytesPresent  int64             `json:"bytesPresent"`
+	Chunks        int               `json:"chunks"`
+	ChunksPresent int               `json:"chunksPresent"`
+	Prefetch      string            `json:"prefetch"`
+	PrefetchError string            `json:"prefetchError,omitempty"`
+}
+
+// PeerReport describes one peer.
+type PeerReport struct {
+	ID          string   `json:"id"`
+	Addrs       []string `json:"addrs"`
+	FoundBy     []string `json:"foundBy"`
+	Connected   bool     `json:"connected"`
+	BytesUp     int64    `json:"bytesUp"`
+	BytesDown   int64    `json:"bytesDown"`
+	RequestsIn  int64    `json:"requestsIn"`
+	RequestsOut int64    `json:"requestsOut"`
+	P50         float64  `json:"p50ms"`
+	P99         float64  `json:"p99ms"`
+	Errors      int64    `json:"errors"`
+	Corrupt     int64    `json:"corrupt"`
+	Banned      bool     `json:"banned"`
+}
