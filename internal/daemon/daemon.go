@@ -168,9 +168,11 @@ var _ demand.Peers = (*p2p.Node)(nil)
 // image is unmounted (but fscache ones on a supervised restart), and the node and store are
 // closed.
 func (d *Daemon) Run(ctx context.Context) error {
+	// In reverse: the node stops (no more fetches for peers), then the resolver's shared fetches
+	// end (they write to the store), then the store closes.
 	defer d.store.Close()
-	defer d.resolver.Close() // its shared fetches write to the store: they end first
-	defer d.node.Close()
+	defer func() { _ = d.resolver.Close() }()
+	defer func() { _ = d.node.Close() }()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -266,8 +268,14 @@ const EnvHandover = "SHOAL_CACHEFILES_HANDOVER"
 // one a live daemon answers on is an error.
 func (d *Daemon) listenAPI() (net.Listener, error) {
 	path := d.cfg.APISocket
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("control API: %w", err)
+	// Only the default's directory (/run/shoal) is ours to create: a socket path the operator
+	// chose must be in a directory that exists, or a typo would silently make directories.
+	if path == DefaultAPISocket {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return nil, fmt.Errorf("control API: %w", err)
+		}
+	} else if st, err := os.Stat(filepath.Dir(path)); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("control API: directory %s of --api %s does not exist (only the default's, %s, is created)", filepath.Dir(path), path, filepath.Dir(DefaultAPISocket))
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()

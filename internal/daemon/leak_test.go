@@ -192,3 +192,25 @@ func goroutineID(stack string) string {
 	}
 	return f[1]
 }
+
+// TestAPISocketDirectoryNotCreated: an --api path in a directory that does not exist is an error
+// at start, not a directory made by a typo.
+func TestAPISocketDirectoryNotCreated(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.APISocket = filepath.Join(dir, "no", "such", "dir", "api.sock")
+	cfg.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.DHT = false
+	d, err := New(cfg, slogDiscard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = d.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("Run with --api in a missing directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "no")); !os.IsNotExist(err) {
+		t.Fatalf("the missing directory was created: %v", err)
+	}
+}
