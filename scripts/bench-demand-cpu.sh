@@ -6,6 +6,7 @@
 #
 #   scripts/bench-demand-cpu.sh                    # bin/shoal, FUSE and fanotify modes where available
 #   SHOAL=/tmp/shoal-old MODES=fuse scripts/bench-demand-cpu.sh
+#   SHOAL_VS=/tmp/shoal-old ROUNDS=3 scripts/bench-demand-cpu.sh   # two binaries in turn, A B A B ...
 #
 # Needs root (mounts). The tree is the Go toolchain's sources on this machine (about 150 MiB),
 # or TREE=DIR.
@@ -15,6 +16,20 @@ SHOAL=${SHOAL:-$PWD/bin/shoal}
 MODES=${MODES:-fuse fanotify}
 TREE=${TREE:-/usr/local/go/src}
 if [ "$(id -u)" != 0 ]; then echo "bench-demand-cpu: needs root (mounts); skipped"; exit 0; fi
+if [ -n "${SHOAL_VS:-}" ]; then
+	# Side by side: the two binaries in turn, each round on a fresh setup; then medians.
+	out=$(mktemp)
+	for r in $(seq 1 "${ROUNDS:-3}"); do
+		for b in "$SHOAL" "$SHOAL_VS"; do
+			SHOAL_VS= SHOAL=$b "$0" | grep -E '^(fuse|fanotify) ' | sed "s|^|$(basename "$b") |" | tee -a "$out"
+		done
+	done
+	echo "medians (ms of daemon CPU per MiB):"
+	sed -E 's/^([^ ]+) +([^ ]+) +([^ ]+) .*= *([0-9.]+) ms\/MiB.*/\1 \2 \3 \4/' "$out" | sort -k1,3 -k4,4n |
+		awk '{k=$1" "$2" "$3; n[k]++; v[k,n[k]]=$4} END {for (k in n) printf "  %-36s %6.1f (of %d runs)\n", k, v[k,int((n[k]+1)/2)], n[k]}' | sort
+	rm -f "$out"
+	exit 0
+fi
 if [ ! -d "$TREE" ]; then echo "bench-demand-cpu: no tree at $TREE; skipped"; exit 0; fi
 
 WORK=$(mktemp -d /tmp/shoal-bench-cpu.XXXXXX)
