@@ -33,25 +33,25 @@ type BuildOptions struct {
 	ChunkSize int64 // power of two, 4 KiB..16 MiB; 0 means DefaultChunkSize
 	// Engine writes the EROFS image: EngineGo (the default, WriteEROFS) or EngineMkfs (drives
 	// mkfs.erofs; kept as the tests' oracle and for comparison).
-	Engine    string
-	Mkfs      string    // mkfs.erofs binary for EngineMkfs; "" looks it up in PATH
-	Ref       string    // ref name recorded in index.json; "" means "latest"
-	Progress  io.Writer // progress lines, nil for none
+	Engine   string
+	Mkfs     string    // mkfs.erofs binary for EngineMkfs; "" looks it up in PATH
+	Ref      string    // ref name recorded in index.json; "" means "latest"
+	Progress io.Writer // progress lines, nil for none
 }
 
 // BuildResult summarises a build.
 type BuildResult struct {
-	Image       *Image
-	Files       int   // regular files
-	Dirs        int   // directories, the root included
-	Others      int   // symlinks, devices, fifos, sockets
-	FileBytes   int64 // sum of regular file sizes (hard links counted once)
-	BlobBytes   int64 // size of the data blob(s)
-	Chunks      int   // chunks over all blobs
-	ChunkBytes  int64 // bytes the chunks cover
-	DedupSaved  int64 // block-rounded file data that identical chunks did not store again
-	Bootstrap   int64 // bootstrap size
-	Elapsed     time.Duration // writing the image (reading the tree, chunking, the bootstrap)
+	Image      *Image
+	Files      int           // regular files
+	Dirs       int           // directories, the root included
+	Others     int           // symlinks, devices, fifos, sockets
+	FileBytes  int64         // sum of regular file sizes (hard links counted once)
+	BlobBytes  int64         // size of the data blob(s)
+	Chunks     int           // chunks over all blobs
+	ChunkBytes int64         // bytes the chunks cover
+	DedupSaved int64         // block-rounded file data that identical chunks did not store again
+	Bootstrap  int64         // bootstrap size
+	Elapsed    time.Duration // writing the image (reading the tree, chunking, the bootstrap)
 
 	longestName int
 }

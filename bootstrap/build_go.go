@@ -229,5 +229,3 @@ func getXattr(p, name string) ([]byte, error) {
 		return buf[:sz], nil
 	}
 }
-
-

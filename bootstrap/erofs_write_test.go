@@ -294,7 +294,11 @@ func TestWriterRejects(t *testing.T) {
 			tr.Root.Children["f"] = reg(10, ChunkRef{Device: 1, Offset: 1 << 20})
 			return tr
 		}, dev, "past device"},
-		{"unaligned", func() *Tree { tr := NewTree(); tr.Root.Children["f"] = reg(10, ChunkRef{Device: 1, Offset: 100}); return tr }, dev, "block-aligned"},
+		{"unaligned", func() *Tree {
+			tr := NewTree()
+			tr.Root.Children["f"] = reg(10, ChunkRef{Device: 1, Offset: 100})
+			return tr
+		}, dev, "block-aligned"},
 		{"bad xattr", func() *Tree {
 			tr := NewTree()
 			tr.Root.Xattrs = map[string][]byte{"system.other": nil}

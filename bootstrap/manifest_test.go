@@ -34,7 +34,7 @@ func TestParseImageRejects(t *testing.T) {
 	var m ocispec.Manifest
 	must(t, json.Unmarshal(mb, &m))
 	edits := map[string]func(m *ocispec.Manifest){
-		"not shoal":          func(m *ocispec.Manifest) { m.ArtifactType = "application/x" },
+		"not shoal": func(m *ocispec.Manifest) { m.ArtifactType = "application/x" },
 		// Layers: blob, its chunk manifest, bootstrap.
 		"two bootstraps":     func(m *ocispec.Manifest) { m.Layers = append(m.Layers, m.Layers[2]) },
 		"no chunk manifest":  func(m *ocispec.Manifest) { m.Layers = []ocispec.Descriptor{m.Layers[0], m.Layers[2]} },
