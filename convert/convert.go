@@ -145,6 +145,19 @@ func convertInto(ctx context.Context, src Source, lw *bootstrap.LayoutWriter, st
 	if err != nil {
 		return nil, err
 	}
+	// A layout's index.json often names one image index (the tag's) rather than the images.
+	for depth := 0; origin.IsIndex(root.MediaType); depth++ {
+		idx, err := origin.ParseIndex(body)
+		if err != nil {
+			return nil, err
+		}
+		if len(idx.Manifests) != 1 || !origin.IsIndex(idx.Manifests[0].MediaType) || depth > 2 {
+			break
+		}
+		if root, body, err = src.Manifest(ctx, idx.Manifests[0].Digest); err != nil {
+			return nil, err
+		}
+	}
 	res := &Result{Source: root}
 	type job struct {
 		desc     ocispec.Descriptor
@@ -159,13 +172,14 @@ func convertInto(ctx context.Context, src Source, lw *bootstrap.LayoutWriter, st
 		}
 		var avail []string
 		for _, d := range idx.Manifests {
-			if origin.IsShoalEntry(d) || origin.IsIndex(d.MediaType) {
-				continue // a Shoal image converted before, or a nested index
+			if origin.IsShoalEntry(d) {
+				continue // converted before: this conversion's entries replace it
 			}
-			if d.Platform == nil || d.Platform.OS == "unknown" {
-				continue // attestations and the like
-			}
+			// Everything else stays in an --into-index index, attestations included.
 			res.SourceManifests = append(res.SourceManifests, d)
+			if origin.IsIndex(d.MediaType) || d.Platform == nil || d.Platform.OS == "unknown" {
+				continue // nested indexes, attestations and the like are not images to convert
+			}
 			avail = append(avail, origin.PlatformString(*d.Platform))
 			if opts.AllPlatforms || wanted(opts.Platforms, *d.Platform) {
 				jobs = append(jobs, job{desc: d, platform: d.Platform})
@@ -228,9 +242,9 @@ func platformList(ps []ocispec.Platform) []string {
 // Layer media types a source image may have: OCI (with or without gzip/zstd, distributable or
 // not) and Docker schema 2.
 var layerTypes = map[string]bool{
-	ocispec.MediaTypeImageLayer:                                   true,
-	ocispec.MediaTypeImageLayerGzip:                               true,
-	ocispec.MediaTypeImageLayerZstd:                               true,
+	ocispec.MediaTypeImageLayer:                                    true,
+	ocispec.MediaTypeImageLayerGzip:                                true,
+	ocispec.MediaTypeImageLayerZstd:                                true,
 	"application/vnd.oci.image.layer.nondistributable.v1.tar":      true,
 	"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": true,
 	"application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": true,
