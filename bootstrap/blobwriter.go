@@ -107,6 +107,10 @@ func (b *BlobWriter) Abort() {
 	os.Remove(b.f.Name())
 }
 
+// ErrRead is wrapped by Chunker errors that come from reading a file's content (not from the
+// sink).
+var ErrRead = errors.New("reading file data")
+
 // Chunker cuts file contents into chunks (from each file's first byte, at the chunk size, so that
 // identical content gives identical chunks in every image), hashes them on several goroutines and
 // hands them to a ChunkSink in file order. All-zero chunks become holes and are not stored.
@@ -210,7 +214,7 @@ func (c *Chunker) AddFile(r io.Reader, size int64, what string) ([]ChunkRef, err
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return nil, fmt.Errorf("%s: reading bytes [%d,%d): %w", what, int64(i)*c.chunkSize, int64(i)*c.chunkSize+n, err)
+			return nil, fmt.Errorf("%s: reading bytes [%d,%d): %w: %w", what, int64(i)*c.chunkSize, int64(i)*c.chunkSize+n, ErrRead, err)
 		}
 		c.Bytes += n
 		if allZero(buf[:n]) {

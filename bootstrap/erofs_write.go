@@ -358,6 +358,12 @@ func encodeXattrs(x map[string][]byte) ([]byte, error) {
 	return out, nil
 }
 
+// XattrStorable reports whether EROFS can store an xattr of this name.
+func XattrStorable(name string) bool {
+	_, _, ok := xattrIndex(name)
+	return ok
+}
+
 func xattrIndex(name string) (uint8, string, bool) {
 	switch name {
 	case "system.posix_acl_access":

@@ -135,4 +135,3 @@ func runImageConvert(ctx context.Context, args []string) error {
 	fmt.Printf("pushed %s %s@%s in %v\n", what, strings.TrimSuffix(dst, "@"+desc.Digest.String()), desc.Digest, time.Since(start).Round(time.Millisecond))
 	return nil
 }
-
