@@ -171,19 +171,27 @@ func convertInto(ctx context.Context, src Source, lw *bootstrap.LayoutWriter, st
 			return nil, err
 		}
 		var avail []string
+		var unplatformed []job // entries without a platform (common in OCI layouts): their config says
 		for _, d := range idx.Manifests {
 			if origin.IsShoalEntry(d) {
 				continue // converted before: this conversion's entries replace it
 			}
 			// Everything else stays in an --into-index index, attestations included.
 			res.SourceManifests = append(res.SourceManifests, d)
-			if origin.IsIndex(d.MediaType) || d.Platform == nil || d.Platform.OS == "unknown" {
+			if d.Platform == nil && !origin.IsIndex(d.MediaType) {
+				unplatformed = append(unplatformed, job{desc: d})
+				continue
+			}
+			if origin.IsIndex(d.MediaType) || d.Platform.OS == "unknown" {
 				continue // nested indexes, attestations and the like are not images to convert
 			}
 			avail = append(avail, origin.PlatformString(*d.Platform))
 			if opts.AllPlatforms || wanted(opts.Platforms, *d.Platform) {
 				jobs = append(jobs, job{desc: d, platform: d.Platform})
 			}
+		}
+		if len(jobs) == 0 && len(avail) == 0 && len(unplatformed) == 1 || opts.AllPlatforms {
+			jobs = append(jobs, unplatformed...)
 		}
 		if len(jobs) == 0 {
 			want := opts.Platforms
