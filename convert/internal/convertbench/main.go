@@ -19,7 +19,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/gzip"
@@ -35,7 +37,9 @@ import (
 func main() {
 	size := flag.Int64("size", 600<<20, "file bytes of the first image (base + its own layer)")
 	dir := flag.String("dir", os.Getenv("SHOAL_BENCH_DIR"), "work directory (default the temp dir)")
+	prof := flag.String("cpuprofile", "", "write a CPU profile of the first conversion here")
 	flag.Parse()
+	cpuProfile = *prof
 	if err := run(*size, *dir); err != nil {
 		fmt.Fprintln(os.Stderr, "convertbench:", err)
 		os.Exit(1)
@@ -164,6 +168,8 @@ func writeImage(layout string, layers []*layer) error {
 	return os.WriteFile(filepath.Join(layout, "index.json"), b, 0o644)
 }
 
+var cpuProfile string
+
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
 
 func run(size int64, dir string) error {
@@ -225,6 +231,7 @@ func run(size int64, dir string) error {
 	type result struct {
 		name string
 		took time.Duration
+		cpu  time.Duration
 	}
 	var results []result
 	// 1. shoal convert, in-process, from the layout.
@@ -235,53 +242,65 @@ func run(size int64, dir string) error {
 		}
 		out := filepath.Join(work, "out-"+name)
 		dropCaches()
+		if cpuProfile != "" && name == "a" {
+			f, err := os.Create(cpuProfile)
+			if err != nil {
+				return nil, "", 0, err
+			}
+			pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
 		start := time.Now()
 		res, err := convert.Convert(ctx, src, out, convert.Options{})
 		return res, out, time.Since(start), err
 	}
+	c0 := selfCPU()
 	_, outA, took, err := convertOne("a")
 	if err != nil {
 		return err
 	}
-	results = append(results, result{"shoal image convert (in-process, gzip → per-layer blobs + bootstrap)", took})
+	results = append(results, result{"shoal image convert (in-process, gzip → per-layer blobs + bootstrap)", took, selfCPU() - c0})
 	// 2. GNU tar -xzf of the same layers.
 	ext := filepath.Join(work, "tar-x")
 	os.MkdirAll(ext, 0o755)
 	dropCaches()
 	start := time.Now()
+	c0 = childCPU()
 	for _, l := range layersA {
 		if out, err := exec.Command("tar", "-xzf", l.path, "-C", ext).CombinedOutput(); err != nil {
 			return fmt.Errorf("tar: %v: %s", err, out)
 		}
 	}
 	exec.Command("sync").Run()
-	results = append(results, result{"tar -xzf each layer (GNU tar + gzip), then sync", time.Since(start)})
+	results = append(results, result{"tar -xzf each layer (GNU tar + gzip), then sync", time.Since(start), childCPU() - c0})
 	os.RemoveAll(ext)
 	// 3. Go: gzip + archive/tar, writing every file.
 	ext = filepath.Join(work, "go-x")
 	dropCaches()
 	start = time.Now()
+	c0 = selfCPU()
 	for _, l := range layersA {
 		if err := untar(l.path, ext); err != nil {
 			return err
 		}
 	}
 	exec.Command("sync").Run()
-	results = append(results, result{"Go: klauspost gzip + archive/tar, write each file, then sync", time.Since(start)})
+	results = append(results, result{"Go: klauspost gzip + archive/tar, write each file, then sync", time.Since(start), selfCPU() - c0})
 	os.RemoveAll(ext)
 	// 4. Go: decompress only.
 	dropCaches()
 	start = time.Now()
+	c0 = selfCPU()
 	for _, l := range layersA {
 		if err := gunzipOnly(l.path); err != nil {
 			return err
 		}
 	}
-	results = append(results, result{"Go: klauspost gzip only (no tar, no writes)", time.Since(start)})
+	results = append(results, result{"Go: klauspost gzip only (no tar, no writes)", time.Since(start), selfCPU() - c0})
 
-	fmt.Printf("| what (%.0f MiB of file data in %d files, %.0f MiB gzip) | time | file MiB/s |\n|---|---|---|\n", mib(fileBytes), files, mib(gzBytes))
+	fmt.Printf("| what (%.0f MiB of file data in %d files, %.0f MiB gzip) | wall | file MiB/s | CPU (user+sys) |\n|---|---|---|---|\n", mib(fileBytes), files, mib(gzBytes))
 	for _, r := range results {
-		fmt.Printf("| %s | %.2f s | %.0f |\n", r.name, r.took.Seconds(), mib(fileBytes)/r.took.Seconds())
+		fmt.Printf("| %s | %.2f s | %.0f | %.2f s |\n", r.name, r.took.Seconds(), mib(fileBytes)/r.took.Seconds(), r.cpu.Seconds())
 	}
 
 	// Sharing: what of b's chunk data a host holding a already has.
@@ -369,3 +388,12 @@ func gunzipOnly(path string) error {
 	_, err = io.Copy(io.Discard, zr)
 	return err
 }
+
+func rusage(who int) time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(who, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func selfCPU() time.Duration  { return rusage(syscall.RUSAGE_SELF) }
+func childCPU() time.Duration { return rusage(syscall.RUSAGE_CHILDREN) }
