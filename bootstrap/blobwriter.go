@@ -136,7 +136,8 @@ type Chunker struct {
 
 type chunkJob struct {
 	buf  []byte
-	n    int // padded length
+	bufp *[]byte // what goes back to the pool
+	n    int     // padded length
 	id   cid.Cid
 	dst  *ChunkRef
 	done chan struct{}
@@ -148,7 +149,7 @@ func NewChunker(sink ChunkSink, chunkSize int64) *Chunker {
 	inflight := max(2*workers, int(32<<20/chunkSize))
 	c := &Chunker{sink: sink, chunkSize: chunkSize, work: make(chan *chunkJob, inflight),
 		order: make(chan *chunkJob, inflight), seqDone: make(chan struct{})}
-	c.pool.New = func() any { return make([]byte, chunkSize) }
+	c.pool.New = func() any { b := make([]byte, chunkSize); return &b }
 	for range workers {
 		c.wg.Add(1)
 		go func() {
@@ -175,7 +176,7 @@ func (c *Chunker) sequence() {
 				*j.dst = ref
 			}
 		}
-		c.pool.Put(j.buf) //nolint:staticcheck // a []byte of fixed size; the allocation is what we reuse
+		c.pool.Put(j.bufp)
 	}
 }
 
@@ -208,9 +209,10 @@ func (c *Chunker) AddFile(r io.Reader, size int64, what string) ([]ChunkRef, err
 	refs := make([]ChunkRef, (size+c.chunkSize-1)/c.chunkSize)
 	for i := range refs {
 		n := min(c.chunkSize, size-int64(i)*c.chunkSize)
-		buf := c.pool.Get().([]byte)
+		bufp := c.pool.Get().(*[]byte)
+		buf := *bufp
 		if _, err := io.ReadFull(r, buf[:n]); err != nil {
-			c.pool.Put(buf) //nolint:staticcheck // see sequence
+			c.pool.Put(bufp)
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
@@ -219,12 +221,12 @@ func (c *Chunker) AddFile(r io.Reader, size int64, what string) ([]ChunkRef, err
 		c.Bytes += n
 		if allZero(buf[:n]) {
 			refs[i] = ChunkRef{Hole: true}
-			c.pool.Put(buf) //nolint:staticcheck // see sequence
+			c.pool.Put(bufp)
 			continue
 		}
 		padded := roundUp(n, chunk.BlockSize)
 		clear(buf[n:padded])
-		j := &chunkJob{buf: buf, n: int(padded), dst: &refs[i], done: make(chan struct{})}
+		j := &chunkJob{buf: buf, bufp: bufp, n: int(padded), dst: &refs[i], done: make(chan struct{})}
 		c.work <- j
 		c.order <- j
 	}

@@ -84,7 +84,6 @@ type dirBuilder struct {
 	progress io.Writer
 	links    map[[2]uint64]*Node // (dev, ino) of files with several links
 	last     time.Time
-	skipped  int
 }
 
 // node reads the entry at p (rel is its path in the image, for messages) and, for a directory,

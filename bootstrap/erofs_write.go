@@ -36,29 +36,27 @@ const (
 	ftSock    = 6
 	ftSymlink = 7
 
-	xattrIndexUser         = 1
-	xattrIndexACLAccess    = 2
-	xattrIndexACLDefault   = 3
-	xattrIndexTrusted      = 4
-	xattrIndexSecurity     = 6
-	xattrHeaderSize        = 12
-	xattrEntryHeaderSize   = 4
-	maxInlineXattrBytes    = 64 << 10
-	devtSlotOff            = (superOffset + superSize) / deviceSlotSize // slots follow the superblock
-	maxDevices             = 255
-	maxSymlinkTarget       = 4095
-	superblockBlock        = 0
-	compactMaxLinks        = 0xFFFF
-	compactMaxID           = 0xFFFF
-	compactMaxSize         = 0xFFFFFFFF
-	writerBlockSize        = chunk.BlockSize
-	writerBlockBits        = 12
-	maxBootstrapBytes      = int64(1) << 40
-	nidSlot                = 32
-	maxRootNid             = 0xFFFF
-	chunkIndexEntrySize    = 8
-	inlineDataAlignment    = 1
-	maxWriterDirentPerName = maxNameLen
+	xattrIndexUser       = 1
+	xattrIndexACLAccess  = 2
+	xattrIndexACLDefault = 3
+	xattrIndexTrusted    = 4
+	xattrIndexSecurity   = 6
+	xattrHeaderSize      = 12
+	xattrEntryHeaderSize = 4
+	maxInlineXattrBytes  = 64 << 10
+	devtSlotOff          = (superOffset + superSize) / deviceSlotSize // slots follow the superblock
+	maxDevices           = 255
+	maxSymlinkTarget     = 4095
+	superblockBlock      = 0
+	compactMaxLinks      = 0xFFFF
+	compactMaxID         = 0xFFFF
+	compactMaxSize       = 0xFFFFFFFF
+	writerBlockSize      = chunk.BlockSize
+	writerBlockBits      = 12
+	maxBootstrapBytes    = int64(1) << 40
+	nidSlot              = 32
+	maxRootNid           = 0xFFFF
+	chunkIndexEntrySize  = 8
 )
 
 // winode is one inode being laid out.

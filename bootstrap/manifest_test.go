@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ipfs/go-cid"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -65,43 +64,4 @@ func FuzzParseImage(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = ParseImage(b, func(d ocispec.Descriptor) ([]byte, error) { return nil, errors.New("no content") })
 	})
-}
-
-func mustDecodeCID(t testing.TB, s string) cid.Cid {
-	t.Helper()
-	id, err := cid.Decode(s)
-	must(t, err)
-	return id
-}
-
-// TestParseImageOldForm: manifests written before the runnable form (an empty config, the
-// bootstrap first, no snapshotter annotations) still parse, to the same image.
-func TestParseImageOldForm(t *testing.T) {
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "f"), randBytes(t, 100000))
-	bi := buildImage(t, src, 0)
-	lay := Layout{bi.out}
-	im, mb, err := lay.ReadImage("")
-	must(t, err)
-	var m ocispec.Manifest
-	must(t, json.Unmarshal(mb, &m))
-	strip := func(d ocispec.Descriptor, keep string) ocispec.Descriptor {
-		a := map[string]string{}
-		if v, ok := d.Annotations[keep]; ok {
-			a[keep] = v
-		}
-		d.Annotations = a
-		return d
-	}
-	old := ocispec.Manifest{
-		Versioned: m.Versioned, MediaType: ocispec.MediaTypeImageManifest, ArtifactType: ArtifactType,
-		Config: ocispec.DescriptorEmptyJSON,
-		Layers: []ocispec.Descriptor{strip(m.Layers[2], ""), strip(m.Layers[0], AnnotationDevice), strip(m.Layers[1], AnnotationBlob)},
-	}
-	ob, _ := json.Marshal(old)
-	got, err := ParseImage(ob, lay.Fetch)
-	must(t, err)
-	if got.Bootstrap != im.Bootstrap || len(got.Blobs) != 1 || got.Blobs[0].Digest != im.Blobs[0].Digest || got.Blobs[0].ManifestDigest != im.Blobs[0].ManifestDigest {
-		t.Fatalf("old form parsed to %+v, new form %+v", got, im)
-	}
 }

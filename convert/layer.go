@@ -200,7 +200,7 @@ func (d *layerDiff) add(hdr *tar.Header, r io.Reader, ch *bootstrap.Chunker) err
 		return err
 	}
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // TypeRegA is what old tars write
+	case tar.TypeReg:
 		n.Mode |= bootstrap.ModeRegular
 		if hdr.Size < 0 {
 			return fmt.Errorf("entry %q: negative size: %w", hdr.Name, ErrBadLayer)

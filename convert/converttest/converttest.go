@@ -260,14 +260,14 @@ func FeatureLayers(t testing.TB, seed int64) []Layer {
 		}
 		return b
 	}
-	sparse := make([]byte, 3<<20)
-	copy(sparse[2<<20:], "data in the middle of zeros")
+	sparse := make([]byte, 1<<20) // holes at 64 KiB and 1 MiB chunks
+	copy(sparse[600<<10:], "data in the middle of zeros")
 	capability := string([]byte{1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 	l1 := []Entry{
 		{Name: "./", Type: tar.TypeDir, Mode: 0o755},
 		{Name: "bin/", Type: tar.TypeDir, Mode: 0o755},
-		{Name: "bin/tool", Type: tar.TypeReg, Mode: 0o4755, Data: rnd(300_000, 1), Xattrs: map[string]string{"security.capability": capability}},
-		{Name: "bin/big", Type: tar.TypeReg, Mode: 0o755, Data: rnd(2<<20+12345, 2)},
+		{Name: "bin/tool", Type: tar.TypeReg, Mode: 0o4755, Data: rnd(100_000, 1), Xattrs: map[string]string{"security.capability": capability}},
+		{Name: "bin/big", Type: tar.TypeReg, Mode: 0o755, Data: rnd(300_000+12345, 2)},
 		{Name: "bin/sh", Type: tar.TypeSymlink, Mode: 0o777, Link: "/bin/tool"},
 		{Name: "etc/", Type: tar.TypeDir, Mode: 0o755},
 		{Name: "etc/empty", Type: tar.TypeReg, Mode: 0o644},
@@ -295,7 +295,7 @@ func FeatureLayers(t testing.TB, seed int64) []Layer {
 		{Name: "file2dir", Type: tar.TypeReg, Mode: 0o644, Data: []byte("a file first")},
 		{Name: "dir2file/inner", Type: tar.TypeReg, Mode: 0o644, Data: []byte("inner")},
 		{Name: "readd", Type: tar.TypeReg, Mode: 0o644, Data: []byte("first")},
-		{Name: "dup/copy", Type: tar.TypeReg, Mode: 0o644, Data: rnd(2<<20+12345, 2)},
+		{Name: "dup/copy", Type: tar.TypeReg, Mode: 0o644, Data: rnd(300_000+12345, 2)},
 	}
 	l2 := []Entry{
 		{Name: "readd", Type: tar.TypeReg, Mode: 0o600, Data: []byte("second")},
