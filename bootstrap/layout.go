@@ -231,6 +231,19 @@ func (l Layout) ReadImage(ref string) (*Image, []byte, error) {
 			pick = append(pick, d)
 		}
 	}
+	if len(pick) > 1 {
+		// Several platforms (`shoal image convert --all-platforms`): this host's.
+		host := HostPlatform()
+		var mine []ocispec.Descriptor
+		for _, d := range pick {
+			if d.Platform != nil && d.Platform.OS == host.OS && d.Platform.Architecture == host.Architecture {
+				mine = append(mine, d)
+			}
+		}
+		if len(mine) == 1 {
+			pick = mine
+		}
+	}
 	if len(pick) != 1 {
 		return nil, nil, fmt.Errorf("OCI layout %s: %d image manifests match ref %q, want exactly 1", l.Dir, len(pick), ref)
 	}

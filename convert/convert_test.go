@@ -288,16 +288,25 @@ func TestConvertRejects(t *testing.T) {
 // TestConvertPlatforms: an index with two platforms converts the one asked for, the host's by
 // default, or all; a platform the index lacks is an error naming what it has.
 func TestConvertPlatforms(t *testing.T) {
+	for _, docker := range []bool{false, true} {
+		t.Run(map[bool]string{false: "oci-index", true: "docker-manifest-list"}[docker], func(t *testing.T) { testConvertPlatforms(t, docker) })
+	}
+}
+
+func testConvertPlatforms(t *testing.T, docker bool) {
 	dir := t.TempDir()
 	w := converttest.NewWriter(t, dir)
+	if docker {
+		w.ListMediaType = "application/vnd.docker.distribution.manifest.list.v2+json"
+	}
 	layers := []converttest.Layer{{Tar: converttest.Tar(t, []converttest.Entry{{Name: "f", Type: tar.TypeReg, Mode: 0o644, Data: []byte("x")}}), Compression: "gzip"}}
 	other := ocispec.Platform{OS: "linux", Architecture: "s390x"}
 	if origin.HostPlatform().Architecture == "s390x" {
 		other.Architecture = "ppc64le"
 	}
 	w.Index([]ocispec.Descriptor{
-		w.Put(converttest.Image{Platform: origin.HostPlatform(), Layers: layers}),
-		w.Put(converttest.Image{Platform: other, Layers: layers}),
+		w.Put(converttest.Image{Platform: origin.HostPlatform(), Layers: layers, Docker: docker}),
+		w.Put(converttest.Image{Platform: other, Layers: layers, Docker: docker}),
 	}, true)
 	src := layoutSource(t, dir)
 	c := convertLayout(t, src, Options{})
@@ -317,6 +326,9 @@ func TestConvertPlatforms(t *testing.T) {
 	must(t, err)
 	if digest.FromBytes(mb) != res.Images[0].Manifest.Digest {
 		t.Errorf("layout resolved to %s, want the host's %s", digest.FromBytes(mb), res.Images[0].Manifest.Digest)
+	}
+	if im, _, err := (bootstrap.Layout{Dir: out}).ReadImage(""); err != nil || im.Digest != res.Images[0].Manifest.Digest {
+		t.Errorf("bootstrap.Layout.ReadImage of a two-platform layout: %v", err)
 	}
 	_, err = Convert(context.Background(), src, filepath.Join(t.TempDir(), "x"), Options{Platforms: []ocispec.Platform{{OS: "linux", Architecture: "mips"}}})
 	if err == nil || !strings.Contains(err.Error(), other.Architecture) {

@@ -133,6 +133,9 @@ type Image struct {
 type Writer struct {
 	t   testing.TB
 	Dir string
+	// ListMediaType, when set, is the media type of the index Index(…, true) writes (a Docker
+	// manifest list: application/vnd.docker.distribution.manifest.list.v2+json).
+	ListMediaType string
 }
 
 // NewWriter creates an OCI layout at dir.
@@ -209,9 +212,13 @@ func (w *Writer) Put(im Image) ocispec.Descriptor {
 func (w *Writer) Index(manifests []ocispec.Descriptor, asIndex bool) {
 	list := manifests
 	if asIndex {
-		idx := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: manifests}
+		mt := ocispec.MediaTypeImageIndex
+		if w.ListMediaType != "" {
+			mt = w.ListMediaType
+		}
+		idx := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: mt, Manifests: manifests}
 		ib, _ := json.Marshal(idx)
-		list = []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageIndex, Digest: w.put(ib), Size: int64(len(ib))}}
+		list = []ocispec.Descriptor{{MediaType: mt, Digest: w.put(ib), Size: int64(len(ib))}}
 	}
 	for i := range list {
 		list[i].Annotations = map[string]string{ocispec.AnnotationRefName: "latest"}
