@@ -429,12 +429,15 @@ func convertLayer(ctx context.Context, src Source, blobPath string, i int, l oci
 		return nil, err
 	}
 	ch := bootstrap.NewChunker(bw, chunkSize)
-	d, err := readLayer(countingReader{r: rc, n: &prog.read}, diffID, ch)
+	d, err := readLayer(countingReader{ctx: ctx, r: rc, n: &prog.read}, diffID, ch)
 	if werr := ch.Wait(); err == nil {
 		err = werr
 	}
 	if err != nil {
 		bw.Abort()
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
 		return nil, err
 	}
 	prog.layerDone()

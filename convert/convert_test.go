@@ -413,3 +413,20 @@ func TestPushIntoIndex(t *testing.T) {
 		t.Error("--into-index into another repository accepted")
 	}
 }
+
+// TestConvertCancelled: a cancelled conversion stops with the context's error and leaves nothing.
+func TestConvertCancelled(t *testing.T) {
+	dir := t.TempDir()
+	w := converttest.NewWriter(t, dir)
+	w.Index([]ocispec.Descriptor{w.Put(converttest.Image{Platform: origin.HostPlatform(), Layers: converttest.FeatureLayers(t, 3)})}, false)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	parent := t.TempDir()
+	_, err := Convert(ctx, layoutSource(t, dir), filepath.Join(parent, "out"), Options{})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if left, _ := os.ReadDir(parent); len(left) != 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}

@@ -3,6 +3,7 @@ package convert
 import (
 	"archive/tar"
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -76,13 +77,18 @@ func cleanName(name string) (string, error) {
 	return strings.Join(parts, "/"), nil
 }
 
-// countingReader counts the bytes read through it (for progress, read from another goroutine).
+// countingReader counts the bytes read through it (for progress, read from another goroutine)
+// and stops at the context's end (a local layout's file does not watch it).
 type countingReader struct {
-	r io.Reader
-	n *atomic.Int64
+	ctx context.Context
+	r   io.Reader
+	n   *atomic.Int64
 }
 
 func (c countingReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
 	n, err := c.r.Read(p)
 	c.n.Add(int64(n))
 	return n, err
