@@ -330,6 +330,16 @@ func testConvertPlatforms(t *testing.T, docker bool) {
 	if im, _, err := (bootstrap.Layout{Dir: out}).ReadImage(""); err != nil || im.Digest != res.Images[0].Manifest.Digest {
 		t.Errorf("bootstrap.Layout.ReadImage of a two-platform layout: %v", err)
 	}
+	// Another platform's image alone converts and pushes as a plain manifest.
+	host := converttest.StartRegistry(t)
+	outOther := filepath.Join(t.TempDir(), "other")
+	resOther, err := Convert(context.Background(), src, outOther, Options{Platforms: []ocispec.Platform{other}})
+	must(t, err)
+	pushed, err := Push(context.Background(), resOther, outOther, "", host+"/other:v1", testConfig(host), PushOptions{})
+	must(t, err)
+	if len(resOther.Images) != 1 || pushed.Digest != resOther.Images[0].Manifest.Digest || resOther.Images[0].Platform.Architecture != other.Architecture {
+		t.Errorf("pushing another platform's image: %+v, %+v", pushed, resOther.Images)
+	}
 	_, err = Convert(context.Background(), src, filepath.Join(t.TempDir(), "x"), Options{Platforms: []ocispec.Platform{{OS: "linux", Architecture: "mips"}}})
 	if err == nil || !strings.Contains(err.Error(), other.Architecture) {
 		t.Fatalf("missing platform: %v", err)

@@ -40,6 +40,7 @@ func Push(ctx context.Context, res *Result, layoutDir, src, dst string, cfg orig
 		return origin.PushIndex(ctx, layoutDir, dst, res.SourceManifests, cfg, po)
 	}
 	if len(res.Images) == 1 {
+		po.Manifest = res.Images[0].Manifest.Digest // which need not be this host's platform
 		return origin.Push(ctx, layoutDir, dst, cfg, po)
 	}
 	return origin.PushIndex(ctx, layoutDir, dst, nil, cfg, po)

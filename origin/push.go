@@ -39,9 +39,11 @@ type PushProgress struct {
 
 // PushOptions are Push's optional settings.
 type PushOptions struct {
-	// RefName picks the manifest of the layout by ref name; empty picks the Shoal image or the
-	// only manifest.
+	// RefName picks the manifest of the layout by ref name; empty picks the Shoal image for this
+	// host's platform or the only manifest.
 	RefName string
+	// Manifest, when set, picks the layout's manifest by digest instead.
+	Manifest digest.Digest
 	// MountFrom lists repositories of the same registry to mount blobs from before uploading
 	// them (cross-repository blob mount). A registry that cannot mount is sent the bytes.
 	MountFrom []string
@@ -71,9 +73,20 @@ func Push(ctx context.Context, dir, ref string, cfg Config, opts PushOptions) (o
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	desc, body, err := src.Resolve(ctx)
+	var (
+		desc ocispec.Descriptor
+		body []byte
+	)
+	if opts.Manifest != "" {
+		desc, body, err = src.Manifest(ctx, opts.Manifest)
+	} else {
+		desc, body, err = src.Resolve(ctx)
+	}
 	if err != nil {
 		return ocispec.Descriptor{}, err
+	}
+	if IsIndex(desc.MediaType) {
+		return ocispec.Descriptor{}, fmt.Errorf("push: layout %s: %s is an index (use PushIndex): %w", dir, desc.Digest, ErrUnsupported)
 	}
 	if rref.Digest != "" && rref.Digest != desc.Digest {
 		return ocispec.Descriptor{}, fmt.Errorf("push %s: the layout's manifest is %s: %w", rref, desc.Digest, ErrInvalidReference)
