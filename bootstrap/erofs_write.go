@@ -42,7 +42,6 @@ const (
 	xattrIndexTrusted    = 4
 	xattrIndexSecurity   = 6
 	xattrHeaderSize      = 12
-	xattrEntryHeaderSize = 4
 	maxInlineXattrBytes  = 64 << 10
 	devtSlotOff          = (superOffset + superSize) / deviceSlotSize // slots follow the superblock
 	maxDevices           = 255
