@@ -31,35 +31,45 @@ const MaxChunkSize = 16 << 20
 
 // BuildOptions configures Build.
 type BuildOptions struct {
-	ChunkSize int64     // power of two, 4 KiB..16 MiB; 0 means DefaultChunkSize
-	Mkfs      string    // mkfs.erofs binary; "" looks it up in PATH
-	Ref       string    // ref name recorded in index.json; "" means "latest"
-	Progress  io.Writer // progress lines, nil for none
+	ChunkSize int64 // power of two, 4 KiB..16 MiB; 0 means DefaultChunkSize
+	// Engine writes the EROFS image: EngineGo (the default, WriteEROFS) or EngineMkfs (drives
+	// mkfs.erofs; kept as the tests' oracle and for comparison).
+	Engine   string
+	Mkfs     string    // mkfs.erofs binary for EngineMkfs; "" looks it up in PATH
+	Ref      string    // ref name recorded in index.json; "" means "latest"
+	Progress io.Writer // progress lines, nil for none
 }
 
 // BuildResult summarises a build.
 type BuildResult struct {
-	Image       *Image
-	Files       int   // regular files
-	Dirs        int   // directories, the root included
-	Others      int   // symlinks, devices, fifos, sockets
-	FileBytes   int64 // sum of regular file sizes (hard links counted once)
-	BlobBytes   int64 // size of the data blob(s)
-	Chunks      int   // chunks over all blobs
-	ChunkBytes  int64 // bytes the chunks cover
-	DedupSaved  int64 // block-rounded file data that identical chunks did not store again
-	Bootstrap   int64 // bootstrap size
-	MkfsElapsed time.Duration
+	Image      *Image
+	Files      int           // regular files
+	Dirs       int           // directories, the root included
+	Others     int           // symlinks, devices, fifos, sockets
+	FileBytes  int64         // sum of regular file sizes (hard links counted once)
+	BlobBytes  int64         // size of the data blob(s)
+	Chunks     int           // chunks over all blobs
+	ChunkBytes int64         // bytes the chunks cover
+	DedupSaved int64         // block-rounded file data that identical chunks did not store again
+	Bootstrap  int64         // bootstrap size
+	Elapsed    time.Duration // writing the image (reading the tree, chunking, the bootstrap)
 
 	longestName int
 }
+
+// Engines of Build.
+const (
+	EngineGo   = "go"
+	EngineMkfs = "mkfs"
+)
 
 // ErrNoMkfs is returned when mkfs.erofs cannot be found.
 var ErrNoMkfs = errors.New("mkfs.erofs not found (install erofs-utils)")
 
 // Build turns the directory tree src into a Shoal image in the OCI layout directory out, which
-// must not exist yet. It drives mkfs.erofs (4 KiB blocks, chunk-indexed files, all data in one
-// blob), computes the chunk manifests and writes the layout. On error nothing is left at out.
+// must not exist yet: 4 KiB blocks, every regular file chunk-indexed into one data blob, the
+// chunk manifest, a runnable manifest (RunnableConfig with no source config). On error nothing
+// is left at out.
 func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResult, error) {
 	if opts.ChunkSize == 0 {
 		opts.ChunkSize = DefaultChunkSize
@@ -70,8 +80,15 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 	if opts.Ref == "" {
 		opts.Ref = "latest"
 	}
+	switch opts.Engine {
+	case "":
+		opts.Engine = EngineGo
+	case EngineGo, EngineMkfs:
+	default:
+		return nil, fmt.Errorf("build engine %q: want %q or %q", opts.Engine, EngineGo, EngineMkfs)
+	}
 	mkfs := opts.Mkfs
-	if mkfs == "" {
+	if mkfs == "" && opts.Engine == EngineMkfs {
 		p, err := exec.LookPath("mkfs.erofs")
 		if err != nil {
 			return nil, ErrNoMkfs
@@ -95,8 +112,10 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 		return nil, fmt.Errorf("output: %w", err)
 	}
 	res := &BuildResult{}
-	if err := scanSource(ctx, src, res, progress); err != nil {
-		return nil, err
+	if opts.Engine == EngineMkfs {
+		if err := scanSource(ctx, src, res, progress); err != nil {
+			return nil, err
+		}
 	}
 	parent := filepath.Dir(filepath.Clean(out))
 	stage, err := os.MkdirTemp(parent, "."+filepath.Base(out)+".building-")
@@ -106,9 +125,22 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 	defer os.RemoveAll(stage)
 	bootPath := filepath.Join(stage, "bootstrap")
 	blobPath := filepath.Join(stage, "blob")
-
-	fmt.Fprintf(progress, "mkfs.erofs: %d files, %s\n", res.Files, units.Bytes(res.FileBytes))
 	start := time.Now()
+	var m *chunk.Manifest
+	if opts.Engine == EngineGo {
+		if m, err = buildGo(ctx, src, bootPath, blobPath, opts.ChunkSize, res, progress); err != nil {
+			return nil, err
+		}
+	} else if err := runMkfs(ctx, mkfs, src, bootPath, blobPath, opts.ChunkSize, res, progress); err != nil {
+		return nil, err
+	}
+	res.Elapsed = time.Since(start)
+	return finishBuild(stage, out, bootPath, blobPath, m, opts, res, progress)
+}
+
+func runMkfs(ctx context.Context, mkfs, src, bootPath, blobPath string, chunkSize int64, res *BuildResult, progress io.Writer) error {
+	opts := struct{ ChunkSize int64 }{chunkSize}
+	fmt.Fprintf(progress, "mkfs.erofs: %d files, %s\n", res.Files, units.Bytes(res.FileBytes))
 	cmd := exec.CommandContext(ctx, mkfs,
 		fmt.Sprintf("--chunksize=%d", opts.ChunkSize),
 		"--blobdev="+blobPath,
@@ -122,9 +154,14 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 		if res.longestName >= 255 {
 			hint = " (the source has a 255-byte name, which some mkfs.erofs versions cannot store)"
 		}
-		return nil, fmt.Errorf("mkfs.erofs failed%s: %w: %s", hint, err, strings.TrimSpace(lastLines(stderr.String(), 10)))
+		return fmt.Errorf("mkfs.erofs failed%s: %w: %s", hint, err, strings.TrimSpace(lastLines(stderr.String(), 10)))
 	}
-	res.MkfsElapsed = time.Since(start)
+	return nil
+}
+
+// finishBuild checks the image just written, computes its chunk manifest unless the writer
+// already did (m), and moves the layout into place.
+func finishBuild(stage, out, bootPath, blobPath string, m *chunk.Manifest, opts BuildOptions, res *BuildResult, progress io.Writer) (*BuildResult, error) {
 	bootFile, err := os.Open(bootPath)
 	if err != nil {
 		return nil, err
@@ -137,13 +174,13 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 	res.Bootstrap = bst.Size()
 	efs, err := Open(bootFile, bst.Size())
 	if err != nil {
-		return nil, fmt.Errorf("reading the image mkfs.erofs wrote: %w", err)
+		return nil, fmt.Errorf("reading the image %s wrote: %w", opts.Engine, err)
 	}
 	if efs.BlockSize() != chunk.BlockSize {
-		return nil, fmt.Errorf("mkfs.erofs wrote %d-byte blocks; Shoal needs %d", efs.BlockSize(), chunk.BlockSize)
+		return nil, fmt.Errorf("%s wrote %d-byte blocks; Shoal needs %d", opts.Engine, efs.BlockSize(), chunk.BlockSize)
 	}
 	if n := len(efs.Devices()); n != 1 {
-		return nil, fmt.Errorf("mkfs.erofs wrote %d extra devices, want 1", n)
+		return nil, fmt.Errorf("%s wrote %d extra devices, want 1", opts.Engine, n)
 	}
 	blobFile, err := os.Open(blobPath)
 	if err != nil {
@@ -155,48 +192,55 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 		return nil, err
 	}
 	res.BlobBytes = blobSt.Size()
-	fmt.Fprintf(progress, "chunking: %s blob\n", units.Bytes(res.BlobBytes))
-	blobDigest, err := digest.SHA256.FromReader(io.NewSectionReader(blobFile, 0, blobSt.Size()))
-	if err != nil {
-		return nil, fmt.Errorf("hashing blob: %w", err)
+	if err := efs.Check([]int64{res.BlobBytes}); err != nil {
+		return nil, fmt.Errorf("the image %s wrote: %w", opts.Engine, err)
 	}
-	manifests, err := ChunkManifests(efs, []BlobData{{Digest: blobDigest, Size: blobSt.Size(), R: blobFile}}, opts.ChunkSize)
-	if err != nil {
-		return nil, err
+	var manifests []*chunk.Manifest
+	if m != nil {
+		manifests = []*chunk.Manifest{m}
+	} else {
+		fmt.Fprintf(progress, "chunking: %s blob\n", units.Bytes(res.BlobBytes))
+		blobDigest, err := digest.SHA256.FromReader(io.NewSectionReader(blobFile, 0, blobSt.Size()))
+		if err != nil {
+			return nil, fmt.Errorf("hashing blob: %w", err)
+		}
+		manifests, err = ChunkManifests(efs, []BlobData{{Digest: blobDigest, Size: blobSt.Size(), R: blobFile}}, opts.ChunkSize)
+		if err != nil {
+			return nil, err
+		}
+		// Dedup: the blob bytes file data would take without sharing (each file's extents,
+		// rounded to the block) minus what the chunks take.
+		var logical int64
+		if err := efs.WalkExtents(func(_ string, _ *Inode, e Extent) error {
+			if !e.Hole && e.Device > 0 {
+				logical += roundUp(e.Length, chunk.BlockSize)
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		res.DedupSaved = max(0, logical-manifests[0].DataBytes())
 	}
 	for _, m := range manifests {
 		res.Chunks += len(m.Chunks)
 		res.ChunkBytes += m.DataBytes()
 	}
-	// Dedup: the blob bytes file data would take without sharing (each file's extents, rounded
-	// to the block) minus what the chunks take.
-	var logical int64
-	if err := efs.WalkExtents(func(_ string, _ *Inode, e Extent) error {
-		if !e.Hole && e.Device > 0 {
-			logical += roundUp(e.Length, chunk.BlockSize)
-		}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	res.DedupSaved = max(0, logical-res.ChunkBytes)
-
-	w, err := newLayoutWriter(filepath.Join(stage, "layout"))
+	w, err := NewLayoutWriter(filepath.Join(stage, "layout"))
 	if err != nil {
 		return nil, err
 	}
-	bootDesc, err := w.putFile(bootPath, MediaTypeBootstrap)
+	bootDesc, err := w.PutFile(bootPath, MediaTypeBootstrap)
 	if err != nil {
 		return nil, err
 	}
-	blobDesc, err := w.putFile(blobPath, MediaTypeBlob)
+	blobDesc, err := w.PutFileAs(blobPath, MediaTypeBlob, manifests[0].Blob, res.BlobBytes)
 	if err != nil {
 		return nil, err
 	}
-	if blobDesc.Digest != blobDigest {
-		return nil, fmt.Errorf("blob changed while building (%s, then %s)", blobDigest, blobDesc.Digest)
+	md, mb, err := w.WriteImage(ImageSpec{Bootstrap: bootDesc, Blobs: []ocispec.Descriptor{blobDesc}, Manifests: manifests, Platform: HostPlatform()})
+	if err == nil {
+		err = w.WriteIndex([]ocispec.Descriptor{md}, opts.Ref)
 	}
-	mb, err := w.writeImage(bootDesc, []ocispec.Descriptor{blobDesc}, manifests, opts.Ref)
 	if err != nil {
 		return nil, fmt.Errorf("writing layout: %w", err)
 	}

@@ -308,6 +308,12 @@ func checkAgainstFsck(t *testing.T, bi *builtImage, src string) {
 		if d.Type().IsRegular() {
 			want, _ := os.ReadFile(p)
 			got, err := bi.fs.ReadFile(in, bi.devices(), 1<<30)
+			// fsck.erofs 1.5 extracts a file that ends in holes (chunks with no block) short: it
+			// writes the data it finds and never extends the file to its size. Those bytes are
+			// zeros (the kernel mount test checks them).
+			if len(want) < len(got) && !bytes.ContainsFunc(got[len(want):], func(r rune) bool { return r != 0 }) {
+				want = append(want, make([]byte, len(got)-len(want))...)
+			}
 			if err != nil || !bytes.Equal(got, want) {
 				return fmt.Errorf("%s: reader content differs from fsck.erofs's (%v)", rel, err)
 			}
@@ -407,7 +413,8 @@ func TestBuildErrors(t *testing.T) {
 		{"source is a file", filepath.Join(src, "f"), filepath.Join(t.TempDir(), "o"), BuildOptions{}, "not a directory"},
 		{"chunk size not a power of two", src, filepath.Join(t.TempDir(), "o"), BuildOptions{ChunkSize: 3 << 20}, "power of two"},
 		{"chunk size too small", src, filepath.Join(t.TempDir(), "o"), BuildOptions{ChunkSize: 512}, "power of two"},
-		{"no mkfs", src, filepath.Join(t.TempDir(), "o"), BuildOptions{Mkfs: "/nonexistent/mkfs.erofs"}, "mkfs.erofs failed"},
+		{"no mkfs", src, filepath.Join(t.TempDir(), "o"), BuildOptions{Engine: EngineMkfs, Mkfs: "/nonexistent/mkfs.erofs"}, "mkfs.erofs failed"},
+		{"unknown engine", src, filepath.Join(t.TempDir(), "o"), BuildOptions{Engine: "x"}, "engine"},
 	}
 	if os.Geteuid() != 0 { // root reads everything; only others can see an unreadable source
 		unreadable := filepath.Join(src, "secret")
@@ -439,7 +446,7 @@ func TestBuildErrors(t *testing.T) {
 		})
 	}
 	t.Setenv("PATH", t.TempDir())
-	if _, err := Build(ctx, src, filepath.Join(t.TempDir(), "o"), BuildOptions{}); !errors.Is(err, ErrNoMkfs) {
+	if _, err := Build(ctx, src, filepath.Join(t.TempDir(), "o"), BuildOptions{Engine: EngineMkfs}); !errors.Is(err, ErrNoMkfs) {
 		t.Fatalf("without mkfs.erofs in PATH: %v", err)
 	}
 }

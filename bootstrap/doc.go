@@ -2,11 +2,22 @@
 //
 // A Shoal image is an EROFS filesystem split into a small bootstrap (superblock, inodes,
 // directories, chunk indexes) and one or more data blobs (EROFS extra devices), packaged as an
-// OCI image layout whose manifest also lists one chunk manifest per blob:
+// OCI image layout whose manifest also lists one chunk manifest per blob. The manifest is a
+// runnable OCI image manifest (WriteImage, RunnableConfig):
 //
 //	manifest (artifactType application/vnd.shoal.image.v1)
-//	  layers: bootstrap (…erofs.bootstrap.v1), blob k (…erofs.blob.v1, dev.shoal.device=k),
-//	          chunk manifest of blob k (…chunks.v1+json, dev.shoal.blob=<blob digest>)
+//	  config: application/vnd.oci.image.config.v1+json, the source image's config (or a minimal
+//	          one) with rootfs.diff_ids = the digests of the layers below, one each
+//	  layers: blob k (…erofs.blob.v1, dev.shoal.device=k), in device order,
+//	          chunk manifest of blob k (…chunks.v1+json, dev.shoal.blob=<blob digest>),
+//	          bootstrap (…erofs.bootstrap.v1), last
+//	  every layer: containerd.io/snapshot/shoal.layer=bootstrap|blob|chunks and
+//	          containerd.io/snapshot/shoal.bootstrap=<bootstrap digest>, which containerd hands
+//	          to a remote snapshotter's Prepare
+//
+// Manifests of the earlier form (an empty config, the bootstrap first) parse the same way
+// (ParseImage keys on media types and annotations, not order). In an index a Shoal entry carries
+// artifactType and platform.os.features ["shoal.image.v1"] (PlatformFeature).
 //
 // This package owns:
 //   - the EROFS reader (Open, FS): superblock with its crc32c check, device table, compact and
@@ -21,8 +32,25 @@
 //     (Shoal's own builds) use the EROFS chunks themselves (ChunkingEROFS), so identical file
 //     content has identical CIDs in every image; other images fall back to fixed-size pieces of
 //     each blob (ChunkingFixed).
-//   - image building (Build), which drives mkfs.erofs (--chunksize, --blobdev,
-//     -Eforce-chunk-indexes, 4 KiB blocks), and the OCI layout (Layout, ParseImage).
+//   - the EROFS writer (WriteEROFS over a Tree of Nodes): 4 KiB blocks, every non-empty regular
+//     file chunk-indexed into the extra devices (8-byte indexes with device ids; all-zero chunks
+//     are holes), compact inodes where the fields fit and the mtime is the build time (the most
+//     common mtime), extended ones otherwise; directories as sorted dirent blocks with "." and
+//     "..", the tail inline when it fits in the inode's block; inline xattrs (user., trusted.,
+//     security., POSIX ACLs); symlinks inline or in a block; device nodes, FIFOs, sockets; hard
+//     links as one inode with its link count; the superblock's crc32c. Checked by the reader,
+//     fsck.erofs, dump.erofs and real file-backed kernel mounts in the tests, and fuzzed.
+//   - writing data blobs: Chunker cuts file content per file from its start at the chunk size
+//     (so identical content gives identical chunks and CIDs in every image, as mkfs.erofs's
+//     chunk indexes do), hashes chunks on every core and hands them in order to a ChunkSink;
+//     BlobWriter is the uncompressed sink (identical chunks stored once, blob digest and chunk
+//     manifest computed as it writes). Per chunk: one read, one zero scan, one sha256, one write
+//     plus the blob's sha256.
+//   - image building (Build): by default the Go writer over the source tree in one pass;
+//     EngineMkfs drives mkfs.erofs (--chunksize, --blobdev, -Eforce-chunk-indexes) instead and is
+//     kept as the tests' oracle (the same tree gives the same CIDs either way). Debian
+//     bookworm's mkfs.erofs 1.5 fails on 255-byte names; the Go writer does not.
+//   - the OCI layout (Layout, LayoutWriter, ParseImage).
 //
 // It does not fetch, cache or mount anything.
 //

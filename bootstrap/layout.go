@@ -35,6 +35,27 @@ const (
 	// AnnotationDevice on a blob layer gives its EROFS device id (1 for the first extra device).
 	AnnotationDevice = "dev.shoal.device"
 
+	// AnnotationSnapshotRole on every layer of a runnable Shoal image says what the layer is
+	// (RoleBootstrap, RoleBlob, RoleChunks). containerd passes layer annotations with the
+	// prefix "containerd.io/snapshot/" to a remote snapshotter's Prepare, so a snapshotter
+	// recognises a Shoal image from any of its layers.
+	AnnotationSnapshotRole = "containerd.io/snapshot/shoal.layer"
+	// AnnotationSnapshotBootstrap on every layer names the image's bootstrap digest.
+	AnnotationSnapshotBootstrap = "containerd.io/snapshot/shoal.bootstrap"
+	// AnnotationSourceLayer on a converted image's blob names the source layer it holds the
+	// data of (`shoal image convert`).
+	AnnotationSourceLayer = "dev.shoal.source.layer"
+
+	// Values of AnnotationSnapshotRole.
+	RoleBootstrap = "bootstrap"
+	RoleBlob      = "blob"
+	RoleChunks    = "chunks"
+
+	// PlatformFeature is added to platform.os.features of a Shoal manifest's entry in an
+	// index: other runtimes, which pick the first entry matching their platform, keep taking
+	// the original image listed before it; Shoal picks the entry with this feature.
+	PlatformFeature = "shoal.image.v1"
+
 	// MaxMetadataSize bounds what is read into memory from an image: the OCI manifest, a chunk
 	// manifest, index.json. A 16 MiB chunk manifest describes some 100,000 chunks.
 	MaxMetadataSize = 16 << 20
@@ -211,6 +232,19 @@ func (l Layout) ReadImage(ref string) (*Image, []byte, error) {
 			pick = append(pick, d)
 		}
 	}
+	if len(pick) > 1 {
+		// Several platforms (`shoal image convert --all-platforms`): this host's.
+		host := HostPlatform()
+		var mine []ocispec.Descriptor
+		for _, d := range pick {
+			if d.Platform != nil && d.Platform.OS == host.OS && d.Platform.Architecture == host.Architecture {
+				mine = append(mine, d)
+			}
+		}
+		if len(mine) == 1 {
+			pick = mine
+		}
+	}
 	if len(pick) != 1 {
 		return nil, nil, fmt.Errorf("OCI layout %s: %d image manifests match ref %q, want exactly 1", l.Dir, len(pick), ref)
 	}
@@ -247,10 +281,13 @@ func ReadAllLimited(r io.Reader, limit int64, what string) ([]byte, error) {
 	return b, nil
 }
 
-// layoutWriter adds content to a layout directory under construction.
-type layoutWriter struct{ l Layout }
+// LayoutWriter builds an OCI image layout directory: content goes in by digest, then one or more
+// Shoal image manifests (WriteImage), then index.json (WriteIndex) last, so that a layout with an
+// index.json is complete.
+type LayoutWriter struct{ l Layout }
 
-func newLayoutWriter(dir string) (*layoutWriter, error) {
+// NewLayoutWriter creates dir (and its blobs/sha256 and oci-layout).
+func NewLayoutWriter(dir string) (*LayoutWriter, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "blobs", "sha256"), 0o755); err != nil {
 		return nil, err
 	}
@@ -258,12 +295,16 @@ func newLayoutWriter(dir string) (*layoutWriter, error) {
 	if err := os.WriteFile(filepath.Join(dir, ocispec.ImageLayoutFile), lay, 0o644); err != nil {
 		return nil, err
 	}
-	return &layoutWriter{Layout{dir}}, nil
+	return &LayoutWriter{Layout{dir}}, nil
 }
 
-// putFile moves the file at path into the layout under its sha256 and returns its descriptor.
-// path must be on the same filesystem (it is renamed, not copied).
-func (w *layoutWriter) putFile(path, mediaType string) (ocispec.Descriptor, error) {
+// Layout is the layout being written.
+func (w *LayoutWriter) Layout() Layout { return w.l }
+
+// PutFile moves the file at path into the layout under its sha256 and returns its descriptor.
+// path must be on the same filesystem (it is renamed, not copied). Content already in the layout
+// (the same blob from another image) is kept and path removed.
+func (w *LayoutWriter) PutFile(path, mediaType string) (ocispec.Descriptor, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return ocispec.Descriptor{}, err
@@ -275,13 +316,20 @@ func (w *layoutWriter) putFile(path, mediaType string) (ocispec.Descriptor, erro
 		return ocispec.Descriptor{}, fmt.Errorf("hashing %s: %w", path, err)
 	}
 	d := digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(h.Sum(nil)))
-	if err := os.Rename(path, w.l.BlobPath(d)); err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	return ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: n}, nil
+	return w.PutFileAs(path, mediaType, d, n)
 }
 
-func (w *layoutWriter) putBytes(b []byte, mediaType string) (ocispec.Descriptor, error) {
+// PutFileAs is PutFile for a file whose digest and size the caller computed while writing it.
+func (w *LayoutWriter) PutFileAs(path, mediaType string, d digest.Digest, size int64) (ocispec.Descriptor, error) {
+	desc := ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: size}
+	if st, err := os.Stat(w.l.BlobPath(d)); err == nil && st.Size() == size {
+		return desc, os.Remove(path)
+	}
+	return desc, os.Rename(path, w.l.BlobPath(d))
+}
+
+// PutBytes stores b and returns its descriptor.
+func (w *LayoutWriter) PutBytes(b []byte, mediaType string) (ocispec.Descriptor, error) {
 	d := digest.FromBytes(b)
 	if err := os.WriteFile(w.l.BlobPath(d), b, 0o644); err != nil {
 		return ocispec.Descriptor{}, err
@@ -289,56 +337,165 @@ func (w *layoutWriter) putBytes(b []byte, mediaType string) (ocispec.Descriptor,
 	return ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(b))}, nil
 }
 
-// writeImage writes the manifest and index.json for a bootstrap and its blobs already in the
-// layout, with their chunk manifests, and returns the manifest bytes.
-func (w *layoutWriter) writeImage(boot ocispec.Descriptor, blobs []ocispec.Descriptor, manifests []*chunk.Manifest, ref string) ([]byte, error) {
-	if len(blobs) != len(manifests) {
-		return nil, errors.New("writeImage: blobs and manifests differ in number")
+// ImageSpec is what WriteImage needs of a Shoal image whose bootstrap and blobs are already in
+// the layout.
+type ImageSpec struct {
+	Bootstrap ocispec.Descriptor
+	Blobs     []ocispec.Descriptor // device order; their annotations are kept and Shoal's added
+	Manifests []*chunk.Manifest    // Manifests[i] describes Blobs[i]
+	// SourceConfig is the image config (OCI or Docker JSON) the image runs with; nil gives a
+	// minimal config for Platform. Its rootfs and history are rewritten (RunnableConfig).
+	SourceConfig []byte
+	Platform     ocispec.Platform
+	// Annotations go on the manifest.
+	Annotations map[string]string
+}
+
+// WriteImage writes the image's chunk manifests, config and manifest, and returns the manifest's
+// descriptor (with artifactType and platform, ready for an index) and bytes.
+//
+// The manifest is a runnable OCI image manifest: its config is the source image's config with
+// rootfs.diff_ids listing one digest per layer (the layer's own: none is a tar), and its layers,
+// in order, are the blobs (device 1..n), their chunk manifests and the bootstrap last, each
+// annotated for a snapshotter (AnnotationSnapshotRole, AnnotationSnapshotBootstrap). The manifest
+// keeps artifactType ArtifactType, as images built before the runnable form had.
+func (w *LayoutWriter) WriteImage(spec ImageSpec) (ocispec.Descriptor, []byte, error) {
+	if len(spec.Blobs) != len(spec.Manifests) {
+		return ocispec.Descriptor{}, nil, errors.New("WriteImage: blobs and manifests differ in number")
 	}
-	empty, err := w.putBytes(ocispec.DescriptorEmptyJSON.Data, ocispec.MediaTypeEmptyJSON)
+	boot := spec.Bootstrap
+	role := func(d ocispec.Descriptor, r string, extra ...string) ocispec.Descriptor {
+		a := map[string]string{AnnotationSnapshotRole: r, AnnotationSnapshotBootstrap: boot.Digest.String()}
+		for k, v := range d.Annotations {
+			a[k] = v
+		}
+		for i := 0; i+1 < len(extra); i += 2 {
+			a[extra[i]] = extra[i+1]
+		}
+		d.Annotations = a
+		return d
+	}
+	var blobs, chunkLayers []ocispec.Descriptor
+	for i, b := range spec.Blobs {
+		b.MediaType = MediaTypeBlob
+		blobs = append(blobs, role(b, RoleBlob, AnnotationDevice, strconv.Itoa(i+1)))
+		mj, err := json.Marshal(spec.Manifests[i])
+		if err != nil {
+			return ocispec.Descriptor{}, nil, err
+		}
+		cd, err := w.PutBytes(mj, MediaTypeChunks)
+		if err != nil {
+			return ocispec.Descriptor{}, nil, err
+		}
+		chunkLayers = append(chunkLayers, role(cd, RoleChunks, AnnotationBlob, b.Digest.String()))
+	}
+	boot.MediaType = MediaTypeBootstrap
+	layers := append(append(blobs, chunkLayers...), role(boot, RoleBootstrap))
+	cfg, err := RunnableConfig(spec.SourceConfig, layers, spec.Platform)
 	if err != nil {
-		return nil, err
+		return ocispec.Descriptor{}, nil, err
 	}
-	empty.Data = ocispec.DescriptorEmptyJSON.Data
-	layers := []ocispec.Descriptor{boot}
-	var chunkLayers []ocispec.Descriptor
-	for i, b := range blobs {
-		b.Annotations = map[string]string{AnnotationDevice: strconv.Itoa(i + 1)}
-		layers = append(layers, b)
-		mj, err := json.Marshal(manifests[i])
-		if err != nil {
-			return nil, err
-		}
-		cd, err := w.putBytes(mj, MediaTypeChunks)
-		if err != nil {
-			return nil, err
-		}
-		cd.Annotations = map[string]string{AnnotationBlob: b.Digest.String()}
-		chunkLayers = append(chunkLayers, cd)
+	cd, err := w.PutBytes(cfg, ocispec.MediaTypeImageConfig)
+	if err != nil {
+		return ocispec.Descriptor{}, nil, err
 	}
 	m := ocispec.Manifest{
 		Versioned:    specs.Versioned{SchemaVersion: 2},
 		MediaType:    ocispec.MediaTypeImageManifest,
 		ArtifactType: ArtifactType,
-		Config:       empty,
-		Layers:       append(layers, chunkLayers...),
+		Config:       cd,
+		Layers:       layers,
+		Annotations:  spec.Annotations,
 	}
 	mb, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
-		return nil, err
+		return ocispec.Descriptor{}, nil, err
 	}
-	md, err := w.putBytes(mb, ocispec.MediaTypeImageManifest)
+	md, err := w.PutBytes(mb, ocispec.MediaTypeImageManifest)
 	if err != nil {
-		return nil, err
+		return ocispec.Descriptor{}, nil, err
 	}
 	md.ArtifactType = ArtifactType
-	if ref != "" {
-		md.Annotations = map[string]string{ocispec.AnnotationRefName: ref}
+	p := spec.Platform
+	p.OSFeatures = append(append([]string(nil), p.OSFeatures...), PlatformFeature)
+	md.Platform = &p
+	return md, mb, nil
+}
+
+// WriteIndex writes index.json listing the given manifests (written last: a layout with an
+// index.json is whole). ref, when set, becomes every entry's ref name.
+func (w *LayoutWriter) WriteIndex(manifests []ocispec.Descriptor, ref string) error {
+	var ms []ocispec.Descriptor
+	for _, d := range manifests {
+		if ref != "" {
+			a := map[string]string{ocispec.AnnotationRefName: ref}
+			for k, v := range d.Annotations {
+				a[k] = v
+			}
+			d.Annotations = a
+		}
+		ms = append(ms, d)
 	}
-	idx := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{md}}
+	idx := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: ms}
 	ib, err := json.MarshalIndent(idx, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(w.l.Dir, ".index.json.tmp")
+	if err := os.WriteFile(tmp, ib, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(w.l.Dir, ocispec.ImageIndexFile))
+}
+
+// RunnableConfig returns the config of a Shoal image: the source config (every field kept as it
+// is) with rootfs.diff_ids naming the Shoal layers (each layer's own digest: a snapshotter
+// presents them as they are, none is a tar to unpack), and the history's entries marked empty
+// with one entry per Shoal layer appended, so that tools that pair non-empty history entries
+// with layers still agree. Without a source, the config is the minimal one for platform.
+func RunnableConfig(source []byte, layers []ocispec.Descriptor, platform ocispec.Platform) ([]byte, error) {
+	cfg := map[string]json.RawMessage{}
+	if source != nil {
+		if err := json.Unmarshal(source, &cfg); err != nil {
+			return nil, fmt.Errorf("image config: %w", err)
+		}
+		if cfg == nil {
+			return nil, errors.New("image config: not a JSON object")
+		}
+	} else {
+		set := func(k, v string) {
+			if v != "" {
+				cfg[k], _ = json.Marshal(v)
+			}
+		}
+		set("architecture", platform.Architecture)
+		set("os", platform.OS)
+		set("variant", platform.Variant)
+		cfg["config"] = json.RawMessage(`{}`)
+	}
+	diffIDs := make([]digest.Digest, len(layers))
+	for i, l := range layers {
+		diffIDs[i] = l.Digest
+	}
+	rootfs, _ := json.Marshal(ocispec.RootFS{Type: "layers", DiffIDs: diffIDs})
+	cfg["rootfs"] = rootfs
+	var history []map[string]json.RawMessage
+	if h, ok := cfg["history"]; ok && string(h) != "null" {
+		if err := json.Unmarshal(h, &history); err != nil {
+			return nil, fmt.Errorf("image config: history: %w", err)
+		}
+	}
+	for _, e := range history {
+		e["empty_layer"] = json.RawMessage("true")
+	}
+	for _, l := range layers {
+		by, _ := json.Marshal("shoal: " + l.Annotations[AnnotationSnapshotRole] + " " + l.Digest.String())
+		history = append(history, map[string]json.RawMessage{"created_by": by, "comment": json.RawMessage(`"shoal image"`)})
+	}
+	hb, err := json.Marshal(history)
 	if err != nil {
 		return nil, err
 	}
-	return mb, os.WriteFile(filepath.Join(w.l.Dir, ocispec.ImageIndexFile), ib, 0o644)
+	cfg["history"] = hb
+	return json.Marshal(cfg)
 }

@@ -34,12 +34,13 @@ func TestParseImageRejects(t *testing.T) {
 	var m ocispec.Manifest
 	must(t, json.Unmarshal(mb, &m))
 	edits := map[string]func(m *ocispec.Manifest){
-		"not shoal":          func(m *ocispec.Manifest) { m.ArtifactType = "application/x" },
-		"two bootstraps":     func(m *ocispec.Manifest) { m.Layers = append(m.Layers, m.Layers[0]) },
-		"no chunk manifest":  func(m *ocispec.Manifest) { m.Layers = m.Layers[:2] },
-		"bad device":         func(m *ocispec.Manifest) { m.Layers[1].Annotations[AnnotationDevice] = "x" },
-		"wrong blob size":    func(m *ocispec.Manifest) { m.Layers[1].Size++ },
-		"chunk digest wrong": func(m *ocispec.Manifest) { m.Layers[2].Digest = m.Layers[0].Digest },
+		"not shoal": func(m *ocispec.Manifest) { m.ArtifactType = "application/x" },
+		// Layers: blob, its chunk manifest, bootstrap.
+		"two bootstraps":     func(m *ocispec.Manifest) { m.Layers = append(m.Layers, m.Layers[2]) },
+		"no chunk manifest":  func(m *ocispec.Manifest) { m.Layers = []ocispec.Descriptor{m.Layers[0], m.Layers[2]} },
+		"bad device":         func(m *ocispec.Manifest) { m.Layers[0].Annotations[AnnotationDevice] = "x" },
+		"wrong blob size":    func(m *ocispec.Manifest) { m.Layers[0].Size++ },
+		"chunk digest wrong": func(m *ocispec.Manifest) { m.Layers[1].Digest = m.Layers[2].Digest },
 	}
 	for name, edit := range edits {
 		var c ocispec.Manifest

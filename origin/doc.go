@@ -21,6 +21,12 @@
 //	if err := chunk.Verify(chunkCID, b); err != nil { ... }
 //	rc, err := src.Open(ctx, blobDigest)                  // whole blob; Read returns io.EOF only if the digest matched
 //
+// An index resolves (Resolve) to the Shoal image for this host's platform: the entry marked with
+// Shoal's artifactType or PlatformFeature in platform.os.features whose platform matches, so a
+// tag whose index lists the original images and Shoal's (`shoal image convert --into-index`)
+// serves the daemon, `shoal mount` and `shoal prefetch` the Shoal entry. Root and Manifest read
+// manifests and indexes unresolved (the converter's side).
+//
 // Errors wrap the sentinels of errors.go (ErrNotFound, ErrUnauthorized, ErrCorrupt, ErrRange,
 // ErrUnavailable, ...) and name the registry, repository and digest.
 //
@@ -33,4 +39,9 @@
 // Pushing:
 //
 //	desc, err := origin.Push(ctx, "out/img", "registry.example/team/img:v1", cfg, origin.PushOptions{})
+//	// every manifest of the layout by digest, then an index of them (after before) under the tag:
+//	desc, err = origin.PushIndex(ctx, "out/img", "registry.example/team/img:v1", before, cfg, origin.PushOptions{})
+//
+// A push uploads only the blobs the registry lacks and writes the tag last, so a push that fails
+// leaves no tag naming an incomplete image.
 package origin

@@ -39,9 +39,11 @@ type PushProgress struct {
 
 // PushOptions are Push's optional settings.
 type PushOptions struct {
-	// RefName picks the manifest of the layout by ref name; empty picks the Shoal image or the
-	// only manifest.
+	// RefName picks the manifest of the layout by ref name; empty picks the Shoal image for this
+	// host's platform or the only manifest.
 	RefName string
+	// Manifest, when set, picks the layout's manifest by digest instead.
+	Manifest digest.Digest
 	// MountFrom lists repositories of the same registry to mount blobs from before uploading
 	// them (cross-repository blob mount). A registry that cannot mount is sent the bytes.
 	MountFrom []string
@@ -71,9 +73,20 @@ func Push(ctx context.Context, dir, ref string, cfg Config, opts PushOptions) (o
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	desc, body, err := src.Resolve(ctx)
+	var (
+		desc ocispec.Descriptor
+		body []byte
+	)
+	if opts.Manifest != "" {
+		desc, body, err = src.Manifest(ctx, opts.Manifest)
+	} else {
+		desc, body, err = src.Resolve(ctx)
+	}
 	if err != nil {
 		return ocispec.Descriptor{}, err
+	}
+	if IsIndex(desc.MediaType) {
+		return ocispec.Descriptor{}, fmt.Errorf("push: layout %s: %s is an index (use PushIndex): %w", dir, desc.Digest, ErrUnsupported)
 	}
 	if rref.Digest != "" && rref.Digest != desc.Digest {
 		return ocispec.Descriptor{}, fmt.Errorf("push %s: the layout's manifest is %s: %w", rref, desc.Digest, ErrInvalidReference)
@@ -86,14 +99,34 @@ func Push(ctx context.Context, dir, ref string, cfg Config, opts PushOptions) (o
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	var progressMu sync.Mutex
-	report := func(p PushProgress) {
-		if opts.Progress != nil {
-			progressMu.Lock()
-			opts.Progress(p)
-			progressMu.Unlock()
+	report := progressReporter(opts.Progress)
+	if err := reg.pushContent(ctx, src, m, opts, report); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("push %s: %w", rref, err)
+	}
+	tag := rref.Tag
+	if tag == "" {
+		tag = desc.Digest.String()
+	}
+	if err := reg.putManifest(ctx, tag, desc, body); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("push %s: %w", rref, err)
+	}
+	report(PushProgress{Digest: desc.Digest, Size: desc.Size, Done: desc.Size, State: PushManifest})
+	return desc, nil
+}
+
+func progressReporter(fn func(PushProgress)) func(PushProgress) {
+	var mu sync.Mutex
+	return func(p PushProgress) {
+		if fn != nil {
+			mu.Lock()
+			fn(p)
+			mu.Unlock()
 		}
 	}
+}
+
+// pushContent uploads the config and layers of manifest m that the registry lacks, a few at once.
+func (r *Registry) pushContent(ctx context.Context, src *Layout, m ocispec.Manifest, opts PushOptions, report func(PushProgress)) error {
 	blobs := append([]ocispec.Descriptor{m.Config}, m.Layers...)
 	seen := map[digest.Digest]bool{}
 	g, gctx := errgroup.WithContext(ctx)
@@ -107,16 +140,79 @@ func Push(ctx context.Context, dir, ref string, cfg Config, opts PushOptions) (o
 			continue
 		}
 		seen[b.Digest] = true
-		g.Go(func() error { return reg.pushBlob(gctx, src, b, opts.MountFrom, report) })
+		g.Go(func() error { return r.pushBlob(gctx, src, b, opts.MountFrom, report) })
 	}
-	if err := g.Wait(); err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("push %s: %w", rref, err)
+	return g.Wait()
+}
+
+// PushIndex uploads every image manifest of the layout dir's index.json with its blobs (each
+// manifest put by digest, untagged, once its blobs are there), then an image index under ref's
+// tag listing before (manifests already in ref's repository, such as the original image's
+// platforms for `shoal image convert --into-index`) followed by the layout's manifests, with
+// their platforms. The tag is the last thing written: a push that fails leaves no tag naming an
+// incomplete image. It returns the index's descriptor.
+func PushIndex(ctx context.Context, dir, ref string, before []ocispec.Descriptor, cfg Config, opts PushOptions) (ocispec.Descriptor, error) {
+	if err := cfg.Validate(); err != nil {
+		return ocispec.Descriptor{}, err
 	}
-	tag := rref.Tag
-	if tag == "" {
-		tag = desc.Digest.String()
+	rref, err := ParseReference(ref)
+	if err != nil {
+		return ocispec.Descriptor{}, err
 	}
-	if err := reg.putManifest(ctx, tag, desc, body); err != nil {
+	if rref.Tag == "" || rref.Digest != "" {
+		return ocispec.Descriptor{}, fmt.Errorf("push %s: an index is pushed under a tag: %w", rref, ErrInvalidReference)
+	}
+	src, err := NewLayout(dir, "", cfg)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	ib, err := readIndex(dir)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	var idx ocispec.Index
+	if err := json.Unmarshal(ib, &idx); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("push: layout %s: index.json: %v: %w", dir, err, ErrUnsupported)
+	}
+	reg, err := NewRegistry(rref, cfg)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	report := progressReporter(opts.Progress)
+	out := ocispec.Index{Versioned: idx.Versioned, MediaType: ocispec.MediaTypeImageIndex}
+	out.SchemaVersion = 2
+	out.Manifests = append(out.Manifests, before...)
+	for _, d := range idx.Manifests {
+		if d.MediaType != ocispec.MediaTypeImageManifest {
+			return ocispec.Descriptor{}, fmt.Errorf("push: layout %s: %s is a %s, want image manifests: %w", dir, d.Digest, d.MediaType, ErrUnsupported)
+		}
+		body, err := readVerified(dir, d.Digest, cfg.MaxManifestSize)
+		if err != nil {
+			return ocispec.Descriptor{}, err
+		}
+		var m ocispec.Manifest
+		if err := json.Unmarshal(body, &m); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("push: layout %s: manifest %s: %w", dir, d.Digest, err)
+		}
+		if err := reg.pushContent(ctx, src, m, opts, report); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("push %s: %w", rref, err)
+		}
+		if err := reg.putManifest(ctx, d.Digest.String(), d, body); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("push %s: %w", rref, err)
+		}
+		report(PushProgress{Digest: d.Digest, Size: d.Size, Done: d.Size, State: PushManifest})
+		delete(d.Annotations, ocispec.AnnotationRefName)
+		if len(d.Annotations) == 0 {
+			d.Annotations = nil
+		}
+		out.Manifests = append(out.Manifests, d)
+	}
+	body, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromBytes(body), Size: int64(len(body))}
+	if err := reg.putManifest(ctx, rref.Tag, desc, body); err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("push %s: %w", rref, err)
 	}
 	report(PushProgress{Digest: desc.Digest, Size: desc.Size, Done: desc.Size, State: PushManifest})

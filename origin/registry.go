@@ -232,8 +232,8 @@ func drain(rc io.ReadCloser) {
 }
 
 // Resolve fetches the image manifest named by the reference and verifies its digest. When the
-// reference names an index, the manifest chosen is the one with Shoal's artifact type, or the
-// index's only manifest.
+// reference names an index, the manifest chosen is the Shoal image for this host's platform
+// (marked by Shoal's artifact type or PlatformFeature), or the index's only manifest.
 func (r *Registry) Resolve(ctx context.Context) (ocispec.Descriptor, []byte, error) {
 	desc, body, err := r.fetchManifest(ctx, r.ref.manifestRef(), r.ref.Digest)
 	if err != nil {
@@ -585,38 +585,6 @@ func describeManifest(b []byte, contentType string) (ocispec.Descriptor, error) 
 
 func isIndex(mt string) bool {
 	return mt == ocispec.MediaTypeImageIndex || mt == mediaTypeDockerManifestList
-}
-
-// chooseManifest picks the image manifest an index stands for: the one whose ref name annotation
-// is refName when that is set, else the one with Shoal's artifact type, else the only one.
-func chooseManifest(indexJSON []byte, refName string) (ocispec.Descriptor, error) {
-	var idx ocispec.Index
-	if err := json.Unmarshal(indexJSON, &idx); err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("index is not JSON: %v: %w", err, ErrBadResponse)
-	}
-	var candidates []ocispec.Descriptor
-	for _, d := range idx.Manifests {
-		if err := d.Digest.Validate(); err != nil || d.Digest.Algorithm() != digest.SHA256 {
-			continue
-		}
-		if refName != "" {
-			if d.Annotations[ocispec.AnnotationRefName] == refName {
-				return d, nil
-			}
-			continue
-		}
-		if d.ArtifactType == ArtifactType {
-			return d, nil
-		}
-		candidates = append(candidates, d)
-	}
-	if refName != "" {
-		return ocispec.Descriptor{}, fmt.Errorf("no manifest named %q: %w", refName, ErrNotFound)
-	}
-	if len(candidates) == 1 {
-		return candidates[0], nil
-	}
-	return ocispec.Descriptor{}, fmt.Errorf("index lists %d manifests and none is a Shoal image: %w", len(candidates), ErrUnsupported)
 }
 
 // ArtifactType is the artifactType of a Shoal image manifest (the same value as

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"text/tabwriter"
+	"time"
 
 	"github.com/shoal-p2p/shoal/bootstrap"
 	"github.com/shoal-p2p/shoal/chunk"
@@ -24,6 +25,7 @@ func runImageBuild(ctx context.Context, args []string) error {
 	chunk := fs.String("chunk-size", "1M", "chunk size: a power of two from 4K to 16M (suffixes K, M)")
 	ref := fs.String("ref", "latest", "ref name recorded in the layout's index.json")
 	quiet := fs.Bool("quiet", false, "print only the summary")
+	engine := fs.String("engine", bootstrap.EngineGo, "what writes the EROFS image: go (Shoal's writer) or mkfs (mkfs.erofs)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -40,7 +42,7 @@ func runImageBuild(ctx context.Context, args []string) error {
 	if *quiet {
 		progress = nil
 	}
-	res, err := bootstrap.Build(ctx, pos[0], pos[1], bootstrap.BuildOptions{ChunkSize: size, Ref: *ref, Progress: progress})
+	res, err := bootstrap.Build(ctx, pos[0], pos[1], bootstrap.BuildOptions{ChunkSize: size, Ref: *ref, Progress: progress, Engine: *engine})
 	if err != nil {
 		return err
 	}
@@ -51,6 +53,7 @@ func runImageBuild(ctx context.Context, args []string) error {
 	fmt.Printf("  blobs      %d (%s)\n", len(res.Image.Blobs), units.Bytes(res.BlobBytes))
 	fmt.Printf("  chunks     %d of %s (%s)\n", res.Chunks, units.Bytes(size), units.Bytes(res.ChunkBytes))
 	fmt.Printf("  dedup      %s saved\n", units.Bytes(res.DedupSaved))
+	fmt.Printf("  took       %v (%s)\n", res.Elapsed.Round(time.Millisecond), *engine)
 	return nil
 }
 

@@ -1,0 +1,85 @@
+package bootstrap
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/shoal-p2p/shoal/chunk"
+)
+
+// TestChunker: chunks are cut per file from its start, all-zero chunks become holes, identical
+// chunks are stored once, and the manifest covers exactly what was stored.
+func TestChunker(t *testing.T) {
+	const cs = 64 << 10
+	bw, err := NewBlobWriter(filepath.Join(t.TempDir(), "blob"), 3, cs)
+	must(t, err)
+	ch := NewChunker(bw, cs)
+	a := randBytes(t, 3*cs+100)
+	zeros := make([]byte, 2*cs+5)
+	copy(zeros[cs:], "x") // chunk 1 not zero
+	ra, err := ch.AddFile(bytes.NewReader(a), int64(len(a)), "a")
+	must(t, err)
+	rz, err := ch.AddFile(bytes.NewReader(zeros), int64(len(zeros)), "z")
+	must(t, err)
+	rb, err := ch.AddFile(bytes.NewReader(a), int64(len(a)), "again")
+	must(t, err)
+	if _, err := ch.AddFile(bytes.NewReader(a[:10]), 20, "short"); !errors.Is(err, ErrRead) || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("short file: %v", err)
+	}
+	must(t, ch.Wait())
+	d, m, err := bw.Finish()
+	must(t, err)
+	if len(ra) != 4 || len(rz) != 3 || !rz[0].Hole || rz[1].Hole || !rz[2].Hole {
+		t.Fatalf("refs %+v %+v", ra, rz)
+	}
+	for i := range ra {
+		if ra[i] != rb[i] || ra[i].Device != 3 || ra[i].Hole {
+			t.Fatalf("identical content stored twice or wrongly: %+v %+v", ra[i], rb[i])
+		}
+	}
+	if len(m.Chunks) != 5 || m.BlobSize != 4*cs+4096 || m.Blob != d || bw.DedupSaved() != 3*cs+4096 {
+		t.Fatalf("manifest %d chunks, blob %d, saved %d", len(m.Chunks), m.BlobSize, bw.DedupSaved())
+	}
+	last := append(append([]byte(nil), a[3*cs:]...), make([]byte, 4096-100)...)
+	if m.Chunks[3].CID != chunk.CID(last) {
+		t.Error("the last chunk's CID is not over its block-padded bytes")
+	}
+}
+
+func TestRunnableConfig(t *testing.T) {
+	src := []byte(`{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/x"]},"future":{"k":1},` +
+		`"rootfs":{"type":"layers","diff_ids":["sha256:` + strings.Repeat("1", 64) + `"]},"history":[{"created_by":"RUN x"}]}`)
+	layers := []ocispec.Descriptor{
+		{Digest: digest.FromString("b"), Annotations: map[string]string{AnnotationSnapshotRole: RoleBlob}},
+		{Digest: digest.FromString("boot"), Annotations: map[string]string{AnnotationSnapshotRole: RoleBootstrap}},
+	}
+	b, err := RunnableConfig(src, layers, ocispec.Platform{})
+	must(t, err)
+	var c struct {
+		Future  map[string]int `json:"future"`
+		Config  struct{ Entrypoint []string }
+		RootFS  ocispec.RootFS
+		History []ocispec.History
+	}
+	must(t, json.Unmarshal(b, &c))
+	if c.Future["k"] != 1 || c.Config.Entrypoint[0] != "/x" || len(c.RootFS.DiffIDs) != 2 || c.RootFS.DiffIDs[1] != layers[1].Digest ||
+		len(c.History) != 3 || !c.History[0].EmptyLayer || c.History[2].EmptyLayer {
+		t.Fatalf("config %s", b)
+	}
+	if _, err := RunnableConfig([]byte(`[1]`), layers, ocispec.Platform{}); err == nil {
+		t.Error("a config that is not an object accepted")
+	}
+	min, err := RunnableConfig(nil, layers, ocispec.Platform{OS: "linux", Architecture: "arm64"})
+	must(t, err)
+	if !bytes.Contains(min, []byte(`"architecture":"arm64"`)) {
+		t.Errorf("minimal config %s", min)
+	}
+}
