@@ -93,15 +93,23 @@ func Compress(t testing.TB, b []byte, how string) []byte {
 	switch how {
 	case "gzip":
 		w := gzip.NewWriter(&buf)
-		w.Write(b)
-		w.Close()
+		if _, err := w.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
 	case "zstd":
 		w, err := zstd.NewWriter(&buf)
 		if err != nil {
 			t.Fatal(err)
 		}
-		w.Write(b)
-		w.Close()
+		if _, err := w.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
 	case "none":
 		return b
 	default:
@@ -409,7 +417,7 @@ func ApplyOCI(t testing.TB, dst string, tars [][]byte) {
 			}
 			ts := []unix.Timespec{unix.NsecToTimespec(h.ModTime.UnixNano()), unix.NsecToTimespec(h.ModTime.UnixNano())}
 			if h.Typeflag == tar.TypeDir {
-				dirTimes = append(dirTimes, func() { unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW) })
+				dirTimes = append(dirTimes, func() { _ = unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW) })
 			} else {
 				must(t, unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW))
 			}

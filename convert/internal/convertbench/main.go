@@ -184,7 +184,9 @@ func run(size int64, dir string) error {
 		if err := os.MkdirAll(filepath.Join(l, "blobs", "sha256"), 0o755); err != nil {
 			return err
 		}
-		os.WriteFile(filepath.Join(l, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644)
+		if err := os.WriteFile(filepath.Join(l, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644); err != nil {
+			return err
+		}
 	}
 	t0 := time.Now()
 	baseEach := size * 28 / 100
@@ -227,7 +229,7 @@ func run(size int64, dir string) error {
 		time.Since(t0).Round(time.Second), files, mib(fileBytes), mib(gzBytes))
 	fmt.Printf("GOMAXPROCS %d\n\n", runtime.GOMAXPROCS(0))
 
-	dropCaches := func() { exec.Command("sync").Run() }
+	dropCaches := func() { _ = exec.Command("sync").Run() }
 	type result struct {
 		name string
 		took time.Duration
@@ -247,7 +249,9 @@ func run(size int64, dir string) error {
 			if err != nil {
 				return nil, "", 0, err
 			}
-			pprof.StartCPUProfile(f)
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return nil, "", 0, err
+			}
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}
 		start := time.Now()
@@ -262,7 +266,9 @@ func run(size int64, dir string) error {
 	results = append(results, result{"shoal image convert (in-process, gzip → per-layer blobs + bootstrap)", took, selfCPU() - c0})
 	// 2. GNU tar -xzf of the same layers.
 	ext := filepath.Join(work, "tar-x")
-	os.MkdirAll(ext, 0o755)
+	if err := os.MkdirAll(ext, 0o755); err != nil {
+		return err
+	}
 	dropCaches()
 	start := time.Now()
 	c0 = childCPU()
@@ -271,7 +277,7 @@ func run(size int64, dir string) error {
 			return fmt.Errorf("tar: %v: %s", err, out)
 		}
 	}
-	exec.Command("sync").Run()
+	_ = exec.Command("sync").Run()
 	results = append(results, result{"tar -xzf each layer (GNU tar + gzip), then sync", time.Since(start), childCPU() - c0})
 	// shoal image build of the extracted tree, by each engine (a later issue wants the Go writer
 	// within 1.2x of mkfs.erofs).
@@ -303,7 +309,7 @@ func run(size int64, dir string) error {
 			return err
 		}
 	}
-	exec.Command("sync").Run()
+	_ = exec.Command("sync").Run()
 	results = append(results, result{"Go: klauspost gzip + archive/tar, write each file, then sync", time.Since(start), selfCPU() - c0})
 	os.RemoveAll(ext)
 	// 4. Go: decompress only.
@@ -413,7 +419,7 @@ func gunzipOnly(path string) error {
 
 func rusage(who int) time.Duration {
 	var ru syscall.Rusage
-	syscall.Getrusage(who, &ru)
+	_ = syscall.Getrusage(who, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
