@@ -323,6 +323,7 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 	defer release()
 	start := time.Now()
 	data, src, err := r.fetchBytes(fctx, b, c)
+	r.countCorrupt(err)
 	for try := 1; err != nil && errors.Is(err, chunk.ErrCorrupt) && try < r.cfg.CorruptAttempts && fctx.Err() == nil; try++ {
 		// Wrong bytes are counted where they were found (the peer is struck, the origin's bytes
 		// are refused); ask again, perhaps from another source, before failing the read.
@@ -331,6 +332,7 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 			break
 		}
 		data, src, err = r.fetchBytes(fctx, b, c)
+		r.countCorrupt(err)
 	}
 	if err != nil {
 		r.met.failures.Inc()
@@ -348,6 +350,15 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 	r.met.seconds.WithLabelValues(string(src)).Observe(elapsed.Seconds())
 	r.log.Debug("chunk fetched", "blob", b.m.Blob, "offset", c.Offset, "length", c.Length, "source", src, "elapsed", elapsed, "prefetch", prefetch)
 	return nil
+}
+
+// countCorrupt counts a fetch that failed on wrong bytes. fetchBytes returns chunk.ErrCorrupt only
+// for the origin's bytes: a local copy that fails its check is counted by the store and fetched
+// again, and package p2p strikes a peer that answers wrong bytes and asks elsewhere.
+func (r *Resolver) countCorrupt(err error) {
+	if err != nil && errors.Is(err, chunk.ErrCorrupt) {
+		r.stats.corrupt()
+	}
 }
 
 // fetchBytes gets a chunk's bytes, verified exactly once on the way: by the store for a local
@@ -437,15 +448,20 @@ type SourceStats struct {
 type Stats struct {
 	Sources  map[chunk.Source]SourceStats `json:"sources"`
 	Failures int64                        `json:"failures"`
+	// OriginCorrupt counts answers from the origin whose bytes did not match the chunk's CID
+	// (each attempt once). A peer's wrong bytes are counted by package p2p against that peer,
+	// and the store counts its own; together they make the daemon's verifyFailures.
+	OriginCorrupt int64 `json:"originCorrupt"`
 }
 
 // Stats returns the totals by source, with fetch latency percentiles over recent fetches.
 func (r *Resolver) Stats() Stats { return r.stats.snapshot() }
 
 type stats struct {
-	mu       sync.Mutex
-	by       map[chunk.Source]*sourceStats
-	failures int64
+	mu            sync.Mutex
+	by            map[chunk.Source]*sourceStats
+	failures      int64
+	originCorrupt int64
 }
 
 type sourceStats struct {
@@ -481,10 +497,16 @@ func (s *stats) fail() {
 	s.mu.Unlock()
 }
 
+func (s *stats) corrupt() {
+	s.mu.Lock()
+	s.originCorrupt++
+	s.mu.Unlock()
+}
+
 func (s *stats) snapshot() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := Stats{Sources: map[chunk.Source]SourceStats{}, Failures: s.failures}
+	out := Stats{Sources: map[chunk.Source]SourceStats{}, Failures: s.failures, OriginCorrupt: s.originCorrupt}
 	for src, st := range s.by {
 		ss := SourceStats{Bytes: st.bytes, Chunks: st.chunks}
 		if n := min(st.n, len(st.ring)); n > 0 {

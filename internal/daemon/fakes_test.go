@@ -68,6 +68,8 @@ type fakeStore struct {
 	pins    map[digest.Digest]map[string]bool
 	present map[digest.Digest]int // chunks present, from the start of the blob
 	failAdd map[digest.Digest]error
+
+	verifyFailures int64 // what Stats reports
 }
 
 func newFakeStore() *fakeStore {
@@ -128,7 +130,7 @@ func (s *fakeStore) pinned() []digest.Digest {
 func (s *fakeStore) Stats() chunkstore.Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return chunkstore.Stats{Blobs: len(s.blobs)}
+	return chunkstore.Stats{Blobs: len(s.blobs), VerifyFailures: s.verifyFailures}
 }
 
 func (s *fakeStore) PresentTotals(blob digest.Digest) (int64, int64, error) {
@@ -146,6 +148,8 @@ type fakeResolver struct {
 	blobs     map[digest.Digest]demand.OriginFunc
 	prefetch  func(ctx context.Context, blob digest.Digest) error // nil: completes at once
 	prefetchN int                                                 // prefetches running
+
+	originCorrupt int64 // what Stats reports
 }
 
 func newFakeResolver() *fakeResolver {
@@ -215,7 +219,9 @@ func (r *fakeResolver) running() int {
 
 func (r *fakeResolver) ReadOrder(digest.Digest) []chunk.Range { return nil }
 func (r *fakeResolver) Stats() demand.Stats {
-	return demand.Stats{Sources: map[chunk.Source]demand.SourceStats{}}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return demand.Stats{Sources: map[chunk.Source]demand.SourceStats{}, OriginCorrupt: r.originCorrupt}
 }
 
 type fakeNode struct {
@@ -223,6 +229,7 @@ type fakeNode struct {
 	blobs     map[digest.Digest]p2p.OriginFunc
 	announced map[digest.Digest]int
 	failReg   map[digest.Digest]error
+	peers     []p2p.PeerStats
 }
 
 func newFakeNode() *fakeNode {
@@ -274,7 +281,11 @@ func (n *fakeNode) origin(blob digest.Digest) string {
 
 func (n *fakeNode) ID() peer.ID            { return peer.ID("fake-peer") }
 func (n *fakeNode) Addrs() []ma.Multiaddr  { return nil }
-func (n *fakeNode) Peers() []p2p.PeerStats { return nil }
+func (n *fakeNode) Peers() []p2p.PeerStats {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.peers
+}
 func (n *fakeNode) setFail(b digest.Digest, err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -13,11 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoal-p2p/shoal/demand"
-
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-p2p/shoal/demand"
 	"github.com/shoal-p2p/shoal/mount"
+	"github.com/shoal-p2p/shoal/p2p"
 )
 
 // TestMountUmount: a mount reaches the mode's frontend, is reported, pinned and saved; its unmount
@@ -466,5 +467,27 @@ func TestPrefetchStates(t *testing.T) {
 				t.Fatalf("prefetch state %q error %q, want %q with %q", im.Prefetch, im.PrefetchError, tc.wantState, tc.wantErr)
 			}
 		})
+	}
+}
+
+// verifyFailures counts every source, as docs/stats.md says (issue 12: it counted only the
+// store's own checks): the store's, each peer's wrong answers, and the origin's refused ones.
+func TestStatsVerifyFailuresBySource(t *testing.T) {
+	f := newFixture(t, serviceConfig{})
+	f.store.mu.Lock()
+	f.store.verifyFailures = 1
+	f.store.mu.Unlock()
+	f.resolver.mu.Lock()
+	f.resolver.originCorrupt = 4
+	f.resolver.mu.Unlock()
+	f.node.mu.Lock()
+	f.node.peers = []p2p.PeerStats{{ID: peer.ID("a"), Corrupt: 5, Banned: true}, {ID: peer.ID("b"), Corrupt: 2}}
+	f.node.mu.Unlock()
+	st := f.stats()
+	if want := (VerifyBySource{Local: 1, Peers: 7, Origin: 4}); st.VerifyFailuresBy != want {
+		t.Fatalf("verify failures by source %+v, want %+v", st.VerifyFailuresBy, want)
+	}
+	if st.VerifyFailures != 12 || st.Bans != 1 {
+		t.Fatalf("verifyFailures %d (want 12), bans %d (want 1)", st.VerifyFailures, st.Bans)
 	}
 }

@@ -61,14 +61,14 @@ func (s *service) Stats() StatsReport {
 	rs := s.resStats.Stats()
 	ss := s.storeStats.Stats()
 	rep := StatsReport{
-		PeerID:         s.peers.ID().String(),
-		VerifyFailures: ss.VerifyFailures,
-		FetchFailures:  rs.Failures,
-		Cache:          CacheReport{PresentBytes: ss.PresentBytes, MaxBytes: ss.MaxBytes, EvictedBytes: ss.BytesEvicted, Blobs: ss.Blobs},
-		Latency:        map[string]Lat{},
-		Images:         []ImageReport{},
-		Peers:          []PeerReport{},
-		Uptime:         time.Since(s.started).Seconds(),
+		PeerID:           s.peers.ID().String(),
+		VerifyFailuresBy: VerifyBySource{Local: ss.VerifyFailures, Origin: rs.OriginCorrupt},
+		FetchFailures:    rs.Failures,
+		Cache:            CacheReport{PresentBytes: ss.PresentBytes, MaxBytes: ss.MaxBytes, EvictedBytes: ss.BytesEvicted, Blobs: ss.Blobs},
+		Latency:          map[string]Lat{},
+		Images:           []ImageReport{},
+		Peers:            []PeerReport{},
+		Uptime:           time.Since(s.started).Seconds(),
 	}
 	src := func(s chunk.Source) demand.SourceStats { return rs.Sources[s] }
 	rep.Bytes.Local = src(chunk.SourceLocal).Bytes
@@ -98,9 +98,11 @@ func (s *service) Stats() StatsReport {
 		if p.Banned {
 			rep.Bans++
 		}
+		rep.VerifyFailuresBy.Peers += p.Corrupt
 		rep.Peers = append(rep.Peers, pr)
 	}
 	sort.Slice(rep.Peers, func(i, j int) bool { return rep.Peers[i].ID < rep.Peers[j].ID })
+	rep.VerifyFailures = rep.VerifyFailuresBy.Local + rep.VerifyFailuresBy.Peers + rep.VerifyFailuresBy.Origin
 
 	for _, im := range s.reg.Images() {
 		ir := ImageReport{Ref: im.Ref, Digest: im.digest().String(), Mounts: map[string]string{}}
