@@ -86,6 +86,7 @@ type Store struct {
 	log   *slog.Logger
 	db    *badger.DB
 	files *fdCache
+	space *space
 	ctr   counters
 	used  atomic.Int64 // bytes of present chunks
 	resv  atomic.Int64 // bytes reserved by writes in progress (only with MaxBytes)
@@ -178,18 +179,15 @@ func Open(dir string, cfg Config) (*Store, error) {
 	if err := s.prepareDirs(); err != nil {
 		return nil, err
 	}
-	opts := badger.DefaultOptions(cfg.IndexDir).
-		WithLogger(badgerLogger{s.log}).
-		WithLoggingLevel(badger.WARNING).
-		WithBlockCacheSize(cfg.IndexCacheBytes).
-		WithIndexCacheSize(cfg.IndexCacheBytes).
-		WithMemTableSize(16 << 20).
-		WithNumMemtables(2).
-		WithNumLevelZeroTables(4).
-		WithNumLevelZeroTablesStall(8).
-		WithValueLogFileSize(64 << 20).
-		WithNumCompactors(2).
-		WithDetectConflicts(false)
+	sp, err := newSpace(dir, cfg.IndexDir)
+	if err != nil {
+		return nil, err
+	}
+	s.space = sp
+	opts := s.badgerOptions()
+	if err := s.prepareSpace(opts); err != nil {
+		return nil, err
+	}
 	db, err := badger.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: open index %s: %w", cfg.IndexDir, err)
@@ -205,6 +203,7 @@ func Open(dir string, cfg Config) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	s.restoreHeadroom()
 	s.log.Info("chunk store open", "dir", dir, "blobs", len(s.blobs), "present_bytes", s.used.Load(),
 		"reconciled_blobs", reconciled, "dropped_chunks", dropped, "took", time.Since(start))
 	if cfg.Registerer != nil {
@@ -218,6 +217,22 @@ func Open(dir string, cfg Config) (*Store, error) {
 	s.committerW.Add(1)
 	go s.committer()
 	return s, nil
+}
+
+// badgerOptions are the index's settings.
+func (s *Store) badgerOptions() badger.Options {
+	return badger.DefaultOptions(s.cfg.IndexDir).
+		WithLogger(badgerLogger{s.log}).
+		WithLoggingLevel(badger.WARNING).
+		WithBlockCacheSize(s.cfg.IndexCacheBytes).
+		WithIndexCacheSize(s.cfg.IndexCacheBytes).
+		WithMemTableSize(memTableBytes).
+		WithNumMemtables(2).
+		WithNumLevelZeroTables(4).
+		WithNumLevelZeroTablesStall(8).
+		WithValueLogFileSize(64 << 20).
+		WithNumCompactors(2).
+		WithDetectConflicts(false)
 }
 
 func (s *Store) prepareDirs() error {
