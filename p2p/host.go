@@ -111,7 +111,9 @@ func (n *Node) newHost() (host.Host, error) {
 	opts := []libp2p.Option{
 		libp2p.Identity(n.key),
 		libp2p.ListenAddrStrings(n.cfg.ListenAddrs...),
-		libp2p.Transport(tcp.NewTCPTransport),
+		// No SO_REUSEPORT: with it a second daemon binds a port this one holds and the kernel
+		// splits the connections between them (checkListening makes that a start error).
+		libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()),
 		// TLS first: AES-GCM with hardware support moves chunks faster than Noise's ChaCha20.
 		libp2p.Security(tls.ID, tls.New),
 		libp2p.Security(noise.ID, noise.New),
@@ -129,7 +131,11 @@ func (n *Node) newHost() (host.Host, error) {
 	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
-		return nil, fmt.Errorf("p2p host on %v: %w", n.cfg.ListenAddrs, err)
+		return nil, fmt.Errorf("p2p host on %v: %w%s", n.cfg.ListenAddrs, err, inUseHint(err))
+	}
+	if err := n.checkListening(h); err != nil {
+		_ = h.Close()
+		return nil, err
 	}
 	return h, nil
 }
