@@ -279,8 +279,8 @@ func (n *fakeNode) origin(blob digest.Digest) string {
 	return string(b)
 }
 
-func (n *fakeNode) ID() peer.ID            { return peer.ID("fake-peer") }
-func (n *fakeNode) Addrs() []ma.Multiaddr  { return nil }
+func (n *fakeNode) ID() peer.ID           { return peer.ID("fake-peer") }
+func (n *fakeNode) Addrs() []ma.Multiaddr { return nil }
 func (n *fakeNode) Peers() []p2p.PeerStats {
 	n.mu.Lock()
 	defer n.mu.Unlock()
