@@ -179,7 +179,7 @@ func Open(dir string, cfg Config) (*Store, error) {
 	if err := s.prepareDirs(); err != nil {
 		return nil, err
 	}
-	sp, err := newSpace(dir, cfg.IndexDir)
+	sp, err := newSpace(dir, cfg.IndexDir, cfg.ReserveBytes)
 	if err != nil {
 		return nil, err
 	}
