@@ -72,8 +72,9 @@
 // Badger writes through shared mappings of sparse files, so on a full filesystem it dies of
 // SIGBUS instead of returning ENOSPC, and then cannot even write its LOCK file on the next start.
 // The store therefore never lets chunks fill the filesystem (space.go): a chunk write must leave
-// Config.ReserveBytes plus the index's own size free, evicting unpinned blobs first and otherwise
-// failing with ErrNoSpace ("cache filesystem nearly full"), pinned or not. A preallocated reserve
+// Config.ReserveBytes (by default a sixteenth of the filesystem, 4 to 64 MiB) plus the index's
+// own size free, evicting unpinned blobs first and otherwise failing with ErrNoSpace ("cache
+// filesystem nearly full"), pinned or not. A preallocated reserve
 // file in the index directory (up to 17 MiB) holds what the index needs to start: when something
 // else filled the filesystem, Open releases it, opens the index, evicts unpinned chunks to get
 // the headroom back and makes the file again; without a reserve file (a store of an older

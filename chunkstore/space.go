@@ -45,12 +45,13 @@ const memTableBytes = 8 << 20
 // check: a memtable log, a value log header, the LOCK and MANIFEST files and the table a replayed
 // memtable flushes to. It is also the size of the reserve file.
 func (s *Store) startBytes() int64 {
-	return min(s.cfg.ReserveBytes, 2*memTableBytes+(1<<20))
+	return min(s.space.reserve, 2*memTableBytes+(1<<20))
 }
 
 // space tracks the filesystems under the store.
 type space struct {
 	dataDir, indexDir string
+	reserve           int64        // Config.ReserveBytes, or what 0 (auto) came to
 	sameFS            bool         // index and backing files share a filesystem
 	inflight          atomic.Int64 // chunk bytes being written, not yet committed or failed
 	reserveHeld       atomic.Bool  // the reserve file exists at its full size
@@ -61,7 +62,7 @@ type space struct {
 	idxChecked atomic.Int64 // unix nanoseconds of the last measurement
 }
 
-func newSpace(dataDir, indexDir string) (*space, error) {
+func newSpace(dataDir, indexDir string, reserve int64) (*space, error) {
 	var a, b unix.Stat_t
 	if err := unix.Stat(dataDir, &a); err != nil {
 		return nil, fmt.Errorf("chunkstore: %s: %w", dataDir, err)
@@ -69,7 +70,21 @@ func newSpace(dataDir, indexDir string) (*space, error) {
 	if err := unix.Stat(indexDir, &b); err != nil {
 		return nil, fmt.Errorf("chunkstore: %s: %w", indexDir, err)
 	}
-	return &space{dataDir: dataDir, indexDir: indexDir, sameFS: a.Dev == b.Dev}, nil
+	sp := &space{dataDir: dataDir, indexDir: indexDir, sameFS: a.Dev == b.Dev, reserve: reserve}
+	if reserve == 0 {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dataDir, &st); err != nil {
+			return nil, fmt.Errorf("chunkstore: statfs %s: %w", dataDir, err)
+		}
+		sp.reserve = autoReserve(int64(st.Blocks) * int64(st.Bsize))
+	}
+	return sp, nil
+}
+
+// autoReserve is ReserveBytes 0: a sixteenth of the filesystem, at least 4 MiB and at most
+// 64 MiB (what a large index needs to start and compact).
+func autoReserve(fsBytes int64) int64 {
+	return min(max(fsBytes/16, 4<<20), 64<<20)
 }
 
 // freeBytes is what this process can still allocate on the filesystem of dir.
@@ -123,7 +138,7 @@ func (sp *space) indexBytes() (durable, all int64) {
 
 // headroom is the free space chunk writes must leave on the cache filesystem.
 func (s *Store) headroom() int64 {
-	h := s.cfg.ReserveBytes
+	h := s.space.reserve
 	if s.space.sameFS {
 		durable, _ := s.space.indexBytes()
 		h += durable // room to rewrite the whole index in a compaction
@@ -154,7 +169,7 @@ func (s *Store) reserveDisk(n int64) (func(), error) {
 		sp.inflight.Add(-n)
 		short := need - (free - r)
 		// Free a little more than this write needs, so the next writes do not each evict.
-		slack := max(16*n, s.cfg.ReserveBytes/8)
+		slack := max(16*n, s.space.reserve/8)
 		freed, err := s.evict(s.used.Load() - short - slack)
 		if err != nil {
 			return nil, err
@@ -254,7 +269,7 @@ func (s *Store) prepareSpace(opts badger.Options) error {
 		return fmt.Errorf("chunkstore: the filesystem of the index %s has %d bytes free and the index needs %d to open safely: free space on it: %w", dir, free, need, ErrNoSpace)
 	}
 	// Free enough for the headroom and the reserve file too, not just for starting.
-	freed, err := s.punchUnpinned(opts, s.cfg.ReserveBytes+2*need-free)
+	freed, err := s.punchUnpinned(opts, s.space.reserve+2*need-free)
 	if err != nil {
 		return fmt.Errorf("chunkstore: the cache filesystem of %s is full (%d bytes free, the index needs %d to open safely) and the index cannot be read without writing to it to find unpinned data to evict (%w); free space on the filesystem: %w",
 			dir, free, need, err, ErrNoSpace)

@@ -179,7 +179,7 @@ func Open(dir string, cfg Config) (*Store, error) {
 	if err := s.prepareDirs(); err != nil {
 		return nil, err
 	}
-	sp, err := newSpace(dir, cfg.IndexDir)
+	sp, err := newSpace(dir, cfg.IndexDir, cfg.ReserveBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -219,9 +219,17 @@ func Open(dir string, cfg Config) (*Store, error) {
 	return s, nil
 }
 
-// badgerOptions are the index's settings.
+// badgerOptions are the index's settings, chosen for bounded memory (BENCHMARKS.md, chunkstore
+// scale): two small memtables; block and table-index caches bounded by IndexCacheBytes (with an
+// index cache, table indexes and bloom filters are loaded on demand, not all kept in memory);
+// and tables of one size at every level. Badger's compaction builds up to 8 + splits tables at
+// once per compactor, each in a buffer of twice its table size, so with the default growth
+// (2 MiB doubling per level) compacting a large index held hundreds of MB; fixed 2 MiB tables
+// bound it to tens.
 func (s *Store) badgerOptions() badger.Options {
-	return badger.DefaultOptions(s.cfg.IndexDir).
+	opts := badger.DefaultOptions(s.cfg.IndexDir)
+	opts.TableSizeMultiplier = 1 // no With method for it
+	return opts.
 		WithLogger(badgerLogger{s.log}).
 		WithLoggingLevel(badger.WARNING).
 		WithBlockCacheSize(s.cfg.IndexCacheBytes).
@@ -230,8 +238,9 @@ func (s *Store) badgerOptions() badger.Options {
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(4).
 		WithNumLevelZeroTablesStall(8).
+		WithBaseTableSize(2 << 20).
 		WithValueLogFileSize(64 << 20).
-		WithNumCompactors(2).
+		WithNumCompactors(2). // badger's minimum
 		WithDetectConflicts(false)
 }
 

@@ -291,7 +291,8 @@ func TestConfigValidate(t *testing.T) {
 		{"negative max", func(c *chunkstore.Config) { c.MaxBytes = -1 }, false},
 		{"few files", func(c *chunkstore.Config) { c.MaxOpenFiles = 1 }, false},
 		{"watermark", func(c *chunkstore.Config) { c.LowWatermark = 1.5 }, false},
-		{"no reserve", func(c *chunkstore.Config) { c.ReserveBytes = 0 }, false},
+		{"tiny reserve", func(c *chunkstore.Config) { c.ReserveBytes = 4096 }, false},
+		{"automatic reserve", func(c *chunkstore.Config) { c.ReserveBytes = 0 }, true},
 	}
 	for _, tt := range tests {
 		cfg := chunkstore.DefaultConfig()

@@ -61,6 +61,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	scfg := chunkstore.DefaultConfig()
 	scfg.Domain = cfg.Domain
 	scfg.MaxBytes = cfg.CacheMaxBytes()
+	scfg.ReserveBytes = cfg.CacheReserveBytes()
 	scfg.Logger = log
 	scfg.Registerer = reg
 	store, err := chunkstore.Open(cfg.DataDir, scfg)
