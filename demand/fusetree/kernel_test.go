@@ -97,7 +97,7 @@ func makeTree(t *testing.T, dir string, chunk int) {
 	write("ovl/opaque/inside/kept", []byte("kept"), 0o644)
 	must(t, unix.Setxattr(filepath.Join(dir, "ovl/opaque"), "trusted.overlay.opaque", []byte("y"), 0))
 	must(t, unix.Mknod(filepath.Join(dir, "ovl/whiteout"), unix.S_IFCHR, 0)) // mode 0, device 0: a whiteout
-	for i := range 600 { // several directory blocks
+	for i := range 600 {                                                     // several directory blocks
 		write(filepath.Join("wide", fmt.Sprintf("%04d-%s", i, strings.Repeat("w", i%60))), []byte(fmt.Sprint(i)), 0o644)
 	}
 	deep := "deep"
