@@ -20,6 +20,7 @@ import (
 
 	"github.com/shoal-p2p/shoal/bootstrap"
 	"github.com/shoal-p2p/shoal/internal/scope"
+	"github.com/shoal-p2p/shoal/mount"
 )
 
 // Resolver makes [off, off+length) of blob present in the local store (chunk by chunk: local
@@ -35,8 +36,8 @@ type BlobReader interface {
 }
 
 // Name is the FUSE subtype: mounts show filesystem type "fuse.shoaltree" and the bootstrap's path
-// as their source.
-const Name = "shoaltree"
+// as their source (mount.List finds them by it).
+const Name = mount.TreeName
 
 // Config holds the server's optional settings.
 type Config struct {

@@ -37,7 +37,7 @@ type Config struct {
 	Workers    int    `yaml:"workers" flag:"workers" help:"chunk fetches in flight at once"`
 	Prefetch   bool   `yaml:"prefetch" flag:"prefetch" help:"after mounting an image, fetch the rest of it in the background"`
 	PrefetchBW string `yaml:"prefetch_rate" flag:"prefetch-rate" help:"bandwidth cap of background prefetch per second, e.g. 100M (0: none)"`
-	Mode       string `yaml:"mode" flag:"mode" help:"default mount mode: auto, fscache, fanotify or fuse"`
+	Mode       string `yaml:"mode" flag:"mode" help:"default mount mode: auto, fscache, fanotify, fuse or fusetree"`
 	Supervise  bool   `yaml:"supervise" flag:"supervise" help:"hold /dev/cachefiles in a small supervisor process that runs the daemon as its worker, so fscache mounts survive a daemon crash or upgrade (SIGHUP restarts the worker)"`
 
 	Insecure     []string `yaml:"insecure_registries" flag:"insecure-registry" help:"registry host[:port] reached over plain HTTP (repeatable)"`
@@ -117,9 +117,9 @@ func (c *Config) Validate() error {
 		bad("workers (--workers)", "%d is out of range 2..1024", c.Workers)
 	}
 	switch c.Mode {
-	case "auto", "fscache", "fanotify", "fuse":
+	case "auto", "fscache", "fanotify", "fuse", "fusetree":
 	default:
-		bad("mode (--mode)", "%q: use auto, fscache, fanotify or fuse", c.Mode)
+		bad("mode (--mode)", "%q: use auto, fscache, fanotify, fuse or fusetree", c.Mode)
 	}
 	switch c.LogFormat {
 	case "text", "json":

@@ -11,7 +11,7 @@ const apiVersion = "v1"
 type MountRequest struct {
 	Ref        string `json:"ref"`
 	Mountpoint string `json:"mountpoint,omitempty"`
-	Mode       string `json:"mode,omitempty"` // auto (default), fscache, fanotify, fuse
+	Mode       string `json:"mode,omitempty"` // auto (default), fscache, fanotify, fuse, fusetree
 }
 
 // MountResponse says what was done.
