@@ -2,8 +2,8 @@
 // which chunk) and the chunk exchange protocol, including cluster-wide origin coalescing.
 //
 // It owns the network between hosts and nothing else. It does not import the chunk store or the
-// origin: it consumes the small interfaces it declares (LocalChunks, optionally ChunkWriter, and
-// OriginFunc), and the daemon feeds it the store's events through Announce and Withdraw.
+// origin: it consumes the small interfaces it declares (LocalChunks, optionally ChunkWriter and
+// LocalObjects, and OriginFunc), and the daemon feeds it the store's events through Announce and Withdraw.
 //
 // # Usage
 //
@@ -53,6 +53,20 @@
 // (requests in flight + 1) × recent median latency, and a request that runs past its peer's p90
 // is hedged to the next holder. Each peer's served requests are bounded in concurrency, rate and
 // upload bytes; a peer that keeps exceeding its rate is banned.
+//
+// Objects: ObjectProtocol (object.go) serves an image's small content-addressed objects
+// (manifests, indexes, chunk manifests, bootstraps) by sha256 digest from what the daemon keeps
+// (LocalObjects, an optional capability of LocalChunks), so that a host can resolve and mount an
+// image while its registry is down. FetchObject asks connected peers, those holding blobs first,
+// three at a time, and returns bytes only once they hash to the digest; answers are capped
+// (MaxObjectSize, and the size the asker expects), read as they arrive, and a wrong, oversized,
+// truncated or stalled answer counts against the peer exactly as a bad chunk does. ResolveTag asks
+// which digest a peer's registry gave for a tag: a peer's word, not verifiable, which the daemon
+// uses only with --peer-tags. One request per stream, as for chunks.
+//
+// Listening: the TCP transport runs without SO_REUSEPORT, and a configured listen address whose
+// port is in use stops Run with an error, so a second daemon on a port another holds fails to
+// start instead of sharing the port (and half of its connections) with it.
 //
 // Coalescing: when no peer holds a chunk, the host with the highest hash(CID, peer ID) among this
 // host and the connected peers that can fetch the blob (rendezvous hashing) fetches it from its

@@ -77,6 +77,7 @@ type Node struct {
 	id    peer.ID
 	allow map[peer.ID]bool // nil: everyone
 	met   *metrics
+	objm  *objectMetrics // the object exchange's (object.go)
 	seq   atomic.Uint64
 
 	recent recentChunks // chunks fetched lately, served while the caller stores them
@@ -157,6 +158,10 @@ func New(cfg Config, local LocalChunks) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := n.initObjects(cfg.Registerer); err != nil {
+		n.unregister()
+		return nil, err
+	}
 	return n, nil
 }
 
@@ -201,6 +206,7 @@ func (n *Node) Run(ctx context.Context) error {
 	h.Network().Notify(&network.NotifyBundle{ConnectedF: n.onConnected, DisconnectedF: n.onDisconnected})
 	h.SetStreamHandler(ChunkProtocol, n.handleChunk)
 	h.SetStreamHandler(PresenceProtocol, n.handlePresence)
+	h.SetStreamHandler(ObjectProtocol, n.handleObject)
 	n.mu.Lock()
 	n.host = h
 	n.mu.Unlock()
