@@ -3,8 +3,10 @@ package e2e
 import (
 	"archive/tar"
 	"context"
+	"crypto/md5"
 	"encoding/json"
 	"fmt"
+	"math/rand"
 	"net/http"
 	"os"
 	"os/exec"
@@ -31,6 +33,15 @@ import (
 
 const helloText = "hello from a Shoal image\n"
 
+// coldData is a file no container reads before the daemon restarts (1.5 MiB, several chunks).
+func coldData() []byte {
+	b := make([]byte, 3<<19)
+	rand.New(rand.NewSource(7)).Read(b)
+	return b
+}
+
+func coldSum() string { return fmt.Sprintf("%x  /data/cold.bin\n", md5.Sum(coldData())) }
+
 // busyboxImage pushes a small runnable image (static busybox, a data file) and converts it;
 // it returns the Shoal image's reference and its layer digests.
 func busyboxImage(t *testing.T, host string) (string, []string) {
@@ -44,9 +55,10 @@ func busyboxImage(t *testing.T, host string) (string, []string) {
 		{Name: "bin/busybox", Type: tar.TypeReg, Mode: 0o755, Data: bb},
 		{Name: "data/", Type: tar.TypeDir, Mode: 0o755},
 		{Name: "data/hello.txt", Type: tar.TypeReg, Mode: 0o644, Data: []byte(helloText)},
+		{Name: "data/cold.bin", Type: tar.TypeReg, Mode: 0o644, Data: coldData()},
 		{Name: "tmp/", Type: tar.TypeDir, Mode: 0o1777},
 	}
-	for _, n := range []string{"sh", "cat", "echo", "sleep", "ls", "test"} {
+	for _, n := range []string{"sh", "cat", "echo", "sleep", "ls", "test", "md5sum"} {
 		entries = append(entries, converttest.Entry{Name: "bin/" + n, Type: tar.TypeSymlink, Link: "busybox"})
 	}
 	ld := filepath.Join(t.TempDir(), "src")
@@ -154,13 +166,14 @@ type stack struct {
 	host     string
 	pathEnv  []string
 	ctrdProc *proc
+	cluster  *cluster
 }
 
 // newStack starts the three. binDir holds containerd 2.x's binaries ("" for Debian's 1.6).
 func newStack(t *testing.T, host, binDir string) *stack {
 	dir := t.TempDir()
 	c := &cluster{t: t, dir: dir, origin: host}
-	s := &stack{t: t, dir: dir, host: host, daemon: c.startDaemon(1, nil),
+	s := &stack{t: t, dir: dir, host: host, daemon: c.startDaemon(1, nil), cluster: c,
 		sock: filepath.Join(dir, "containerd.sock"), snSock: filepath.Join(dir, "sn.sock"), snRoot: filepath.Join(dir, "sn")}
 	s.startSnapshotter()
 	version, ctrd := 2, "containerd"
@@ -233,6 +246,18 @@ state = %q
 func (s *stack) startSnapshotter() {
 	s.sn = startProc(s.t, "snapshotter", nil, shoalBin, "snapshotter", "--address", s.snSock, "--root", s.snRoot, "--api", s.daemon.sock)
 	waitSocket(s.t, s.sn, s.snSock)
+}
+
+// restartDaemon stops the daemon and starts it again on the same data and socket.
+func (s *stack) restartDaemon() {
+	s.stopDaemon()
+	s.daemon = s.cluster.startDaemon(1, nil)
+}
+
+// stopDaemon stops the daemon with SIGINT, as its cleanup would.
+func (s *stack) stopDaemon() {
+	_ = s.daemon.cmd.Process.Signal(os.Interrupt)
+	_ = s.daemon.cmd.Wait()
 }
 
 func (s *stack) ctrOut(args ...string) (string, error) {
@@ -355,9 +380,19 @@ func (s *stack) runAndCheck(layers []string, imageRef string) {
 	if out := s.mustCtr("run", "--rm", "--snapshotter", "shoal", imageRef, "hello2"); out != helloText {
 		t.Errorf("a container started after the snapshotter restart printed %q", out)
 	}
-
-	// The last user gone (container and image removed, containerd's GC run), the image is
-	// unmounted.
+	// The daemon restarts while the container runs: the container then reads a file it never
+	// read before (its chunks are not local), and gets the right bytes.
+	st := s.cluster.stats(s.daemon)
+	if len(st.Images) != 1 || st.Images[0].BytesPresent >= st.Images[0].Bytes {
+		t.Fatalf("before the daemon restart: images %+v, want one image not wholly local", st.Images)
+	}
+	s.restartDaemon()
+	if out := s.mustCtr("task", "exec", "--exec-id", "e3", "writer", "/bin/md5sum", "/data/cold.bin"); out != coldSum() {
+		t.Errorf("after the daemon restart, the running container read cold data as %q, want %q", out, coldSum())
+	}
+	if out := s.mustCtr("run", "--rm", "--snapshotter", "shoal", imageRef, "hello3"); out != helloText {
+		t.Errorf("a container started after the daemon restart printed %q", out)
+	}
 	_, _ = s.ctrOut("task", "kill", "-s", "KILL", "writer")
 	for range 100 {
 		if _, err := s.ctrOut("task", "rm", "writer"); err == nil {
@@ -366,6 +401,30 @@ func (s *stack) runAndCheck(layers []string, imageRef string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	s.mustCtr("containers", "rm", "writer")
+
+	// A reboot-like restart of both: the snapshotter and the daemon stop, the image mount is
+	// gone; once both are back, a container starts from the snapshots containerd still has.
+	s.sn.stop(t)
+	s.stopDaemon()
+	for _, m := range s.imageMounts() {
+		if err := exec.Command("umount", "-l", strings.Fields(m)[0]).Run(); err != nil {
+			t.Fatalf("umount %s: %v", m, err)
+		}
+	}
+	if ms := s.imageMounts(); len(ms) != 0 {
+		t.Fatalf("image still mounted after the 'reboot': %v", ms)
+	}
+	s.daemon = s.cluster.startDaemon(1, nil)
+	s.startSnapshotter()
+	if out := s.mustCtr("run", "--rm", "--snapshotter", "shoal", imageRef, "hello4"); out != helloText {
+		t.Errorf("a container started after a restart of both printed %q", out)
+	}
+	if ms := s.imageMounts(); len(ms) != 1 {
+		t.Errorf("after a restart of both, image mounts %v, want the image again", ms)
+	}
+
+	// The last user gone (containers and image removed, containerd's GC run), the image is
+	// unmounted.
 	// CRI names the image by tag, digest and ID: remove every name.
 	s.mustCtr(append([]string{"images", "rm", "--sync"}, strings.Fields(s.mustCtr("images", "ls", "-q"))...)...)
 	for range 100 {
