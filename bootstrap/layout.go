@@ -19,16 +19,20 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// Media types of a Shoal image's OCI manifest and its parts.
+// Media types of a Shoal image's OCI manifest and its parts. The layers' types carry the
+// prefix "application/vnd.oci.image.layer." because containerd (1.6 to 2.x) treats only such
+// types (and Docker's) as layers: its unpacker then asks the snapshotter for each one, which
+// answers that it is already there, instead of downloading it as a config-like blob and failing
+// to apply it (package snapshotter).
 const (
 	// ArtifactType is the manifest's artifactType.
 	ArtifactType = "application/vnd.shoal.image.v1"
 	// MediaTypeBootstrap is the EROFS metadata image (superblock, inodes, chunk indexes).
-	MediaTypeBootstrap = "application/vnd.shoal.erofs.bootstrap.v1"
+	MediaTypeBootstrap = "application/vnd.oci.image.layer.v1.shoal.erofs.bootstrap"
 	// MediaTypeBlob is an EROFS data blob: the device with device_id = AnnotationDevice.
-	MediaTypeBlob = "application/vnd.shoal.erofs.blob.v1"
+	MediaTypeBlob = "application/vnd.oci.image.layer.v1.shoal.erofs.blob"
 	// MediaTypeChunks is a chunk manifest (Manifest, JSON) of the blob named by AnnotationBlob.
-	MediaTypeChunks = "application/vnd.shoal.chunks.v1+json"
+	MediaTypeChunks = "application/vnd.oci.image.layer.v1.shoal.chunks+json"
 
 	// AnnotationBlob on a chunk manifest layer names the blob digest it describes.
 	AnnotationBlob = "dev.shoal.blob"
