@@ -78,13 +78,14 @@ func TestStatsJSONSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string][]string{
-		"":        {"peerID", "bytes", "chunks", "originOffload", "verifyFailures", "fetchFailures", "bans", "cache", "latency", "images", "peers", "uptimeSeconds"},
-		"bytes":   {"local", "dedup", "peers", "origin", "servedToPeers"},
-		"chunks":  {"dedup", "peers", "origin", "servedToPeers"},
-		"cache":   {"presentBytes", "maxBytes", "evictedBytes", "blobs"},
-		"peers":   {"id", "addrs", "foundBy", "connected", "bytesUp", "bytesDown", "requestsIn", "requestsOut", "p50ms", "p99ms", "errors", "corrupt", "banned"},
-		"images":  {"ref", "digest", "mounts", "bytes", "bytesPresent", "chunks", "chunksPresent", "prefetch"},
-		"latency": {"peers", "origin", "dedup"},
+		"":          {"peerID", "bytes", "chunks", "wireBytes", "originOffload", "verifyFailures", "fetchFailures", "bans", "cache", "latency", "images", "peers", "uptimeSeconds"},
+		"bytes":     {"local", "dedup", "peers", "origin", "servedToPeers"},
+		"chunks":    {"dedup", "peers", "origin", "servedToPeers"},
+		"wireBytes": {"peers", "origin"},
+		"cache":     {"presentBytes", "maxBytes", "evictedBytes", "blobs"},
+		"peers":     {"id", "addrs", "foundBy", "connected", "bytesUp", "bytesDown", "requestsIn", "requestsOut", "p50ms", "p99ms", "errors", "corrupt", "banned"},
+		"images":    {"ref", "digest", "mounts", "bytes", "bytesPresent", "chunks", "chunksPresent", "prefetch"},
+		"latency":   {"peers", "origin", "dedup"},
 	}
 	for obj, keys := range want {
 		var m map[string]any
