@@ -67,9 +67,9 @@ const (
 
 // Blob is one data blob of an image with its chunk manifest.
 type Blob struct {
-	Digest   digest.Digest
-	Size     int64
-	Device   int // EROFS device id: 1 for the first extra device
+	Digest   digest.Digest // of the blob as stored (the layer)
+	Size     int64         // of the blob as stored; Manifest.BlobSize is the uncompressed size
+	Device   int           // EROFS device id: 1 for the first extra device
 	Manifest *chunk.Manifest
 	// ManifestDigest is the digest of the chunk manifest's JSON as stored in the layout.
 	ManifestDigest digest.Digest
@@ -94,6 +94,16 @@ func (im *Image) DataBytes() int64 {
 	var n int64
 	for _, b := range im.Blobs {
 		n += b.Manifest.DataBytes()
+	}
+	return n
+}
+
+// StoredBytes is the sum of the image's stored chunk lengths: what a host fetches from the
+// origin to hold all of it (DataBytes for an uncompressed image).
+func (im *Image) StoredBytes() int64 {
+	var n int64
+	for _, b := range im.Blobs {
+		n += b.Manifest.StoredBytes()
 	}
 	return n
 }
@@ -172,8 +182,8 @@ func ParseImage(manifestJSON []byte, fetch FetchFunc) (*Image, error) {
 		if err != nil {
 			return nil, err
 		}
-		if cm.Blob != b.Digest || cm.BlobSize != b.Size {
-			return nil, fmt.Errorf("chunk manifest %s describes %s (%d bytes), layer is %s (%d bytes)", l.Digest, cm.Blob, cm.BlobSize, b.Digest, b.Size)
+		if cm.Blob != b.Digest || cm.StoredBlobSize() != b.Size {
+			return nil, fmt.Errorf("chunk manifest %s describes %s (%d bytes), layer is %s (%d bytes)", l.Digest, cm.Blob, cm.StoredBlobSize(), b.Digest, b.Size)
 		}
 		b.Manifest, b.ManifestDigest = cm, l.Digest
 	}

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -55,11 +56,20 @@ func testImage(ref string, blobs ...bootstrap.Blob) *image {
 	return &image{Ref: ref, Image: im, Manifest: []byte(`{"ref":"` + ref + `"}`), BootPath: "/nonexistent/" + ref, origin: namedOrigin(ref)}
 }
 
-// namedOrigin is an origin whose every read returns its name.
+// namedOrigin is an origin whose every read returns its name, padded with spaces to the length
+// asked for (chunks are decoded to exactly their length on the way).
 type namedOrigin string
 
-func (o namedOrigin) ReadRange(context.Context, digest.Digest, int64, int64) ([]byte, error) {
-	return []byte(o), nil
+func (o namedOrigin) ReadRange(_ context.Context, _ digest.Digest, _, n int64) ([]byte, error) {
+	b := bytes.Repeat([]byte{' '}, int(n))
+	copy(b, o)
+	return b, nil
+}
+
+// originName asks an origin func which namedOrigin it reads from.
+func originName(fn func(context.Context, chunk.Chunk) ([]byte, error)) string {
+	b, _ := fn(context.Background(), chunk.Chunk{Length: 64})
+	return strings.TrimRight(string(b), " ")
 }
 
 type fakeStore struct {
@@ -176,8 +186,7 @@ func (r *fakeResolver) origin(blob digest.Digest) string {
 	if fn == nil {
 		return ""
 	}
-	b, _ := fn(context.Background(), chunk.Chunk{})
-	return string(b)
+	return originName(fn)
 }
 
 func (r *fakeResolver) has(blob digest.Digest) bool {
@@ -275,8 +284,7 @@ func (n *fakeNode) origin(blob digest.Digest) string {
 	if fn == nil {
 		return ""
 	}
-	b, _ := fn(context.Background(), chunk.Chunk{})
-	return string(b)
+	return originName(fn)
 }
 
 func (n *fakeNode) ID() peer.ID           { return peer.ID("fake-peer") }

@@ -110,7 +110,7 @@ func (l originLoader) fetchBootstrap(ctx context.Context, src origin.Source, im 
 	// mount: the kernel never sees it.
 	var sizes []int64
 	for _, b := range im.Blobs {
-		sizes = append(sizes, b.Size)
+		sizes = append(sizes, b.Manifest.BlobSize) // the devices: uncompressed
 	}
 	fsys, err := bootstrap.Open(f, n)
 	if err == nil {

@@ -78,9 +78,10 @@ func TestStatsJSONSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string][]string{
-		"":                       {"peerID", "bytes", "chunks", "originOffload", "verifyFailures", "verifyFailuresBySource", "fetchFailures", "bans", "cache", "latency", "images", "peers", "uptimeSeconds"},
+		"":                       {"peerID", "bytes", "chunks", "wireBytes", "originOffload", "verifyFailures", "verifyFailuresBySource", "fetchFailures", "bans", "cache", "latency", "images", "peers", "uptimeSeconds"},
 		"bytes":                  {"local", "dedup", "peers", "origin", "servedToPeers"},
 		"chunks":                 {"dedup", "peers", "origin", "servedToPeers"},
+		"wireBytes":              {"peers", "origin"},
 		"verifyFailuresBySource": {"local", "peers", "origin"},
 		"cache":                  {"presentBytes", "maxBytes", "evictedBytes", "blobs"},
 		"peers":                  {"id", "addrs", "foundBy", "connected", "bytesUp", "bytesDown", "requestsIn", "requestsOut", "p50ms", "p99ms", "errors", "corrupt", "banned"},

@@ -75,6 +75,7 @@ func (s *service) Stats() StatsReport {
 	rep.Bytes.Dedup, rep.Chunks.Dedup = src(chunk.SourceDedup).Bytes, src(chunk.SourceDedup).Chunks
 	rep.Bytes.Peers, rep.Chunks.Peers = src(chunk.SourcePeer).Bytes, src(chunk.SourcePeer).Chunks
 	rep.Bytes.Origin, rep.Chunks.Origin = src(chunk.SourceOrigin).Bytes, src(chunk.SourceOrigin).Chunks
+	rep.WireBytes.Peers, rep.WireBytes.Origin = src(chunk.SourcePeer).WireBytes, src(chunk.SourceOrigin).WireBytes
 	for key, s := range map[string]chunk.Source{"dedup": chunk.SourceDedup, "peers": chunk.SourcePeer, "origin": chunk.SourceOrigin} {
 		if st := src(s); st.Chunks > 0 {
 			rep.Latency[key] = Lat{ms(st.P50), ms(st.P99)}

@@ -60,6 +60,9 @@ type StatsReport struct {
 	// from this host.
 	Bytes  ByteTotals  `json:"bytes"`
 	Chunks ChunkTotals `json:"chunks"`
+	// WireBytes is what the fetched chunks took on the network to this host, by source: less
+	// than Bytes where they came compressed.
+	WireBytes WireTotals `json:"wireBytes"`
 	// OriginOffload is the share of fetched bytes that did not come from this host's origin:
 	// (peers+dedup) / (peers+dedup+origin); 0 before any fetch.
 	OriginOffload float64 `json:"originOffload"`
@@ -91,6 +94,12 @@ type ByteTotals struct {
 	Peers         int64 `json:"peers"`
 	Origin        int64 `json:"origin"`
 	ServedToPeers int64 `json:"servedToPeers"`
+}
+
+// WireTotals are bytes on the network by source.
+type WireTotals struct {
+	Peers  int64 `json:"peers"`
+	Origin int64 `json:"origin"`
 }
 
 // ChunkTotals are chunks by source.
