@@ -49,10 +49,24 @@
 // MaxChunkSize, with deadlines on every stream. The receiver allocates only the length it asked
 // for and verifies the CID before any use. Wrong or truncated bytes are strikes; BanAfter strikes
 // ban the peer (its connections are closed and the gater refuses it), and so do StallBanAfter
-// requests in a row that run out of time. Holders are ranked by
-// (requests in flight + 1) × recent median latency, and a request that runs past its peer's p90
-// is hedged to the next holder. Each peer's served requests are bounded in concurrency, rate and
-// upload bytes; a peer that keeps exceeding its rate is banned.
+// bad requests in a row (below). Holders are ranked by
+// (requests in flight + 1) × recent median latency, and a request that runs past min(its peer's
+// p90, the slow threshold) is hedged to the next holder. Each peer's served requests are bounded
+// in concurrency, rate and upload bytes; a peer that keeps exceeding its rate is banned.
+//
+// Standing: the cluster's normal latency is the lower median, over connected peers in good
+// standing, of each one's recent p99 (HedgeDelay until 8 samples exist), so a minority of slow
+// peers cannot make slowness normal; the slow threshold is HedgeFactor (4) times it. Each peer
+// keeps the outcomes of its last StandingWindow (16) requests: good; slow (answered past the
+// threshold); bad (timed out, or cancelled after running past the threshold because another
+// source won, or lost any race while demoted). Busy and not-found answers and fetch-throughs
+// (which wait on an origin) are not judged. A quarter of the window slow or bad demotes the peer:
+// it is ranked after every peer in good standing and hedged at once, and it climbs back by
+// beating the fallback. Half a window bad bans it (SlowBanRate). A request to the last or only
+// holder is hedged to the rendezvous owner (fetch-through) or the origin at the slow threshold,
+// so a peer that stalls every other request or answers just inside RequestTimeout costs a reader
+// about HedgeFactor × p99 per chunk until it is demoted (a few requests), then MinHedgeDelay, then
+// nothing once banned; what it costs in bytes is the hedged duplicate of each such chunk.
 //
 // Coalescing: when no peer holds a chunk, the host with the highest hash(CID, peer ID) among this
 // host and the connected peers that can fetch the blob (rendezvous hashing) fetches it from its

@@ -84,14 +84,17 @@ type Node struct {
 	sf    singleflight.Group // Fetch, per CID
 	owned singleflight.Group // holders-or-origin, per CID; never asks another host to fetch through
 
-	mu      sync.Mutex
-	blobs   map[digest.Digest]*localBlob
-	cids    map[cid.Cid][]chunkRef
-	peers   map[peer.ID]*peerState
-	host    host.Host
-	dht     *dht.IpfsDHT
-	started bool
-	kick    chan struct{} // wakes the DHT loop when a blob is registered
+	mu    sync.Mutex
+	blobs map[digest.Digest]*localBlob
+	cids  map[cid.Cid][]chunkRef
+	peers map[peer.ID]*peerState
+	// normal is the cluster's normal chunk latency, cached at normalAt (normalLatencyLocked).
+	normal   time.Duration
+	normalAt time.Time
+	host     host.Host
+	dht      *dht.IpfsDHT
+	started  bool
+	kick     chan struct{} // wakes the DHT loop when a blob is registered
 	// lost has one channel per redial loop, woken when a peer disconnects: a peer that restarts
 	// (a daemon upgrade) is dialled again within a second or so, not after RedialInterval.
 	lost []chan struct{}
