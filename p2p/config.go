@@ -78,6 +78,11 @@ type Config struct {
 	DemoteRate     float64
 	SlowBanRate    float64
 
+	// SuperSeed makes this host serve each chunk of a blob about as often as its others before
+	// repeating one, answering busy to requesters that have other holders to ask (see
+	// FlagHaveOthers), so a seed's upload spreads over the swarm instead of forming a star.
+	SuperSeed bool
+
 	// PeerConcurrency bounds the requests served to one peer at once; PeerRequestRate and
 	// PeerRequestBurst its requests per second. Over them a request is answered busy.
 	PeerConcurrency  int
@@ -122,6 +127,7 @@ func DefaultConfig() Config {
 		StandingWindow:   16,
 		DemoteRate:       0.25,
 		SlowBanRate:      0.5,
+		SuperSeed:        true,
 		PeerConcurrency:  32,
 		PeerRequestRate:  2000,
 		PeerRequestBurst: 4000,

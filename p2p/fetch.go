@@ -207,7 +207,7 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 	rand.Shuffle(len(holders), func(i, j int) { holders[i], holders[j] = holders[j], holders[i] })
 	scores := make(map[peer.ID]time.Duration, len(holders))
 	for _, p := range holders {
-		scores[p] = n.peers[p].score()
+		scores[p] = n.peers[p].score(now)
 	}
 	n.mu.Unlock()
 	if len(holders) == 0 {
@@ -244,6 +244,10 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 		p := holders[next]
 		next++
 		inflight++
+		req := req
+		if next < len(holders) {
+			req.Flags |= FlagHaveOthers
+		}
 		go func() {
 			data, err := n.request(ctx, h, p, req, n.cfg.RequestTimeout)
 			results <- result{fetched{data, chunk.SourcePeer}, err}
@@ -316,7 +320,7 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	ps.requestsOut++
 	n.mu.Unlock()
 	start := time.Now()
-	raw, err := n.exchange(ctx, h, p, req)
+	raw, load, err := n.exchange(ctx, h, p, req)
 	var data chunk.Verified
 	if err == nil {
 		data, err = chunk.Verify(req.CID, raw) // the one hash of a chunk from a peer
@@ -329,6 +333,9 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	n.mu.Lock()
 	slow := elapsed > n.slowAfterLocked(now)
 	demoted := ps.demoted
+	if load >= 0 {
+		ps.load, ps.loadAt = load, now
+	}
 	ps.inflight--
 	switch {
 	case err == nil:
@@ -385,12 +392,17 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	return chunk.Verified{}, err
 }
 
-// exchange runs one request/response on a new stream. The stream's deadline is ctx's, and ctx
-// ending resets it.
-func (n *Node) exchange(ctx context.Context, h host.Host, p peer.ID, req Request) ([]byte, error) {
-	s, err := h.NewStream(ctx, p, ChunkProtocol)
+// exchange runs one request/response on a new stream, in ChunkProtocolV2 if p speaks it (then
+// load is p's uploads in progress), else ChunkProtocol (load -1). The stream's deadline is ctx's,
+// and ctx ending resets it.
+func (n *Node) exchange(ctx context.Context, h host.Host, p peer.ID, req Request) (data []byte, load int, err error) {
+	s, err := h.NewStream(ctx, p, ChunkProtocolV2, ChunkProtocol)
 	if err != nil {
-		return nil, err
+		return nil, -1, err
+	}
+	v2 := s.Protocol() == ChunkProtocolV2
+	if !v2 {
+		req.Flags &^= FlagHaveOthers
 	}
 	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
 	defer stop()
@@ -400,24 +412,32 @@ func (n *Node) exchange(ctx context.Context, h host.Host, p peer.ID, req Request
 	buf, err := AppendRequest(nil, req)
 	if err != nil {
 		_ = s.Reset()
-		return nil, err
+		return nil, -1, err
 	}
 	if _, err := s.Write(buf); err != nil {
 		_ = s.Reset()
-		return nil, err
+		return nil, -1, err
 	}
 	_ = s.CloseWrite()
-	st, data, msg, err := ReadResponse(bufio.NewReaderSize(s, 32<<10), req.Length)
+	r := bufio.NewReaderSize(s, 32<<10)
+	var st Status
+	var msg string
+	load = -1
+	if v2 {
+		st, load, data, msg, err = ReadResponseV2(r, req.Length)
+	} else {
+		st, data, msg, err = ReadResponse(r, req.Length)
+	}
 	if err != nil {
 		_ = s.Reset()
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, -1, ctx.Err()
 		}
-		return nil, err
+		return nil, -1, err
 	}
 	_ = s.Close()
 	if st != StatusOK {
-		return nil, &statusError{st, msg}
+		return nil, load, &statusError{st, msg}
 	}
-	return data, nil
+	return data, load, nil
 }

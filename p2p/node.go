@@ -61,6 +61,11 @@ type localBlob struct {
 	m      *chunk.Manifest
 	origin OriginFunc
 	have   []byte
+	nhave  int // bits set in have
+	// Super-seeding: uploads of each chunk index to requesters that had other holders (nil until
+	// the first), and their sum.
+	served      []uint32
+	servedTotal uint64
 }
 
 type chunkRef struct {
@@ -78,6 +83,9 @@ type Node struct {
 	allow map[peer.ID]bool // nil: everyone
 	met   *metrics
 	seq   atomic.Uint64
+	// uploading counts chunk responses with data being written now, to every peer: the load a
+	// V2 response reports.
+	uploading atomic.Int64
 
 	recent recentChunks // chunks fetched lately, served while the caller stores them
 
@@ -203,6 +211,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	h.Network().Notify(&network.NotifyBundle{ConnectedF: n.onConnected, DisconnectedF: n.onDisconnected})
 	h.SetStreamHandler(ChunkProtocol, n.handleChunk)
+	h.SetStreamHandler(ChunkProtocolV2, n.handleChunkV2)
 	h.SetStreamHandler(PresenceProtocol, n.handlePresence)
 	n.mu.Lock()
 	n.host = h
@@ -328,7 +337,14 @@ func (n *Node) setHave(blob digest.Digest, have bool, chunks []chunk.Chunk) erro
 		} else {
 			lb.have[i/8] &^= 1 << (i % 8)
 		}
-		changed = changed || old != lb.have[i/8]
+		if old != lb.have[i/8] {
+			changed = true
+			if have {
+				lb.nhave++
+			} else {
+				lb.nhave--
+			}
+		}
 	}
 	if changed {
 		n.markDirtyLocked(blob)
@@ -367,6 +383,35 @@ func (n *Node) holdersLocked(c cid.Cid, now time.Time) []peer.ID {
 			if ps.blobs[r.blob].has(r.idx) {
 				out = append(out, ps.id)
 				break
+			}
+		}
+	}
+	return out
+}
+
+// Holders returns, for each of chunks (of blob), how many connected, unbanned peers hold it: the
+// availability a prefetch orders by, rarest first (demand's Availability).
+func (n *Node) Holders(blob digest.Digest, chunks []chunk.Chunk) []int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]int, len(chunks))
+	lb := n.blobs[blob]
+	if lb == nil {
+		return out
+	}
+	now := time.Now()
+	idx := make([]int, len(chunks))
+	for k, c := range chunks {
+		idx[k] = chunkIndex(lb.m, c)
+	}
+	for _, ps := range n.peers {
+		rb := ps.blobs[blob]
+		if !ps.connected || rb == nil || ps.banned(now) {
+			continue
+		}
+		for k, i := range idx {
+			if rb.has(i) {
+				out[k]++
 			}
 		}
 	}

@@ -91,8 +91,12 @@ type peerState struct {
 
 	// Client side.
 	inflight int
-	lat      [latencySamples]time.Duration
-	nlat     int
+	// load is the peer's uploads in progress (to every host) as its last V2 response said, at
+	// loadAt.
+	load   int
+	loadAt time.Time
+	lat    [latencySamples]time.Duration
+	nlat   int
 	// Server side.
 	reqLimit *rate.Limiter
 	upLimit  *rate.Limiter // nil: unlimited
@@ -163,19 +167,31 @@ func (ps *peerState) quantile(q float64, need int) (time.Duration, bool) {
 
 func (ps *peerState) banned(now time.Time) bool { return now.Before(ps.bannedUntil) }
 
-// score orders holders: lower is better. Expected wait = (requests in flight + 1) × typical
-// latency; a peer without samples is assumed fast so new peers get tried. A demoted peer comes
-// after every peer in good standing.
-func (ps *peerState) score() time.Duration {
+// score orders holders: lower is better. Expected wait = (uploads queued at the peer + 1) ×
+// typical latency, where the queue is what this host has in flight to it or, if more, what the
+// peer last said it is uploading to everyone (so a seed busy serving the swarm loses to a host
+// that has just received the chunk); a peer without samples is assumed fast so new peers get
+// tried. A demoted peer comes after every peer in good standing.
+func (ps *peerState) score(now time.Time) time.Duration {
 	est, ok := ps.quantile(0.5, 1)
 	if !ok || est < time.Millisecond {
 		est = time.Millisecond
 	}
-	s := time.Duration(ps.inflight+1) * est
+	s := time.Duration(holderQueue(ps.inflight, ps.load, now.Sub(ps.loadAt))+1) * est
 	if ps.demoted {
 		s += time.Hour
 	}
 	return s
+}
+
+// holderQueue is the uploads ahead of a new request at a holder: ours in flight to it, or the
+// load it reported age ago if more; a report older than loadTTL has drained.
+func holderQueue(inflight, load int, age time.Duration) int {
+	const loadTTL = time.Second
+	if age > loadTTL || load <= inflight {
+		return inflight
+	}
+	return load
 }
 
 // shares are the slow and bad shares of ps's recent outcomes, and how many there are.
