@@ -163,6 +163,7 @@ func (s storeChunks) PutChunk(ctx context.Context, blob digest.Digest, c chunk.C
 var _ p2p.ChunkWriter = storeChunks{}
 
 var _ demand.Peers = (*p2p.Node)(nil)
+var _ demand.Availability = (*p2p.Node)(nil) // rarest-first prefetch
 
 // Run serves until ctx ends: the p2p node, the control API, the admin listener, and the images
 // and mounts restored from the last run. On return every goroutine it started has ended, every
