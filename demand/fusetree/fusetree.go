@@ -251,19 +251,22 @@ func (s *Server) raiseReadahead() {
 // Target is the mountpoint.
 func (s *Server) Target() string { return s.target }
 
-// Close unmounts the image and waits for the server to stop. If the mount is busy it is
-// detached lazily (it leaves the namespace at once, and its users get ENOTCONN/EIO).
+// Close unmounts the image and waits for the server to stop. If the mount is busy (a process
+// has a file open or its cwd inside) it is detached lazily, as EROFS mounts are: it leaves the
+// namespace at once, and the server goes on answering those users until they are gone, so Close
+// returns without waiting for it.
 func (s *Server) Close() error {
-	s.scope.Cancel() // pending fetches end: their readers get EIO
 	err := s.srv.Unmount()
 	if err != nil {
 		if e := unix.Unmount(s.target, unix.MNT_DETACH); e != nil && !errors.Is(e, unix.EINVAL) {
 			return fmt.Errorf("fusetree: unmount %s: %w (detach: %w)", s.target, err, e)
 		}
-		err = nil
+		s.log.Warn("image mount busy: detached; served until its last user is gone", "target", s.target, "err", err)
+		return nil
 	}
+	s.scope.Cancel() // fetches still pending end
 	s.scope.Wait()
-	return err
+	return nil
 }
 
 // Wait blocks until the mount is gone (unmounted by Close or by anyone else) and the server has
