@@ -1,7 +1,7 @@
 // Package demand resolves demand reads: it makes byte ranges of a blob present in the local
 // store, chunk by chunk, from the local store, then peers, then the origin, and prefetches in the
-// background. Each kernel frontend lives in its own subpackage (cachefiles, fanotify, fusefs) and
-// calls Resolver.Ensure; none of them fetches anything itself.
+// background. Each kernel frontend lives in its own subpackage (cachefiles, fanotify, fusefs,
+// fusetree) and calls Resolver.Ensure; none of them fetches anything itself.
 //
 //	r, _ := demand.New(store, peers, demand.DefaultConfig()) // peers may be nil: origin only
 //	r.AddBlob(manifest, func(ctx context.Context, c chunk.Chunk) ([]byte, error) {

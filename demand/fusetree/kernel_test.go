@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
@@ -399,4 +400,33 @@ func TestFailingResolverGivesEIO(t *testing.T) {
 	if res.Calls.Load() == 0 {
 		t.Fatal("resolver never called")
 	}
+}
+
+// TestCloseBusy: closing while a file of the image is open detaches the mount (it leaves the
+// namespace at once, as a busy EROFS unmount does) and the open file still reads.
+func TestCloseBusy(t *testing.T) {
+	mounttest.RequireRoot(t)
+	dir := t.TempDir()
+	im := mounttest.BuildImage(t, dir, 6)
+	store := mounttest.OpenStore(t, filepath.Join(dir, "cache"), im)
+	fx := serve(t, dir, im, &mounttest.StoreResolver{Store: store, Image: im}, store)
+	f, err := os.Open(filepath.Join(fx.target, "f10-1048579"))
+	must(t, err)
+	done := make(chan error, 1)
+	go func() { done <- fx.srv.Close() }()
+	select {
+	case err := <-done:
+		must(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close hung on a busy mount")
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), fx.target) {
+		t.Error("busy mount still in the namespace after Close")
+	}
+	b := make([]byte, 1<<20)
+	n, err := f.ReadAt(b, 1000)
+	if (err != nil && !errors.Is(err, io.EOF)) || n != 1048579-1000 || !bytes.Equal(b[:n], im.Files["f10-1048579"][1000:]) {
+		t.Errorf("reading the open file after the detach: %d bytes, %v", n, err)
+	}
+	must(t, f.Close())
 }
