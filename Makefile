@@ -10,6 +10,8 @@ ERRCHECK_VERSION := v1.30.0
 # Debian packages the demo and the tests use; installed only when missing and only as root.
 DEMO_PACKAGES := erofs-utils fuse3 util-linux curl
 APT_PACKAGES  := $(DEMO_PACKAGES) e2fsprogs iproute2 attr qemu-system-x86 busybox-static cpio
+# containerd 1.6 and runc for the snapshotter's e2e tests (containerd 2.x: the containerd2 target).
+APT_PACKAGES  += containerd runc
 
 .PHONY: all build test deps deps-demo apt-install lint unit demo bench fuzz clean kernel-image
 
@@ -52,6 +54,13 @@ lint: $(STATICCHECK) $(ERRCHECK)
 
 unit:
 	$(GO) test -race -timeout 20m ./...
+
+# containerd2 builds containerd 2.x once (cached in /var/cache/shoal, a few minutes on 2 cores) for
+# the snapshotter's e2e test, which skips with the script's reason if it cannot be built.
+containerd2:
+	-@scripts/containerd/build.sh >/dev/null
+unit: containerd2
+.PHONY: containerd2
 
 test: deps lint kernel-image unit
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/chunk/zchunk"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -34,25 +35,32 @@ type BuildOptions struct {
 	ChunkSize int64 // power of two, 4 KiB..16 MiB; 0 means DefaultChunkSize
 	// Engine writes the EROFS image: EngineGo (the default, WriteEROFS) or EngineMkfs (drives
 	// mkfs.erofs; kept as the tests' oracle and for comparison).
-	Engine   string
-	Mkfs     string    // mkfs.erofs binary for EngineMkfs; "" looks it up in PATH
-	Ref      string    // ref name recorded in index.json; "" means "latest"
-	Progress io.Writer // progress lines, nil for none
+	Engine string
+	Mkfs   string // mkfs.erofs binary for EngineMkfs; "" looks it up in PATH
+	Ref    string // ref name recorded in index.json; "" means "latest"
+	// Compression of the data blob's chunks: CompressionZstd (each chunk a zstd frame where that
+	// pays, raw otherwise; a schema 2 chunk manifest) or CompressionNone / "" (uncompressed, as
+	// images were before; the CLI's default is zstd). The bootstrap is never compressed.
+	Compression string
+	// CompressionLevel is the zstd level (1-22); 0 means zchunk.DefaultLevel.
+	CompressionLevel int
+	Progress         io.Writer // progress lines, nil for none
 }
 
 // BuildResult summarises a build.
 type BuildResult struct {
-	Image      *Image
-	Files      int           // regular files
-	Dirs       int           // directories, the root included
-	Others     int           // symlinks, devices, fifos, sockets
-	FileBytes  int64         // sum of regular file sizes (hard links counted once)
-	BlobBytes  int64         // size of the data blob(s)
-	Chunks     int           // chunks over all blobs
-	ChunkBytes int64         // bytes the chunks cover
-	DedupSaved int64         // block-rounded file data that identical chunks did not store again
-	Bootstrap  int64         // bootstrap size
-	Elapsed    time.Duration // writing the image (reading the tree, chunking, the bootstrap)
+	Image       *Image
+	Files       int           // regular files
+	Dirs        int           // directories, the root included
+	Others      int           // symlinks, devices, fifos, sockets
+	FileBytes   int64         // sum of regular file sizes (hard links counted once)
+	BlobBytes   int64         // size of the data blob(s) as stored (compressed, if it is)
+	DeviceBytes int64         // size of the uncompressed blob(s): the EROFS devices
+	Chunks      int           // chunks over all blobs
+	ChunkBytes  int64         // bytes the chunks cover
+	DedupSaved  int64         // block-rounded file data that identical chunks did not store again
+	Bootstrap   int64         // bootstrap size
+	Elapsed     time.Duration // writing the image (reading the tree, chunking, the bootstrap)
 
 	longestName int
 }
@@ -79,6 +87,10 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 	}
 	if opts.Ref == "" {
 		opts.Ref = "latest"
+	}
+	enc, err := ChunkEncoder(opts.Compression, opts.CompressionLevel)
+	if err != nil {
+		return nil, err
 	}
 	switch opts.Engine {
 	case "":
@@ -128,14 +140,14 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 	start := time.Now()
 	var m *chunk.Manifest
 	if opts.Engine == EngineGo {
-		if m, err = buildGo(ctx, src, bootPath, blobPath, opts.ChunkSize, res, progress); err != nil {
+		if m, err = buildGo(ctx, src, bootPath, blobPath, opts.ChunkSize, enc, res, progress); err != nil {
 			return nil, err
 		}
 	} else if err := runMkfs(ctx, mkfs, src, bootPath, blobPath, opts.ChunkSize, res, progress); err != nil {
 		return nil, err
 	}
 	res.Elapsed = time.Since(start)
-	return finishBuild(stage, out, bootPath, blobPath, m, opts, res, progress)
+	return finishBuild(stage, out, bootPath, blobPath, m, enc, opts, res, progress)
 }
 
 func runMkfs(ctx context.Context, mkfs, src, bootPath, blobPath string, chunkSize int64, res *BuildResult, progress io.Writer) error {
@@ -161,7 +173,10 @@ func runMkfs(ctx context.Context, mkfs, src, bootPath, blobPath string, chunkSiz
 
 // finishBuild checks the image just written, computes its chunk manifest unless the writer
 // already did (m), and moves the layout into place.
-func finishBuild(stage, out, bootPath, blobPath string, m *chunk.Manifest, opts BuildOptions, res *BuildResult, progress io.Writer) (*BuildResult, error) {
+//
+// With an encoder and no manifest (mkfs.erofs wrote an uncompressed blob), the blob is encoded
+// into its stored form after chunking.
+func finishBuild(stage, out, bootPath, blobPath string, m *chunk.Manifest, enc *zchunk.Encoder, opts BuildOptions, res *BuildResult, progress io.Writer) (*BuildResult, error) {
 	bootFile, err := os.Open(bootPath)
 	if err != nil {
 		return nil, err
@@ -191,8 +206,11 @@ func finishBuild(stage, out, bootPath, blobPath string, m *chunk.Manifest, opts 
 	if err != nil {
 		return nil, err
 	}
-	res.BlobBytes = blobSt.Size()
-	if err := efs.Check([]int64{res.BlobBytes}); err != nil {
+	res.BlobBytes, res.DeviceBytes = blobSt.Size(), blobSt.Size()
+	if m != nil {
+		res.DeviceBytes = m.BlobSize
+	}
+	if err := efs.Check([]int64{res.DeviceBytes}); err != nil {
 		return nil, fmt.Errorf("the image %s wrote: %w", opts.Engine, err)
 	}
 	var manifests []*chunk.Manifest
@@ -220,6 +238,15 @@ func finishBuild(stage, out, bootPath, blobPath string, m *chunk.Manifest, opts 
 			return nil, err
 		}
 		res.DedupSaved = max(0, logical-manifests[0].DataBytes())
+		if enc != nil {
+			fmt.Fprintf(progress, "compressing: %s blob\n", units.Bytes(res.BlobBytes))
+			storedPath := blobPath + ".stored"
+			sm, err := EncodeBlob(blobFile, manifests[0], storedPath, enc)
+			if err != nil {
+				return nil, err
+			}
+			manifests[0], blobPath, res.BlobBytes = sm, storedPath, sm.StoredSize
+		}
 	}
 	for _, m := range manifests {
 		res.Chunks += len(m.Chunks)
@@ -233,7 +260,7 @@ func finishBuild(stage, out, bootPath, blobPath string, m *chunk.Manifest, opts 
 	if err != nil {
 		return nil, err
 	}
-	blobDesc, err := w.PutFileAs(blobPath, MediaTypeBlob, manifests[0].Blob, res.BlobBytes)
+	blobDesc, err := w.PutFileAs(blobPath, MediaTypeBlob, manifests[0].Blob, manifests[0].StoredBlobSize())
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/chunk/zchunk"
 	"github.com/shoal-p2p/shoal/internal/units"
 )
 
@@ -29,8 +30,8 @@ func HostPlatform() ocispec.Platform {
 
 // buildGo writes the image of src with WriteEROFS: one pass over the tree, file data chunked
 // (hashed on every core) into the blob as it is read, then the bootstrap.
-func buildGo(ctx context.Context, src, bootPath, blobPath string, chunkSize int64, res *BuildResult, progress io.Writer) (*chunk.Manifest, error) {
-	bw, err := NewBlobWriter(blobPath, 1, chunkSize)
+func buildGo(ctx context.Context, src, bootPath, blobPath string, chunkSize int64, enc *zchunk.Encoder, res *BuildResult, progress io.Writer) (*chunk.Manifest, error) {
+	bw, err := NewStoredBlobWriter(blobPath, 1, chunkSize, enc)
 	if err != nil {
 		return nil, err
 	}

@@ -110,14 +110,36 @@ type builtImage struct {
 	out   string
 	fs    *FS
 	boot  *os.File
-	blobs []*os.File
+	blobs []io.ReaderAt // the devices, decoded from the stored blobs
+	paths []string      // the stored blobs' files
+}
+
+// devicePath is a file holding device i uncompressed, for tools that read it (fsck.erofs).
+func (bi *builtImage) devicePath(t testing.TB, i int) string {
+	t.Helper()
+	m := bi.res.Image.Blobs[i].Manifest
+	if m.SchemaVersion != chunk.ManifestSchemaStored {
+		return bi.paths[i]
+	}
+	p := filepath.Join(t.TempDir(), "device")
+	f, err := os.Create(p)
+	must(t, err)
+	defer f.Close()
+	_, err = io.Copy(f, io.NewSectionReader(bi.blobs[i], 0, m.BlobSize))
+	must(t, err)
+	return p
 }
 
 func buildImage(t testing.TB, src string, chunkSize int64) *builtImage {
 	t.Helper()
 	needTool(t, "mkfs.erofs")
+	return buildImageOpts(t, src, BuildOptions{ChunkSize: chunkSize})
+}
+
+func buildImageOpts(t testing.TB, src string, opts BuildOptions) *builtImage {
+	t.Helper()
 	out := filepath.Join(t.TempDir(), "image")
-	res, err := Build(context.Background(), src, out, BuildOptions{ChunkSize: chunkSize})
+	res, err := Build(context.Background(), src, out, opts)
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}
@@ -132,18 +154,13 @@ func buildImage(t testing.TB, src string, chunkSize int64) *builtImage {
 		f, err := os.Open(lay.BlobPath(b.Digest))
 		must(t, err)
 		t.Cleanup(func() { f.Close() })
-		bi.blobs = append(bi.blobs, f)
+		bi.blobs = append(bi.blobs, DeviceReader(f, b.Manifest))
+		bi.paths = append(bi.paths, f.Name())
 	}
 	return bi
 }
 
-func (bi *builtImage) devices() []io.ReaderAt {
-	var d []io.ReaderAt
-	for _, f := range bi.blobs {
-		d = append(d, f)
-	}
-	return d
-}
+func (bi *builtImage) devices() []io.ReaderAt { return bi.blobs }
 
 func TestBuildMatchesSourceTree(t *testing.T) {
 	for _, chunkSize := range []int{64 << 10, 1 << 20} {
@@ -288,7 +305,7 @@ func checkCoverage(t *testing.T, bi *builtImage) {
 func checkAgainstFsck(t *testing.T, bi *builtImage, src string) {
 	fsck := needTool(t, "fsck.erofs")
 	x := filepath.Join(t.TempDir(), "x")
-	cmd := exec.Command(fsck, "--device="+bi.blobs[0].Name(), "--extract="+x, bi.boot.Name())
+	cmd := exec.Command(fsck, "--device="+bi.devicePath(t, 0), "--extract="+x, bi.boot.Name())
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("fsck.erofs: %v\n%s", err, out)
 	}
@@ -331,7 +348,7 @@ var dumpExtent = regexp.MustCompile(`^\s*\d+:\s+(\d+)\.\.\s*(\d+)\s*\|\s*(\d+)\s
 func checkAgainstDump(t *testing.T, bi *builtImage, paths []string) {
 	dump := needTool(t, "dump.erofs")
 	for _, p := range paths {
-		out, err := exec.Command(dump, "--device="+bi.blobs[0].Name(), "-e", "--path="+p, bi.boot.Name()).CombinedOutput()
+		out, err := exec.Command(dump, "--device="+bi.devicePath(t, 0), "-e", "--path="+p, bi.boot.Name()).CombinedOutput()
 		if err != nil {
 			t.Fatalf("dump.erofs %s: %v\n%s", p, err, out)
 		}

@@ -43,9 +43,16 @@
 //   - writing data blobs: Chunker cuts file content per file from its start at the chunk size
 //     (so identical content gives identical chunks and CIDs in every image, as mkfs.erofs's
 //     chunk indexes do), hashes chunks on every core and hands them in order to a ChunkSink;
-//     BlobWriter is the uncompressed sink (identical chunks stored once, blob digest and chunk
-//     manifest computed as it writes). Per chunk: one read, one zero scan, one sha256, one write
-//     plus the blob's sha256.
+//     BlobWriter is the sink (identical chunks stored once, blob digest and chunk manifest
+//     computed as it writes): uncompressed (schema 1), or with BuildOptions.Compression zstd each
+//     chunk stored as a zstd frame where that pays and raw otherwise (schema 2: the chunk keeps
+//     its offset in the uncompressed device, which the bootstrap's chunk indexes point at, and
+//     gains a stored offset and length in the blob; the layer's digest and size are the stored
+//     blob's, Manifest.BlobSize the device's). Per chunk: one read, one zero scan, one sha256,
+//     one zstd encode (on the hashing workers), one write plus the blob's sha256. The bootstrap
+//     is never compressed, and the store and the kernel only ever see uncompressed devices;
+//     DeviceReader reads a device straight from a stored blob (tools, tests); EncodeBlob
+//     compresses an uncompressed blob (EngineMkfs with compression).
 //   - image building (Build): by default the Go writer over the source tree in one pass;
 //     EngineMkfs drives mkfs.erofs (--chunksize, --blobdev, -Eforce-chunk-indexes) instead and is
 //     kept as the tests' oracle (the same tree gives the same CIDs either way). Debian

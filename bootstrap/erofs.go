@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"path"
 	"strings"
+	"sync"
 )
 
 // On-disk constants of EROFS (include/uapi/linux/erofs_fs.h in the kernel tree).
@@ -87,6 +88,15 @@ type Superblock struct {
 	FeatureIncompat uint32
 	ExtraDevices    uint16
 	DevtSlotOff     uint16
+	// BuildTime and BuildTimeNsec are the image's build time: the mtime of every compact inode
+	// (plus the compact inode's own 32-bit offset, which older builders leave zero).
+	BuildTime     uint64
+	BuildTimeNsec uint32
+	// XattrPrefixCount and XattrPrefixStart locate the long xattr name prefixes (start in units
+	// of 4 bytes, in the packed inode's data when PackedNid is set, else in the bootstrap).
+	XattrPrefixCount uint8
+	XattrPrefixStart uint32
+	PackedNid        uint64
 }
 
 // Device is one slot of the device table: an extra device (data blob) the image refers to.
@@ -105,6 +115,10 @@ type FS struct {
 	sb      Superblock
 	blkSize int64
 	devices []Device
+
+	prefixOnce sync.Once // the long xattr name prefixes, read on first use
+	prefixes   []longPrefix
+	prefixErr  error
 }
 
 // Open parses and checks the superblock and device table of the EROFS image in r (size bytes).
@@ -132,6 +146,12 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 		FeatureIncompat: le.Uint32(raw[80:]),
 		ExtraDevices:    le.Uint16(raw[86:]),
 		DevtSlotOff:     le.Uint16(raw[88:]),
+		BuildTime:       le.Uint64(raw[24:]),
+		BuildTimeNsec:   le.Uint32(raw[32:]),
+
+		XattrPrefixCount: raw[91],
+		XattrPrefixStart: le.Uint32(raw[92:]),
+		PackedNid:        le.Uint64(raw[96:]),
 	}
 	copy(sb.UUID[:], raw[48:64])
 	if sb.BlkSzBits < 9 || sb.BlkSzBits > 16 {
@@ -227,9 +247,12 @@ type Inode struct {
 	Size     int64
 	Nlink    uint32
 	UID, GID uint32
-	Mtime    int64  // seconds; 0 for compact inodes (they share the superblock build time)
-	Rdev     uint32 // device number of a device node, in the kernel's new_encode_dev form
-	Layout   int
+	// Mtime and MtimeNsec: an extended inode's own; a compact inode's is the superblock's build
+	// time plus the inode's 32-bit offset, as the kernel computes it.
+	Mtime     int64
+	MtimeNsec uint32
+	Rdev      uint32 // device number of a device node, in the kernel's new_encode_dev form
+	Layout    int
 
 	off       int64 // byte offset of the inode in the bootstrap
 	inodeSize int64
@@ -268,6 +291,8 @@ func (f *FS) Inode(nid uint64) (*Inode, error) {
 		in.rawU = le.Uint32(raw[16:])
 		in.UID = uint32(le.Uint16(raw[24:]))
 		in.GID = uint32(le.Uint16(raw[26:]))
+		in.Mtime = int64(f.sb.BuildTime) + int64(le.Uint32(raw[28:]))
+		in.MtimeNsec = f.sb.BuildTimeNsec
 	case 1:
 		in.inodeSize = extendedInodeSize
 		if off+extendedInodeSize > f.size {
@@ -286,6 +311,7 @@ func (f *FS) Inode(nid uint64) (*Inode, error) {
 		in.UID = le.Uint32(raw[24:])
 		in.GID = le.Uint32(raw[28:])
 		in.Mtime = int64(le.Uint64(raw[32:]))
+		in.MtimeNsec = le.Uint32(raw[40:])
 		in.Nlink = le.Uint32(raw[44:])
 	}
 	if icount > 0 {
@@ -437,11 +463,19 @@ func (in *Inode) ChunkIndexed() bool {
 }
 
 func (f *FS) chunkExtents(in *Inode, fn func(Extent) error) error {
-	what := fmt.Sprintf("inode %d", in.Nid)
 	bits, err := f.ChunkBits(in)
 	if err != nil {
 		return err
 	}
+	chunkSize := int64(1) << bits
+	nchunks := (in.Size + chunkSize - 1) / chunkSize
+	return f.chunkRange(in, bits, 0, nchunks, fn)
+}
+
+// chunkRange calls fn for chunks [from, to) of a chunk-based inode, reading only that part of
+// its chunk table.
+func (f *FS) chunkRange(in *Inode, bits uint, from, to int64, fn func(Extent) error) error {
+	what := fmt.Sprintf("inode %d", in.Nid)
 	chunkSize := int64(1) << bits
 	nchunks := (in.Size + chunkSize - 1) / chunkSize
 	unit := int64(4)
@@ -453,10 +487,11 @@ func (f *FS) chunkExtents(in *Inode, fn func(Extent) error) error {
 	if nchunks > (f.size-pos)/unit {
 		return formatErr("chunk index", pos, "%s: %d chunks do not fit in the %d-byte image", what, nchunks, f.size)
 	}
-	buf := make([]byte, 512*unit)
+	to = min(to, nchunks)
+	buf := make([]byte, min(512, max(to-from, 1))*unit)
 	devMask := uint16(0xFFFF)
-	for i := int64(0); i < nchunks; {
-		batch := min(nchunks-i, 512)
+	for i := from; i < to; {
+		batch := min(to-i, 512)
 		b := buf[:batch*unit]
 		if _, err := f.r.ReadAt(b, pos+i*unit); err != nil {
 			return fmt.Errorf("erofs: reading chunk table of %s at %d: %w", what, pos+i*unit, err)

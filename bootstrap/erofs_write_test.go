@@ -161,7 +161,7 @@ func TestWriterKernelMount(t *testing.T) {
 	src := t.TempDir()
 	makeRichTree(t, src, chunkSize)
 	bi := buildImage(t, src, chunkSize)
-	mp := mountFileBacked(t, bi.boot.Name(), []string{bi.blobs[0].Name()})
+	mp := mountFileBacked(t, bi.boot.Name(), []string{bi.devicePath(t, 0)})
 	want, got := snapshot(t, src), snapshot(t, mp)
 	// The mount point's own root differs only in what the test directory is: compare the rest.
 	delete(want, ".")

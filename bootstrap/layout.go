@@ -19,16 +19,20 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// Media types of a Shoal image's OCI manifest and its parts.
+// Media types of a Shoal image's OCI manifest and its parts. The layers' types carry the
+// prefix "application/vnd.oci.image.layer." because containerd (1.6 to 2.x) treats only such
+// types (and Docker's) as layers: its unpacker then asks the snapshotter for each one, which
+// answers that it is already there, instead of downloading it as a config-like blob and failing
+// to apply it (package snapshotter).
 const (
 	// ArtifactType is the manifest's artifactType.
 	ArtifactType = "application/vnd.shoal.image.v1"
 	// MediaTypeBootstrap is the EROFS metadata image (superblock, inodes, chunk indexes).
-	MediaTypeBootstrap = "application/vnd.shoal.erofs.bootstrap.v1"
+	MediaTypeBootstrap = "application/vnd.oci.image.layer.v1.shoal.erofs.bootstrap"
 	// MediaTypeBlob is an EROFS data blob: the device with device_id = AnnotationDevice.
-	MediaTypeBlob = "application/vnd.shoal.erofs.blob.v1"
+	MediaTypeBlob = "application/vnd.oci.image.layer.v1.shoal.erofs.blob"
 	// MediaTypeChunks is a chunk manifest (Manifest, JSON) of the blob named by AnnotationBlob.
-	MediaTypeChunks = "application/vnd.shoal.chunks.v1+json"
+	MediaTypeChunks = "application/vnd.oci.image.layer.v1.shoal.chunks+json"
 
 	// AnnotationBlob on a chunk manifest layer names the blob digest it describes.
 	AnnotationBlob = "dev.shoal.blob"
@@ -63,9 +67,9 @@ const (
 
 // Blob is one data blob of an image with its chunk manifest.
 type Blob struct {
-	Digest   digest.Digest
-	Size     int64
-	Device   int // EROFS device id: 1 for the first extra device
+	Digest   digest.Digest // of the blob as stored (the layer)
+	Size     int64         // of the blob as stored; Manifest.BlobSize is the uncompressed size
+	Device   int           // EROFS device id: 1 for the first extra device
 	Manifest *chunk.Manifest
 	// ManifestDigest is the digest of the chunk manifest's JSON as stored in the layout.
 	ManifestDigest digest.Digest
@@ -90,6 +94,16 @@ func (im *Image) DataBytes() int64 {
 	var n int64
 	for _, b := range im.Blobs {
 		n += b.Manifest.DataBytes()
+	}
+	return n
+}
+
+// StoredBytes is the sum of the image's stored chunk lengths: what a host fetches from the
+// origin to hold all of it (DataBytes for an uncompressed image).
+func (im *Image) StoredBytes() int64 {
+	var n int64
+	for _, b := range im.Blobs {
+		n += b.Manifest.StoredBytes()
 	}
 	return n
 }
@@ -168,8 +182,8 @@ func ParseImage(manifestJSON []byte, fetch FetchFunc) (*Image, error) {
 		if err != nil {
 			return nil, err
 		}
-		if cm.Blob != b.Digest || cm.BlobSize != b.Size {
-			return nil, fmt.Errorf("chunk manifest %s describes %s (%d bytes), layer is %s (%d bytes)", l.Digest, cm.Blob, cm.BlobSize, b.Digest, b.Size)
+		if cm.Blob != b.Digest || cm.StoredBlobSize() != b.Size {
+			return nil, fmt.Errorf("chunk manifest %s describes %s (%d bytes), layer is %s (%d bytes)", l.Digest, cm.Blob, cm.StoredBlobSize(), b.Digest, b.Size)
 		}
 		b.Manifest, b.ManifestDigest = cm, l.Digest
 	}

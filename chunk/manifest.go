@@ -17,8 +17,27 @@ import (
 // size of a page, and chunk lengths are rounded up to it.
 const BlockSize = 4096
 
-// ManifestSchemaVersion is the version of the chunk manifest JSON written by this package.
-const ManifestSchemaVersion = 1
+// Versions of the chunk manifest JSON.
+const (
+	// ManifestSchemaVersion is schema 1: the blob is stored as the kernel reads it (uncompressed),
+	// so a chunk's stored bytes are its bytes at Offset.
+	ManifestSchemaVersion = 1
+	// ManifestSchemaStored is schema 2: the blob as stored (and fetched from the origin) is a
+	// sequence of stored chunks, each compressed (Codec) or raw, at its own StoredOffset and
+	// StoredLength; Offset and Length stay the chunk's place in the uncompressed blob the kernel
+	// reads (the EROFS device, the store's backing file). BlobSize is that uncompressed size and
+	// StoredSize the stored blob's (the OCI layer's size).
+	ManifestSchemaStored = 2
+)
+
+// Codec says how a chunk's stored bytes encode its bytes.
+type Codec string
+
+// Codecs of stored chunks.
+const (
+	CodecNone Codec = ""     // stored as they are
+	CodecZstd Codec = "zstd" // one zstd frame, no dictionary (package chunk/zchunk)
+)
 
 // Chunking says how a blob was cut into chunks.
 const (
@@ -32,23 +51,54 @@ const (
 
 // Chunk is one content-addressed piece of a data blob.
 type Chunk struct {
-	Offset int64   // byte offset in the blob, a multiple of BlockSize
+	Offset int64   // byte offset in the (uncompressed) blob, a multiple of BlockSize
 	Length int64   // bytes, a multiple of BlockSize except possibly the blob's last chunk
 	CID    cid.Cid // CIDv1, raw codec, sha2-256 of exactly Length bytes at Offset
+
+	// Where the chunk is in the blob as stored (schema 2): StoredLength bytes at StoredOffset,
+	// encoded by Codec. StoredLength 0 means the stored bytes are the chunk's own at Offset
+	// (schema 1, and chunks made in memory); use Stored.
+	StoredOffset int64
+	StoredLength int64
+	Codec        Codec
 }
 
 // End is the offset one past the chunk's last byte.
 func (c Chunk) End() int64 { return c.Offset + c.Length }
 
-type chunkJSON struct {
-	Offset int64  `json:"offset"`
-	Length int64  `json:"length"`
-	CID    string `json:"cid"`
+// Stored is the range of the stored blob that holds the chunk: what is fetched from the origin.
+func (c Chunk) Stored() Range {
+	if c.StoredLength == 0 {
+		return Range{Offset: c.Offset, Length: c.Length}
+	}
+	return Range{Offset: c.StoredOffset, Length: c.StoredLength}
 }
 
-// MarshalJSON writes the CID as its string form.
+type chunkJSON struct {
+	Offset       int64  `json:"offset"`
+	Length       int64  `json:"length"`
+	CID          string `json:"cid"`
+	StoredOffset int64  `json:"storedOffset,omitempty"`
+	StoredLength int64  `json:"storedLength,omitempty"`
+	Codec        Codec  `json:"codec,omitempty"`
+}
+
+// MarshalJSON writes the CID as its string form. The stored range and codec are written only
+// when set, so a schema 1 manifest encodes as it always has.
 func (c Chunk) MarshalJSON() ([]byte, error) {
-	return json.Marshal(chunkJSON{c.Offset, c.Length, c.CID.String()})
+	j := chunkJSON{Offset: c.Offset, Length: c.Length, CID: c.CID.String(), Codec: c.Codec}
+	if c.StoredLength != 0 {
+		j.StoredOffset, j.StoredLength = c.StoredOffset, c.StoredLength
+	}
+	b, err := json.Marshal(j)
+	if err != nil {
+		return nil, err
+	}
+	if c.StoredLength != 0 && c.StoredOffset == 0 {
+		// omitempty drops a stored offset of 0, which is a place like any other: write it.
+		b = append(b[:len(b)-1], `,"storedOffset":0}`...)
+	}
+	return b, nil
 }
 
 // UnmarshalJSON reads what MarshalJSON writes.
@@ -61,18 +111,39 @@ func (c *Chunk) UnmarshalJSON(b []byte) error {
 	if err != nil {
 		return fmt.Errorf("chunk at %d: bad cid %q: %w", j.Offset, j.CID, err)
 	}
-	*c = Chunk{Offset: j.Offset, Length: j.Length, CID: id}
+	*c = Chunk{Offset: j.Offset, Length: j.Length, CID: id, StoredOffset: j.StoredOffset, StoredLength: j.StoredLength, Codec: j.Codec}
 	return nil
 }
 
 // Manifest lists the chunks of one data blob, sorted by offset and non-overlapping.
 type Manifest struct {
 	SchemaVersion int           `json:"schemaVersion"`
-	Blob          digest.Digest `json:"blob"`     // sha256 digest of the whole blob
-	BlobSize      int64         `json:"blobSize"` // bytes
-	Chunking      string        `json:"chunking"` // ChunkingEROFS or ChunkingFixed
-	ChunkSize     int64         `json:"chunkSize"`
-	Chunks        []Chunk       `json:"chunks"`
+	Blob          digest.Digest `json:"blob"`     // sha256 digest of the whole blob as stored (the OCI layer)
+	BlobSize      int64         `json:"blobSize"` // bytes of the uncompressed blob (the EROFS device)
+	// StoredSize is the size of the blob as stored, schema 2 only (StoredBlobSize).
+	StoredSize int64   `json:"storedSize,omitempty"`
+	Chunking   string  `json:"chunking"` // ChunkingEROFS or ChunkingFixed
+	ChunkSize  int64   `json:"chunkSize"`
+	Chunks     []Chunk `json:"chunks"`
+}
+
+// StoredBlobSize is the size of the blob as stored: the OCI layer's size, what Blob is the digest
+// of.
+func (m *Manifest) StoredBlobSize() int64 {
+	if m.SchemaVersion == ManifestSchemaStored {
+		return m.StoredSize
+	}
+	return m.BlobSize
+}
+
+// StoredBytes is the sum of the chunks' stored lengths: what must be fetched from the origin to
+// hold the whole blob.
+func (m *Manifest) StoredBytes() int64 {
+	var n int64
+	for _, c := range m.Chunks {
+		n += c.Stored().Length
+	}
+	return n
 }
 
 // ErrCorrupt is wrapped by every error that reports bytes which do not match their CID.
@@ -122,8 +193,9 @@ func Verify(id cid.Cid, data []byte) (Verified, error) {
 // Validate checks the manifest's own consistency: known schema and chunking, sorted,
 // non-overlapping, block-aligned chunks inside the blob, CIDs of the accepted kind.
 func (m *Manifest) Validate() error {
-	if m.SchemaVersion != ManifestSchemaVersion {
-		return fmt.Errorf("chunk manifest for %s: schema version %d, want %d", m.Blob, m.SchemaVersion, ManifestSchemaVersion)
+	stored := m.SchemaVersion == ManifestSchemaStored
+	if m.SchemaVersion != ManifestSchemaVersion && !stored {
+		return fmt.Errorf("chunk manifest for %s: schema version %d, want %d or %d", m.Blob, m.SchemaVersion, ManifestSchemaVersion, ManifestSchemaStored)
 	}
 	if err := m.Blob.Validate(); err != nil {
 		return fmt.Errorf("chunk manifest: blob digest: %w", err)
@@ -134,8 +206,15 @@ func (m *Manifest) Validate() error {
 	if m.BlobSize < 0 || m.ChunkSize <= 0 || m.ChunkSize%BlockSize != 0 {
 		return fmt.Errorf("chunk manifest for %s: bad sizes (blob %d, chunk %d)", m.Blob, m.BlobSize, m.ChunkSize)
 	}
-	var prev int64
+	if m.StoredSize < 0 || !stored && m.StoredSize != 0 {
+		return fmt.Errorf("chunk manifest for %s: stored size %d in schema %d", m.Blob, m.StoredSize, m.SchemaVersion)
+	}
+	var prev, prevStored int64
 	for i, c := range m.Chunks {
+		if err := m.validateStored(i, c, stored, prevStored); err != nil {
+			return err
+		}
+		prevStored = c.Stored().End()
 		switch {
 		case c.Offset%BlockSize != 0:
 			return fmt.Errorf("chunk manifest for %s: chunk %d offset %d not block-aligned", m.Blob, i, c.Offset)
@@ -143,7 +222,7 @@ func (m *Manifest) Validate() error {
 			return fmt.Errorf("chunk manifest for %s: chunk %d length %d out of range", m.Blob, i, c.Length)
 		case c.Offset < prev:
 			return fmt.Errorf("chunk manifest for %s: chunk %d at %d overlaps or is out of order", m.Blob, i, c.Offset)
-		case c.End() > m.BlobSize:
+		case c.Offset > m.BlobSize-c.Length:
 			return fmt.Errorf("chunk manifest for %s: chunk %d [%d,%d) past blob size %d", m.Blob, i, c.Offset, c.End(), m.BlobSize)
 		case c.Length%BlockSize != 0 && c.End() != m.BlobSize:
 			return fmt.Errorf("chunk manifest for %s: chunk %d length %d not block-aligned", m.Blob, i, c.Length)
@@ -153,6 +232,33 @@ func (m *Manifest) Validate() error {
 			return fmt.Errorf("chunk manifest for %s: chunk %d: cid %s is not v1 raw sha2-256", m.Blob, i, c.CID)
 		}
 		prev = c.End()
+	}
+	return nil
+}
+
+// validateStored checks a chunk's stored range and codec: none in schema 1; in schema 2 a range
+// inside the stored blob, after the previous chunk's, raw bytes exactly the chunk's length and a
+// compressed frame no longer than that (a longer one would have been stored raw).
+func (m *Manifest) validateStored(i int, c Chunk, stored bool, prevStored int64) error {
+	if !stored {
+		if c.StoredLength != 0 || c.StoredOffset != 0 || c.Codec != CodecNone {
+			return fmt.Errorf("chunk manifest for %s: chunk %d has a stored range or codec in schema %d", m.Blob, i, m.SchemaVersion)
+		}
+		return nil
+	}
+	switch {
+	case c.Codec != CodecNone && c.Codec != CodecZstd:
+		return fmt.Errorf("chunk manifest for %s: chunk %d: unknown codec %q", m.Blob, i, c.Codec)
+	case c.StoredLength <= 0 || c.StoredOffset < 0:
+		return fmt.Errorf("chunk manifest for %s: chunk %d: stored range [%d,+%d) is empty or negative", m.Blob, i, c.StoredOffset, c.StoredLength)
+	case c.Codec == CodecNone && c.StoredLength != c.Length:
+		return fmt.Errorf("chunk manifest for %s: chunk %d stored raw in %d bytes, not its length %d", m.Blob, i, c.StoredLength, c.Length)
+	case c.StoredLength > c.Length:
+		return fmt.Errorf("chunk manifest for %s: chunk %d: %s frame of %d bytes is longer than the chunk (%d)", m.Blob, i, c.Codec, c.StoredLength, c.Length)
+	case c.StoredOffset < prevStored:
+		return fmt.Errorf("chunk manifest for %s: chunk %d stored at %d overlaps or is out of order", m.Blob, i, c.StoredOffset)
+	case c.StoredOffset > m.StoredSize-c.StoredLength:
+		return fmt.Errorf("chunk manifest for %s: chunk %d stored at [%d,%d) past stored size %d", m.Blob, i, c.StoredOffset, c.StoredOffset+c.StoredLength, m.StoredSize)
 	}
 	return nil
 }

@@ -164,3 +164,115 @@ func mustDecodeCID(t testing.TB, s string) cid.Cid {
 	must(t, err)
 	return id
 }
+
+// storedManifest is a schema 2 manifest over blob cut at chunk, each chunk stored raw except
+// every other one, "compressed" to half its length (the codec is not checked here).
+func storedManifest(t testing.TB, blob []byte, chunkSize int64) *Manifest {
+	t.Helper()
+	m := testManifest(t, blob, chunkSize)
+	m.SchemaVersion = ManifestSchemaStored
+	var off int64
+	for i := range m.Chunks {
+		c := &m.Chunks[i]
+		c.StoredOffset, c.StoredLength = off, c.Length
+		if i%2 == 1 {
+			c.StoredLength, c.Codec = c.Length/2, CodecZstd
+		}
+		off += c.StoredLength
+	}
+	m.StoredSize = off
+	m.Blob = digest.FromString("the stored blob")
+	return m
+}
+
+func TestStoredManifest(t *testing.T) {
+	blob := randBytes(t, 6*BlockSize)
+	good := storedManifest(t, blob, BlockSize)
+	must(t, good.Validate())
+	b, err := json.Marshal(good)
+	must(t, err)
+	back, err := ParseManifest(b)
+	must(t, err)
+	for i, c := range back.Chunks {
+		if c != good.Chunks[i] {
+			t.Fatalf("chunk %d: %+v after the round trip, want %+v", i, c, good.Chunks[i])
+		}
+	}
+	if back.Chunks[0].StoredOffset != 0 || back.Chunks[0].Stored() != (Range{0, BlockSize}) {
+		t.Fatalf("first chunk's stored range: %+v", back.Chunks[0].Stored())
+	}
+	if back.StoredBlobSize() != good.StoredSize || back.StoredBytes() != good.StoredSize || back.DataBytes() != int64(len(blob)) {
+		t.Fatalf("sizes: stored %d (%d in chunks), data %d", back.StoredBlobSize(), back.StoredBytes(), back.DataBytes())
+	}
+	bad := []struct {
+		name string
+		edit func(m *Manifest)
+	}{
+		{"unknown codec", func(m *Manifest) { m.Chunks[1].Codec = "lz4" }},
+		{"raw of another length", func(m *Manifest) { m.Chunks[0].StoredLength-- }},
+		{"frame longer than the chunk", func(m *Manifest) { m.Chunks[1].StoredLength = 2 * BlockSize }},
+		{"no stored range", func(m *Manifest) { m.Chunks[2].StoredLength = 0 }},
+		{"negative stored offset", func(m *Manifest) { m.Chunks[0].StoredOffset = -1 }},
+		{"stored overlap", func(m *Manifest) { m.Chunks[2].StoredOffset = m.Chunks[1].StoredOffset }},
+		{"past stored size", func(m *Manifest) { m.StoredSize-- }},
+		{"negative stored size", func(m *Manifest) { m.StoredSize = -1 }},
+		{"huge stored offset", func(m *Manifest) { m.Chunks[5].StoredOffset = 1<<63 - 10 }},
+	}
+	for _, c := range bad {
+		m := *good
+		m.Chunks = append([]Chunk(nil), good.Chunks...)
+		c.edit(&m)
+		if err := m.Validate(); err == nil {
+			t.Errorf("%s: accepted", c.name)
+		}
+	}
+	// Schema 1 carries no stored ranges, and encodes as it always has.
+	old := testManifest(t, blob, BlockSize)
+	ob, err := json.Marshal(old)
+	must(t, err)
+	if bytes.Contains(ob, []byte("stored")) || bytes.Contains(ob, []byte("codec")) {
+		t.Fatalf("schema 1 manifest grew fields: %s", ob)
+	}
+	if old.StoredBlobSize() != old.BlobSize || old.Chunks[2].Stored() != (Range{2 * BlockSize, BlockSize}) {
+		t.Fatalf("schema 1 stored view: %d %+v", old.StoredBlobSize(), old.Chunks[2].Stored())
+	}
+	for name, edit := range map[string]func(m *Manifest){
+		"stored range": func(m *Manifest) { m.Chunks[1].StoredOffset, m.Chunks[1].StoredLength = 0, BlockSize },
+		"codec":        func(m *Manifest) { m.Chunks[1].Codec = CodecZstd },
+		"stored size":  func(m *Manifest) { m.StoredSize = 10 },
+	} {
+		m := *old
+		m.Chunks = append([]Chunk(nil), old.Chunks...)
+		edit(&m)
+		if err := m.Validate(); err == nil {
+			t.Errorf("schema 1 with a %s: accepted", name)
+		}
+	}
+}
+
+func FuzzParseStoredManifest(f *testing.F) {
+	blob := make([]byte, 4*BlockSize)
+	m := storedManifest(f, blob, BlockSize)
+	b, _ := json.Marshal(m)
+	f.Add(b)
+	f.Add([]byte(`{"schemaVersion":2,"blob":"sha256:` + digest.FromString("x").Encoded() + `","blobSize":4096,"storedSize":10,"chunking":"fixed","chunkSize":4096,"chunks":[{"offset":0,"length":4096,"cid":"bafkreihrkq7vj2zizxfsrmvulvhn2dnoyz3wqr3bv4z2joejt42gvykgva","storedOffset":0,"storedLength":10,"codec":"zstd"}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseManifest(b)
+		if err != nil {
+			return
+		}
+		// Whatever parses is consistent: every chunk's stored range lies inside the stored blob,
+		// after the one before, and is no longer than the chunk.
+		var prev int64
+		for i, c := range m.Chunks {
+			s := c.Stored()
+			if s.Offset < prev || s.Length <= 0 || s.Length > c.Length || s.End() > m.StoredBlobSize() {
+				t.Fatalf("chunk %d: stored %+v of a %d-byte chunk, previous end %d, stored size %d", i, s, c.Length, prev, m.StoredBlobSize())
+			}
+			prev = s.End()
+		}
+		if m.StoredBytes() > m.StoredBlobSize() {
+			t.Fatalf("chunks store %d bytes in a %d-byte blob", m.StoredBytes(), m.StoredBlobSize())
+		}
+	})
+}

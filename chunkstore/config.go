@@ -24,6 +24,14 @@ type Config struct {
 	// small for the mounted working set. The disk's real size still applies (ErrNoSpace on
 	// ENOSPC). False makes MaxBytes hard: such writes fail with ErrNoSpace.
 	PinnedOverflow bool
+	// ReserveBytes is free space the store keeps on the cache filesystem for its index and
+	// state: chunk writes that would leave less than ReserveBytes plus the index's own size free
+	// evict unpinned data first and otherwise fail with ErrNoSpace, pinned or not. Up to 17 MiB
+	// of it is also held in a preallocated file in the index directory, released when the
+	// filesystem fills up anyway (see space.go). A full filesystem would crash the index (badger
+	// writes through mappings of sparse files: SIGBUS), so this is never off. 0 (the default)
+	// means a sixteenth of the filesystem, between 4 and 64 MiB; otherwise at least 1 MiB.
+	ReserveBytes int64
 	// LowWatermark is the fraction of MaxBytes eviction frees down to, in (0, 1].
 	LowWatermark float64
 	// MaxOpenFiles bounds the backing files kept open (the fd cache). In-use files may briefly
@@ -68,6 +76,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBytes < 0 {
 		errs = append(errs, fmt.Errorf("MaxBytes %d is negative: use 0 for no limit", c.MaxBytes))
+	}
+	if c.ReserveBytes != 0 && c.ReserveBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("ReserveBytes %d: must be 0 (automatic) or at least 1 MiB: the index needs room to start and compact", c.ReserveBytes))
 	}
 	if c.LowWatermark <= 0 || c.LowWatermark > 1 {
 		errs = append(errs, fmt.Errorf("LowWatermark %v: must be in (0, 1], e.g. 0.9", c.LowWatermark))

@@ -67,12 +67,28 @@
 // ENOSPC/EDQUOT fail the write with ErrNoSpace, EIO (write or fdatasync) with ErrIO; in both
 // cases nothing is marked present and the range is punched back.
 //
+// # Disk space
+//
+// Badger writes through shared mappings of sparse files, so on a full filesystem it dies of
+// SIGBUS instead of returning ENOSPC, and then cannot even write its LOCK file on the next start.
+// The store therefore never lets chunks fill the filesystem (space.go): a chunk write must leave
+// Config.ReserveBytes (by default a sixteenth of the filesystem, 4 to 64 MiB) plus the index's
+// own size free, evicting unpinned blobs first and otherwise failing with ErrNoSpace ("cache
+// filesystem nearly full"), pinned or not. A preallocated reserve
+// file in the index directory (up to 17 MiB) holds what the index needs to start: when something
+// else filled the filesystem, Open releases it, opens the index, evicts unpinned chunks to get
+// the headroom back and makes the file again; without a reserve file (a store of an older
+// version) Open punches unpinned blobs found through a read-only view of the index first. When
+// nothing can be freed, Open either serves what is present and refuses new chunks, or, if the
+// index could not even start, fails with an error that says so: it never crashes.
+//
 // # Capacity
 //
-// With Config.MaxBytes set, a write that would pass it first evicts unpinned blobs' chunks, least
+// With Config.MaxBytes set (it counts the index's tables and value logs as well as chunk data),
+// a write that would pass it first evicts unpinned blobs' chunks, least
 // recently used blob first (access is tracked per blob), down to LowWatermark of MaxBytes. Evicted
 // chunks raise ChunkEvicted events, which the p2p layer uses to withdraw announcements. Pins are
 // the daemon's mounted images: when everything left is pinned, writes pass MaxBytes with a warning
 // (Config.PinnedOverflow, the default) so a mounted image keeps serving reads, or fail with
-// ErrNoSpace when the cap is made hard.
+// ErrNoSpace when the cap is made hard. The filesystem's headroom (above) stops pinned data too.
 package chunkstore

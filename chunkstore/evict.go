@@ -10,40 +10,57 @@ import (
 	"github.com/shoal-p2p/shoal/chunk"
 )
 
-// reserve makes room for n more bytes under MaxBytes, evicting if needed, and returns the
-// function that gives the reservation back once the chunk is committed or has failed.
+// reserve makes room for n more bytes of chunk data: on the disk (reserveDisk: the index's
+// headroom stays free) and under MaxBytes (reserveCap). The returned function gives the
+// reservation back once the chunk is committed or has failed.
 func (s *Store) reserve(ctx context.Context, n int64) (func(), error) {
+	releaseDisk, err := s.reserveDisk(n)
+	if err != nil {
+		return nil, err
+	}
+	releaseCap, err := s.reserveCap(ctx, n)
+	if err != nil {
+		releaseDisk()
+		return nil, err
+	}
+	return func() { releaseCap(); releaseDisk() }, nil
+}
+
+// reserveCap makes room for n more bytes under MaxBytes, evicting if needed. The cap counts the
+// index's tables and value logs as well as present chunks.
+func (s *Store) reserveCap(ctx context.Context, n int64) (func(), error) {
 	max := s.cfg.MaxBytes
 	if max == 0 {
 		return func() {}, nil
 	}
-	if n > max {
-		return nil, fmt.Errorf("chunk of %d bytes is larger than the cache (%d bytes): %w", n, max, ErrNoSpace)
+	idx, _ := s.space.indexBytes()
+	if n+idx > max {
+		return nil, fmt.Errorf("chunk of %d bytes does not fit in the cache (%d bytes, %d of them taken by the index): %w", n, max, idx, ErrNoSpace)
 	}
 	for {
 		r := s.resv.Add(n)
-		if s.used.Load()+r <= max {
+		if s.used.Load()+r+idx <= max {
 			return func() { s.resv.Add(-n) }, nil
 		}
 		s.resv.Add(-n)
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		target := int64(float64(max)*s.cfg.LowWatermark) - n
+		target := int64(float64(max)*s.cfg.LowWatermark) - n - idx
 		freed, err := s.evict(target)
 		if err != nil {
 			return nil, err
 		}
-		if freed == 0 && s.used.Load()+s.resv.Load()+n > max {
+		if freed == 0 && s.used.Load()+s.resv.Load()+n+idx > max {
 			if s.cfg.PinnedOverflow {
 				if s.overflowWarned.CompareAndSwap(false, true) {
-					s.log.Warn("cache cap passed: everything evictable is gone and the rest is pinned by mounted images; raise the cap or unmount images",
-						"max_bytes", max, "present_bytes", s.used.Load())
+					s.log.Warn("cache cap passed: everything evictable is gone and the rest is pinned by mounted images; raise the cap or unmount images (the filesystem's headroom still stops writes)",
+						"max_bytes", max, "present_bytes", s.used.Load(), "index_bytes", idx)
 				}
 				s.resv.Add(n)
 				return func() { s.resv.Add(-n) }, nil
 			}
-			return nil, fmt.Errorf("cache full: %d of %d bytes present and nothing evictable (all pinned or in use): %w", s.used.Load(), max, ErrNoSpace)
+			return nil, fmt.Errorf("cache full: %d of %d bytes present (plus %d of index) and nothing evictable (all pinned or in use): %w", s.used.Load(), max, idx, ErrNoSpace)
 		}
 	}
 }

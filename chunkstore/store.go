@@ -86,6 +86,7 @@ type Store struct {
 	log   *slog.Logger
 	db    *badger.DB
 	files *fdCache
+	space *space
 	ctr   counters
 	used  atomic.Int64 // bytes of present chunks
 	resv  atomic.Int64 // bytes reserved by writes in progress (only with MaxBytes)
@@ -178,18 +179,15 @@ func Open(dir string, cfg Config) (*Store, error) {
 	if err := s.prepareDirs(); err != nil {
 		return nil, err
 	}
-	opts := badger.DefaultOptions(cfg.IndexDir).
-		WithLogger(badgerLogger{s.log}).
-		WithLoggingLevel(badger.WARNING).
-		WithBlockCacheSize(cfg.IndexCacheBytes).
-		WithIndexCacheSize(cfg.IndexCacheBytes).
-		WithMemTableSize(16 << 20).
-		WithNumMemtables(2).
-		WithNumLevelZeroTables(4).
-		WithNumLevelZeroTablesStall(8).
-		WithValueLogFileSize(64 << 20).
-		WithNumCompactors(2).
-		WithDetectConflicts(false)
+	sp, err := newSpace(dir, cfg.IndexDir, cfg.ReserveBytes)
+	if err != nil {
+		return nil, err
+	}
+	s.space = sp
+	opts := s.badgerOptions()
+	if err := s.prepareSpace(opts); err != nil {
+		return nil, err
+	}
 	db, err := badger.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: open index %s: %w", cfg.IndexDir, err)
@@ -205,6 +203,7 @@ func Open(dir string, cfg Config) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	s.restoreHeadroom()
 	s.log.Info("chunk store open", "dir", dir, "blobs", len(s.blobs), "present_bytes", s.used.Load(),
 		"reconciled_blobs", reconciled, "dropped_chunks", dropped, "took", time.Since(start))
 	if cfg.Registerer != nil {
@@ -218,6 +217,31 @@ func Open(dir string, cfg Config) (*Store, error) {
 	s.committerW.Add(1)
 	go s.committer()
 	return s, nil
+}
+
+// badgerOptions are the index's settings, chosen for bounded memory (BENCHMARKS.md, chunkstore
+// scale): two small memtables; block and table-index caches bounded by IndexCacheBytes (with an
+// index cache, table indexes and bloom filters are loaded on demand, not all kept in memory);
+// and tables of one size at every level. Badger's compaction builds up to 8 + splits tables at
+// once per compactor, each in a buffer of twice its table size, so with the default growth
+// (2 MiB doubling per level) compacting a large index held hundreds of MB; fixed 2 MiB tables
+// bound it to tens.
+func (s *Store) badgerOptions() badger.Options {
+	opts := badger.DefaultOptions(s.cfg.IndexDir)
+	opts.TableSizeMultiplier = 1 // no With method for it
+	return opts.
+		WithLogger(badgerLogger{s.log}).
+		WithLoggingLevel(badger.WARNING).
+		WithBlockCacheSize(s.cfg.IndexCacheBytes).
+		WithIndexCacheSize(s.cfg.IndexCacheBytes).
+		WithMemTableSize(memTableBytes).
+		WithNumMemtables(2).
+		WithNumLevelZeroTables(4).
+		WithNumLevelZeroTablesStall(8).
+		WithBaseTableSize(2 << 20).
+		WithValueLogFileSize(64 << 20).
+		WithNumCompactors(2). // badger's minimum
+		WithDetectConflicts(false)
 }
 
 func (s *Store) prepareDirs() error {

@@ -248,24 +248,33 @@ func TestReopenAndReconcile(t *testing.T) {
 }
 
 func TestSyncFailureMarksNothing(t *testing.T) {
-	s := open(t, t.TempDir(), testConfig())
-	defer s.Close()
-	b := storetest.NewBlob(t, 8, 2*4096, 4096)
-	if err := s.AddBlob(context.Background(), b.Manifest); err != nil {
-		t.Fatal(err)
-	}
-	restore := chunkstore.SetSyncData(func(int) error { return unix.EIO })
-	c := b.Manifest.Chunks[0]
-	err := s.WriteChunk(context.Background(), b.Digest(), c, b.Bytes(c))
-	restore()
-	if !errors.Is(err, chunkstore.ErrIO) || !errors.Is(err, unix.EIO) {
-		t.Fatalf("WriteChunk with failing fdatasync: %v, want ErrIO", err)
-	}
-	if storetest.Has(t, s, b.Digest(), c) || storetest.HasCID(t, s, c.CID) {
-		t.Fatal("chunk marked present although its data was not durable")
-	}
-	if err := s.WriteChunk(context.Background(), b.Digest(), c, b.Bytes(c)); err != nil {
-		t.Fatalf("retry after the disk recovered: %v", err)
+	for _, tt := range []struct {
+		errno    unix.Errno
+		sentinel error
+	}{{unix.EIO, chunkstore.ErrIO}, {unix.ENOSPC, chunkstore.ErrNoSpace}, {unix.EDQUOT, chunkstore.ErrNoSpace}} {
+		t.Run(tt.errno.Error(), func(t *testing.T) {
+			s := open(t, t.TempDir(), testConfig())
+			defer s.Close()
+			b := storetest.NewBlob(t, 8, 2*4096, 4096)
+			if err := s.AddBlob(context.Background(), b.Manifest); err != nil {
+				t.Fatal(err)
+			}
+			// Real ENOSPC cannot be reached on purpose any more (the store stops short of a full
+			// disk), so the kernel's error is injected where a delayed allocation reports it.
+			restore := chunkstore.SetSyncData(func(int) error { return tt.errno })
+			c := b.Manifest.Chunks[0]
+			err := s.WriteChunk(context.Background(), b.Digest(), c, b.Bytes(c))
+			restore()
+			if !errors.Is(err, tt.sentinel) || !errors.Is(err, tt.errno) {
+				t.Fatalf("WriteChunk with fdatasync failing with %v: %v, want %v", tt.errno, err, tt.sentinel)
+			}
+			if storetest.Has(t, s, b.Digest(), c) || storetest.HasCID(t, s, c.CID) {
+				t.Fatal("chunk marked present although its data was not durable")
+			}
+			if err := s.WriteChunk(context.Background(), b.Digest(), c, b.Bytes(c)); err != nil {
+				t.Fatalf("retry after the disk recovered: %v", err)
+			}
+		})
 	}
 }
 
@@ -282,6 +291,8 @@ func TestConfigValidate(t *testing.T) {
 		{"negative max", func(c *chunkstore.Config) { c.MaxBytes = -1 }, false},
 		{"few files", func(c *chunkstore.Config) { c.MaxOpenFiles = 1 }, false},
 		{"watermark", func(c *chunkstore.Config) { c.LowWatermark = 1.5 }, false},
+		{"tiny reserve", func(c *chunkstore.Config) { c.ReserveBytes = 4096 }, false},
+		{"automatic reserve", func(c *chunkstore.Config) { c.ReserveBytes = 0 }, true},
 	}
 	for _, tt := range tests {
 		cfg := chunkstore.DefaultConfig()

@@ -20,6 +20,7 @@ import (
 
 	"github.com/shoal-p2p/shoal/bootstrap"
 	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/chunk/zchunk"
 	"github.com/shoal-p2p/shoal/internal/units"
 	"github.com/shoal-p2p/shoal/origin"
 )
@@ -46,6 +47,13 @@ type Options struct {
 	Ref string
 	// Progress receives progress lines (layers and bytes, about once a second); nil for none.
 	Progress io.Writer
+	// Compression of the data blobs' chunks: bootstrap.CompressionZstd or CompressionNone / ""
+	// (uncompressed; the CLI's default is zstd), and the zstd level (0: zchunk.DefaultLevel).
+	// A compressed blob has a schema 2 chunk manifest; layer media types do not change.
+	Compression      string
+	CompressionLevel int
+
+	enc *zchunk.Encoder // from Compression, made by Convert
 }
 
 // Validate checks the options.
@@ -58,6 +66,9 @@ func (o *Options) Validate() error {
 	}
 	if o.AllPlatforms && len(o.Platforms) > 0 {
 		return errors.New("choose platforms or all platforms, not both")
+	}
+	if _, err := bootstrap.ChunkEncoder(o.Compression, o.CompressionLevel); err != nil {
+		return err
 	}
 	return nil
 }
@@ -84,6 +95,7 @@ type ImageResult struct {
 	FileBytes      int64              // their bytes
 	LayerBytes     int64              // compressed source bytes read
 	ChunkBytes     int64              // bytes of chunks over all blobs
+	StoredBytes    int64              // bytes of the blobs as stored (compressed, if they are)
 	Bootstrap      int64
 	Notes          []string
 }
@@ -99,6 +111,10 @@ func Convert(ctx context.Context, src Source, out string, opts Options) (*Result
 	}
 	if opts.ChunkSize == 0 {
 		opts.ChunkSize = bootstrap.DefaultChunkSize
+	}
+	var err error
+	if opts.enc, err = bootstrap.ChunkEncoder(opts.Compression, opts.CompressionLevel); err != nil {
+		return nil, err
 	}
 	if opts.Parallel == 0 {
 		opts.Parallel = runtime.GOMAXPROCS(0)
@@ -320,7 +336,7 @@ func convertImage(ctx context.Context, src Source, lw *bootstrap.LayoutWriter, s
 	stopProgress := prog.run()
 	for i, l := range m.Layers {
 		g.Go(func() error {
-			d, err := convertLayer(gctx, src, filepath.Join(stage, fmt.Sprintf("%.16s-%d.blob", desc.Digest.Encoded(), i)), i, l, cfg.RootFS.DiffIDs[i], opts.ChunkSize, prog)
+			d, err := convertLayer(gctx, src, filepath.Join(stage, fmt.Sprintf("%.16s-%d.blob", desc.Digest.Encoded(), i)), i, l, cfg.RootFS.DiffIDs[i], opts.ChunkSize, opts.enc, prog)
 			if err != nil {
 				return fmt.Errorf("layer %d of %d (%s): %w", i+1, len(m.Layers), l.Digest, err)
 			}
@@ -378,7 +394,7 @@ func convertImage(ctx context.Context, src Source, lw *bootstrap.LayoutWriter, s
 		}
 		remap[i+1] = len(devices) + 1
 		devices = append(devices, bootstrap.DeviceSpec{Tag: d.blob.Encoded(), Size: d.manifest.BlobSize})
-		bd, err := lw.PutFileAs(d.blobPath, bootstrap.MediaTypeBlob, d.blob, d.manifest.BlobSize)
+		bd, err := lw.PutFileAs(d.blobPath, bootstrap.MediaTypeBlob, d.blob, d.manifest.StoredBlobSize())
 		if err != nil {
 			return nil, err
 		}
@@ -386,6 +402,7 @@ func convertImage(ctx context.Context, src Source, lw *bootstrap.LayoutWriter, s
 		blobs = append(blobs, bd)
 		manifests = append(manifests, d.manifest)
 		im.ChunkBytes += d.manifest.DataBytes()
+		im.StoredBytes += d.manifest.StoredBlobSize()
 	}
 	for n := range seen {
 		for k, c := range n.Chunks {
@@ -418,13 +435,13 @@ func convertImage(ctx context.Context, src Source, lw *bootstrap.LayoutWriter, s
 }
 
 // convertLayer streams one source layer into its own data blob.
-func convertLayer(ctx context.Context, src Source, blobPath string, i int, l ocispec.Descriptor, diffID digest.Digest, chunkSize int64, prog *progress) (*layerDiff, error) {
+func convertLayer(ctx context.Context, src Source, blobPath string, i int, l ocispec.Descriptor, diffID digest.Digest, chunkSize int64, enc *zchunk.Encoder, prog *progress) (*layerDiff, error) {
 	rc, err := src.Open(ctx, l.Digest)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	bw, err := bootstrap.NewBlobWriter(blobPath, i+1, chunkSize)
+	bw, err := bootstrap.NewStoredBlobWriter(blobPath, i+1, chunkSize, enc)
 	if err != nil {
 		return nil, err
 	}

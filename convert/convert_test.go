@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/convert/converttest"
 	"github.com/shoal-p2p/shoal/origin"
 )
@@ -112,10 +114,34 @@ func openConverted(t *testing.T, res *Result, out, ref string) *converted {
 	must(t, err)
 	var sizes []int64
 	for _, b := range im.Blobs {
-		sizes = append(sizes, b.Size)
+		sizes = append(sizes, b.Manifest.BlobSize)
 	}
 	must(t, efs.Check(sizes))
 	return c
+}
+
+// devices are files holding the image's devices as the kernel reads them: the layout's blobs
+// when uncompressed, else their chunks decoded (bootstrap.DeviceReader) into temporary files.
+func (c *converted) devices(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for i, b := range c.image.Blobs {
+		if b.Manifest.SchemaVersion != chunk.ManifestSchemaStored {
+			out = append(out, c.blobs[i])
+			continue
+		}
+		in, err := os.Open(c.blobs[i])
+		must(t, err)
+		p := filepath.Join(t.TempDir(), "device")
+		f, err := os.Create(p)
+		must(t, err)
+		_, err = io.Copy(f, io.NewSectionReader(bootstrap.DeviceReader(in, b.Manifest), 0, b.Manifest.BlobSize))
+		must(t, err)
+		must(t, f.Close())
+		must(t, in.Close())
+		out = append(out, p)
+	}
+	return out
 }
 
 // mount mounts the converted image file-backed through the real kernel.
@@ -126,7 +152,7 @@ func (c *converted) mount(t *testing.T) string {
 	}
 	mp := t.TempDir()
 	var opts []string
-	for _, b := range c.blobs {
+	for _, b := range c.devices(t) {
 		opts = append(opts, "device="+b)
 	}
 	if err := unix.Mount(c.boot, mp, "erofs", unix.MS_RDONLY, strings.Join(opts, ",")); err != nil {
@@ -156,13 +182,23 @@ func TestConvertMatchesOCIApply(t *testing.T) {
 	}
 	layers := converttest.FeatureLayers(t, 1)
 	want := reference(t, layers)
-	for _, docker := range []bool{false, true} {
-		t.Run(map[bool]string{false: "oci", true: "docker"}[docker], func(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		docker      bool
+		compression string
+	}{{"oci", false, ""}, {"docker", true, ""}, {"oci-zstd", false, bootstrap.CompressionZstd}} {
+		docker := tc.docker
+		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			w := converttest.NewWriter(t, dir)
 			w.Index([]ocispec.Descriptor{w.Put(converttest.Image{Platform: origin.HostPlatform(), Layers: layers, Docker: docker, Config: runConfig})}, false)
 			var progress bytes.Buffer
-			c := convertLayout(t, layoutSource(t, dir), Options{ChunkSize: 64 << 10, Progress: &progress})
+			c := convertLayout(t, layoutSource(t, dir), Options{ChunkSize: 64 << 10, Progress: &progress, Compression: tc.compression})
+			for _, b := range c.image.Blobs {
+				if zstd := b.Manifest.SchemaVersion == chunk.ManifestSchemaStored; zstd != (tc.compression != "") {
+					t.Errorf("blob %s: schema %d with compression %q", b.Digest, b.Manifest.SchemaVersion, tc.compression)
+				}
+			}
 			got := converttest.Snapshot(t, c.mount(t))
 			if d := converttest.Diff(want, got, 15); len(d) > 0 {
 				t.Errorf("converted image differs from the OCI reference:\n%s", strings.Join(d, "\n"))

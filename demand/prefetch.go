@@ -72,8 +72,8 @@ func (r PrefetchResult) Summary() string {
 }
 
 // Prefetch makes the whole blob present in the background: first the ranges in first (e.g. the
-// files an image reads at start, in the order it reads them), then every other chunk in offset
-// order. It runs at prefetch priority, so demand reads overtake it, and takes at most lim's
+// files an image reads at start, in the order it reads them), then every other chunk: in offset
+// order without a cluster, rarest first in a random order with one (swarmOrder). It runs at prefetch priority, so demand reads overtake it, and takes at most lim's
 // bandwidth (nil: unlimited).
 //
 // A chunk that fails does not stop the others: after the pass, failed chunks are tried again,
@@ -111,7 +111,8 @@ func (r *Resolver) Prefetch(ctx context.Context, blob digest.Digest, first []chu
 	report(0)
 
 	failed := map[int64]MissingChunk{}
-	todo := prefetchOrder(b.m, missing, first)
+	todo, nFirst := prefetchOrder(b.m, missing, first)
+	r.swarmOrder(blob, todo[nFirst:])
 	for attempt := 1; len(todo) > 0 && attempt <= r.cfg.PrefetchAttempts; attempt++ {
 		if attempt > 1 {
 			if err := sleepCtx(ctx, backoff(r.cfg.PrefetchRetryBase, attempt-1)); err != nil {
@@ -131,6 +132,7 @@ func (r *Resolver) Prefetch(ctx context.Context, blob digest.Digest, first []chu
 			todo = append(todo, c)
 		}
 		sort.Slice(todo, func(i, j int) bool { return todo[i].Offset < todo[j].Offset })
+		r.swarmOrder(blob, todo)
 	}
 
 	// What is local now, by the store's own account.
@@ -153,10 +155,46 @@ func (r *Resolver) Prefetch(ctx context.Context, blob digest.Digest, first []chu
 	return res, nil
 }
 
+// Availability is an optional capability of Peers, found by type assertion (package p2p's Node
+// has it): how many peers hold each chunk, for a rarest-first prefetch.
+type Availability interface {
+	Holders(blob digest.Digest, chunks []chunk.Chunk) []int
+}
+
+// swarmOrder reorders the chunks a prefetch fetches after its priority ranges when there is a
+// cluster, so hosts prefetching one image together fetch different chunks first and then serve
+// them to each other, instead of all asking the same holder (a seed, or the rendezvous owner) for
+// the same chunk in manifest order: a random order, then stably rarest first (fewest holders
+// among the peers now) when Peers can tell. Without a cluster the order stays by offset.
+func (r *Resolver) swarmOrder(blob digest.Digest, chunks []chunk.Chunk) {
+	if r.peers == nil || len(chunks) < 2 {
+		return
+	}
+	rand.Shuffle(len(chunks), func(i, j int) { chunks[i], chunks[j] = chunks[j], chunks[i] })
+	av, ok := r.peers.(Availability)
+	if !ok {
+		return
+	}
+	holders := av.Holders(blob, chunks)
+	if len(holders) != len(chunks) {
+		return
+	}
+	idx := make([]int, len(chunks))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return holders[idx[a]] < holders[idx[b]] })
+	sorted := make([]chunk.Chunk, len(chunks))
+	for k, i := range idx {
+		sorted[k] = chunks[i]
+	}
+	copy(chunks, sorted)
+}
+
 // prefetchOrder is the fetch order of the missing chunks: those under the priority ranges first,
-// in the ranges' order, then the rest by offset. Each chunk appears once.
-func prefetchOrder(m *chunk.Manifest, missing []chunk.Chunk, first []chunk.Range) []chunk.Chunk {
-	order := make([]chunk.Chunk, 0, len(missing))
+// in the ranges' order (nFirst of them), then the rest by offset. Each chunk appears once.
+func prefetchOrder(m *chunk.Manifest, missing []chunk.Chunk, first []chunk.Range) (order []chunk.Chunk, nFirst int) {
+	order = make([]chunk.Chunk, 0, len(missing))
 	queued := map[int64]bool{}
 	isMissing := map[int64]bool{}
 	for _, c := range missing {
@@ -170,12 +208,13 @@ func prefetchOrder(m *chunk.Manifest, missing []chunk.Chunk, first []chunk.Range
 			}
 		}
 	}
+	nFirst = len(order)
 	for _, c := range missing {
 		if !queued[c.Offset] {
 			order = append(order, c)
 		}
 	}
-	return order
+	return order, nFirst
 }
 
 // prefetchRound fetches chunks with PrefetchWorkers workers and returns the chunks that failed,

@@ -281,7 +281,7 @@ func (r *Resolver) countHit(m *chunk.Manifest, off, length int64, missing []chun
 		hit += min(c.End(), off+length) - max(c.Offset, off)
 	}
 	if hit > 0 {
-		r.stats.add(chunk.SourceLocal, hit, 0)
+		r.stats.add(chunk.SourceLocal, hit, 0, 0)
 		r.met.bytes.WithLabelValues(string(chunk.SourceLocal)).Add(float64(hit))
 	}
 }
@@ -323,6 +323,7 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 	defer release()
 	start := time.Now()
 	data, src, err := r.fetchBytes(fctx, b, c)
+	r.countCorrupt(err)
 	for try := 1; err != nil && errors.Is(err, chunk.ErrCorrupt) && try < r.cfg.CorruptAttempts && fctx.Err() == nil; try++ {
 		// Wrong bytes are counted where they were found (the peer is struck, the origin's bytes
 		// are refused); ask again, perhaps from another source, before failing the read.
@@ -331,6 +332,7 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 			break
 		}
 		data, src, err = r.fetchBytes(fctx, b, c)
+		r.countCorrupt(err)
 	}
 	if err != nil {
 		r.met.failures.Inc()
@@ -343,11 +345,35 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 		return fmt.Errorf("demand: storing chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.m.Blob, err)
 	}
 	elapsed := time.Since(start)
-	r.stats.add(src, c.Length, elapsed)
+	wire := wireBytes(c, src)
+	r.stats.add(src, c.Length, wire, elapsed)
 	r.met.bytes.WithLabelValues(string(src)).Add(float64(c.Length))
+	r.met.wire.WithLabelValues(string(src)).Add(float64(wire))
 	r.met.seconds.WithLabelValues(string(src)).Observe(elapsed.Seconds())
 	r.log.Debug("chunk fetched", "blob", b.m.Blob, "offset", c.Offset, "length", c.Length, "source", src, "elapsed", elapsed, "prefetch", prefetch)
 	return nil
+}
+
+// countCorrupt counts a fetch that failed on wrong bytes. fetchBytes returns chunk.ErrCorrupt only
+// for the origin's bytes: a local copy that fails its check is counted by the store and fetched
+// again, and package p2p strikes a peer that answers wrong bytes and asks elsewhere.
+func (r *Resolver) countCorrupt(err error) {
+	if err != nil && errors.Is(err, chunk.ErrCorrupt) {
+		r.stats.corrupt()
+	}
+}
+
+// wireBytes is what fetching chunk c from src moved over the network to this host: its stored
+// length from the origin, its length from a peer (the chunk exchange sends chunks as they are),
+// nothing from a local copy.
+func wireBytes(c chunk.Chunk, src chunk.Source) int64 {
+	switch src {
+	case chunk.SourceOrigin:
+		return c.Stored().Length
+	case chunk.SourcePeer, chunk.SourceCoalesced:
+		return c.Length
+	}
+	return 0
 }
 
 // fetchBytes gets a chunk's bytes, verified exactly once on the way: by the store for a local
@@ -427,31 +453,39 @@ func (r *Resolver) acquire(ctx context.Context, prefetch bool) (func(), error) {
 
 // SourceStats are the totals of one source.
 type SourceStats struct {
-	Bytes  int64         `json:"bytes"`
-	Chunks int64         `json:"chunks"`
-	P50    time.Duration `json:"p50"`
-	P99    time.Duration `json:"p99"`
+	Bytes int64 `json:"bytes"` // chunk data made present
+	// WireBytes is what those chunks took on the network to this host: less than Bytes for
+	// compressed chunks from the origin, 0 for local sources.
+	WireBytes int64         `json:"wireBytes"`
+	Chunks    int64         `json:"chunks"`
+	P50       time.Duration `json:"p50"`
+	P99       time.Duration `json:"p99"`
 }
 
 // Stats are the resolver's totals since start.
 type Stats struct {
 	Sources  map[chunk.Source]SourceStats `json:"sources"`
 	Failures int64                        `json:"failures"`
+	// OriginCorrupt counts answers from the origin whose bytes did not match the chunk's CID
+	// (each attempt once). A peer's wrong bytes are counted by package p2p against that peer,
+	// and the store counts its own; together they make the daemon's verifyFailures.
+	OriginCorrupt int64 `json:"originCorrupt"`
 }
 
 // Stats returns the totals by source, with fetch latency percentiles over recent fetches.
 func (r *Resolver) Stats() Stats { return r.stats.snapshot() }
 
 type stats struct {
-	mu       sync.Mutex
-	by       map[chunk.Source]*sourceStats
-	failures int64
+	mu            sync.Mutex
+	by            map[chunk.Source]*sourceStats
+	failures      int64
+	originCorrupt int64
 }
 
 type sourceStats struct {
-	bytes, chunks int64
-	ring          [512]time.Duration // recent latencies
-	n             int
+	bytes, wire, chunks int64
+	ring                [512]time.Duration // recent latencies
+	n                   int
 }
 
 func newStats() *stats {
@@ -462,11 +496,12 @@ func newStats() *stats {
 	return s
 }
 
-func (s *stats) add(src chunk.Source, n int64, d time.Duration) {
+func (s *stats) add(src chunk.Source, n, wire int64, d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.by[src]
 	st.bytes += n
+	st.wire += wire
 	if src == chunk.SourceLocal {
 		return // hits are byte ranges, not fetches
 	}
@@ -481,12 +516,18 @@ func (s *stats) fail() {
 	s.mu.Unlock()
 }
 
+func (s *stats) corrupt() {
+	s.mu.Lock()
+	s.originCorrupt++
+	s.mu.Unlock()
+}
+
 func (s *stats) snapshot() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := Stats{Sources: map[chunk.Source]SourceStats{}, Failures: s.failures}
+	out := Stats{Sources: map[chunk.Source]SourceStats{}, Failures: s.failures, OriginCorrupt: s.originCorrupt}
 	for src, st := range s.by {
-		ss := SourceStats{Bytes: st.bytes, Chunks: st.chunks}
+		ss := SourceStats{Bytes: st.bytes, WireBytes: st.wire, Chunks: st.chunks}
 		if n := min(st.n, len(st.ring)); n > 0 {
 			lat := append([]time.Duration(nil), st.ring[:n]...)
 			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
@@ -499,6 +540,7 @@ func (s *stats) snapshot() Stats {
 
 type resolverMetrics struct {
 	bytes    *prometheus.CounterVec
+	wire     *prometheus.CounterVec
 	seconds  *prometheus.HistogramVec
 	failures prometheus.Counter
 }
@@ -507,6 +549,9 @@ func newMetrics(reg prometheus.Registerer) (*resolverMetrics, error) {
 	m := &resolverMetrics{
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_demand_bytes_total", Help: "Bytes of chunk data made present, by source (local = demand bytes that were already present).",
+		}, []string{"source"}),
+		wire: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_demand_wire_bytes_total", Help: "Bytes the fetched chunks took on the network to this host, by source (compressed from the origin: less than shoal_demand_bytes_total).",
 		}, []string{"source"}),
 		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "shoal_demand_fetch_seconds", Help: "Time to fetch, verify and store one chunk, by source.",
@@ -518,6 +563,9 @@ func newMetrics(reg prometheus.Registerer) (*resolverMetrics, error) {
 	}
 	var err error
 	if m.bytes, err = metrics.Register(reg, m.bytes); err != nil {
+		return nil, fmt.Errorf("demand: %w", err)
+	}
+	if m.wire, err = metrics.Register(reg, m.wire); err != nil {
 		return nil, fmt.Errorf("demand: %w", err)
 	}
 	if m.seconds, err = metrics.Register(reg, m.seconds); err != nil {

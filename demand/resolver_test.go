@@ -180,6 +180,11 @@ func TestEnsureRejectsCorruptOrigin(t *testing.T) {
 	if r.Stats().Failures != 1 {
 		t.Fatalf("failure not counted: %+v", r.Stats())
 	}
+	// Each refused answer is a verification failure of the origin (issue 12: verifyFailures stayed
+	// 0 after corrupt ranges from the origin): CorruptAttempts answers, all wrong.
+	if got, want := r.Stats().OriginCorrupt, int64(DefaultConfig().CorruptAttempts); got != want {
+		t.Fatalf("origin verification failures %d, want %d", got, want)
+	}
 	o.corrupt.Store(false) // the origin recovers: the next read succeeds
 	if err := r.Ensure(context.Background(), tb.m.Blob, 0, 10); err != nil {
 		t.Fatal(err)

@@ -493,14 +493,14 @@ func shoalMounts(t testing.TB, dir string) []string {
 	return out
 }
 
-// TestMountModes: the image mounted on three peered hosts, in each file-backed mode, read in
-// full and at random offsets; hosts 2 and 3 take their chunks from peers; unmount and daemon
-// stop leave nothing behind.
+// TestMountModes: the image mounted on three peered hosts, in each file-backed mode and in
+// fusetree mode, read in full and at random offsets; hosts 2 and 3 take their chunks from
+// peers; unmount and daemon stop leave nothing behind.
 func TestMountModes(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("mounting needs root")
 	}
-	for _, mode := range []string{"fanotify", "fuse"} {
+	for _, mode := range []string{"fanotify", "fuse", "fusetree"} {
 		t.Run(mode, func(t *testing.T) {
 			c := newCluster(t, 3)
 			mps := make([]string, 3)

@@ -1,5 +1,6 @@
-// Package mount mounts and unmounts Shoal images in each frontend mode (fscache, fanotify, FUSE)
-// and finds the mounts a crashed daemon left behind.
+// Package mount mounts and unmounts Shoal images in each frontend mode (fscache, fanotify, FUSE;
+// fusetree mounts are made by demand/fusetree itself, as they are its FUSE server) and finds the
+// mounts a crashed daemon left behind.
 //
 // It owns the mount(2)/umount2(2) calls, their option strings and the reading of
 // /proc/self/mountinfo. It imports no frontend: it does not serve demand reads
@@ -17,9 +18,9 @@
 //     The kernel takes an fsid once per domain: a second mountpoint of the same image is a
 //     read-only bind mount of the first (Bind).
 //   - Unmount: umount2, then MNT_DETACH if busy; ErrNotMounted if target is no mount point.
-//   - List / Cleanup: the EROFS and fuse.shoal mounts under the daemon's data directory, in
-//     unmount order (EROFS first, deepest first), so a daemon killed with SIGKILL leaves nothing
-//     that blocks the next start.
+//   - List / Cleanup: the EROFS, fuse.shoaltree (fusetree mode, source the bootstrap) and
+//     fuse.shoal mounts of the daemon's data directory, in unmount order (images first, deepest
+//     first), so a daemon killed with SIGKILL leaves nothing that blocks the next start.
 //   - ProbeFileBacked: EROFS is there and the kernel takes file-backed mounts (6.12+).
 //
 // Usage, at daemon start:

@@ -34,6 +34,16 @@ func (i Info) IsErofs() bool { return i.FSType == FSType }
 // IsShoalFUSE reports whether the mount is a Shoal FUSE server.
 func (i Info) IsShoalFUSE() bool { return i.FSType == "fuse."+FUSEName }
 
+// TreeName is the name Shoal's tree server (fusetree mode) mounts with: its mounts have type
+// "fuse.shoaltree" and the image's bootstrap file as their source.
+const TreeName = "shoaltree"
+
+// IsShoalTree reports whether the mount is an image served in fusetree mode.
+func (i Info) IsShoalTree() bool { return i.FSType == "fuse."+TreeName }
+
+// isImage: an image mount (EROFS or fusetree), which nothing of Shoal's sits on.
+func (i Info) isImage() bool { return i.IsErofs() || i.IsShoalTree() }
+
 // ParseMountinfo decodes the mountinfo format (proc(5)). Malformed lines are errors naming the
 // line.
 func ParseMountinfo(r io.Reader) ([]Info, error) {
@@ -110,9 +120,10 @@ func ParseMountinfoFile(path string) ([]Info, error) {
 }
 
 // List returns the Shoal mounts of this mount namespace that belong to the daemon whose data
-// lives under root: EROFS mounts whose mountpoint or source (the bootstrap file) is under root,
-// and Shoal FUSE servers mounted under root. Deepest mountpoints come first, EROFS before FUSE,
-// which is the order to unmount them in (EROFS images sit on FUSE files in FUSE mode).
+// lives under root: EROFS and fusetree mounts whose mountpoint or source (the bootstrap file) is
+// under root, and Shoal FUSE servers mounted under root. Deepest mountpoints come first, images
+// before FUSE servers, which is the order to unmount them in (EROFS images sit on FUSE files in
+// FUSE mode).
 func List(root string) ([]Info, error) {
 	all, err := ParseMountinfoFile("/proc/self/mountinfo")
 	if err != nil {
@@ -127,7 +138,7 @@ func Select(all []Info, root string) []Info {
 	var out []Info
 	for _, in := range all {
 		switch {
-		case in.IsErofs() && (under(in.Mountpoint, root) || under(in.Source, root)):
+		case in.isImage() && (under(in.Mountpoint, root) || under(in.Source, root)):
 		case in.IsShoalFUSE() && under(in.Mountpoint, root):
 		default:
 			continue
@@ -135,7 +146,7 @@ func Select(all []Info, root string) []Info {
 		out = append(out, in)
 	}
 	sort.SliceStable(out, func(i, j int) bool {
-		if a, b := out[i].IsErofs(), out[j].IsErofs(); a != b {
+		if a, b := out[i].isImage(), out[j].isImage(); a != b {
 			return a
 		}
 		return strings.Count(out[i].Mountpoint, "/") > strings.Count(out[j].Mountpoint, "/")

@@ -11,7 +11,8 @@ import (
 
 // Mode is a demand-read frontend: how the kernel asks the daemon for blob data. Whether a mode
 // works on this machine is each frontend's own probe (cachefiles.Probe, fanotify.Probe,
-// fusefs.Probe) plus ProbeFileBacked for the file-backed modes; the daemon combines them.
+// fusefs.Probe, fusetree.Probe) plus ProbeFileBacked for the file-backed modes; the daemon
+// combines them.
 type Mode string
 
 // The modes, in order of preference.
@@ -22,6 +23,9 @@ const (
 	Fanotify Mode = "fanotify"
 	// FUSE: file-backed EROFS on the files of Shoal's FUSE server.
 	FUSE Mode = "fuse"
+	// FUSETree: no EROFS at all: Shoal serves the image's tree over FUSE (demand/fusetree),
+	// one FUSE mount per image. Works on any kernel with FUSE; the fallback of every other mode.
+	FUSETree Mode = "fusetree"
 )
 
 // ProbeFileBacked checks for EROFS and a kernel new enough for file-backed mounts (6.12), which

@@ -62,6 +62,26 @@ type Config struct {
 	MinHedgeDelay time.Duration
 	// MaxAttempts bounds the peers asked for one chunk before coalescing or the origin.
 	MaxAttempts int
+	// HedgeFactor scales the cluster's normal latency (the lower median, over peers in good
+	// standing, of each peer's recent p99) into the slow threshold: a request that runs past
+	// HedgeFactor × that is slow. A request to the last (or only) holder is hedged to the
+	// rendezvous owner or the origin at the slow threshold, and one to any holder is hedged to
+	// the next at min(its p90, the slow threshold). Until enough samples exist the cluster's
+	// normal latency is taken to be HedgeDelay.
+	HedgeFactor float64
+	// StandingWindow is how many recent requests to a peer its standing is judged over. A request
+	// that timed out or that lost a race after running past the slow threshold is bad; one that
+	// won but was slow is slow. A peer whose (bad + slow) share reaches DemoteRate is demoted
+	// (asked only when no peer in good standing holds the chunk, and hedged at once); one whose
+	// bad share reaches SlowBanRate, over at least half a window, is banned. 0: never.
+	StandingWindow int
+	DemoteRate     float64
+	SlowBanRate    float64
+
+	// SuperSeed makes this host serve each chunk of a blob about as often as its others before
+	// repeating one, answering busy to requesters that have other holders to ask (see
+	// FlagHaveOthers), so a seed's upload spreads over the swarm instead of forming a star.
+	SuperSeed bool
 
 	// PeerConcurrency bounds the requests served to one peer at once; PeerRequestRate and
 	// PeerRequestBurst its requests per second. Over them a request is answered busy.
@@ -74,7 +94,8 @@ type Config struct {
 	// refused for going over the rate ban it too.
 	BanAfter      int
 	FloodBanAfter int
-	// StallBanAfter requests in a row that time out (RequestTimeout) ban a peer too; 0 never.
+	// StallBanAfter bad requests in a row (timed out, or lost to a hedge after running past the
+	// slow threshold: see StandingWindow) ban a peer too; 0 never.
 	StallBanAfter int
 	BanDuration   time.Duration
 
@@ -102,6 +123,11 @@ func DefaultConfig() Config {
 		HedgeDelay:       200 * time.Millisecond,
 		MinHedgeDelay:    5 * time.Millisecond,
 		MaxAttempts:      4,
+		HedgeFactor:      4,
+		StandingWindow:   16,
+		DemoteRate:       0.25,
+		SlowBanRate:      0.5,
+		SuperSeed:        true,
 		PeerConcurrency:  32,
 		PeerRequestRate:  2000,
 		PeerRequestBurst: 4000,
@@ -153,6 +179,15 @@ func (c *Config) Validate() error {
 	}
 	if c.RequestTimeout > c.CoalesceTimeout {
 		bad("RequestTimeout %v is longer than CoalesceTimeout %v: a fetch-through includes a request", c.RequestTimeout, c.CoalesceTimeout)
+	}
+	if c.HedgeFactor < 1 {
+		bad("HedgeFactor %v, want >= 1 (a multiple of the cluster's p99)", c.HedgeFactor)
+	}
+	if c.StandingWindow < 2 || c.StandingWindow > 256 {
+		bad("StandingWindow %d, want 2..256 requests", c.StandingWindow)
+	}
+	if c.DemoteRate <= 0 || c.DemoteRate > 1 || c.SlowBanRate < 0 || c.SlowBanRate > 1 {
+		bad("DemoteRate %v must be in (0, 1] and SlowBanRate %v in [0, 1] (0: never ban for slowness)", c.DemoteRate, c.SlowBanRate)
 	}
 	if c.MaxAttempts < 1 {
 		bad("MaxAttempts is %d, want >= 1", c.MaxAttempts)

@@ -45,14 +45,44 @@
 // them as soon as they change (milliseconds on a LAN). Lookup maps a chunk CID to the peers whose
 // maps hold it, across every registered blob that contains it.
 //
-// Exchange: ChunkProtocol (wire.go) is one request per stream, length-prefixed, capped at
+// Exchange: ChunkProtocol and ChunkProtocolV2 (wire.go) are one request per stream, length-prefixed, capped at
 // MaxChunkSize, with deadlines on every stream. The receiver allocates only the length it asked
 // for and verifies the CID before any use. Wrong or truncated bytes are strikes; BanAfter strikes
 // ban the peer (its connections are closed and the gater refuses it), and so do StallBanAfter
-// requests in a row that run out of time. Holders are ranked by
-// (requests in flight + 1) × recent median latency, and a request that runs past its peer's p90
-// is hedged to the next holder. Each peer's served requests are bounded in concurrency, rate and
-// upload bytes; a peer that keeps exceeding its rate is banned.
+// bad requests in a row (below). Holders are ranked by
+// (requests in flight + 1) × recent median latency, and a request that runs past min(its peer's
+// p90, the slow threshold) is hedged to the next holder. Each peer's served requests are bounded
+// in concurrency, rate and upload bytes; a peer that keeps exceeding its rate is banned.
+//
+// Standing: the cluster's normal latency is the lower median, over connected peers in good
+// standing, of each one's recent p99 (HedgeDelay until 8 samples exist), so a minority of slow
+// peers cannot make slowness normal; the slow threshold is HedgeFactor (4) times it. Each peer
+// keeps the outcomes of its last StandingWindow (16) requests: good; slow (answered past the
+// threshold); bad (timed out, or cancelled after running past the threshold because another
+// source won, or lost any race while demoted). Busy and not-found answers and fetch-throughs
+// (which wait on an origin) are not judged. A quarter of the window slow or bad demotes the peer:
+// it is ranked after every peer in good standing and hedged at once, and it climbs back by
+// beating the fallback. Half a window bad bans it (SlowBanRate). A request to the last or only
+// holder is hedged to the rendezvous owner (fetch-through) or the origin at the slow threshold,
+// so a peer that stalls every other request or answers just inside RequestTimeout costs a reader
+// about HedgeFactor × p99 per chunk until it is demoted (a few requests), then MinHedgeDelay, then
+// nothing once banned; what it costs in bytes is the hedged duplicate of each such chunk.
+//
+// Swarm: hosts reading one image together spread the upload instead of forming a star around the
+// first holder (a seed) or the rendezvous owner. Demand reads go first; a prefetch fetches the
+// rest in a random order, rarest first among the peers (demand's swarmOrder through Holders), so
+// hosts start on different chunks. A chunk is announced as soon as it is stored (presence frames
+// go out within milliseconds) and a host that has just received it is a holder like any other.
+// ChunkProtocolV2 (beside V1, which every host still serves and falls back to) carries each
+// responder's load, its uploads in progress to everyone, in every response header; holders are
+// ranked by (max(our requests in flight to it, its reported load, for a second) + 1) × its
+// recent median latency, so a seed busy serving the swarm loses to a host that has the chunk
+// and is idle. A request carries FlagHaveOthers when untried holders remain after it; a host
+// (SuperSeed, on by default) refuses such a request with busy when it has already uploaded that
+// chunk more often than the blob's average, so a seed serves each chunk about once before any
+// repeat and the repeats come from the hosts it served. The last holder asked is never refused
+// for that reason: super-seeding never makes a chunk unavailable, it costs at most one round
+// trip per holder asked.
 //
 // Objects: ObjectProtocol (object.go) serves an image's small content-addressed objects
 // (manifests, indexes, chunk manifests, bootstraps) by sha256 digest from what the daemon keeps

@@ -89,15 +89,12 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 	if fromOrigin == nil && lb != nil && lb.origin != nil {
 		fromOrigin = func(ctx context.Context) ([]byte, error) { return lb.origin(ctx, c) }
 	}
-	if h != nil {
-		data, err := n.fromHolders(ctx, h, blob, c)
-		if err == nil {
-			n.recent.add(c.CID, data, chunk.SourcePeer)
-			return fetched{data, chunk.SourcePeer}, nil
-		}
-		if ctx.Err() != nil {
-			return fetched{}, fmt.Errorf("fetch chunk %s of %s: %w", c.CID, blob, ctx.Err())
-		}
+	if h == nil {
+		return n.ownedFetch(ctx, h, blob, c, fromOrigin, false, false)
+	}
+	// The fallback, after the holders or as a hedge against a slow last one: the rendezvous
+	// owner fetches through for the cluster, else (or if it fails) the origin.
+	fallback := func(ctx context.Context) (fetched, error) {
 		if owner := n.rendezvous(blob, c.CID); owner != n.id {
 			req := Request{Flags: FlagFetchThrough, Blob: blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
 			data, err := n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout)
@@ -105,25 +102,41 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 				n.recent.add(c.CID, data, chunk.SourceCoalesced)
 				return fetched{data, chunk.SourceCoalesced}, nil
 			}
+			if ctx.Err() != nil {
+				return fetched{}, err
+			}
 			n.log.Debug("fetch-through failed, going to the origin", "chunk", c.CID, "peer", owner, "err", err)
 		}
+		return n.ownedFetch(ctx, h, blob, c, fromOrigin, false, true)
 	}
-	return n.ownedFetch(ctx, h, blob, c, fromOrigin, false)
+	f, err := n.fromHolders(ctx, h, blob, c, fallback)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fetched{}, fmt.Errorf("fetch chunk %s of %s: %w", c.CID, blob, ctx.Err())
+		}
+		return fetched{}, err
+	}
+	if f.src == chunk.SourcePeer {
+		n.recent.add(c.CID, f.data, chunk.SourcePeer)
+	}
+	return f, nil
 }
 
 // ownedFetch gets a chunk this host is responsible for: from a holder if one appeared, else from
 // the origin. It never asks another host to fetch through, so fetch-through requests cannot form
 // a cycle. store: write the result through ChunkWriter (a fetch-through for a peer).
-func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error), store bool) (fetched, error) {
+//
+// skipHolders: the caller has just asked them (a hedge or a fallback): go to the origin.
+func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error), store, skipHolders bool) (fetched, error) {
 	ch := n.owned.DoChan(c.CID.KeyString(), func() (any, error) {
 		fctx, cancel := n.flightContext(ctx, n.cfg.CoalesceTimeout+time.Duration(n.cfg.MaxAttempts)*n.cfg.RequestTimeout)
 		defer cancel()
 		if data, src := n.recent.get(c.CID); !data.IsZero() { // a flight that just ended
 			return fetched{data, src}, nil
 		}
-		if h != nil {
-			if data, err := n.fromHolders(fctx, h, blob, c); err == nil {
-				return fetched{data, chunk.SourcePeer}, nil
+		if h != nil && !skipHolders {
+			if f, err := n.fromHolders(fctx, h, blob, c, nil); err == nil {
+				return f, nil
 			}
 		}
 		if fromOrigin == nil {
@@ -180,19 +193,28 @@ func rendezvousScore(c cid.Cid, p peer.ID) uint64 {
 	return binary.BigEndian.Uint64(h.Sum(nil))
 }
 
-// fromHolders asks the holders of c, best first; each request that runs past its peer's p90 is
-// hedged to the next holder, and each failure moves on to the next, up to MaxAttempts peers.
-func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk) (chunk.Verified, error) {
+// fromHolders asks the holders of c, best first (peers in good standing before demoted ones).
+// A request is hedged to the next holder once it runs past min(its peer's p90, the slow
+// threshold), and each failure moves on to the next, up to MaxAttempts peers. After the last
+// holder, fallback (if not nil) runs: when they have all failed, or as a hedge once the last one
+// has run past the slow threshold (HedgeFactor × the cluster's p99), so a reader never waits on
+// one bad peer for much longer than the cluster normally takes. The first success wins and the
+// others are cancelled.
+func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, fallback func(context.Context) (fetched, error)) (fetched, error) {
+	now := time.Now()
 	n.mu.Lock()
-	holders := n.holdersLocked(c.CID, time.Now())
+	holders := n.holdersLocked(c.CID, now)
 	rand.Shuffle(len(holders), func(i, j int) { holders[i], holders[j] = holders[j], holders[i] })
 	scores := make(map[peer.ID]time.Duration, len(holders))
 	for _, p := range holders {
-		scores[p] = n.peers[p].score()
+		scores[p] = n.peers[p].score(now)
 	}
 	n.mu.Unlock()
 	if len(holders) == 0 {
-		return chunk.Verified{}, errNoHolders
+		if fallback == nil {
+			return fetched{}, errNoHolders
+		}
+		return fallback(ctx)
 	}
 	sort.SliceStable(holders, func(i, j int) bool { return scores[holders[i]] < scores[holders[j]] })
 	holders = holders[:min(len(holders), n.cfg.MaxAttempts)]
@@ -200,24 +222,39 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
-		data chunk.Verified
-		err  error
+		f   fetched
+		err error
 	}
 	req := Request{Blob: blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
-	results := make(chan result, len(holders))
+	results := make(chan result, len(holders)+1)
 	next, inflight := 0, 0
+	fellBack := false
 	hedge := time.NewTimer(time.Hour)
 	defer hedge.Stop()
 	launch := func() {
+		if next == len(holders) {
+			fellBack = true
+			inflight++
+			go func() {
+				f, err := fallback(ctx)
+				results <- result{f, err}
+			}()
+			return
+		}
 		p := holders[next]
 		next++
 		inflight++
+		req := req
+		if next < len(holders) {
+			req.Flags |= FlagHaveOthers
+		}
 		go func() {
 			data, err := n.request(ctx, h, p, req, n.cfg.RequestTimeout)
-			results <- result{data, err}
+			results <- result{fetched{data, chunk.SourcePeer}, err}
 		}()
-		hedge.Reset(n.hedgeDelay(p))
+		hedge.Reset(n.hedgeDelay(p, next < len(holders)))
 	}
+	canLaunch := func() bool { return next < len(holders) || fallback != nil && !fellBack }
 	launch()
 	var errs []error
 	for inflight > 0 {
@@ -225,31 +262,47 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 		case r := <-results:
 			inflight--
 			if r.err == nil {
-				return r.data, nil
+				return r.f, nil
 			}
 			errs = append(errs, r.err)
-			if inflight == 0 && next < len(holders) && ctx.Err() == nil {
+			if inflight == 0 && canLaunch() && ctx.Err() == nil {
 				launch()
 			}
 		case <-hedge.C:
-			if next < len(holders) {
-				n.met.hedges.Inc()
+			if canLaunch() {
+				if next == len(holders) {
+					n.met.hedgeFallback.Inc()
+				} else {
+					n.met.hedges.Inc()
+				}
 				launch()
 			}
 		}
 	}
-	return chunk.Verified{}, errors.Join(errs...)
+	return fetched{}, errors.Join(errs...)
 }
 
-// hedgeDelay is how long a request to p may run before a second holder is asked too.
-func (n *Node) hedgeDelay(p peer.ID) time.Duration {
+// hedgeDelay is how long a request to p may run before the next candidate is asked too: another
+// holder (more: true) after min(p's p90, the slow threshold); the fallback (the rendezvous owner
+// or the origin, which cost more than a peer) after the slow threshold. A demoted peer is hedged
+// at once, or after MinHedgeDelay.
+func (n *Node) hedgeDelay(p peer.ID, more bool) time.Duration {
+	now := time.Now()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	d, ok := n.peerLocked(p).quantile(0.9, 8)
-	if !ok {
-		return n.cfg.HedgeDelay
+	ps := n.peerLocked(p)
+	slow := n.slowAfterLocked(now)
+	if ps.demoted {
+		return n.cfg.MinHedgeDelay
 	}
-	return min(max(d, n.cfg.MinHedgeDelay), n.cfg.RequestTimeout)
+	if !more {
+		return slow
+	}
+	d, ok := ps.quantile(0.9, 8)
+	if !ok {
+		d = n.cfg.HedgeDelay
+	}
+	return min(max(d, n.cfg.MinHedgeDelay), slow)
 }
 
 // isBadData reports errors that show a peer sent wrong or truncated bytes: strikes towards a ban.
@@ -267,21 +320,28 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	ps.requestsOut++
 	n.mu.Unlock()
 	start := time.Now()
-	raw, err := n.exchange(ctx, h, p, req)
+	raw, load, err := n.exchange(ctx, h, p, req)
 	var data chunk.Verified
 	if err == nil {
 		data, err = chunk.Verify(req.CID, raw) // the one hash of a chunk from a peer
 	}
-	elapsed := time.Since(start)
+	now := time.Now()
+	elapsed := now.Sub(start)
 	canceled := err != nil && parent.Err() != nil
+	throughOrigin := req.Flags&FlagFetchThrough != 0 // an origin fetch is not the peer's latency
 
 	n.mu.Lock()
+	slow := elapsed > n.slowAfterLocked(now)
+	demoted := ps.demoted
+	if load >= 0 {
+		ps.load, ps.loadAt = load, now
+	}
 	ps.inflight--
 	switch {
 	case err == nil:
 		ps.stalls = 0
 		ps.bytesDown += data.Len()
-		if req.Flags&FlagFetchThrough == 0 { // an origin fetch is not the peer's latency
+		if !throughOrigin {
 			ps.addLatency(elapsed)
 		}
 	case canceled:
@@ -294,6 +354,23 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 		}
 	}
 	n.mu.Unlock()
+	// Standing: what a reader would have noticed of this peer.
+	var st *statusError
+	switch {
+	case throughOrigin || errors.As(err, &st):
+		// A fetch-through waits on an origin; a status (busy, not found) came back fast.
+	case err == nil && slow:
+		n.record(p, outcomeSlow)
+	case err == nil:
+		n.record(p, outcomeGood)
+	case canceled && (slow || demoted) && !n.scope.Closed():
+		// Lost a race it had no business losing: it ran past the slow threshold, or it is
+		// demoted (hedged at once) and still slower than the fallback. A demoted peer that
+		// answers faster than the owner or the origin wins and climbs back.
+		n.record(p, outcomeBad)
+	case !canceled && ctx.Err() != nil:
+		n.record(p, outcomeBad) // timed out
+	}
 	if err == nil {
 		return data, nil
 	}
@@ -309,23 +386,23 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	default:
 		n.met.peerFailures.WithLabelValues("error").Inc()
 	}
-	switch {
-	case isBadData(err):
+	if isBadData(err) {
 		n.strike(p, err)
-	case ctx.Err() != nil && req.Flags&FlagFetchThrough == 0:
-		// Our own deadline with the caller still waiting: the peer claimed the chunk and stalled.
-		// (A fetch-through may wait on a slow origin: not the peer's fault.)
-		n.stalled(p)
 	}
 	return chunk.Verified{}, err
 }
 
-// exchange runs one request/response on a new stream. The stream's deadline is ctx's, and ctx
-// ending resets it.
-func (n *Node) exchange(ctx context.Context, h host.Host, p peer.ID, req Request) ([]byte, error) {
-	s, err := h.NewStream(ctx, p, ChunkProtocol)
+// exchange runs one request/response on a new stream, in ChunkProtocolV2 if p speaks it (then
+// load is p's uploads in progress), else ChunkProtocol (load -1). The stream's deadline is ctx's,
+// and ctx ending resets it.
+func (n *Node) exchange(ctx context.Context, h host.Host, p peer.ID, req Request) (data []byte, load int, err error) {
+	s, err := h.NewStream(ctx, p, ChunkProtocolV2, ChunkProtocol)
 	if err != nil {
-		return nil, err
+		return nil, -1, err
+	}
+	v2 := s.Protocol() == ChunkProtocolV2
+	if !v2 {
+		req.Flags &^= FlagHaveOthers
 	}
 	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
 	defer stop()
@@ -335,24 +412,32 @@ func (n *Node) exchange(ctx context.Context, h host.Host, p peer.ID, req Request
 	buf, err := AppendRequest(nil, req)
 	if err != nil {
 		_ = s.Reset()
-		return nil, err
+		return nil, -1, err
 	}
 	if _, err := s.Write(buf); err != nil {
 		_ = s.Reset()
-		return nil, err
+		return nil, -1, err
 	}
 	_ = s.CloseWrite()
-	st, data, msg, err := ReadResponse(bufio.NewReaderSize(s, 32<<10), req.Length)
+	r := bufio.NewReaderSize(s, 32<<10)
+	var st Status
+	var msg string
+	load = -1
+	if v2 {
+		st, load, data, msg, err = ReadResponseV2(r, req.Length)
+	} else {
+		st, data, msg, err = ReadResponse(r, req.Length)
+	}
 	if err != nil {
 		_ = s.Reset()
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, -1, ctx.Err()
 		}
-		return nil, err
+		return nil, -1, err
 	}
 	_ = s.Close()
 	if st != StatusOK {
-		return nil, &statusError{st, msg}
+		return nil, load, &statusError{st, msg}
 	}
-	return data, nil
+	return data, load, nil
 }

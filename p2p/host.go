@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
@@ -91,12 +92,14 @@ func (n *Node) newHost() (host.Host, error) {
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
 	// Chunk streams are short and many; presence streams are one per peer.
-	limits.AddProtocolLimit(ChunkProtocol,
-		rcmgr.BaseLimit{Streams: 4096, StreamsInbound: 2048, StreamsOutbound: 2048, Memory: 256 << 20},
-		rcmgr.BaseLimitIncrease{})
-	limits.AddProtocolPeerLimit(ChunkProtocol,
-		rcmgr.BaseLimit{Streams: 512, StreamsInbound: 256, StreamsOutbound: 256, Memory: 64 << 20},
-		rcmgr.BaseLimitIncrease{})
+	for _, id := range []protocol.ID{ChunkProtocol, ChunkProtocolV2} {
+		limits.AddProtocolLimit(id,
+			rcmgr.BaseLimit{Streams: 4096, StreamsInbound: 2048, StreamsOutbound: 2048, Memory: 256 << 20},
+			rcmgr.BaseLimitIncrease{})
+		limits.AddProtocolPeerLimit(id,
+			rcmgr.BaseLimit{Streams: 512, StreamsInbound: 256, StreamsOutbound: 256, Memory: 64 << 20},
+			rcmgr.BaseLimitIncrease{})
+	}
 	limits.AddProtocolPeerLimit(PresenceProtocol,
 		rcmgr.BaseLimit{Streams: 8, StreamsInbound: 4, StreamsOutbound: 4, Memory: 4 << 20},
 		rcmgr.BaseLimitIncrease{})

@@ -18,6 +18,8 @@ type metrics struct {
 	servedBytes    prometheus.Counter
 	peerFailures   *prometheus.CounterVec // by kind: corrupt, truncated, error, timeout
 	hedges         prometheus.Counter
+	hedgeFallback  prometheus.Counter
+	standing       *prometheus.CounterVec // changes of standing, by new standing
 	bans           prometheus.Counter
 	presenceIn     prometheus.Counter
 	presenceOut    prometheus.Counter
@@ -48,6 +50,12 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 		hedges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "shoal_p2p_hedged_requests_total", Help: "Requests sent to a second holder because the first was slower than its p90.",
 		}),
+		hedgeFallback: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_p2p_hedged_fallback_total", Help: "Requests to the last holder hedged to the rendezvous owner or the origin because they ran past HedgeFactor × the cluster's p99.",
+		}),
+		standing: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_p2p_standing_changes_total", Help: "Peers whose standing changed, by new standing (good, demoted, banned).",
+		}, []string{"standing"}),
 		bans: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "shoal_p2p_bans_total", Help: "Peers banned for corrupt or truncated data or flooding.",
 		}),
@@ -64,7 +72,7 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 	// The gauge reads this node's peers, and the counters are its own: registered for the
 	// node's lifetime (Close unregisters them), not shared with another node.
 	unregister, err := shoalmetrics.RegisterOwned(reg, m.fetches, m.fetchBytes, m.fetchSeconds, m.servedRequests, m.servedBytes,
-		m.peerFailures, m.hedges, m.bans, m.presenceIn, m.presenceOut, m.peers)
+		m.peerFailures, m.hedges, m.hedgeFallback, m.standing, m.bans, m.presenceIn, m.presenceOut, m.peers)
 	if err != nil {
 		return nil, nil, fmt.Errorf("p2p: %w", err)
 	}

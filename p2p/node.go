@@ -61,6 +61,11 @@ type localBlob struct {
 	m      *chunk.Manifest
 	origin OriginFunc
 	have   []byte
+	nhave  int // bits set in have
+	// Super-seeding: uploads of each chunk index to requesters that had other holders (nil until
+	// the first), and their sum.
+	served      []uint32
+	servedTotal uint64
 }
 
 type chunkRef struct {
@@ -79,20 +84,26 @@ type Node struct {
 	met   *metrics
 	objm  *objectMetrics // the object exchange's (object.go)
 	seq   atomic.Uint64
+	// uploading counts chunk responses with data being written now, to every peer: the load a
+	// V2 response reports.
+	uploading atomic.Int64
 
 	recent recentChunks // chunks fetched lately, served while the caller stores them
 
 	sf    singleflight.Group // Fetch, per CID
 	owned singleflight.Group // holders-or-origin, per CID; never asks another host to fetch through
 
-	mu      sync.Mutex
-	blobs   map[digest.Digest]*localBlob
-	cids    map[cid.Cid][]chunkRef
-	peers   map[peer.ID]*peerState
-	host    host.Host
-	dht     *dht.IpfsDHT
-	started bool
-	kick    chan struct{} // wakes the DHT loop when a blob is registered
+	mu    sync.Mutex
+	blobs map[digest.Digest]*localBlob
+	cids  map[cid.Cid][]chunkRef
+	peers map[peer.ID]*peerState
+	// normal is the cluster's normal chunk latency, cached at normalAt (normalLatencyLocked).
+	normal   time.Duration
+	normalAt time.Time
+	host     host.Host
+	dht      *dht.IpfsDHT
+	started  bool
+	kick     chan struct{} // wakes the DHT loop when a blob is registered
 	// lost has one channel per redial loop, woken when a peer disconnects: a peer that restarts
 	// (a daemon upgrade) is dialled again within a second or so, not after RedialInterval.
 	lost []chan struct{}
@@ -205,6 +216,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	h.Network().Notify(&network.NotifyBundle{ConnectedF: n.onConnected, DisconnectedF: n.onDisconnected})
 	h.SetStreamHandler(ChunkProtocol, n.handleChunk)
+	h.SetStreamHandler(ChunkProtocolV2, n.handleChunkV2)
 	h.SetStreamHandler(PresenceProtocol, n.handlePresence)
 	h.SetStreamHandler(ObjectProtocol, n.handleObject)
 	n.mu.Lock()
@@ -331,7 +343,14 @@ func (n *Node) setHave(blob digest.Digest, have bool, chunks []chunk.Chunk) erro
 		} else {
 			lb.have[i/8] &^= 1 << (i % 8)
 		}
-		changed = changed || old != lb.have[i/8]
+		if old != lb.have[i/8] {
+			changed = true
+			if have {
+				lb.nhave++
+			} else {
+				lb.nhave--
+			}
+		}
 	}
 	if changed {
 		n.markDirtyLocked(blob)
@@ -370,6 +389,35 @@ func (n *Node) holdersLocked(c cid.Cid, now time.Time) []peer.ID {
 			if ps.blobs[r.blob].has(r.idx) {
 				out = append(out, ps.id)
 				break
+			}
+		}
+	}
+	return out
+}
+
+// Holders returns, for each of chunks (of blob), how many connected, unbanned peers hold it: the
+// availability a prefetch orders by, rarest first (demand's Availability).
+func (n *Node) Holders(blob digest.Digest, chunks []chunk.Chunk) []int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]int, len(chunks))
+	lb := n.blobs[blob]
+	if lb == nil {
+		return out
+	}
+	now := time.Now()
+	idx := make([]int, len(chunks))
+	for k, c := range chunks {
+		idx[k] = chunkIndex(lb.m, c)
+	}
+	for _, ps := range n.peers {
+		rb := ps.blobs[blob]
+		if !ps.connected || rb == nil || ps.banned(now) {
+			continue
+		}
+		for k, i := range idx {
+			if rb.has(i) {
+				out[k]++
 			}
 		}
 	}

@@ -373,7 +373,7 @@ func (n *Node) objectCandidates() []peer.ID {
 	var cs []cand
 	for _, ps := range n.peers {
 		if ps.connected && !ps.banned(now) {
-			cs = append(cs, cand{ps.id, len(ps.blobs) > 0, ps.score()})
+			cs = append(cs, cand{ps.id, len(ps.blobs) > 0, ps.score(now)})
 		}
 	}
 	sort.Slice(cs, func(i, j int) bool {
@@ -489,7 +489,7 @@ func (n *Node) objectRequest(parent context.Context, h host.Host, p peer.ID, req
 		n.strike(p, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		n.objm.failures.WithLabelValues("stall").Inc()
-		n.stalled(p)
+		n.record(p, outcomeBad) // a stall counts against its standing, as for chunks
 	default:
 		n.objm.failures.WithLabelValues("error").Inc()
 	}

@@ -38,9 +38,29 @@ type PeerStats struct {
 	Errors, Corrupt int64
 	// LatencyP50 and LatencyP99 are over the recent successful requests.
 	LatencyP50, LatencyP99 time.Duration
-	Banned                 bool
-	BannedUntil            time.Time
+	// Standing is StandingGood, StandingDemoted or StandingBanned; SlowShare and BadShare are
+	// the shares of its recent requests (Config.StandingWindow) that were slow or bad.
+	Standing            string
+	SlowShare, BadShare float64
+	Banned              bool
+	BannedUntil         time.Time
 }
+
+// A peer's standing, as shown by `shoal peers`.
+const (
+	StandingGood    = "good"
+	StandingDemoted = "demoted"
+	StandingBanned  = "banned"
+)
+
+// outcome of one request to a peer, for its standing.
+type outcome uint8
+
+const (
+	outcomeGood outcome = iota
+	outcomeSlow         // answered, but past the slow threshold
+	outcomeBad          // timed out, or lost a race after running past the slow threshold
+)
 
 const latencySamples = 64
 
@@ -71,8 +91,12 @@ type peerState struct {
 
 	// Client side.
 	inflight int
-	lat      [latencySamples]time.Duration
-	nlat     int
+	// load is the peer's uploads in progress (to every host) as its last V2 response said, at
+	// loadAt.
+	load   int
+	loadAt time.Time
+	lat    [latencySamples]time.Duration
+	nlat   int
 	// Server side.
 	reqLimit *rate.Limiter
 	upLimit  *rate.Limiter // nil: unlimited
@@ -82,9 +106,13 @@ type peerState struct {
 	requestsOut, requestsIn int64
 	errors, corrupt         int64
 	strikes, refused        int
-	stalls                  int // consecutive requests that ran out of time with nothing to show
-	refusedSince            time.Time
-	bannedUntil             time.Time
+	stalls                  int // consecutive bad outcomes (timeouts, races lost past the slow threshold)
+	// Standing: the outcomes of the last StandingWindow requests (a ring), and the verdict.
+	outcomes     []outcome
+	nout         int
+	demoted      bool
+	refusedSince time.Time
+	bannedUntil  time.Time
 }
 
 func (n *Node) newPeerState(p peer.ID) *peerState {
@@ -139,14 +167,121 @@ func (ps *peerState) quantile(q float64, need int) (time.Duration, bool) {
 
 func (ps *peerState) banned(now time.Time) bool { return now.Before(ps.bannedUntil) }
 
-// score orders holders: lower is better. Expected wait = (requests in flight + 1) × typical
-// latency; a peer without samples is assumed fast so new peers get tried.
-func (ps *peerState) score() time.Duration {
+// score orders holders: lower is better. Expected wait = (uploads queued at the peer + 1) ×
+// typical latency, where the queue is what this host has in flight to it or, if more, what the
+// peer last said it is uploading to everyone (so a seed busy serving the swarm loses to a host
+// that has just received the chunk); a peer without samples is assumed fast so new peers get
+// tried. A demoted peer comes after every peer in good standing.
+func (ps *peerState) score(now time.Time) time.Duration {
 	est, ok := ps.quantile(0.5, 1)
 	if !ok || est < time.Millisecond {
 		est = time.Millisecond
 	}
-	return time.Duration(ps.inflight+1) * est
+	s := time.Duration(holderQueue(ps.inflight, ps.load, now.Sub(ps.loadAt))+1) * est
+	if ps.demoted {
+		s += time.Hour
+	}
+	return s
+}
+
+// holderQueue is the uploads ahead of a new request at a holder: ours in flight to it, or the
+// load it reported age ago if more; a report older than loadTTL has drained.
+func holderQueue(inflight, load int, age time.Duration) int {
+	const loadTTL = time.Second
+	if age > loadTTL || load <= inflight {
+		return inflight
+	}
+	return load
+}
+
+// shares are the slow and bad shares of ps's recent outcomes, and how many there are.
+func (ps *peerState) shares() (slow, bad float64, k int) {
+	k = min(ps.nout, len(ps.outcomes))
+	if k == 0 {
+		return 0, 0, 0
+	}
+	var ns, nb int
+	for _, o := range ps.outcomes[:k] {
+		switch o {
+		case outcomeSlow:
+			ns++
+		case outcomeBad:
+			nb++
+		}
+	}
+	return float64(ns) / float64(k), float64(nb) / float64(k), k
+}
+
+// record adds one outcome to p's standing and demotes, restores or bans it. A peer is judged
+// only once it has a quarter of a window of outcomes (demotion) or half a window (ban), so one
+// unlucky request is never a verdict.
+func (n *Node) record(p peer.ID, o outcome) {
+	n.mu.Lock()
+	ps := n.peerLocked(p)
+	if ps.outcomes == nil {
+		ps.outcomes = make([]outcome, n.cfg.StandingWindow)
+	}
+	ps.outcomes[ps.nout%len(ps.outcomes)] = o
+	ps.nout++
+	if o == outcomeBad {
+		ps.stalls++
+	} else {
+		ps.stalls = 0
+	}
+	stalls := ps.stalls
+	slow, bad, k := ps.shares()
+	was := ps.demoted
+	ps.demoted = k >= max(2, len(ps.outcomes)/4) && slow+bad >= n.cfg.DemoteRate
+	demoted := ps.demoted
+	ban := n.cfg.SlowBanRate > 0 && k >= len(ps.outcomes)/2 && bad >= n.cfg.SlowBanRate
+	n.mu.Unlock()
+	switch {
+	case n.cfg.StallBanAfter > 0 && stalls >= n.cfg.StallBanAfter:
+		n.met.standing.WithLabelValues(StandingBanned).Inc()
+		n.ban(p, fmt.Sprintf("%d requests in a row timed out or lost to a hedge after running past the slow threshold", stalls))
+	case ban:
+		n.met.standing.WithLabelValues(StandingBanned).Inc()
+		n.ban(p, fmt.Sprintf("%.0f%% of its last %d requests timed out or ran %v× past the cluster's p99", 100*bad, k, n.cfg.HedgeFactor))
+	case demoted && !was:
+		n.met.standing.WithLabelValues(StandingDemoted).Inc()
+		n.log.Info("demoting slow peer", "peer", p, "slow", slow, "bad", bad, "requests", k)
+	case was && !demoted:
+		n.met.standing.WithLabelValues(StandingGood).Inc()
+		n.log.Info("peer back in good standing", "peer", p, "slow", slow, "bad", bad, "requests", k)
+	}
+}
+
+// normalLatencyLocked is what the cluster normally takes for one chunk: the lower median, over
+// connected peers in good standing with at least 8 samples, of each peer's recent p99 (a median
+// over peers, so a minority of slow peers cannot make slowness normal). Without such a peer it
+// is HedgeDelay. Recomputed at most every 100 ms; n.mu must be held.
+func (n *Node) normalLatencyLocked(now time.Time) time.Duration {
+	if now.Sub(n.normalAt) < 100*time.Millisecond && n.normal > 0 {
+		return n.normal
+	}
+	var p99s []time.Duration
+	for _, ps := range n.peers {
+		if !ps.connected || ps.demoted || ps.banned(now) {
+			continue
+		}
+		if d, ok := ps.quantile(0.99, 8); ok {
+			p99s = append(p99s, d)
+		}
+	}
+	d := n.cfg.HedgeDelay
+	if len(p99s) > 0 {
+		slices.Sort(p99s)
+		d = p99s[(len(p99s)-1)/2]
+	}
+	n.normal, n.normalAt = d, now
+	return d
+}
+
+// slowAfterLocked is the slow threshold: HedgeFactor × the cluster's normal latency, within
+// [MinHedgeDelay, RequestTimeout]; n.mu must be held.
+func (n *Node) slowAfterLocked(now time.Time) time.Duration {
+	d := time.Duration(n.cfg.HedgeFactor * float64(n.normalLatencyLocked(now)))
+	return min(max(d, n.cfg.MinHedgeDelay), n.cfg.RequestTimeout)
 }
 
 // ban bans p for BanDuration and drops its connections; n.mu must not be held.
@@ -156,6 +291,7 @@ func (n *Node) ban(p peer.ID, why string) {
 	already := ps.banned(time.Now())
 	ps.bannedUntil = time.Now().Add(n.cfg.BanDuration)
 	ps.strikes, ps.refused, ps.stalls = 0, 0, 0 // a peer back from a ban starts afresh
+	ps.nout, ps.demoted = 0, false
 	ps.blobs = map[digest.Digest]*remoteBlob{}
 	h := n.host
 	n.mu.Unlock()
@@ -180,21 +316,6 @@ func (n *Node) strike(p peer.ID, err error) {
 	n.log.Warn("peer sent bad chunk data", "peer", p, "err", err)
 	if over {
 		n.ban(p, err.Error())
-	}
-}
-
-// stalled records a request to p that timed out (the caller still waiting) and bans p after
-// StallBanAfter of them in a row: a peer that claims chunks and never sends them costs every
-// reader a timeout. Any successful request resets the count.
-func (n *Node) stalled(p peer.ID) {
-	n.mu.Lock()
-	ps := n.peerLocked(p)
-	ps.stalls++
-	over := n.cfg.StallBanAfter > 0 && ps.stalls >= n.cfg.StallBanAfter
-	count := ps.stalls
-	n.mu.Unlock()
-	if over {
-		n.ban(p, fmt.Sprintf("%d requests in a row timed out", count))
 	}
 }
 
@@ -223,8 +344,15 @@ func (n *Node) Peers() []PeerStats {
 			Errors: ps.errors, Corrupt: ps.corrupt,
 			Banned: ps.banned(now),
 		}
-		if st.Banned {
+		st.SlowShare, st.BadShare, _ = ps.shares()
+		switch {
+		case st.Banned:
 			st.BannedUntil = ps.bannedUntil
+			st.Standing = StandingBanned
+		case ps.demoted:
+			st.Standing = StandingDemoted
+		default:
+			st.Standing = StandingGood
 		}
 		st.LatencyP50, _ = ps.quantile(0.5, 1)
 		st.LatencyP99, _ = ps.quantile(0.99, 1)

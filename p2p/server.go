@@ -17,7 +17,13 @@ const floodWindow = 10 * time.Second
 // handleChunk answers one chunk request. Every stream has deadlines; a peer over its request
 // rate or concurrency gets a busy answer at once (it asks another holder), and a peer that keeps
 // going over its rate is banned.
-func (n *Node) handleChunk(s network.Stream) {
+func (n *Node) handleChunk(s network.Stream) { n.serveChunk(s, false) }
+
+// handleChunkV2 answers ChunkProtocolV2: the same, with this host's load in the header and
+// super-seeding for requests flagged FlagHaveOthers.
+func (n *Node) handleChunkV2(s network.Stream) { n.serveChunk(s, true) }
+
+func (n *Node) serveChunk(s network.Stream, v2 bool) {
 	done, ok := n.scope.Track()
 	if !ok {
 		_ = s.Reset()
@@ -26,10 +32,14 @@ func (n *Node) handleChunk(s network.Stream) {
 	defer done()
 	p := s.Conn().RemotePeer()
 	_ = s.SetDeadline(time.Now().Add(n.cfg.RequestTimeout))
-	st, data, msg := n.serve(s, p)
+	st, data, msg := n.serve(s, p, v2)
 	if st == 0xff { // unreadable request: nothing to answer
 		_ = s.Reset()
 		return
+	}
+	if len(data) > 0 {
+		n.uploading.Add(1)
+		defer n.uploading.Add(-1)
 	}
 	n.met.servedRequests.WithLabelValues(st.String()).Inc()
 	n.mu.Lock()
@@ -44,7 +54,12 @@ func (n *Node) handleChunk(s network.Stream) {
 		}
 	}
 	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.RequestTimeout))
-	hdr := AppendResponseHeader(nil, st, len(data), msg)
+	var hdr []byte
+	if v2 {
+		hdr = AppendResponseHeaderV2(nil, st, int(n.uploading.Load()), len(data), msg)
+	} else {
+		hdr = AppendResponseHeader(nil, st, len(data), msg)
+	}
 	if _, err := s.Write(hdr); err != nil {
 		_ = s.Reset()
 		return
@@ -63,7 +78,7 @@ func (n *Node) handleChunk(s network.Stream) {
 }
 
 // serve decides the answer to a request on s; status 0xff means the request was unreadable.
-func (n *Node) serve(s network.Stream, p peer.ID) (Status, []byte, string) {
+func (n *Node) serve(s network.Stream, p peer.ID, v2 bool) (Status, []byte, string) {
 	if !n.allowed(p) {
 		return StatusRefused, nil, "not allowed"
 	}
@@ -110,6 +125,9 @@ func (n *Node) serve(s network.Stream, p peer.ID) (Status, []byte, string) {
 		}
 	}
 	if held {
+		if !n.superSeed(req, v2 && req.Flags&FlagHaveOthers != 0) {
+			return StatusBusy, nil, "served already: try another holder"
+		}
 		ctx, cancel := context.WithTimeout(rctx, n.cfg.RequestTimeout)
 		defer cancel()
 		data, err := n.local.ReadChunk(ctx, req.CID)
@@ -140,9 +158,45 @@ func (n *Node) serve(s network.Stream, p peer.ID) (Status, []byte, string) {
 	_ = s.SetDeadline(time.Now().Add(n.cfg.CoalesceTimeout))
 	ctx, cancel := context.WithTimeout(rctx, n.cfg.CoalesceTimeout)
 	defer cancel()
-	f, err := n.ownedFetch(ctx, h, req.Blob, c, func(ctx context.Context) ([]byte, error) { return lb.origin(ctx, c) }, true)
+	f, err := n.ownedFetch(ctx, h, req.Blob, c, func(ctx context.Context) ([]byte, error) { return lb.origin(ctx, c) }, true, false)
 	if err != nil {
 		return StatusError, nil, err.Error()
 	}
 	return StatusOK, f.data.Bytes(), ""
+}
+
+// superSeed counts an upload of a held chunk, or refuses it. A host serves each chunk of a blob
+// about as often as its others before repeating one (BitTorrent's super-seeding): to a
+// requester that has other holders to ask (others), a chunk already uploaded more often than
+// the blob's average (over the chunks this host holds) is refused with busy, and the requester
+// asks a host that got it from an earlier upload. A requester with no one else is always served,
+// so this never makes a chunk unavailable. Chunks of blobs not registered here are served.
+func (n *Node) superSeed(req Request, others bool) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	lb := n.blobs[req.Blob]
+	if lb == nil {
+		return true
+	}
+	i := chunkIndex(lb.m, chunk.Chunk{Offset: req.Offset, CID: req.CID})
+	if i < 0 {
+		return true
+	}
+	if lb.served == nil {
+		lb.served = make([]uint32, len(lb.m.Chunks))
+	}
+	if others && n.cfg.SuperSeed && !superSeedServe(lb.served[i], lb.servedTotal, lb.nhave) {
+		return false
+	}
+	lb.served[i]++
+	lb.servedTotal++
+	return true
+}
+
+// superSeedServe is the super-seeding rule: serve a chunk uploaded served times already, of a
+// blob whose held chunks (held of them) were uploaded total times, to a requester with other
+// holders, while served < max(1, total/held) (at least once: a chunk nobody has got from this
+// host yet is served).
+func superSeedServe(served uint32, total uint64, held int) bool {
+	return held <= 0 || uint64(served) < max(1, total/uint64(held))
 }

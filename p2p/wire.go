@@ -18,6 +18,10 @@ const (
 	// ChunkProtocol is one request per stream: the requester writes a Request and closes its
 	// side; the responder writes one Response and closes.
 	ChunkProtocol protocol.ID = "/shoal/chunk/1"
+	// ChunkProtocolV2 is ChunkProtocol with FlagHaveOthers in requests and the responder's load
+	// (uploads in progress) in every response header, for swarm peer choice and super-seeding.
+	// Hosts serve both and ask for V2 first, so a host of the previous release still works.
+	ChunkProtocolV2 protocol.ID = "/shoal/chunk/2"
 	// PresenceProtocol is a long-lived one-way stream of Presence frames from the opener.
 	PresenceProtocol protocol.ID = "/shoal/presence/1"
 )
@@ -48,7 +52,15 @@ const (
 	// FlagFetchThrough asks the responder, if it does not hold the chunk, to fetch it from its
 	// origin on the requester's behalf (cluster-wide coalescing).
 	FlagFetchThrough byte = 1 << 0
+	// FlagHaveOthers (V2) says the requester knows other holders of the chunk it has not asked
+	// yet: a responder that has already served this chunk more than its others may answer busy
+	// so the requester goes to a host that has it from an earlier upload (super-seeding). A
+	// request without it is never refused for that reason. V1 responders ignore it.
+	FlagHaveOthers byte = 1 << 1
 )
+
+// MaxLoad caps the load a V2 response reports.
+const MaxLoad = 1 << 20
 
 // Request asks for one chunk by CID. Blob, Offset and Length let a fetch-through responder ask its
 // origin for the right range; a plain request needs only the CID.
@@ -173,6 +185,32 @@ func AppendResponseHeader(b []byte, st Status, dataLen int, msg string) []byte {
 	return appendString(b, msg)
 }
 
+// AppendResponseHeaderV2 is AppendResponseHeader for ChunkProtocolV2: the status byte, then the
+// responder's load (uploads in progress, uvarint, at most MaxLoad), then the V1 remainder.
+func AppendResponseHeaderV2(b []byte, st Status, load, dataLen int, msg string) []byte {
+	b = append(b, byte(st))
+	b = binary.AppendUvarint(b, uint64(min(max(load, 0), MaxLoad)))
+	rest := AppendResponseHeader(nil, st, dataLen, msg)
+	return append(b, rest[1:]...)
+}
+
+// ReadResponseV2 reads a ChunkProtocolV2 response: ReadResponse with the responder's load.
+func ReadResponseV2(r *bufio.Reader, want int64) (st Status, load int, data []byte, msg string, err error) {
+	sb, err := r.ReadByte()
+	if err != nil {
+		return 0, 0, nil, "", err
+	}
+	l, err := binary.ReadUvarint(r)
+	if err != nil {
+		return Status(sb), 0, nil, "", noEOF(err)
+	}
+	if l > MaxLoad {
+		return Status(sb), 0, nil, "", fmt.Errorf("response load %d over %d: %w", l, MaxLoad, ErrMalformed)
+	}
+	st, data, msg, err = readResponseBody(r, Status(sb), want)
+	return st, int(l), data, msg, err
+}
+
 // ReadResponse reads a response. For StatusOK it reads exactly want bytes of data: a response
 // announcing another length is malformed (it never makes us allocate more than want), and one
 // that ends early is io.ErrUnexpectedEOF. want must be at most MaxChunkSize.
@@ -181,7 +219,11 @@ func ReadResponse(r *bufio.Reader, want int64) (Status, []byte, string, error) {
 	if err != nil {
 		return 0, nil, "", err
 	}
-	st := Status(sb)
+	return readResponseBody(r, Status(sb), want)
+}
+
+// readResponseBody reads what follows the status (and, in V2, the load).
+func readResponseBody(r *bufio.Reader, st Status, want int64) (Status, []byte, string, error) {
 	n, err := binary.ReadUvarint(r)
 	if err != nil {
 		return st, nil, "", noEOF(err)

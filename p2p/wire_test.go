@@ -59,6 +59,43 @@ func TestResponseBytes(t *testing.T) {
 	}
 }
 
+func TestResponseV2Bytes(t *testing.T) {
+	data := []byte("hello")
+	b := append(AppendResponseHeaderV2(nil, StatusOK, 300, len(data), ""), data...)
+	if want := []byte{0, 0xac, 0x02, 5, 'h', 'e', 'l', 'l', 'o'}; !bytes.Equal(b, want) {
+		t.Fatalf("ok response % x, want % x", b, want)
+	}
+	st, load, got, _, err := ReadResponseV2(bufio.NewReader(bytes.NewReader(b)), 5)
+	if err != nil || st != StatusOK || load != 300 || string(got) != "hello" {
+		t.Fatalf("read ok: %v %d %q %v", st, load, got, err)
+	}
+	b = AppendResponseHeaderV2(nil, StatusBusy, 1, 0, "served")
+	if want := []byte{2, 1, 6, 's', 'e', 'r', 'v', 'e', 'd'}; !bytes.Equal(b, want) {
+		t.Fatalf("busy response % x, want % x", b, want)
+	}
+	st, load, _, msg, err := ReadResponseV2(bufio.NewReader(bytes.NewReader(b)), 5)
+	if err != nil || st != StatusBusy || load != 1 || msg != "served" {
+		t.Fatalf("read busy: %v %d %q %v", st, load, msg, err)
+	}
+	if b := AppendResponseHeaderV2(nil, StatusOK, 1<<30, 1, ""); !bytes.Equal(b[:5], []byte{0, 0x80, 0x80, 0x40, 1}) {
+		t.Fatalf("load over the cap encodes as % x, want it capped at MaxLoad", b)
+	}
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		err  error
+	}{
+		{"load over the cap", []byte{0, 0x81, 0x80, 0x40, 5, 'h', 'e', 'l', 'l', 'o'}, ErrMalformed},
+		{"load cut", []byte{0, 0x80}, io.ErrUnexpectedEOF},
+		{"data cut", []byte{0, 0, 5, 'h'}, io.ErrUnexpectedEOF},
+		{"other length", []byte{0, 0, 4, 'h', 'e', 'l', 'l'}, ErrMalformed},
+	} {
+		if _, _, _, _, err := ReadResponseV2(bufio.NewReader(bytes.NewReader(tc.in)), 5); !errors.Is(err, tc.err) {
+			t.Errorf("%s: err %v, want %v", tc.name, err, tc.err)
+		}
+	}
+}
+
 func TestResponseRejects(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -171,6 +208,17 @@ func FuzzResponse(f *testing.F) {
 		st, data, _, err := ReadResponse(bufio.NewReader(bytes.NewReader(in)), want)
 		if err == nil && st == StatusOK && int64(len(data)) != want {
 			t.Fatalf("ok response of %d bytes, want %d", len(data), want)
+		}
+	})
+}
+
+func FuzzResponseV2(f *testing.F) {
+	f.Add([]byte{0, 3, 5, 'h', 'e', 'l', 'l', 'o'}, int64(5))
+	f.Add([]byte{2, 0, 1, 'x'}, int64(5))
+	f.Fuzz(func(t *testing.T, in []byte, want int64) {
+		st, load, data, _, err := ReadResponseV2(bufio.NewReader(bytes.NewReader(in)), want)
+		if err == nil && (st == StatusOK && int64(len(data)) != want || load < 0 || load > MaxLoad) {
+			t.Fatalf("ok response of %d bytes (want %d), load %d", len(data), want, load)
 		}
 	})
 }

@@ -36,6 +36,7 @@ func runImageConvert(ctx context.Context, args []string) error {
 	chunkSize := fs.String("chunk-size", "1M", "chunk size: a power of two from 4K to 16M")
 	workDir := fs.String("work-dir", "", "directory for the converted image before it is pushed (default the system temp dir)")
 	quiet := fs.Bool("quiet", false, "print only the result")
+	compression, level := compressionFlags(fs)
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -52,7 +53,7 @@ func runImageConvert(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("--chunk-size: %w", err)
 	}
-	opts := convert.Options{ChunkSize: size, AllPlatforms: *all}
+	opts := convert.Options{ChunkSize: size, AllPlatforms: *all, Compression: *compression, CompressionLevel: compressionLevel(*compression, *level)}
 	for _, p := range platforms {
 		pl, err := origin.ParsePlatform(p)
 		if err != nil {
@@ -100,9 +101,9 @@ func runImageConvert(ctx context.Context, args []string) error {
 		for _, n := range im.Notes {
 			fmt.Fprintln(os.Stderr, "note:", n)
 		}
-		fmt.Printf("converted %s (%s): %d layers → %d blobs, %d files, %s of data, bootstrap %s\n",
+		fmt.Printf("converted %s (%s): %d layers → %d blobs, %d files, %s of data (%s stored), bootstrap %s\n",
 			origin.PlatformString(im.Platform), im.SourceManifest, im.Layers, im.Blobs, im.Files,
-			units.Bytes(im.ChunkBytes), units.Bytes(im.Bootstrap))
+			units.Bytes(im.ChunkBytes), units.Bytes(im.StoredBytes), units.Bytes(im.Bootstrap))
 	}
 	if *output != "" {
 		fmt.Printf("wrote %s in %v\n", *output, time.Since(start).Round(time.Millisecond))

@@ -139,10 +139,10 @@ func apiFlag(fs *flag.FlagSet) *string {
 }
 
 func runMount(ctx context.Context, args []string) error {
-	fs := newFlags("mount", "REF|LAYOUT_DIR MOUNTPOINT [--mode auto|fscache|fanotify|fuse]",
-		"Asks the daemon to mount an image. auto picks fscache when /dev/cachefiles on-demand works, else\nfanotify, else FUSE, and says which.")
+	fs := newFlags("mount", "REF|LAYOUT_DIR MOUNTPOINT [--mode auto|fscache|fanotify|fuse|fusetree]",
+		"Asks the daemon to mount an image. auto picks fscache when /dev/cachefiles on-demand works, else\nfanotify, else FUSE, else fusetree (any kernel with FUSE), and says which.")
 	api := apiFlag(fs)
-	mode := fs.String("mode", "auto", "auto, fscache, fanotify or fuse")
+	mode := fs.String("mode", "auto", "auto, fscache, fanotify, fuse or fusetree")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/shoal-p2p/shoal/bootstrap"
 	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/chunk/zchunk"
 	"github.com/shoal-p2p/shoal/internal/units"
 )
 
@@ -26,6 +28,7 @@ func runImageBuild(ctx context.Context, args []string) error {
 	ref := fs.String("ref", "latest", "ref name recorded in the layout's index.json")
 	quiet := fs.Bool("quiet", false, "print only the summary")
 	engine := fs.String("engine", bootstrap.EngineGo, "what writes the EROFS image: go (Shoal's writer) or mkfs (mkfs.erofs)")
+	compression, level := compressionFlags(fs)
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -42,7 +45,8 @@ func runImageBuild(ctx context.Context, args []string) error {
 	if *quiet {
 		progress = nil
 	}
-	res, err := bootstrap.Build(ctx, pos[0], pos[1], bootstrap.BuildOptions{ChunkSize: size, Ref: *ref, Progress: progress, Engine: *engine})
+	res, err := bootstrap.Build(ctx, pos[0], pos[1], bootstrap.BuildOptions{ChunkSize: size, Ref: *ref, Progress: progress, Engine: *engine,
+		Compression: *compression, CompressionLevel: compressionLevel(*compression, *level)})
 	if err != nil {
 		return err
 	}
@@ -50,11 +54,30 @@ func runImageBuild(ctx context.Context, args []string) error {
 	fmt.Printf("  manifest   %s\n", res.Image.Digest)
 	fmt.Printf("  files      %d (%s), %d directories, %d other\n", res.Files, units.Bytes(res.FileBytes), res.Dirs, res.Others)
 	fmt.Printf("  bootstrap  %s\n", units.Bytes(res.Bootstrap))
-	fmt.Printf("  blobs      %d (%s)\n", len(res.Image.Blobs), units.Bytes(res.BlobBytes))
+	if res.BlobBytes != res.DeviceBytes {
+		fmt.Printf("  blobs      %d (%s stored, %s uncompressed)\n", len(res.Image.Blobs), units.Bytes(res.BlobBytes), units.Bytes(res.DeviceBytes))
+	} else {
+		fmt.Printf("  blobs      %d (%s)\n", len(res.Image.Blobs), units.Bytes(res.BlobBytes))
+	}
 	fmt.Printf("  chunks     %d of %s (%s)\n", res.Chunks, units.Bytes(size), units.Bytes(res.ChunkBytes))
 	fmt.Printf("  dedup      %s saved\n", units.Bytes(res.DedupSaved))
 	fmt.Printf("  took       %v (%s)\n", res.Elapsed.Round(time.Millisecond), *engine)
 	return nil
+}
+
+// compressionFlags adds --compression and --compression-level (image build, image convert).
+func compressionFlags(fs *flag.FlagSet) (compression *string, level *int) {
+	compression = fs.String("compression", bootstrap.CompressionZstd, "chunk compression in the data blobs: zstd (each chunk where it pays) or none")
+	level = fs.Int("compression-level", zchunk.DefaultLevel, "zstd level, 1 (fastest) to 22 (smallest)")
+	return compression, level
+}
+
+// compressionLevel is the level to pass on: none with the default level is no level at all.
+func compressionLevel(compression string, level int) int {
+	if compression == bootstrap.CompressionNone && level == zchunk.DefaultLevel {
+		return 0
+	}
+	return level
 }
 
 // inspectJSON is the stable shape of `shoal image inspect --json`.
@@ -63,6 +86,8 @@ type inspectJSON struct {
 	Bootstrap inspectDesc   `json:"bootstrap"`
 	Blobs     []inspectBlob `json:"blobs"`
 	DataBytes int64         `json:"dataBytes"`
+	// StoredBytes is what the chunks take in the blobs as stored (compressed, if they are).
+	StoredBytes int64 `json:"storedBytes"`
 }
 
 type inspectDesc struct {
@@ -100,7 +125,7 @@ func runImageInspect(ctx context.Context, args []string) error {
 		Manifest:  im.Digest.String(),
 		Bootstrap: inspectDesc{im.Bootstrap.Digest.String(), im.Bootstrap.Size},
 		Blobs:     []inspectBlob{},
-		DataBytes: im.DataBytes(),
+		DataBytes: im.DataBytes(), StoredBytes: im.StoredBytes(),
 	}
 	for _, b := range im.Blobs {
 		out.Blobs = append(out.Blobs, inspectBlob{
@@ -116,7 +141,7 @@ func runImageInspect(ctx context.Context, args []string) error {
 	}
 	fmt.Printf("image     %s\n", out.Manifest)
 	fmt.Printf("bootstrap %s  %s\n", out.Bootstrap.Digest, units.Bytes(out.Bootstrap.Size))
-	fmt.Printf("data      %s in %d chunks\n\n", units.Bytes(out.DataBytes), countChunks(out.Blobs))
+	fmt.Printf("data      %s in %d chunks, %s stored\n\n", units.Bytes(out.DataBytes), countChunks(out.Blobs), units.Bytes(out.StoredBytes))
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DEVICE\tBLOB\tSIZE\tCHUNKING\tCHUNK SIZE\tCHUNKS")
 	for _, b := range out.Blobs {

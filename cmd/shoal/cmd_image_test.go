@@ -10,9 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ipfs/go-cid"
-
 	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/chunk/zchunk"
 )
 
 func TestImageBuildInspect(t *testing.T) {
@@ -47,13 +46,9 @@ func TestImageBuildInspect(t *testing.T) {
 			Size   int64  `json:"size"`
 		} `json:"bootstrap"`
 		Blobs []struct {
-			Digest string `json:"digest"`
-			Size   int64  `json:"size"`
-			Chunks []struct {
-				Offset int64  `json:"offset"`
-				Length int64  `json:"length"`
-				CID    string `json:"cid"`
-			} `json:"chunks"`
+			Digest string        `json:"digest"`
+			Size   int64         `json:"size"`
+			Chunks []chunk.Chunk `json:"chunks"`
 		} `json:"blobs"`
 	}
 	if err := json.Unmarshal([]byte(stdout), &doc); err != nil {
@@ -70,11 +65,12 @@ func TestImageBuildInspect(t *testing.T) {
 		t.Fatalf("want 4 chunks (the duplicate file shares them), got %d", len(doc.Blobs[0].Chunks))
 	}
 	for _, c := range doc.Blobs[0].Chunks {
-		id, err := cid.Decode(c.CID)
-		if err != nil {
-			t.Fatal(err)
+		// Compressed by default: each chunk is at its stored range, a zstd frame or raw.
+		s := c.Stored()
+		if s.End() > int64(len(blob)) {
+			t.Fatalf("chunk %s stored at [%d,%d) of a %d-byte blob", c.CID, s.Offset, s.End(), len(blob))
 		}
-		if _, err := chunk.Verify(id, blob[c.Offset:c.Offset+c.Length]); err != nil {
+		if _, err := zchunk.DecodeVerified(c, blob[s.Offset:s.End()]); err != nil {
 			t.Error(err)
 		}
 	}
@@ -97,6 +93,8 @@ func TestImageCLIErrors(t *testing.T) {
 		{[]string{"image", "build", t.TempDir(), filepath.Join(t.TempDir(), "o"), "--chunk-size", "3M"}, 1, "power of two"},
 		{[]string{"image", "build", t.TempDir(), filepath.Join(t.TempDir(), "o"), "--chunk-size", "lots"}, 1, "not a size"},
 		{[]string{"image", "inspect", t.TempDir()}, 1, "index.json"},
+		{[]string{"image", "build", t.TempDir(), filepath.Join(t.TempDir(), "o"), "--compression", "lz4"}, 1, "compression \"lz4\""},
+		{[]string{"image", "build", t.TempDir(), filepath.Join(t.TempDir(), "o"), "--compression-level", "30"}, 1, "zstd level 30"},
 		{[]string{"no-such-command"}, 1, "unknown command"},
 	}
 	for _, c := range cases {

@@ -16,7 +16,7 @@
 // Usage:
 //
 //	srv, err := fusefs.Mount(filepath.Join(dataDir, "fuse"), resolver, store, fusefs.DefaultConfig())
-//	for _, b := range im.Blobs { _ = srv.AddBlob(ctx, b.Digest, b.Size); devs = append(devs, srv.Path(b.Digest)) }
+//	for _, b := range im.Blobs { _ = srv.AddBlob(ctx, b.Digest, b.Manifest.BlobSize); devs = append(devs, srv.Path(b.Digest)) }
 //	err = mount.MountFileBacked(bootstrapPath, devs, target, mount.FileBackedOptions{DirectIO: true})
 //	...
 //	_ = mount.Unmount(target)     // images first: they keep the FUSE mount busy

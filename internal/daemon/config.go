@@ -33,10 +33,11 @@ type Config struct {
 
 	Domain     string `yaml:"domain" flag:"domain" help:"fscache domain: volume key erofs,<domain> and domain_id of fscache mounts"`
 	CacheMax   string `yaml:"cache_max" flag:"cache-max" help:"cap on cached chunk bytes, e.g. 50G (0: no cap); least recently used unpinned data is evicted"`
+	CacheResv  string `yaml:"cache_reserve" flag:"cache-reserve" help:"free space kept on the cache filesystem for the index, e.g. 64M (0: a sixteenth of the filesystem, 4M to 64M); chunks are evicted or refused before it is used"`
 	Workers    int    `yaml:"workers" flag:"workers" help:"chunk fetches in flight at once"`
 	Prefetch   bool   `yaml:"prefetch" flag:"prefetch" help:"after mounting an image, fetch the rest of it in the background"`
 	PrefetchBW string `yaml:"prefetch_rate" flag:"prefetch-rate" help:"bandwidth cap of background prefetch per second, e.g. 100M (0: none)"`
-	Mode       string `yaml:"mode" flag:"mode" help:"default mount mode: auto, fscache, fanotify or fuse"`
+	Mode       string `yaml:"mode" flag:"mode" help:"default mount mode: auto, fscache, fanotify, fuse or fusetree"`
 	Supervise  bool   `yaml:"supervise" flag:"supervise" help:"hold /dev/cachefiles in a small supervisor process that runs the daemon as its worker, so fscache mounts survive a daemon crash or upgrade (SIGHUP restarts the worker)"`
 
 	Insecure     []string `yaml:"insecure_registries" flag:"insecure-registry" help:"registry host[:port] reached over plain HTTP (repeatable)"`
@@ -59,6 +60,7 @@ func DefaultConfig() Config {
 		Listen:    []string{"/ip4/0.0.0.0/tcp/7480", "/ip4/0.0.0.0/udp/7480/quic-v1"},
 		Domain:    "shoal",
 		CacheMax:  "0",
+		CacheResv: "0",
 		Workers:   16,
 		Prefetch:  true,
 		DHT:       true,
@@ -106,6 +108,9 @@ func (c *Config) Validate() error {
 	if _, err := units.ParseBytes(c.CacheMax); err != nil {
 		bad("cache_max (--cache-max)", "%v", err)
 	}
+	if n, err := units.ParseBytes(c.CacheResv); err != nil || (n != 0 && n < 1<<20) {
+		bad("cache_reserve (--cache-reserve)", "%q: give 0 (automatic) or a size of at least 1M, e.g. 64M (the index needs room to start and compact)", c.CacheResv)
+	}
 	if _, err := units.ParseBytes(c.PrefetchBW); c.PrefetchBW != "" && err != nil {
 		bad("prefetch_rate (--prefetch-rate)", "%v", err)
 	}
@@ -113,9 +118,9 @@ func (c *Config) Validate() error {
 		bad("workers (--workers)", "%d is out of range 2..1024", c.Workers)
 	}
 	switch c.Mode {
-	case "auto", "fscache", "fanotify", "fuse":
+	case "auto", "fscache", "fanotify", "fuse", "fusetree":
 	default:
-		bad("mode (--mode)", "%q: use auto, fscache, fanotify or fuse", c.Mode)
+		bad("mode (--mode)", "%q: use auto, fscache, fanotify, fuse or fusetree", c.Mode)
 	}
 	switch c.LogFormat {
 	case "text", "json":
@@ -141,6 +146,9 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// CacheReserveBytes is CacheResv parsed (Validate has checked it).
+func (c *Config) CacheReserveBytes() int64 { n, _ := units.ParseBytes(c.CacheResv); return n }
 
 // CacheMaxBytes is CacheMax parsed (Validate has checked it).
 func (c *Config) CacheMaxBytes() int64 { n, _ := units.ParseBytes(c.CacheMax); return n }

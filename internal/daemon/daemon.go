@@ -61,6 +61,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	scfg := chunkstore.DefaultConfig()
 	scfg.Domain = cfg.Domain
 	scfg.MaxBytes = cfg.CacheMaxBytes()
+	scfg.ReserveBytes = cfg.CacheReserveBytes()
 	scfg.Logger = log
 	scfg.Registerer = reg
 	store, err := chunkstore.Open(cfg.DataDir, scfg)
@@ -167,6 +168,7 @@ func (s storeChunks) PutChunk(ctx context.Context, blob digest.Digest, c chunk.C
 var _ p2p.ChunkWriter = storeChunks{}
 
 var _ demand.Peers = (*p2p.Node)(nil)
+var _ demand.Availability = (*p2p.Node)(nil) // rarest-first prefetch
 
 // Run serves until ctx ends: the p2p node, the control API, the admin listener, and the images
 // and mounts restored from the last run. On return every goroutine it started has ended, every

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -55,11 +56,20 @@ func testImage(ref string, blobs ...bootstrap.Blob) *image {
 	return &image{Ref: ref, Image: im, Manifest: []byte(`{"ref":"` + ref + `"}`), BootPath: "/nonexistent/" + ref, origin: namedOrigin(ref)}
 }
 
-// namedOrigin is an origin whose every read returns its name.
+// namedOrigin is an origin whose every read returns its name, padded with spaces to the length
+// asked for (chunks are decoded to exactly their length on the way).
 type namedOrigin string
 
-func (o namedOrigin) ReadRange(context.Context, digest.Digest, int64, int64) ([]byte, error) {
-	return []byte(o), nil
+func (o namedOrigin) ReadRange(_ context.Context, _ digest.Digest, _, n int64) ([]byte, error) {
+	b := bytes.Repeat([]byte{' '}, int(n))
+	copy(b, o)
+	return b, nil
+}
+
+// originName asks an origin func which namedOrigin it reads from.
+func originName(fn func(context.Context, chunk.Chunk) ([]byte, error)) string {
+	b, _ := fn(context.Background(), chunk.Chunk{Length: 64})
+	return strings.TrimRight(string(b), " ")
 }
 
 type fakeStore struct {
@@ -68,6 +78,8 @@ type fakeStore struct {
 	pins    map[digest.Digest]map[string]bool
 	present map[digest.Digest]int // chunks present, from the start of the blob
 	failAdd map[digest.Digest]error
+
+	verifyFailures int64 // what Stats reports
 }
 
 func newFakeStore() *fakeStore {
@@ -128,7 +140,7 @@ func (s *fakeStore) pinned() []digest.Digest {
 func (s *fakeStore) Stats() chunkstore.Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return chunkstore.Stats{Blobs: len(s.blobs)}
+	return chunkstore.Stats{Blobs: len(s.blobs), VerifyFailures: s.verifyFailures}
 }
 
 func (s *fakeStore) PresentTotals(blob digest.Digest) (int64, int64, error) {
@@ -146,6 +158,8 @@ type fakeResolver struct {
 	blobs     map[digest.Digest]demand.OriginFunc
 	prefetch  func(ctx context.Context, blob digest.Digest) error // nil: completes at once
 	prefetchN int                                                 // prefetches running
+
+	originCorrupt int64 // what Stats reports
 }
 
 func newFakeResolver() *fakeResolver {
@@ -172,8 +186,7 @@ func (r *fakeResolver) origin(blob digest.Digest) string {
 	if fn == nil {
 		return ""
 	}
-	b, _ := fn(context.Background(), chunk.Chunk{})
-	return string(b)
+	return originName(fn)
 }
 
 func (r *fakeResolver) has(blob digest.Digest) bool {
@@ -215,7 +228,9 @@ func (r *fakeResolver) running() int {
 
 func (r *fakeResolver) ReadOrder(digest.Digest) []chunk.Range { return nil }
 func (r *fakeResolver) Stats() demand.Stats {
-	return demand.Stats{Sources: map[chunk.Source]demand.SourceStats{}}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return demand.Stats{Sources: map[chunk.Source]demand.SourceStats{}, OriginCorrupt: r.originCorrupt}
 }
 
 type fakeNode struct {
@@ -223,6 +238,7 @@ type fakeNode struct {
 	blobs     map[digest.Digest]p2p.OriginFunc
 	announced map[digest.Digest]int
 	failReg   map[digest.Digest]error
+	peers     []p2p.PeerStats
 }
 
 func newFakeNode() *fakeNode {
@@ -268,13 +284,16 @@ func (n *fakeNode) origin(blob digest.Digest) string {
 	if fn == nil {
 		return ""
 	}
-	b, _ := fn(context.Background(), chunk.Chunk{})
-	return string(b)
+	return originName(fn)
 }
 
-func (n *fakeNode) ID() peer.ID            { return peer.ID("fake-peer") }
-func (n *fakeNode) Addrs() []ma.Multiaddr  { return nil }
-func (n *fakeNode) Peers() []p2p.PeerStats { return nil }
+func (n *fakeNode) ID() peer.ID           { return peer.ID("fake-peer") }
+func (n *fakeNode) Addrs() []ma.Multiaddr { return nil }
+func (n *fakeNode) Peers() []p2p.PeerStats {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.peers
+}
 func (n *fakeNode) setFail(b digest.Digest, err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()

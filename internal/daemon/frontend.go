@@ -75,6 +75,8 @@ func newFrontend(ctx context.Context, m mount.Mode, deps frontendDeps) (frontend
 		return newFanotifyFrontend(ctx, deps.resolver, deps.store, 2*deps.workers, deps.log)
 	case mount.FUSE:
 		return newFuseFrontend(filepath.Join(deps.dataDir, "fuse"), deps.resolver, deps.store, deps.log)
+	case mount.FUSETree:
+		return newFusetreeFrontend(deps.resolver, deps.store, deps.log), nil
 	}
 	return nil, fmt.Errorf("%w: unknown mount mode %q", errBadRequest, m)
 }

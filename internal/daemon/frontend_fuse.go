@@ -45,7 +45,7 @@ func newFuseFrontend(dir string, res ensurer, store fuseStore, log *slog.Logger)
 func (f *fuseFrontend) Mount(ctx context.Context, im *image, mp string) error {
 	var devices []string
 	for _, b := range im.Image.Blobs {
-		if err := f.srv.AddBlob(ctx, b.Digest, b.Size); err != nil {
+		if err := f.srv.AddBlob(ctx, b.Digest, b.Manifest.BlobSize); err != nil {
 			return err
 		}
 		devices = append(devices, f.srv.Path(b.Digest))

@@ -294,7 +294,7 @@ func (l originLoader) fetchBootstrap(ctx context.Context, f *fetcher, im *bootst
 	// mount: the kernel never sees it.
 	var sizes []int64
 	for _, b := range im.Blobs {
-		sizes = append(sizes, b.Size)
+		sizes = append(sizes, b.Manifest.BlobSize) // the devices: uncompressed
 	}
 	fsys, err := bootstrap.Open(bf, n)
 	if err == nil {

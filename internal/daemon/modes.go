@@ -9,11 +9,13 @@ import (
 	"github.com/shoal-p2p/shoal/demand/cachefiles"
 	"github.com/shoal-p2p/shoal/demand/fanotify"
 	"github.com/shoal-p2p/shoal/demand/fusefs"
+	"github.com/shoal-p2p/shoal/demand/fusetree"
 	"github.com/shoal-p2p/shoal/mount"
 )
 
-// modeOrder is the order `auto` tries the modes in: the kernel's own cache first.
-var modeOrder = []mount.Mode{mount.Fscache, mount.Fanotify, mount.FUSE}
+// modeOrder is the order `auto` tries the modes in: the kernel's own cache first, and last
+// fusetree, which needs nothing of the kernel but FUSE.
+var modeOrder = []mount.Mode{mount.Fscache, mount.Fanotify, mount.FUSE, mount.FUSETree}
 
 // probeMode reports whether mode m can run on this machine with the cache directory dataDir; nil
 // means it can, otherwise the error says why. Each frontend probes itself; the file-backed modes
@@ -26,6 +28,8 @@ func probeMode(dataDir string, m mount.Mode) error {
 		return errors.Join(mount.ProbeFileBacked(), fanotify.Probe(dataDir))
 	case mount.FUSE:
 		return errors.Join(mount.ProbeFileBacked(), fusefs.Probe())
+	case mount.FUSETree:
+		return fusetree.Probe()
 	}
 	return fmt.Errorf("unknown mount mode %q", m)
 }
@@ -48,7 +52,7 @@ func chooseMode(requested string, probe func(mount.Mode) error) (mount.Mode, str
 	}
 	m := mount.Mode(requested)
 	if !slices.Contains(modeOrder, m) {
-		return "", "", fmt.Errorf("%w: unknown mount mode %q: use auto, fscache, fanotify or fuse", errBadRequest, requested)
+		return "", "", fmt.Errorf("%w: unknown mount mode %q: use auto, fscache, fanotify, fuse or fusetree", errBadRequest, requested)
 	}
 	if err := probe(m); err != nil {
 		return "", "", fmt.Errorf("%w: %s mode is not available here: %v", errBadRequest, m, err)
@@ -65,7 +69,8 @@ type ModeStatus struct {
 
 // ProbeResult is what ProbeModes found.
 type ProbeResult struct {
-	// Best is the first available mode in order of preference (fscache, fanotify, FUSE), or ""
+	// Best is the first available mode in order of preference (fscache, fanotify, FUSE,
+	// fusetree), or ""
 	// when none is.
 	Best  mount.Mode
 	Modes []ModeStatus // every mode, in order of preference

@@ -20,8 +20,11 @@ func TestProbeThisMachine(t *testing.T) {
 	requireRoot(t)
 	p := ProbeModes(t.TempDir())
 	t.Log(p)
-	if len(p.Modes) != 3 || p.Modes[0].Mode != mount.Fscache || p.Modes[1].Mode != mount.Fanotify || p.Modes[2].Mode != mount.FUSE {
-		t.Fatalf("modes %+v, want fscache, fanotify, fuse", p.Modes)
+	if len(p.Modes) != 4 || p.Modes[0].Mode != mount.Fscache || p.Modes[1].Mode != mount.Fanotify || p.Modes[2].Mode != mount.FUSE || p.Modes[3].Mode != mount.FUSETree {
+		t.Fatalf("modes %+v, want fscache, fanotify, fuse, fusetree", p.Modes)
+	}
+	if _, err := os.Stat("/dev/fuse"); err == nil && !p.Modes[3].Available {
+		t.Errorf("fusetree unavailable with /dev/fuse present, as root: %q", p.Modes[3].Reason)
 	}
 	best := mount.Mode("")
 	for _, m := range p.Modes {

@@ -221,13 +221,10 @@ func (r *registry) undo(m *chunk.Manifest, old demand.OriginFunc) {
 	}
 }
 
+// originFunc reads each chunk's stored range (compressed or not) and decodes it, capped at the
+// chunk's length (demand.StoredOrigin).
 func originFunc(src rangeReader, blob digest.Digest) demand.OriginFunc {
-	return func(ctx context.Context, c chunk.Chunk) ([]byte, error) {
-		if src == nil {
-			return nil, fmt.Errorf("blob %s: no origin", blob)
-		}
-		return src.ReadRange(ctx, blob, c.Offset, c.Length)
-	}
+	return demand.StoredOrigin(src, blob) // a nil src stays nil: "no origin"
 }
 
 func (r *registry) presentChunks(m *chunk.Manifest) []chunk.Chunk {

@@ -39,8 +39,9 @@ func RenderStats(w io.Writer, r StatsReport) {
 	row("local dedup", r.Bytes.Dedup, r.Chunks.Dedup, l, ok)
 	row("local hits", r.Bytes.Local, -1, Lat{}, false)
 	tw.Flush()
-	fmt.Fprintf(w, "\norigin offload %.1f%%   served to peers %s in %d chunks   verify failures %d   fetch failures %d   bans %d\n",
-		100*r.OriginOffload, units.Bytes(r.Bytes.ServedToPeers), r.Chunks.ServedToPeers, r.VerifyFailures, r.FetchFailures, r.Bans)
+	fmt.Fprintf(w, "\norigin offload %.1f%%   served to peers %s in %d chunks   verify failures %d (local %d, peers %d, origin %d)   fetch failures %d   bans %d\n",
+		100*r.OriginOffload, units.Bytes(r.Bytes.ServedToPeers), r.Chunks.ServedToPeers, r.VerifyFailures,
+		r.VerifyFailuresBy.Local, r.VerifyFailuresBy.Peers, r.VerifyFailuresBy.Origin, r.FetchFailures, r.Bans)
 	maxs := "no cap"
 	if r.Cache.MaxBytes > 0 {
 		maxs = "cap " + units.Bytes(r.Cache.MaxBytes)

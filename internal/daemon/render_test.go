@@ -19,7 +19,7 @@ func sampleReport() StatsReport {
 		Bytes:          ByteTotals{Local: 5 << 20, Dedup: 1 << 20, Peers: 60 << 20, Origin: 20 << 20, ServedToPeers: 33 << 20},
 		Chunks:         ChunkTotals{Dedup: 1, Peers: 60, Origin: 20, ServedToPeers: 33},
 		OriginOffload:  float64(61) / 81,
-		VerifyFailures: 2, FetchFailures: 1, Bans: 1,
+		VerifyFailures: 4, VerifyFailuresBy: VerifyBySource{Peers: 3, Origin: 1}, FetchFailures: 1, Bans: 1,
 		Cache:   CacheReport{PresentBytes: 81 << 20, MaxBytes: 10 << 30, EvictedBytes: 0, Blobs: 1},
 		Latency: map[string]Lat{"peers": {P50: 12.5, P99: 80.25}, "origin": {P50: 30, P99: 120}, "dedup": {P50: 1, P99: 2}},
 		Images: []ImageReport{{Ref: "127.0.0.1:5000/img:latest", Digest: "sha256:acc91784e7df340fbb7d571b4cc386ae9d9ecb0af1f55a7cea42d0a0f2308da1",
@@ -78,13 +78,15 @@ func TestStatsJSONSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string][]string{
-		"":        {"peerID", "bytes", "chunks", "originOffload", "verifyFailures", "fetchFailures", "bans", "cache", "latency", "images", "peers", "uptimeSeconds"},
-		"bytes":   {"local", "dedup", "peers", "origin", "servedToPeers"},
-		"chunks":  {"dedup", "peers", "origin", "servedToPeers"},
-		"cache":   {"presentBytes", "maxBytes", "evictedBytes", "blobs"},
-		"peers":   {"id", "addrs", "foundBy", "connected", "bytesUp", "bytesDown", "requestsIn", "requestsOut", "p50ms", "p99ms", "errors", "corrupt", "banned"},
-		"images":  {"ref", "digest", "mounts", "bytes", "bytesPresent", "chunks", "chunksPresent", "prefetch"},
-		"latency": {"peers", "origin", "dedup"},
+		"":                       {"peerID", "bytes", "chunks", "wireBytes", "originOffload", "verifyFailures", "verifyFailuresBySource", "fetchFailures", "bans", "cache", "latency", "images", "peers", "uptimeSeconds"},
+		"bytes":                  {"local", "dedup", "peers", "origin", "servedToPeers"},
+		"chunks":                 {"dedup", "peers", "origin", "servedToPeers"},
+		"wireBytes":              {"peers", "origin"},
+		"verifyFailuresBySource": {"local", "peers", "origin"},
+		"cache":                  {"presentBytes", "maxBytes", "evictedBytes", "blobs"},
+		"peers":                  {"id", "addrs", "foundBy", "connected", "bytesUp", "bytesDown", "requestsIn", "requestsOut", "p50ms", "p99ms", "errors", "corrupt", "banned"},
+		"images":                 {"ref", "digest", "mounts", "bytes", "bytesPresent", "chunks", "chunksPresent", "prefetch"},
+		"latency":                {"peers", "origin", "dedup"},
 	}
 	for obj, keys := range want {
 		var m map[string]any

@@ -13,11 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoal-p2p/shoal/demand"
-
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-p2p/shoal/demand"
 	"github.com/shoal-p2p/shoal/mount"
+	"github.com/shoal-p2p/shoal/p2p"
 )
 
 // TestMountUmount: a mount reaches the mode's frontend, is reported, pinned and saved; its unmount
@@ -260,8 +261,11 @@ func TestModeChoice(t *testing.T) {
 			[]string{"fscache: no /dev/cachefiles", "fanotify available"}, false, ""},
 		{"auto falls to fuse", "auto", map[mount.Mode]string{mount.Fscache: "no device", mount.Fanotify: "tmpfs"}, mount.FUSE,
 			[]string{"fscache: no device", "fanotify: tmpfs", "fuse available"}, false, ""},
-		{"auto, none", "auto", map[mount.Mode]string{mount.Fscache: "a", mount.Fanotify: "b", mount.FUSE: "no /dev/fuse"}, "", nil,
-			false, "no mount mode works on this host: fscache: a; fanotify: b; fuse: no /dev/fuse"},
+		{"auto falls to fusetree", "auto", map[mount.Mode]string{mount.Fscache: "a", mount.Fanotify: "b", mount.FUSE: "kernel 5.15 is older than 6.12"}, mount.FUSETree,
+			[]string{"fuse: kernel 5.15 is older than 6.12", "fusetree available"}, false, ""},
+		{"auto, none", "auto", map[mount.Mode]string{mount.Fscache: "a", mount.Fanotify: "b", mount.FUSE: "no /dev/fuse", mount.FUSETree: "no /dev/fuse"}, "", nil,
+			false, "no mount mode works on this host: fscache: a; fanotify: b; fuse: no /dev/fuse; fusetree: no /dev/fuse"},
+		{"explicit fusetree", "fusetree", map[mount.Mode]string{mount.Fscache: "a", mount.FUSE: "no erofs"}, mount.FUSETree, []string{"requested"}, false, ""},
 		{"explicit available", "fanotify", map[mount.Mode]string{mount.Fscache: "no device"}, mount.Fanotify, []string{"requested"}, false, ""},
 		{"explicit unavailable", "fscache", map[mount.Mode]string{mount.Fscache: "no device"}, "", nil, true, "fscache mode is not available here: no device"},
 		{"unknown", "nfs", nil, "", nil, true, `unknown mount mode "nfs"`},
@@ -466,5 +470,27 @@ func TestPrefetchStates(t *testing.T) {
 				t.Fatalf("prefetch state %q error %q, want %q with %q", im.Prefetch, im.PrefetchError, tc.wantState, tc.wantErr)
 			}
 		})
+	}
+}
+
+// verifyFailures counts every source, as docs/stats.md says (issue 12: it counted only the
+// store's own checks): the store's, each peer's wrong answers, and the origin's refused ones.
+func TestStatsVerifyFailuresBySource(t *testing.T) {
+	f := newFixture(t, serviceConfig{})
+	f.store.mu.Lock()
+	f.store.verifyFailures = 1
+	f.store.mu.Unlock()
+	f.resolver.mu.Lock()
+	f.resolver.originCorrupt = 4
+	f.resolver.mu.Unlock()
+	f.node.mu.Lock()
+	f.node.peers = []p2p.PeerStats{{ID: peer.ID("a"), Corrupt: 5, Banned: true}, {ID: peer.ID("b"), Corrupt: 2}}
+	f.node.mu.Unlock()
+	st := f.stats()
+	if want := (VerifyBySource{Local: 1, Peers: 7, Origin: 4}); st.VerifyFailuresBy != want {
+		t.Fatalf("verify failures by source %+v, want %+v", st.VerifyFailuresBy, want)
+	}
+	if st.VerifyFailures != 12 || st.Bans != 1 {
+		t.Fatalf("verifyFailures %d (want 12), bans %d (want 1)", st.VerifyFailures, st.Bans)
 	}
 }

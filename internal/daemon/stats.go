@@ -61,20 +61,21 @@ func (s *service) Stats() StatsReport {
 	rs := s.resStats.Stats()
 	ss := s.storeStats.Stats()
 	rep := StatsReport{
-		PeerID:         s.peers.ID().String(),
-		VerifyFailures: ss.VerifyFailures,
-		FetchFailures:  rs.Failures,
-		Cache:          CacheReport{PresentBytes: ss.PresentBytes, MaxBytes: ss.MaxBytes, EvictedBytes: ss.BytesEvicted, Blobs: ss.Blobs},
-		Latency:        map[string]Lat{},
-		Images:         []ImageReport{},
-		Peers:          []PeerReport{},
-		Uptime:         time.Since(s.started).Seconds(),
+		PeerID:           s.peers.ID().String(),
+		VerifyFailuresBy: VerifyBySource{Local: ss.VerifyFailures, Origin: rs.OriginCorrupt},
+		FetchFailures:    rs.Failures,
+		Cache:            CacheReport{PresentBytes: ss.PresentBytes, MaxBytes: ss.MaxBytes, EvictedBytes: ss.BytesEvicted, Blobs: ss.Blobs},
+		Latency:          map[string]Lat{},
+		Images:           []ImageReport{},
+		Peers:            []PeerReport{},
+		Uptime:           time.Since(s.started).Seconds(),
 	}
 	src := func(s chunk.Source) demand.SourceStats { return rs.Sources[s] }
 	rep.Bytes.Local = src(chunk.SourceLocal).Bytes
 	rep.Bytes.Dedup, rep.Chunks.Dedup = src(chunk.SourceDedup).Bytes, src(chunk.SourceDedup).Chunks
 	rep.Bytes.Peers, rep.Chunks.Peers = src(chunk.SourcePeer).Bytes, src(chunk.SourcePeer).Chunks
 	rep.Bytes.Origin, rep.Chunks.Origin = src(chunk.SourceOrigin).Bytes, src(chunk.SourceOrigin).Chunks
+	rep.WireBytes.Peers, rep.WireBytes.Origin = src(chunk.SourcePeer).WireBytes, src(chunk.SourceOrigin).WireBytes
 	for key, s := range map[string]chunk.Source{"dedup": chunk.SourceDedup, "peers": chunk.SourcePeer, "origin": chunk.SourceOrigin} {
 		if st := src(s); st.Chunks > 0 {
 			rep.Latency[key] = Lat{ms(st.P50), ms(st.P99)}
@@ -98,9 +99,11 @@ func (s *service) Stats() StatsReport {
 		if p.Banned {
 			rep.Bans++
 		}
+		rep.VerifyFailuresBy.Peers += p.Corrupt
 		rep.Peers = append(rep.Peers, pr)
 	}
 	sort.Slice(rep.Peers, func(i, j int) bool { return rep.Peers[i].ID < rep.Peers[j].ID })
+	rep.VerifyFailures = rep.VerifyFailuresBy.Local + rep.VerifyFailuresBy.Peers + rep.VerifyFailuresBy.Origin
 
 	for _, im := range s.reg.Images() {
 		ir := ImageReport{Ref: im.Ref, Digest: im.digest().String(), Mounts: map[string]string{}}

@@ -11,7 +11,7 @@ const apiVersion = "v1"
 type MountRequest struct {
 	Ref        string `json:"ref"`
 	Mountpoint string `json:"mountpoint,omitempty"`
-	Mode       string `json:"mode,omitempty"` // auto (default), fscache, fanotify, fuse
+	Mode       string `json:"mode,omitempty"` // auto (default), fscache, fanotify, fuse, fusetree
 }
 
 // MountResponse says what was done.
@@ -60,17 +60,31 @@ type StatsReport struct {
 	// from this host.
 	Bytes  ByteTotals  `json:"bytes"`
 	Chunks ChunkTotals `json:"chunks"`
+	// WireBytes is what the fetched chunks took on the network to this host, by source: less
+	// than Bytes where they came compressed.
+	WireBytes WireTotals `json:"wireBytes"`
 	// OriginOffload is the share of fetched bytes that did not come from this host's origin:
 	// (peers+dedup) / (peers+dedup+origin); 0 before any fetch.
-	OriginOffload  float64        `json:"originOffload"`
-	VerifyFailures int64          `json:"verifyFailures"`
-	FetchFailures  int64          `json:"fetchFailures"`
-	Bans           int            `json:"bans"`
-	Cache          CacheReport    `json:"cache"`
-	Latency        map[string]Lat `json:"latency"`
-	Images         []ImageReport  `json:"images"`
-	Peers          []PeerReport   `json:"peers"`
-	Uptime         float64        `json:"uptimeSeconds"`
+	OriginOffload float64 `json:"originOffload"`
+	// VerifyFailures counts chunks whose bytes did not match their CID, from every source;
+	// VerifyFailuresBy splits it: local (the store's own checks of its disk), peers (wrong or
+	// truncated answers, struck against the peer), origin (each refused answer).
+	VerifyFailures   int64          `json:"verifyFailures"`
+	VerifyFailuresBy VerifyBySource `json:"verifyFailuresBySource"`
+	FetchFailures    int64          `json:"fetchFailures"`
+	Bans             int            `json:"bans"`
+	Cache            CacheReport    `json:"cache"`
+	Latency          map[string]Lat `json:"latency"`
+	Images           []ImageReport  `json:"images"`
+	Peers            []PeerReport   `json:"peers"`
+	Uptime           float64        `json:"uptimeSeconds"`
+}
+
+// VerifyBySource is verification failures by where the bytes came from.
+type VerifyBySource struct {
+	Local  int64 `json:"local"`
+	Peers  int64 `json:"peers"`
+	Origin int64 `json:"origin"`
 }
 
 // ByteTotals are bytes by source.
@@ -80,6 +94,12 @@ type ByteTotals struct {
 	Peers         int64 `json:"peers"`
 	Origin        int64 `json:"origin"`
 	ServedToPeers int64 `json:"servedToPeers"`
+}
+
+// WireTotals are bytes on the network by source.
+type WireTotals struct {
+	Peers  int64 `json:"peers"`
+	Origin int64 `json:"origin"`
 }
 
 // ChunkTotals are chunks by source.

@@ -1,0 +1,18 @@
+// Package zchunk encodes and decodes the stored form of a chunk (chunk.Codec): zstd frames, one
+// per chunk, with no dictionary, or the raw bytes where compression does not pay.
+//
+// Decoding is the side that meets untrusted bytes (an origin, a peer): the output is capped at the
+// chunk's length before any allocation grows past it, a frame that declares more, names a
+// dictionary, is truncated or decodes to another length is refused, and every error wraps
+// chunk.ErrCorrupt, so a decompression bomb is a verification failure like any other. Decode
+// does not hash; DecodeVerified decodes and then verifies against the CID (chunk.Verify), the one
+// hash of the chunk on its way in.
+//
+//	enc, _ := zchunk.NewEncoder(zchunk.DefaultLevel)
+//	stored, codec := enc.Encode(nil, data) // codec is chunk.CodecNone when zstd does not pay
+//	v, err := zchunk.DecodeVerified(c, stored) // c.Codec, c.Length and c.CID from the manifest
+//
+// Cost per chunk: one zstd EncodeAll on the build side; one DecodeAll into a buffer of exactly
+// the chunk's length (no copy) and one sha256 on the fetch side. Encoders and the decoder are
+// shared and safe for concurrent use.
+package zchunk

@@ -1,0 +1,125 @@
+package zchunk
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/shoal-p2p/shoal/chunk"
+)
+
+// Levels of NewEncoder, as the zstd command line numbers them.
+const (
+	MinLevel     = 1
+	MaxLevel     = 22
+	DefaultLevel = 3
+)
+
+// MaxChunkSize bounds what Decode will produce, whatever a manifest says: peers and origins
+// exchange whole chunks of at most this size.
+const MaxChunkSize = 16 << 20
+
+// Encoder compresses chunks at one level. It is safe for concurrent use.
+type Encoder struct {
+	level int
+	enc   *zstd.Encoder
+}
+
+// NewEncoder returns an encoder for a zstd level from MinLevel to MaxLevel (the encoder's four
+// speeds cover them: 1-2 fastest, 3-5 default, 6-9 better, 10-22 best).
+func NewEncoder(level int) (*Encoder, error) {
+	if level < MinLevel || level > MaxLevel {
+		return nil, fmt.Errorf("zstd level %d: want %d to %d", level, MinLevel, MaxLevel)
+	}
+	enc, err := zstd.NewWriter(nil,
+		zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
+		zstd.WithEncoderCRC(false), // the chunk's CID checks every byte
+		zstd.WithSingleSegment(true),
+		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("zstd level %d: %w", level, err)
+	}
+	return &Encoder{level: level, enc: enc}, nil
+}
+
+// Level is the encoder's zstd level.
+func (e *Encoder) Level() int { return e.level }
+
+// Pays reports whether a frame of n bytes is worth storing for a chunk of length bytes: it must
+// save at least a sixteenth, or decoding would cost more than the bytes it saves.
+func Pays(n, length int) bool { return n < length-length/16 }
+
+// Encode appends the stored form of data to dst and says which codec it is: a zstd frame where
+// that pays (Pays), else data itself with chunk.CodecNone.
+func (e *Encoder) Encode(dst, data []byte) ([]byte, chunk.Codec) {
+	z := e.enc.EncodeAll(data, dst[len(dst):])
+	if Pays(len(z), len(data)) {
+		return append(dst, z...), chunk.CodecZstd
+	}
+	return append(dst, data...), chunk.CodecNone
+}
+
+var (
+	decOnce sync.Once
+	dec     *zstd.Decoder
+	decErr  error
+)
+
+func decoder() (*zstd.Decoder, error) {
+	decOnce.Do(func() {
+		dec, decErr = zstd.NewReader(nil,
+			zstd.WithDecoderConcurrency(0), // one per core for DecodeAll
+			zstd.WithDecoderMaxMemory(MaxChunkSize),
+			zstd.WithDecoderMaxWindow(MaxChunkSize),
+			zstd.WithDecodeAllCapLimit(true), // never past cap(dst): the chunk's length
+		)
+	})
+	return dec, decErr
+}
+
+// Decode returns the bytes of chunk c from its stored form: stored itself for chunk.CodecNone,
+// the zstd frame decoded for chunk.CodecZstd. The output is exactly c.Length bytes or an error
+// wrapping chunk.ErrCorrupt; decoding never writes past c.Length bytes. It does not verify the
+// CID (DecodeVerified does).
+func Decode(c chunk.Chunk, stored []byte) ([]byte, error) {
+	if c.Length <= 0 || c.Length > MaxChunkSize {
+		return nil, fmt.Errorf("chunk %s: length %d out of (0, %d]: %w", c.CID, c.Length, MaxChunkSize, chunk.ErrCorrupt)
+	}
+	switch c.Codec {
+	case chunk.CodecNone:
+		if int64(len(stored)) != c.Length {
+			return nil, fmt.Errorf("chunk %s: %d raw bytes, want %d: %w", c.CID, len(stored), c.Length, chunk.ErrCorrupt)
+		}
+		return stored, nil
+	case chunk.CodecZstd:
+		d, err := decoder()
+		if err != nil {
+			return nil, fmt.Errorf("zstd decoder: %w", err)
+		}
+		out, err := d.DecodeAll(stored, make([]byte, 0, c.Length))
+		if err != nil {
+			if errors.Is(err, zstd.ErrDecoderSizeExceeded) {
+				err = fmt.Errorf("decodes to more than %d bytes", c.Length)
+			}
+			return nil, fmt.Errorf("chunk %s: zstd frame of %d bytes: %v: %w", c.CID, len(stored), err, chunk.ErrCorrupt)
+		}
+		if int64(len(out)) != c.Length {
+			return nil, fmt.Errorf("chunk %s: zstd frame of %d bytes decodes to %d bytes, want %d: %w", c.CID, len(stored), len(out), c.Length, chunk.ErrCorrupt)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("chunk %s: unknown codec %q: %w", c.CID, c.Codec, chunk.ErrCorrupt)
+}
+
+// DecodeVerified decodes chunk c's stored bytes (Decode) and verifies them against c.CID.
+func DecodeVerified(c chunk.Chunk, stored []byte) (chunk.Verified, error) {
+	data, err := Decode(c, stored)
+	if err != nil {
+		return chunk.Verified{}, err
+	}
+	return chunk.Verify(c.CID, data)
+}

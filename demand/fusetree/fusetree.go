@@ -1,0 +1,278 @@
+package fusetree
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/shoal-p2p/shoal/bootstrap"
+	"github.com/shoal-p2p/shoal/internal/scope"
+	"github.com/shoal-p2p/shoal/mount"
+)
+
+// Resolver makes [off, off+length) of blob present in the local store (chunk by chunk: local
+// store, peers, origin). *demand.Resolver is one.
+type Resolver interface {
+	Ensure(ctx context.Context, blob digest.Digest, off, length int64) error
+}
+
+// BlobReader reads present bytes of a blob; *chunkstore.Store is one. Bytes that no chunk covers
+// read as zeros; reading at or past the blob's end returns io.EOF.
+type BlobReader interface {
+	ReadAt(blob digest.Digest, p []byte, off int64) (int, error)
+}
+
+// Name is the FUSE subtype: mounts show filesystem type "fuse.shoaltree" and the bootstrap's path
+// as their source (mount.List finds them by it).
+const Name = mount.TreeName
+
+// Config holds the server's optional settings.
+type Config struct {
+	// ReadTimeout bounds one read's Ensure and read: a read that cannot be served in time fails
+	// with EIO instead of hanging.
+	ReadTimeout time.Duration
+	// MaxRead is the largest read request the kernel sends (bytes, multiple of 4096, at most
+	// 1 MiB), and the readahead window set on the mount.
+	MaxRead int
+	// CacheTimeout is how long the kernel may keep entries, attributes and negative lookups:
+	// the image never changes while mounted.
+	CacheTimeout time.Duration
+	// Logger receives the server's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Debug logs every FUSE request (very verbose).
+	Debug bool
+}
+
+// DefaultConfig returns the settings used when nothing else is said.
+func DefaultConfig() Config {
+	return Config{ReadTimeout: 2 * time.Minute, MaxRead: 1 << 20, CacheTimeout: 24 * time.Hour}
+}
+
+// Validate checks the settings and says what to change.
+func (c Config) Validate() error {
+	var errs []error
+	if c.ReadTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("ReadTimeout %v: must be positive (a reader must never wait forever)", c.ReadTimeout))
+	}
+	if c.MaxRead < 4096 || c.MaxRead > 1<<20 || c.MaxRead%4096 != 0 {
+		errs = append(errs, fmt.Errorf("MaxRead %d: must be a multiple of 4096 from 4 KiB to 1 MiB", c.MaxRead))
+	}
+	if c.CacheTimeout < 0 {
+		errs = append(errs, fmt.Errorf("CacheTimeout %v: must not be negative", c.CacheTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// Image is what Mount serves: the bootstrap (a local, checked file) and the image's blobs in
+// device order (blob k-1 is EROFS device k).
+type Image struct {
+	Bootstrap string
+	Blobs     []digest.Digest
+}
+
+// Server is one mounted image: a FUSE filesystem answering from the bootstrap, with file data
+// read through the Resolver.
+type Server struct {
+	fuse.RawFileSystem // ENOSYS for what a read-only image does not do (the mount is MS_RDONLY)
+
+	target string
+	cfg    Config
+	log    *slog.Logger
+	res    Resolver
+	rd     BlobReader
+	boot   []byte // the whole bootstrap, in memory: metadata is read on every lookup
+	fs     *bootstrap.FS
+	blobs  []digest.Digest
+	root   uint64 // the root directory's nid
+	srv    *fuse.Server
+	scope  *scope.Scope
+	ttl    time.Duration
+
+	nextFh  atomic.Uint64
+	dirsMu  sync.Mutex
+	dirs    map[uint64][]bootstrap.Dirent // open directory handles
+	formErr atomic.Int64                  // malformed-structure errors answered (EIO)
+}
+
+// maxBootstrap bounds the bootstrap read into memory: metadata of an image, never file data.
+const maxBootstrap = 2 << 30
+
+// Mount serves im at target (an existing directory) and returns once the kernel has the mount.
+// It needs root: the mount is made with mount(2) directly. The bootstrap must have been checked
+// (bootstrap.FS.Check) by the caller, as the daemon does for every image it loads; a malformed
+// one still never panics the server, its bad structures read as EIO.
+func Mount(target string, im Image, res Resolver, rd BlobReader, cfg Config) (*Server, error) {
+	if res == nil || rd == nil {
+		return nil, errors.New("fusetree: nil Resolver or BlobReader")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("fusetree config: %w", err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	target, err := filepath.Abs(target)
+	if err != nil {
+		return nil, err
+	}
+	if strings.ContainsAny(im.Bootstrap, ",\x00\n ") {
+		return nil, fmt.Errorf("fusetree: bootstrap path %q: a comma, space, NUL or newline cannot be a mount source", im.Bootstrap)
+	}
+	boot, err := readBootstrap(im.Bootstrap)
+	if err != nil {
+		return nil, err
+	}
+	s, err := newServer(boot, im.Blobs, res, rd, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("fusetree: bootstrap %s: %w", im.Bootstrap, err)
+	}
+	s.target = target
+	opts := &fuse.MountOptions{
+		FsName:            im.Bootstrap,
+		Name:              Name,
+		DirectMount:       true,
+		DirectMountStrict: true,
+		AllowOther:        true,
+		// The kernel checks modes and owners itself, as on any local filesystem.
+		Options:              []string{"default_permissions"},
+		DirectMountFlags:     syscall.MS_RDONLY | syscall.MS_NOSUID | syscall.MS_NODEV,
+		MaxWrite:             cfg.MaxRead,
+		MaxReadAhead:         cfg.MaxRead,
+		MaxBackground:        64,
+		EnableSymlinkCaching: true,
+		// The image never changes: page cache is kept across opens (FOPEN_KEEP_CACHE) and never
+		// invalidated by an attribute refresh.
+		ExplicitDataCacheControl: true,
+		Debug:                    cfg.Debug,
+		// Answers are bytes, not file descriptors: splice would only add a pipe (and go-fuse
+		// complains when a 1 MiB answer does not fit one).
+		DisableSplice: true,
+	}
+	srv, err := fuse.NewServer(s, target, opts)
+	if err != nil {
+		return nil, fmt.Errorf("fusetree: mount %s: %w", target, err)
+	}
+	s.srv = srv
+	s.scope.Go(func(context.Context) { srv.Serve() })
+	if err := srv.WaitMount(); err != nil {
+		_ = srv.Unmount()
+		s.scope.Close()
+		return nil, fmt.Errorf("fusetree: mount %s: %w", target, err)
+	}
+	s.raiseReadahead()
+	s.log.Debug("mounted", "target", target, "bootstrap", im.Bootstrap)
+	return s, nil
+}
+
+func readBootstrap(p string) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, fmt.Errorf("fusetree: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("fusetree: %w", err)
+	}
+	if st.Size() > maxBootstrap {
+		return nil, fmt.Errorf("fusetree: bootstrap %s is %d bytes, more than %d", p, st.Size(), int64(maxBootstrap))
+	}
+	b := make([]byte, st.Size())
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, fmt.Errorf("fusetree: reading bootstrap %s: %w", p, err)
+	}
+	return b, nil
+}
+
+// newServer parses the bootstrap and builds the answering side, without mounting anything: the
+// fuzz test drives it directly.
+func newServer(boot []byte, blobs []digest.Digest, res Resolver, rd BlobReader, cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	f, err := bootstrap.Open(byteReader(boot), int64(len(boot)))
+	if err != nil {
+		return nil, err
+	}
+	if n := len(f.Devices()); n != len(blobs) {
+		return nil, fmt.Errorf("%w: the image has %d extra devices, %d blobs given", bootstrap.ErrFormat, n, len(blobs))
+	}
+	root, err := f.Inode(f.RootNid())
+	if err != nil {
+		return nil, err
+	}
+	if !root.Mode.IsDir() {
+		return nil, fmt.Errorf("%w: root inode %d is not a directory", bootstrap.ErrFormat, root.Nid)
+	}
+	return &Server{
+		RawFileSystem: fuse.NewDefaultRawFileSystem(),
+		cfg:           cfg, log: cfg.Logger.With("subsystem", "fusetree"), res: res, rd: rd,
+		boot: boot, fs: f, blobs: blobs, root: f.RootNid(), scope: scope.New(), ttl: cfg.CacheTimeout,
+		dirs: map[uint64][]bootstrap.Dirent{},
+	}, nil
+}
+
+// raiseReadahead sets the mount's readahead window to MaxRead: FUSE starts every mount at the
+// kernel's 128 KiB default, which halves cold sequential throughput over a network.
+func (s *Server) raiseReadahead() {
+	var st unix.Stat_t
+	if err := unix.Stat(s.target, &st); err != nil {
+		return
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	if err := os.WriteFile(p, []byte(fmt.Sprint(s.cfg.MaxRead>>10)), 0); err != nil {
+		s.log.Debug("could not raise readahead", "path", p, "err", err)
+	}
+}
+
+// Target is the mountpoint.
+func (s *Server) Target() string { return s.target }
+
+// Close unmounts the image and waits for the server to stop. If the mount is busy it is
+// detached lazily (it leaves the namespace at once, and its users get ENOTCONN/EIO).
+func (s *Server) Close() error {
+	s.scope.Cancel() // pending fetches end: their readers get EIO
+	err := s.srv.Unmount()
+	if err != nil {
+		if e := unix.Unmount(s.target, unix.MNT_DETACH); e != nil && !errors.Is(e, unix.EINVAL) {
+			return fmt.Errorf("fusetree: unmount %s: %w (detach: %w)", s.target, err, e)
+		}
+		err = nil
+	}
+	s.scope.Wait()
+	return err
+}
+
+// Wait blocks until the mount is gone (unmounted by Close or by anyone else) and the server has
+// stopped.
+func (s *Server) Wait() { s.srv.Wait() }
+
+// byteReader is an io.ReaderAt over the in-memory bootstrap.
+type byteReader []byte
+
+func (b byteReader) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("negative offset %d", off)
+	}
+	if off >= int64(len(b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}

@@ -1,0 +1,483 @@
+package e2e
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/md5"
+	"encoding/json"
+	"fmt"
+	"math/rand"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/shoal-p2p/shoal/convert/converttest"
+	"github.com/shoal-p2p/shoal/origin"
+)
+
+// The containerd tests: a real containerd (Debian's 1.6, and 2.x built by
+// scripts/containerd/build.sh) with its own root, state and socket, Debian's runc, the shoal
+// snapshotter as its proxy plugin and a shoal daemon, all started by the test. A busybox image
+// in the real distribution registry is converted by `shoal image convert`, pulled (through CRI
+// on 1.6, as kubelet pulls; through ctr and the transfer service on 2.x) and run with ctr.
+
+const helloText = "hello from a Shoal image\n"
+
+// coldData is a file no container reads before the daemon restarts (1.5 MiB, several chunks).
+func coldData() []byte {
+	b := make([]byte, 3<<19)
+	rand.New(rand.NewSource(7)).Read(b)
+	return b
+}
+
+func coldSum() string { return fmt.Sprintf("%x  /data/cold.bin\n", md5.Sum(coldData())) }
+
+// busyboxImage pushes a small runnable image (static busybox, a data file) and converts it;
+// it returns the Shoal image's reference and its layer digests.
+func busyboxImage(t *testing.T, host string) (string, []string) {
+	t.Helper()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skip("no static busybox (apt-get install busybox-static)")
+	}
+	entries := []converttest.Entry{
+		{Name: "bin/", Type: tar.TypeDir, Mode: 0o755},
+		{Name: "bin/busybox", Type: tar.TypeReg, Mode: 0o755, Data: bb},
+		{Name: "data/", Type: tar.TypeDir, Mode: 0o755},
+		{Name: "data/hello.txt", Type: tar.TypeReg, Mode: 0o644, Data: []byte(helloText)},
+		{Name: "data/cold.bin", Type: tar.TypeReg, Mode: 0o644, Data: coldData()},
+		{Name: "tmp/", Type: tar.TypeDir, Mode: 0o1777},
+	}
+	for _, n := range []string{"sh", "cat", "echo", "sleep", "ls", "test", "md5sum"} {
+		entries = append(entries, converttest.Entry{Name: "bin/" + n, Type: tar.TypeSymlink, Link: "busybox"})
+	}
+	ld := filepath.Join(t.TempDir(), "src")
+	w := converttest.NewWriter(t, ld)
+	w.Index([]ocispec.Descriptor{w.Put(converttest.Image{Platform: origin.HostPlatform(),
+		Layers: []converttest.Layer{{Compression: "gzip", Tar: converttest.Tar(t, entries)}},
+		Config: ocispec.ImageConfig{Cmd: []string{"/bin/cat", "/data/hello.txt"}, Env: []string{"PATH=/bin"}}})}, false)
+	cfg := origin.DefaultConfig()
+	cfg.Insecure, cfg.DockerConfig = []string{host}, "-"
+	if _, err := origin.PushIndex(context.Background(), ld, host+"/bb:v1", nil, cfg, origin.PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ref := host + "/bb:shoal"
+	run(t, "image", "convert", host+"/bb:v1", ref, "--insecure", host, "--docker-config", "-")
+	req, _ := http.NewRequest(http.MethodGet, "http://"+host+"/v2/bb/manifests/shoal", nil)
+	req.Header.Set("Accept", ocispec.MediaTypeImageManifest)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m ocispec.Manifest
+	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	var layers []string
+	for _, l := range m.Layers {
+		layers = append(layers, l.Digest.String())
+	}
+	if len(layers) < 2 {
+		t.Fatalf("converted manifest has layers %v", layers)
+	}
+	return ref, layers
+}
+
+// proc is a background process of a test, stopped (SIGTERM, then SIGKILL) at cleanup.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	done chan struct{}
+}
+
+func startProc(t *testing.T, name string, env []string, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, log: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop(t)
+		if t.Failed() {
+			t.Logf("%s log:\n%s", name, p.log.String())
+		}
+	})
+	return p
+}
+
+func (p *proc) stop(t *testing.T) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		t.Errorf("%s did not stop on SIGTERM within 15s", p.name)
+	}
+}
+
+func waitSocket(t *testing.T, p *proc, sock string) {
+	t.Helper()
+	for range 300 {
+		if _, err := os.Stat(sock); err == nil {
+			return
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited:\n%s", p.name, p.log.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatalf("%s never opened %s:\n%s", p.name, sock, p.log.String())
+}
+
+// stack is one host: a daemon, a snapshotter and a containerd.
+type stack struct {
+	t        *testing.T
+	dir      string
+	ctr      string // ctr binary
+	sock     string // containerd's socket
+	ns       string
+	snSock   string
+	snRoot   string
+	sn       *proc
+	daemon   *daemonProc
+	host     string
+	pathEnv  []string
+	ctrdProc *proc
+	cluster  *cluster
+}
+
+// newStack starts the three. binDir holds containerd 2.x's binaries ("" for Debian's 1.6).
+func newStack(t *testing.T, host, binDir string) *stack {
+	dir := t.TempDir()
+	c := &cluster{t: t, dir: dir, origin: host}
+	s := &stack{t: t, dir: dir, host: host, daemon: c.startDaemon(1, nil), cluster: c,
+		sock: filepath.Join(dir, "containerd.sock"), snSock: filepath.Join(dir, "sn.sock"), snRoot: filepath.Join(dir, "sn")}
+	s.startSnapshotter()
+	version, ctrd := 2, "containerd"
+	s.ctr, s.ns = "ctr", "k8s.io"
+	if binDir != "" {
+		version, ctrd, s.ctr, s.ns = 3, filepath.Join(binDir, "containerd"), filepath.Join(binDir, "ctr"), "default"
+		s.pathEnv = []string{"PATH=" + binDir + ":" + os.Getenv("PATH")}
+	}
+	cfg := fmt.Sprintf(`version = %d
+root = %q
+state = %q
+[grpc]
+  address = %q
+[proxy_plugins.shoal]
+  type = "snapshot"
+  address = %q
+  [proxy_plugins.shoal.exports]
+    enable_remote_snapshot_annotations = "true"
+`, version, filepath.Join(dir, "root"), filepath.Join(dir, "state"), s.sock, s.snSock)
+	if version == 2 {
+		cfg += fmt.Sprintf(`[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "shoal"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = %q
+    conf_dir = %q
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors.%q]
+    endpoint = ["http://%s"]
+`, filepath.Join(dir, "opt"), filepath.Join(dir, "cni"), filepath.Join(dir, "cni"), host, host)
+	} else {
+		cfg += fmt.Sprintf(`[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = "linux/amd64"
+  snapshotter = "shoal"
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = "linux/amd64"
+  snapshotter = "overlayfs"
+`, filepath.Join(dir, "opt"))
+	}
+	conf := filepath.Join(dir, "containerd.toml")
+	if err := os.WriteFile(conf, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.ctrdProc = startProc(t, "containerd", s.pathEnv, ctrd, "--config", conf)
+	waitSocket(t, s.ctrdProc, s.sock)
+	for range 100 {
+		if out, err := s.ctrOut("version"); err == nil && strings.Contains(out, "Server:") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Cleanup(func() {
+		// Containers first, so that the image mounts are free when the daemon stops.
+		out, _ := s.ctrOut("containers", "ls", "-q")
+		for _, id := range strings.Fields(out) {
+			_, _ = s.ctrOut("task", "kill", "-s", "KILL", id)
+			time.Sleep(200 * time.Millisecond)
+			_, _ = s.ctrOut("task", "rm", "-f", id)
+			_, _ = s.ctrOut("containers", "rm", id)
+		}
+	})
+	return s
+}
+
+func (s *stack) startSnapshotter() {
+	s.sn = startProc(s.t, "snapshotter", nil, shoalBin, "snapshotter", "--address", s.snSock, "--root", s.snRoot, "--api", s.daemon.sock)
+	waitSocket(s.t, s.sn, s.snSock)
+}
+
+// restartDaemon stops the daemon and starts it again on the same data and socket.
+func (s *stack) restartDaemon() {
+	s.stopDaemon()
+	s.daemon = s.cluster.startDaemon(1, nil)
+}
+
+// stopDaemon stops the daemon with SIGINT, as its cleanup would.
+func (s *stack) stopDaemon() {
+	_ = s.daemon.cmd.Process.Signal(os.Interrupt)
+	_ = s.daemon.cmd.Wait()
+}
+
+func (s *stack) ctrOut(args ...string) (string, error) {
+	cmd := exec.Command(s.ctr, append([]string{"-a", s.sock, "-n", s.ns}, args...)...)
+	cmd.Env = append(os.Environ(), s.pathEnv...)
+	// stdout only: ctr 2.x warns on stderr (cgroup v1 is deprecated), and containers print to
+	// stdout.
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		err = fmt.Errorf("%w: %s", err, stderr.String())
+	}
+	return string(out), err
+}
+
+func (s *stack) mustCtr(args ...string) string {
+	s.t.Helper()
+	out, err := s.ctrOut(args...)
+	if err != nil {
+		s.t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// criPull pulls through the CRI image service, as kubelet does.
+func (s *stack) criPull(ref string) {
+	s.t.Helper()
+	conn, err := grpc.NewClient("unix://"+s.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	resp, err := runtimeapi.NewImageServiceClient(conn).PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+	if err != nil {
+		s.t.Fatalf("CRI PullImage %s: %v", ref, err)
+	}
+	s.t.Logf("CRI pulled %s as %s", ref, resp.ImageRef)
+}
+
+// checkNoLayerContent fails if containerd's content store holds any layer of the Shoal image.
+func (s *stack) checkNoLayerContent(layers []string) {
+	s.t.Helper()
+	out := s.mustCtr("content", "ls", "-q")
+	for _, l := range layers {
+		if strings.Contains(out, l) {
+			s.t.Errorf("containerd downloaded layer %s of the Shoal image:\n%s", l, out)
+		}
+	}
+}
+
+// imageMounts lists the image mount points the snapshotter holds.
+func (s *stack) imageMounts() []string {
+	var out []string
+	for _, m := range shoalMounts(s.t, s.snRoot) {
+		if strings.HasPrefix(m, filepath.Join(s.snRoot, "images")) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func containerdSkips(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("containerd, runc and the mounts need root")
+	}
+	for _, b := range []string{"containerd", "ctr", "runc", "containerd-shim-runc-v2"} {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Skipf("%s not installed (apt-get install containerd runc)", b)
+		}
+	}
+}
+
+// runAndCheck runs the image with ctr through the snapshotter and checks what it prints and
+// writes: the container's write lands in its upper directory, never in the image.
+func (s *stack) runAndCheck(layers []string, imageRef string) {
+	t := s.t
+	s.checkNoLayerContent(layers)
+	if ms := s.imageMounts(); len(ms) != 1 {
+		t.Fatalf("after the pull the snapshotter holds image mounts %v, want one", ms)
+	}
+	out := s.mustCtr("run", "--rm", "--snapshotter", "shoal", imageRef, "hello")
+	if out != helloText {
+		t.Errorf("container printed %q, want %q", out, helloText)
+	}
+	// A container that writes and stays up.
+	s.mustCtr("run", "-d", "--snapshotter", "shoal", imageRef, "writer", "/bin/sh", "-c", "echo written > /tmp/w && exec sleep 600")
+	var upper string
+	for range 100 {
+		m, _ := filepath.Glob(filepath.Join(s.snRoot, "snapshots", "*", "fs", "tmp", "w"))
+		if len(m) == 1 {
+			upper = m[0]
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if upper == "" {
+		t.Fatal("the container's write is in no upper directory of the snapshotter")
+	}
+	if b, _ := os.ReadFile(upper); string(b) != "written\n" {
+		t.Errorf("upper directory holds %q", b)
+	}
+	img := s.imageMounts()[0]
+	if _, err := os.Stat(filepath.Join(img, "tmp", "w")); !os.IsNotExist(err) {
+		t.Errorf("the container's write reached the image mount: %v", err)
+	}
+
+	// The snapshotter restarts while the container runs: the container keeps reading its
+	// image, and new containers start after it is back.
+	s.sn.stop(t)
+	if out := s.mustCtr("task", "exec", "--exec-id", "e1", "writer", "/bin/cat", "/data/hello.txt", "/tmp/w"); out != helloText+"written\n" {
+		t.Errorf("with the snapshotter stopped, the running container read %q", out)
+	}
+	s.startSnapshotter()
+	if out := s.mustCtr("task", "exec", "--exec-id", "e2", "writer", "/bin/cat", "/data/hello.txt"); out != helloText {
+		t.Errorf("after the snapshotter restart, the running container read %q", out)
+	}
+	if out := s.mustCtr("run", "--rm", "--snapshotter", "shoal", imageRef, "hello2"); out != helloText {
+		t.Errorf("a container started after the snapshotter restart printed %q", out)
+	}
+	// The daemon restarts while the container runs: the container then reads a file it never
+	// read before (its chunks are not local), and gets the right bytes.
+	st := s.cluster.stats(s.daemon)
+	if len(st.Images) != 1 || st.Images[0].BytesPresent >= st.Images[0].Bytes {
+		t.Fatalf("before the daemon restart: images %+v, want one image not wholly local", st.Images)
+	}
+	s.restartDaemon()
+	if out := s.mustCtr("task", "exec", "--exec-id", "e3", "writer", "/bin/md5sum", "/data/cold.bin"); out != coldSum() {
+		t.Errorf("after the daemon restart, the running container read cold data as %q, want %q", out, coldSum())
+	}
+	if out := s.mustCtr("run", "--rm", "--snapshotter", "shoal", imageRef, "hello3"); out != helloText {
+		t.Errorf("a container started after the daemon restart printed %q", out)
+	}
+	_, _ = s.ctrOut("task", "kill", "-s", "KILL", "writer")
+	for range 100 {
+		if _, err := s.ctrOut("task", "rm", "writer"); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.mustCtr("containers", "rm", "writer")
+
+	// A reboot-like restart of both: the snapshotter and the daemon stop, the image mount is
+	// gone; once both are back, a container starts from the snapshots containerd still has.
+	s.sn.stop(t)
+	s.stopDaemon()
+	for _, m := range s.imageMounts() {
+		if err := exec.Command("umount", "-l", strings.Fields(m)[0]).Run(); err != nil {
+			t.Fatalf("umount %s: %v", m, err)
+		}
+	}
+	if ms := s.imageMounts(); len(ms) != 0 {
+		t.Fatalf("image still mounted after the 'reboot': %v", ms)
+	}
+	s.daemon = s.cluster.startDaemon(1, nil)
+	s.startSnapshotter()
+	if out := s.mustCtr("run", "--rm", "--snapshotter", "shoal", imageRef, "hello4"); out != helloText {
+		t.Errorf("a container started after a restart of both printed %q", out)
+	}
+	if ms := s.imageMounts(); len(ms) != 1 {
+		t.Errorf("after a restart of both, image mounts %v, want the image again", ms)
+	}
+
+	// The last user gone (containers and image removed, containerd's GC run), the image is
+	// unmounted.
+	// CRI names the image by tag, digest and ID: remove every name.
+	s.mustCtr(append([]string{"images", "rm", "--sync"}, strings.Fields(s.mustCtr("images", "ls", "-q"))...)...)
+	for range 100 {
+		if len(s.imageMounts()) == 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if ms := s.imageMounts(); len(ms) != 0 {
+		t.Errorf("image still mounted after the image and its containers were removed: %v", ms)
+	}
+	out = s.mustCtr("snapshots", "--snapshotter", "shoal", "ls")
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 0 && f[0] != "KEY" && !strings.Contains(line, "level=") {
+			t.Errorf("snapshots left after the image was removed:\n%q", out)
+			break
+		}
+	}
+}
+
+// TestContainerd16CRI: Debian's containerd 1.6 pulls the Shoal image through CRI (kubelet's
+// path) with the shoal snapshotter; no layer reaches containerd's content store; ctr runs it.
+func TestContainerd16CRI(t *testing.T) {
+	containerdSkips(t)
+	if out, err := exec.Command("containerd", "--version").Output(); err != nil || !strings.Contains(string(out), " 1.6") {
+		t.Skipf("containerd on PATH is not 1.6 (%s)", strings.TrimSpace(string(out)))
+	}
+	host := converttest.StartRegistry(t)
+	ref, layers := busyboxImage(t, host)
+	s := newStack(t, host, "")
+	s.criPull(ref)
+	s.runAndCheck(layers, ref)
+}
+
+// TestContainerd2Ctr: containerd 2.x pulls with plain `ctr images pull` (the transfer service,
+// with enable_remote_snapshot_annotations exported by the proxy plugin) and runs the image.
+func TestContainerd2Ctr(t *testing.T) {
+	containerdSkips(t)
+	if testing.Short() {
+		t.Skip("builds containerd 2.x (once, cached)")
+	}
+	out, err := exec.Command("../scripts/containerd/build.sh").Output()
+	if err != nil {
+		msg := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			msg = string(ee.Stderr)
+		}
+		t.Skipf("containerd 2.x could not be built here (scripts/containerd/build.sh): %v\n%s", err, msg)
+	}
+	binDir := strings.TrimSpace(string(out))
+	host := converttest.StartRegistry(t)
+	ref, layers := busyboxImage(t, host)
+	s := newStack(t, host, binDir)
+	s.mustCtr("images", "pull", "--plain-http", "--snapshotter", "shoal", ref)
+	s.runAndCheck(layers, ref)
+}
