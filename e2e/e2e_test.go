@@ -88,7 +88,8 @@ type cluster struct {
 	prefetch bool     // start daemons with background prefetch (the default); tests mostly turn it off
 	extra    []string // more daemon flags
 	dir      string
-	origin   string // host:port
+	origin   string    // host:port
+	originP  *exec.Cmd // the `shoal origin serve` process
 	ref      string
 	daemons  []*daemonProc
 	src      string
@@ -151,6 +152,7 @@ func newClusterPrefetch(t *testing.T, hosts int, prefetch bool, extra ...string)
 	if err := o.Start(); err != nil {
 		t.Fatal(err)
 	}
+	c.originP = o
 	t.Cleanup(func() { o.Process.Kill(); o.Wait() })
 	waitHTTP(t, "http://"+c.origin+"/v2/")
 

@@ -45,6 +45,7 @@ type Config struct {
 	DockerConfig string   `yaml:"docker_config" flag:"docker-config" help:"Docker config.json with registry credentials (default: ~/.docker/config.json)"`
 	RegistryUser string   `yaml:"registry_username" flag:"registry-username" help:"registry user name for every registry (the password comes from registry_password_file)"`
 	RegistryPass string   `yaml:"registry_password_file" flag:"registry-password-file" help:"file holding the password of registry_username"`
+	PeerTags     bool     `yaml:"peer_tags" flag:"peer-tags" help:"while a registry is unreachable, resolve tags from what peers say they name (not verifiable; references by digest resolve from peers without it)"`
 
 	AdminListen string `yaml:"admin_listen" flag:"admin" help:"address for /metrics and /debug/pprof, e.g. 127.0.0.1:9480 (empty: off)"`
 	LogFormat   string `yaml:"log_format" flag:"log-format" help:"log format: text or json"`

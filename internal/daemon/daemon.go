@@ -97,7 +97,11 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		}
 		pcfg.Allowlist = append(pcfg.Allowlist, id)
 	}
-	node, err := p2p.New(pcfg, storeChunks{store})
+	objects, err := openObjectStore(cfg.DataDir, log)
+	if err != nil {
+		return fail(err)
+	}
+	node, err := p2p.New(pcfg, nodeLocal{storeChunks{store}, objects})
 	if err != nil {
 		return fail(err)
 	}
@@ -133,7 +137,8 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 			Store:    store,
 			Resolver: d.resolver,
 			Node:     node,
-			Loader:   originLoader{cfg: ocfg, dir: filepath.Join(cfg.DataDir, "bootstraps")},
+			Loader: originLoader{cfg: ocfg, dir: filepath.Join(cfg.DataDir, "bootstraps"),
+				objects: objects, peers: node, peerTags: cfg.PeerTags, log: log},
 			Frontend: func(ctx context.Context, m mount.Mode, images bootstrapLookup) (frontend, error) {
 				deps := fdeps
 				deps.bootstraps = images

@@ -1,9 +1,13 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -13,6 +17,7 @@ import (
 	"github.com/shoal-p2p/shoal/bootstrap"
 	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/origin"
+	"github.com/shoal-p2p/shoal/p2p"
 )
 
 // imageLoader makes an image from its reference: the origin to read it from, its chunk manifests
@@ -25,10 +30,18 @@ type imageLoader interface {
 }
 
 // originLoader loads images from registries and local layouts (package origin) and keeps their
-// bootstraps in dir.
+// bootstraps in dir, and their manifests and chunk manifests in objects. When a registry is
+// unreachable (origin.ErrUnavailable), what it would have served comes from the kept objects
+// and from peers (p2p.ObjectProtocol), verified by digest: a reference by digest resolves and
+// mounts from peers; a tag does only with peerTags, since a peer's word for a tag cannot be
+// checked.
 type originLoader struct {
-	cfg origin.Config
-	dir string // <data>/bootstraps
+	cfg      origin.Config
+	dir      string       // <data>/bootstraps
+	objects  *objectStore // nil: nothing kept (tests)
+	peers    objectPeers  // nil: no fallback
+	peerTags bool         // --peer-tags
+	log      *slog.Logger
 }
 
 var _ imageLoader = originLoader{}
@@ -38,11 +51,12 @@ func (l originLoader) Load(ctx context.Context, ref string) (*image, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, mb, err := src.Resolve(ctx)
+	f := &fetcher{l: l, src: src}
+	mb, err := f.resolve(ctx, ref)
 	if err != nil {
-		return nil, fmt.Errorf("resolving %s: %w", ref, err)
+		return nil, err
 	}
-	return l.load(ctx, ref, src, mb)
+	return l.load(ctx, ref, f, mb)
 }
 
 func (l originLoader) Reload(ctx context.Context, ref string, manifest []byte) (*image, error) {
@@ -50,26 +64,178 @@ func (l originLoader) Reload(ctx context.Context, ref string, manifest []byte) (
 	if err != nil {
 		return nil, err
 	}
-	return l.load(ctx, ref, src, manifest)
+	return l.load(ctx, ref, &fetcher{l: l, src: src}, manifest)
 }
 
-func (l originLoader) load(ctx context.Context, ref string, src origin.Source, mb []byte) (*image, error) {
+func (l originLoader) load(ctx context.Context, ref string, f *fetcher, mb []byte) (*image, error) {
 	im, err := bootstrap.ParseImage(mb, func(desc ocispec.Descriptor) ([]byte, error) {
-		return fetchAll(ctx, src, desc.Digest, bootstrap.MaxMetadataSize)
+		return f.object(ctx, desc.Digest, bootstrap.MaxMetadataSize, func(ctx context.Context) ([]byte, error) {
+			return fetchAll(ctx, f.src, desc.Digest, bootstrap.MaxMetadataSize)
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
-	boot, err := l.fetchBootstrap(ctx, src, im)
+	f.keep(im.Digest, mb)
+	boot, err := l.fetchBootstrap(ctx, f, im)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: bootstrap: %w", ref, err)
 	}
-	return &image{Ref: ref, Image: im, Manifest: mb, BootPath: boot, origin: src}, nil
+	return &image{Ref: ref, Image: im, Manifest: mb, BootPath: boot, origin: f.src}, nil
+}
+
+func (l originLoader) logger() *slog.Logger {
+	if l.log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l.log
+}
+
+// fetcher gets the objects of one load: kept ones first, then the origin, then, once the
+// origin has proven unreachable, peers (without asking the origin again: each attempt at a
+// registry that is down costs its retries).
+type fetcher struct {
+	l    originLoader
+	src  origin.Source
+	down error // the origin's failure, once seen
+}
+
+// fallBack reports whether err means the origin cannot be reached and peers may be asked.
+func (f *fetcher) fallBack(ctx context.Context, err error) bool {
+	return f.l.peers != nil && ctx.Err() == nil && errors.Is(err, origin.ErrUnavailable)
+}
+
+func (f *fetcher) keep(d digest.Digest, b []byte) {
+	if err := f.l.objects.put(d, b); err != nil {
+		f.l.logger().Warn("keeping an object", "object", d, "err", err)
+	}
+}
+
+// object returns the content with digest d, at most max bytes: kept, else fromOrigin, else (the
+// origin unreachable) from peers. Whatever it returns matches d and is kept.
+func (f *fetcher) object(ctx context.Context, d digest.Digest, max int64, fromOrigin func(context.Context) ([]byte, error)) ([]byte, error) {
+	if b, ok := f.l.objects.get(d, max); ok {
+		return b, nil
+	}
+	if f.down == nil {
+		b, err := fromOrigin(ctx)
+		if err == nil {
+			f.keep(d, b)
+			return b, nil
+		}
+		if !f.fallBack(ctx, err) {
+			return nil, err
+		}
+		f.down = err
+	}
+	b, err := f.l.peers.FetchObject(ctx, d, max)
+	if err != nil {
+		return nil, fmt.Errorf("the origin is unreachable (%w), and from peers: %w", f.down, err)
+	}
+	f.keep(d, b)
+	return b, nil
+}
+
+// resolve returns the image manifest ref names. A registry is asked first; if it cannot be
+// reached, a digest reference is resolved from kept objects and peers, and a tag is too when
+// the operator trusts peers for tags (--peer-tags).
+func (f *fetcher) resolve(ctx context.Context, ref string) ([]byte, error) {
+	reg, ok := f.src.(*origin.Registry)
+	if !ok { // a local layout
+		_, mb, err := f.src.Resolve(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("resolving %s: %w", ref, err)
+		}
+		return mb, nil
+	}
+	rr := reg.Reference()
+	maxMan := f.l.cfg.MaxManifestSize
+	manifest := func(d digest.Digest) func(context.Context) ([]byte, error) {
+		return func(ctx context.Context) ([]byte, error) {
+			_, b, err := reg.Manifest(ctx, d)
+			return b, err
+		}
+	}
+	desc, root, err := reg.Root(ctx)
+	switch {
+	case err == nil:
+		f.keep(desc.Digest, root)
+		if rr.Digest == "" {
+			f.l.objects.setTag(tagKey(rr), desc.Digest)
+		}
+	case !f.fallBack(ctx, err):
+		return nil, fmt.Errorf("resolving %s: %w", ref, err)
+	default:
+		f.down = err
+		d := rr.Digest
+		if d == "" {
+			if !f.l.peerTags {
+				return nil, fmt.Errorf("resolving %s: registry %s is unreachable and %s is a tag, which only the registry can resolve (a peer's answer for a tag cannot be verified): "+
+					"give the image by digest (%s/%s@sha256:...), which peers can serve, or start the daemon with --peer-tags to trust peers for tags: %w",
+					ref, rr.Registry, ref, rr.Registry, rr.Repository, err)
+			}
+			if d, err = f.peerTag(ctx, tagKey(rr)); err != nil {
+				return nil, fmt.Errorf("resolving %s: registry %s is unreachable (%w), and %w", ref, rr.Registry, f.down, err)
+			}
+		}
+		if root, err = f.object(ctx, d, maxMan, manifest(d)); err != nil {
+			return nil, fmt.Errorf("resolving %s: %w", ref, err)
+		}
+	}
+	if !isIndexJSON(root) {
+		return root, nil
+	}
+	child, err := origin.ChooseManifest(root)
+	if err != nil {
+		return nil, fmt.Errorf("resolving %s: %w", ref, err)
+	}
+	mb, err := f.object(ctx, child.Digest, maxMan, manifest(child.Digest))
+	if err != nil {
+		return nil, fmt.Errorf("resolving %s: manifest %s: %w", ref, child.Digest, err)
+	}
+	if isIndexJSON(mb) {
+		return nil, fmt.Errorf("resolving %s: manifest %s is itself an index: %w", ref, child.Digest, origin.ErrUnsupported)
+	}
+	return mb, nil
+}
+
+// peerTag resolves a tag without its registry: what this host's registry said last, else what a
+// peer's did. Either may be stale; the operator accepted that with --peer-tags.
+func (f *fetcher) peerTag(ctx context.Context, tag string) (digest.Digest, error) {
+	if f.l.objects != nil {
+		if d, ok := f.l.objects.Tag(tag); ok {
+			f.l.logger().Warn("registry unreachable: tag resolved from this host's last answer from it (--peer-tags)", "ref", tag, "digest", d)
+			return d, nil
+		}
+	}
+	d, p, err := f.l.peers.ResolveTag(ctx, tag)
+	if err != nil {
+		return "", err
+	}
+	f.l.logger().Warn("registry unreachable: tag resolved by a peer, unverified (--peer-tags)", "ref", tag, "digest", d, "peer", p)
+	return d, nil
+}
+
+// isIndexJSON reports whether b is an image index (or Docker manifest list) rather than a
+// manifest.
+func isIndexJSON(b []byte) bool {
+	var v struct {
+		MediaType string          `json:"mediaType"`
+		Manifests json.RawMessage `json:"manifests"`
+		Layers    json.RawMessage `json:"layers"`
+	}
+	if json.Unmarshal(b, &v) != nil {
+		return false
+	}
+	if v.MediaType != "" {
+		return origin.IsIndex(v.MediaType)
+	}
+	return v.Manifests != nil && v.Layers == nil
 }
 
 // fetchBootstrap keeps the bootstrap as a local, verified file: EROFS metadata never leaves the
 // host once fetched (file-backed and FUSE mounts read it directly; fscache serves it).
-func (l originLoader) fetchBootstrap(ctx context.Context, src origin.Source, im *bootstrap.Image) (string, error) {
+func (l originLoader) fetchBootstrap(ctx context.Context, f *fetcher, im *bootstrap.Image) (string, error) {
 	desc := im.Bootstrap
 	path := filepath.Join(l.dir, desc.Digest.Encoded())
 	if st, err := os.Stat(path); err == nil && st.Size() == desc.Size {
@@ -78,11 +244,29 @@ func (l originLoader) fetchBootstrap(ctx context.Context, src origin.Source, im 
 	if err := os.MkdirAll(l.dir, 0o700); err != nil {
 		return "", err
 	}
-	rc, err := src.Open(ctx, desc.Digest)
-	if err != nil {
-		return "", err
+	var rc io.Reader
+	if f.down == nil {
+		orc, err := f.src.Open(ctx, desc.Digest)
+		switch {
+		case err == nil:
+			defer orc.Close()
+			rc = orc
+		case !f.fallBack(ctx, err):
+			return "", err
+		default:
+			f.down = err
+		}
 	}
-	defer rc.Close()
+	if rc == nil {
+		if desc.Size > p2p.MaxObjectSize {
+			return "", fmt.Errorf("the origin is unreachable (%w), and a bootstrap of %d bytes is more than peers serve (%d)", f.down, desc.Size, p2p.MaxObjectSize)
+		}
+		b, err := f.l.peers.FetchObject(ctx, desc.Digest, desc.Size)
+		if err != nil {
+			return "", fmt.Errorf("the origin is unreachable (%w), and from peers: %w", f.down, err)
+		}
+		rc = bytes.NewReader(b)
+	}
 	tmp, err := os.CreateTemp(l.dir, ".fetch-*")
 	if err != nil {
 		return "", err
@@ -102,7 +286,7 @@ func (l originLoader) fetchBootstrap(ctx context.Context, src origin.Source, im 
 	if n != desc.Size || h.Digest() != desc.Digest {
 		return "", fmt.Errorf("bootstrap %s: got %d bytes with digest %s: %w", desc.Digest, n, h.Digest(), chunk.ErrCorrupt)
 	}
-	f, err := os.Open(tmp.Name())
+	bf, err := os.Open(tmp.Name())
 	if err != nil {
 		return "", err
 	}
@@ -112,11 +296,11 @@ func (l originLoader) fetchBootstrap(ctx context.Context, src origin.Source, im 
 	for _, b := range im.Blobs {
 		sizes = append(sizes, b.Manifest.BlobSize) // the devices: uncompressed
 	}
-	fsys, err := bootstrap.Open(f, n)
+	fsys, err := bootstrap.Open(bf, n)
 	if err == nil {
 		err = fsys.Check(sizes)
 	}
-	f.Close()
+	bf.Close()
 	if err != nil {
 		return "", fmt.Errorf("bootstrap %s: %w", desc.Digest, err)
 	}

@@ -1,0 +1,169 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/origin"
+	"github.com/shoal-p2p/shoal/p2p"
+)
+
+// objectStore keeps the content-addressed objects this host resolved its images from (OCI
+// manifests and indexes, chunk manifests; bootstraps live beside it in <data>/bootstraps), and
+// which digest each tag named at the registry. Kept, they let a restart, and peers through
+// p2p.ObjectProtocol, do without the registry: everything after the tag is named by its digest.
+type objectStore struct {
+	dir   string // <data>/objects/<sha256 hex>
+	boots string // <data>/bootstraps/<sha256 hex>, written by the loader
+	log   *slog.Logger
+
+	mu   sync.Mutex
+	tags map[string]digest.Digest // canonical host/name:tag → digest; saved in <dir>/tags.json
+}
+
+func openObjectStore(dataDir string, log *slog.Logger) (*objectStore, error) {
+	o := &objectStore{dir: filepath.Join(dataDir, "objects"), boots: filepath.Join(dataDir, "bootstraps"), log: log,
+		tags: map[string]digest.Digest{}}
+	if err := os.MkdirAll(o.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("object store: %w", err)
+	}
+	b, err := os.ReadFile(o.tagsPath())
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("object store: %w", err)
+	default:
+		if err := json.Unmarshal(b, &o.tags); err != nil {
+			// Only a cache of what the registry said: start without it.
+			log.Warn("object store: unreadable tags file, starting without it", "path", o.tagsPath(), "err", err)
+			o.tags = map[string]digest.Digest{}
+		}
+	}
+	return o, nil
+}
+
+func (o *objectStore) tagsPath() string { return filepath.Join(o.dir, "tags.json") }
+
+// Object returns a kept object or bootstrap (p2p.LocalObjects); the node verifies it before
+// serving it.
+func (o *objectStore) Object(d digest.Digest) ([]byte, bool, error) {
+	if d.Validate() != nil || d.Algorithm() != digest.SHA256 {
+		return nil, false, nil
+	}
+	for _, dir := range []string{o.dir, o.boots} {
+		p := filepath.Join(dir, d.Encoded())
+		st, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if st.Size() > p2p.MaxObjectSize {
+			return nil, false, nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, false, err
+		}
+		return b, true, nil
+	}
+	return nil, false, nil
+}
+
+// get returns kept object d if it is there, at most max bytes, and still matches d.
+func (o *objectStore) get(d digest.Digest, max int64) ([]byte, bool) {
+	if o == nil {
+		return nil, false
+	}
+	b, ok, err := o.Object(d)
+	if err != nil || !ok || int64(len(b)) > max {
+		return nil, false
+	}
+	if digest.SHA256.FromBytes(b) != d {
+		o.log.Warn("kept object does not match its digest: fetching it again", "object", d)
+		return nil, false
+	}
+	return b, true
+}
+
+// put keeps b as object d, if it is d.
+func (o *objectStore) put(d digest.Digest, b []byte) error {
+	if o == nil {
+		return nil
+	}
+	if d.Algorithm() != digest.SHA256 || digest.SHA256.FromBytes(b) != d {
+		return fmt.Errorf("keep object %s: content does not match: %w", d, chunk.ErrCorrupt)
+	}
+	p := filepath.Join(o.dir, d.Encoded())
+	if st, err := os.Stat(p); err == nil && st.Size() == int64(len(b)) {
+		return nil
+	}
+	return writeFileAtomic(p, b)
+}
+
+// Tag returns the digest the registry gave for a canonical tag reference (p2p.LocalObjects).
+func (o *objectStore) Tag(ref string) (digest.Digest, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	d, ok := o.tags[ref]
+	return d, ok
+}
+
+// setTag records what the registry said ref names.
+func (o *objectStore) setTag(ref string, d digest.Digest) {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.tags[ref] == d {
+		return
+	}
+	o.tags[ref] = d
+	b, err := json.MarshalIndent(o.tags, "", "  ")
+	if err == nil {
+		err = writeFileAtomic(o.tagsPath(), b)
+	}
+	if err != nil {
+		o.log.Warn("object store: saving tags", "err", err)
+	}
+}
+
+// tagKey is the canonical form of a reference that names a tag (no digest), as peers are asked.
+func tagKey(r origin.Reference) string {
+	return origin.Reference{Registry: r.Registry, Repository: r.Repository, Tag: r.Tag}.String()
+}
+
+// objectPeers is what the loader needs of the p2p node when the registry is unreachable.
+type objectPeers interface {
+	FetchObject(ctx context.Context, d digest.Digest, max int64) ([]byte, error)
+	ResolveTag(ctx context.Context, ref string) (digest.Digest, peer.ID, error)
+}
+
+var _ objectPeers = (*p2p.Node)(nil)
+
+// nodeLocal is what the p2p node serves: the chunk store's chunks and the kept objects.
+type nodeLocal struct {
+	storeChunks
+	objects *objectStore
+}
+
+func (n nodeLocal) Object(d digest.Digest) ([]byte, bool, error) { return n.objects.Object(d) }
+func (n nodeLocal) Tag(ref string) (digest.Digest, bool)         { return n.objects.Tag(ref) }
+
+var (
+	_ p2p.LocalObjects = nodeLocal{}
+	_ p2p.ChunkWriter  = nodeLocal{}
+)
