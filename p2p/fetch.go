@@ -222,39 +222,61 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
-		f   fetched
-		err error
+		f       fetched
+		err     error
+		refused peer.ID // answered busy to a flagged request (super-seeding)
 	}
 	req := Request{Blob: blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
-	results := make(chan result, len(holders)+1)
+	results := make(chan result, len(holders)+2)
 	next, inflight := 0, 0
-	fellBack := false
+	fellBack, reasked := false, false
+	var refused peer.ID // the first holder that refused a repeat, asked again if all others fail
 	hedge := time.NewTimer(time.Hour)
 	defer hedge.Stop()
-	launch := func() {
-		if next == len(holders) {
-			fellBack = true
-			inflight++
-			go func() {
-				f, err := fallback(ctx)
-				results <- result{f, err}
-			}()
-			return
-		}
-		p := holders[next]
-		next++
-		inflight++
+	ask := func(p peer.ID, others bool) {
 		req := req
-		if next < len(holders) {
+		if others {
 			req.Flags |= FlagHaveOthers
 		}
 		go func() {
 			data, err := n.request(ctx, h, p, req, n.cfg.RequestTimeout)
-			results <- result{fetched{data, chunk.SourcePeer}, err}
+			var st *statusError
+			r := result{f: fetched{data, chunk.SourcePeer}, err: err}
+			if others && errors.As(err, &st) && st.st == StatusBusy {
+				r.refused = p
+			}
+			results <- r
 		}()
-		hedge.Reset(n.hedgeDelay(p, next < len(holders)))
 	}
-	canLaunch := func() bool { return next < len(holders) || fallback != nil && !fellBack }
+	launch := func() {
+		switch {
+		case next < len(holders):
+			p := holders[next]
+			next++
+			inflight++
+			// Others to ask after it, or a request still running elsewhere (this is a hedge):
+			// it may refuse a repeat.
+			ask(p, next < len(holders) || inflight > 1)
+			hedge.Reset(n.hedgeDelay(p, next < len(holders)))
+		case refused != "" && !reasked:
+			// Every holder failed or refused a repeat: ask one that refused, without the flag,
+			// so super-seeding never makes a chunk unavailable.
+			reasked = true
+			inflight++
+			ask(refused, false)
+			hedge.Reset(n.hedgeDelay(refused, false))
+		default:
+			fellBack = true
+			inflight++
+			go func() {
+				f, err := fallback(ctx)
+				results <- result{f: f, err: err}
+			}()
+		}
+	}
+	canLaunch := func() bool {
+		return next < len(holders) || refused != "" && !reasked || fallback != nil && !fellBack
+	}
 	launch()
 	var errs []error
 	for inflight > 0 {
@@ -264,18 +286,31 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 			if r.err == nil {
 				return r.f, nil
 			}
+			if r.refused != "" && refused == "" {
+				refused = r.refused
+			}
 			errs = append(errs, r.err)
 			if inflight == 0 && canLaunch() && ctx.Err() == nil {
 				launch()
 			}
 		case <-hedge.C:
-			if canLaunch() {
+			// A hedge goes to the next holder or to the fallback, never back to a refuser.
+			if next < len(holders) || fallback != nil && !fellBack {
 				if next == len(holders) {
 					n.met.hedgeFallback.Inc()
 				} else {
 					n.met.hedges.Inc()
 				}
-				launch()
+				if next == len(holders) {
+					fellBack = true
+					inflight++
+					go func() {
+						f, err := fallback(ctx)
+						results <- result{f: f, err: err}
+					}()
+				} else {
+					launch()
+				}
 			}
 		}
 	}

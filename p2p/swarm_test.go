@@ -91,6 +91,12 @@ func seededStart(t testing.TB, size, chunks int, chunkSize int64) []float64 {
 		t.Fatal(err)
 	}
 	up := make([]float64, size)
+	var hedges, fallbacks float64
+	for _, n := range nodes {
+		hedges += testutil.ToFloat64(n.met.hedges)
+		fallbacks += testutil.ToFloat64(n.met.hedgeFallback)
+	}
+	t.Logf("hedges to another holder %v, to the owner or origin %v", hedges, fallbacks)
 	for i, n := range nodes {
 		if got := n.Holding(m.Blob); got != len(m.Chunks) {
 			t.Errorf("node %d holds %d of %d chunks", i, got, len(m.Chunks))
