@@ -9,6 +9,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/shoal-p2p/shoal/chunk/zchunk"
 )
 
 // Config holds the optional settings of a Node. Start from DefaultConfig and check with Validate
@@ -83,6 +85,14 @@ type Config struct {
 	// FlagHaveOthers), so a seed's upload spreads over the swarm instead of forming a star.
 	SuperSeed bool
 
+	// WireCompression is the zstd level (zchunk.MinLevel to MaxLevel) at which this host
+	// compresses a chunk it sends to a ChunkProtocolV3 peer, when the chunk's manifest stores
+	// it compressed (a chunk the image build stored raw does not compress, and is sent raw);
+	// 0 sends every chunk raw. A chunk that arrived compressed is sent on as the frame it came
+	// in. The default, 1, is the fastest: it costs the sender about 2-3 ms of one core per MiB
+	// (BENCHMARKS.md), less than a gigabit link takes to carry the bytes it saves.
+	WireCompression int
+
 	// PeerConcurrency bounds the requests served to one peer at once; PeerRequestRate and
 	// PeerRequestBurst its requests per second. Over them a request is answered busy.
 	PeerConcurrency  int
@@ -103,6 +113,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the shoal_p2p_* metrics (nil: not registered).
 	Registerer prometheus.Registerer
+
+	// chunkVersion, if not 0, is the newest chunk protocol version this host serves and asks
+	// for: tests run a real node of an earlier release's protocol (2 is ChunkProtocolV2).
+	chunkVersion int
 }
 
 // DefaultConfig returns settings for a daemon on a LAN.
@@ -128,6 +142,7 @@ func DefaultConfig() Config {
 		DemoteRate:       0.25,
 		SlowBanRate:      0.5,
 		SuperSeed:        true,
+		WireCompression:  1,
 		PeerConcurrency:  32,
 		PeerRequestRate:  2000,
 		PeerRequestBurst: 4000,
@@ -203,6 +218,12 @@ func (c *Config) Validate() error {
 	}
 	if c.PeerConcurrency < 1 || c.PeerRequestRate <= 0 || c.PeerRequestBurst < 1 {
 		bad("per-peer limits concurrency %d rate %v burst %d: want all > 0", c.PeerConcurrency, c.PeerRequestRate, c.PeerRequestBurst)
+	}
+	if c.WireCompression != 0 && (c.WireCompression < zchunk.MinLevel || c.WireCompression > zchunk.MaxLevel) {
+		bad("WireCompression %d, want 0 (send raw) or a zstd level %d to %d", c.WireCompression, zchunk.MinLevel, zchunk.MaxLevel)
+	}
+	if c.chunkVersion < 0 || c.chunkVersion > 3 {
+		bad("chunk protocol version %d, want 1 to 3", c.chunkVersion)
 	}
 	if c.PeerUploadRate < 0 {
 		bad("PeerUploadRate %d, want >= 0 (0 = unlimited)", c.PeerUploadRate)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/chunk/zchunk"
 )
 
 var errNoHolders = errors.New("no peer holds the chunk")
@@ -38,6 +40,11 @@ func (e *statusError) Error() string {
 type fetched struct {
 	data chunk.Verified
 	src  chunk.Source
+	// frame is the zstd frame the chunk came in from a peer (V3), nil if it came raw.
+	frame []byte
+	// wire is what the chunk took on the network from a peer: len(frame), or its length raw; 0
+	// from the origin (counted by whoever reads it) or from the recent buffer.
+	wire int64
 }
 
 // Fetch returns the verified bytes of chunk c of blob. It asks, in order: the peers whose
@@ -47,8 +54,16 @@ type fetched struct {
 // calls for one CID share one fetch. The returned slice may be shared with other callers: do not
 // modify it. The caller stores the data and then calls Announce.
 func (n *Node) Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (chunk.Verified, chunk.Source, error) {
+	data, src, _, err := n.FetchWire(ctx, blob, c, fromOrigin)
+	return data, src, err
+}
+
+// FetchWire is Fetch that also says what the chunk took on the network from a peer: the zstd
+// frame's length where it came compressed (ChunkProtocolV3), else its length; 0 for a chunk
+// from the origin (its bytes are the origin reader's to count) or one fetched moments ago.
+func (n *Node) FetchWire(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (chunk.Verified, chunk.Source, int64, error) {
 	if c.Length <= 0 || c.Length > MaxChunkSize {
-		return chunk.Verified{}, "", fmt.Errorf("fetch chunk %s of %s: length %d out of (0, %d]", c.CID, blob, c.Length, MaxChunkSize)
+		return chunk.Verified{}, "", 0, fmt.Errorf("fetch chunk %s of %s: length %d out of (0, %d]", c.CID, blob, c.Length, MaxChunkSize)
 	}
 	start := time.Now()
 	ch := n.sf.DoChan(c.CID.KeyString(), func() (any, error) {
@@ -60,15 +75,18 @@ func (n *Node) Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 	case r := <-ch:
 		if r.Err != nil {
 			n.met.fetches.WithLabelValues("failed").Inc()
-			return chunk.Verified{}, "", r.Err
+			return chunk.Verified{}, "", 0, r.Err
 		}
 		f := r.Val.(fetched)
 		n.met.fetches.WithLabelValues(string(f.src)).Inc()
 		n.met.fetchBytes.WithLabelValues(string(f.src)).Add(float64(f.data.Len()))
+		if f.src != chunk.SourceOrigin {
+			n.met.fetchWireBytes.WithLabelValues(string(f.src)).Add(float64(f.wire))
+		}
 		n.met.fetchSeconds.Observe(time.Since(start).Seconds())
-		return f.data, f.src, nil
+		return f.data, f.src, f.wire, nil
 	case <-ctx.Done():
-		return chunk.Verified{}, "", ctx.Err()
+		return chunk.Verified{}, "", 0, ctx.Err()
 	}
 }
 
@@ -84,7 +102,7 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 	lb := n.blobs[blob]
 	n.mu.Unlock()
 	if data, src := n.recent.get(c.CID); !data.IsZero() {
-		return fetched{data, src}, nil
+		return fetched{data: data, src: src}, nil
 	}
 	if fromOrigin == nil && lb != nil && lb.origin != nil {
 		fromOrigin = func(ctx context.Context) ([]byte, error) { return lb.origin(ctx, c) }
@@ -97,10 +115,11 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 	fallback := func(ctx context.Context) (fetched, error) {
 		if owner := n.rendezvous(blob, c.CID); owner != n.id {
 			req := Request{Flags: FlagFetchThrough, Blob: blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
-			data, err := n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout)
+			f, err := n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout)
 			if err == nil {
-				n.recent.add(c.CID, data, chunk.SourceCoalesced)
-				return fetched{data, chunk.SourceCoalesced}, nil
+				f.src = chunk.SourceCoalesced
+				n.recent.add(c.CID, f.data, f.frame, f.src)
+				return f, nil
 			}
 			if ctx.Err() != nil {
 				return fetched{}, err
@@ -117,7 +136,7 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 		return fetched{}, err
 	}
 	if f.src == chunk.SourcePeer {
-		n.recent.add(c.CID, f.data, chunk.SourcePeer)
+		n.recent.add(c.CID, f.data, f.frame, chunk.SourcePeer)
 	}
 	return f, nil
 }
@@ -132,7 +151,7 @@ func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, 
 		fctx, cancel := n.flightContext(ctx, n.cfg.CoalesceTimeout+time.Duration(n.cfg.MaxAttempts)*n.cfg.RequestTimeout)
 		defer cancel()
 		if data, src := n.recent.get(c.CID); !data.IsZero() { // a flight that just ended
-			return fetched{data, src}, nil
+			return fetched{data: data, src: src}, nil
 		}
 		if h != nil && !skipHolders {
 			if f, err := n.fromHolders(fctx, h, blob, c, nil); err == nil {
@@ -150,13 +169,13 @@ func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, 
 		if err != nil {
 			return nil, fmt.Errorf("chunk of %s from origin: %w", blob, err)
 		}
-		n.recent.add(c.CID, data, chunk.SourceOrigin)
+		n.recent.add(c.CID, data, nil, chunk.SourceOrigin)
 		if w, ok := n.local.(ChunkWriter); ok && store {
 			if err := w.PutChunk(fctx, blob, c, data); err != nil {
 				n.log.Warn("storing fetched-through chunk", "chunk", c.CID, "blob", blob, "err", err)
 			}
 		}
-		return fetched{data, chunk.SourceOrigin}, nil
+		return fetched{data: data, src: chunk.SourceOrigin}, nil
 	})
 	select {
 	case r := <-ch:
@@ -239,9 +258,10 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 			req.Flags |= FlagHaveOthers
 		}
 		go func() {
-			data, err := n.request(ctx, h, p, req, n.cfg.RequestTimeout)
+			f, err := n.request(ctx, h, p, req, n.cfg.RequestTimeout)
 			var st *statusError
-			r := result{f: fetched{data, chunk.SourcePeer}, err: err}
+			f.src = chunk.SourcePeer
+			r := result{f: f, err: err}
 			if others && errors.As(err, &st) && st.st == StatusBusy {
 				r.refused = p
 			}
@@ -345,8 +365,11 @@ func isBadData(err error) bool {
 	return errors.Is(err, chunk.ErrCorrupt) || errors.Is(err, ErrMalformed) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
-// request asks p for one chunk and returns its verified bytes, accounting the outcome to p.
-func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Request, timeout time.Duration) (chunk.Verified, error) {
+// request asks p for one chunk and returns its verified bytes (with the frame they came in, and
+// what they took on the wire), accounting the outcome to p. A zstd frame is decoded capped at
+// the chunk's length: a bomb, a truncated frame or a frame of the wrong codec fails like wrong
+// bytes (chunk.ErrCorrupt), a strike against p.
+func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Request, timeout time.Duration) (fetched, error) {
 	ctx, cancel := context.WithTimeout(parent, timeout)
 	defer cancel()
 	n.mu.Lock()
@@ -355,10 +378,11 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	ps.requestsOut++
 	n.mu.Unlock()
 	start := time.Now()
-	raw, load, err := n.exchange(ctx, h, p, req)
+	codec, stored, load, err := n.exchange(ctx, h, p, req)
 	var data chunk.Verified
 	if err == nil {
-		data, err = chunk.Verify(req.CID, raw) // the one hash of a chunk from a peer
+		// The one decode (capped at the length asked for) and the one hash of a chunk from a peer.
+		data, err = zchunk.DecodeVerified(chunk.Chunk{CID: req.CID, Length: req.Length, Codec: codec}, stored)
 	}
 	now := time.Now()
 	elapsed := now.Sub(start)
@@ -407,11 +431,15 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 		n.record(p, outcomeBad) // timed out
 	}
 	if err == nil {
-		return data, nil
+		f := fetched{data: data, wire: int64(len(stored))}
+		if codec == chunk.CodecZstd {
+			f.frame = stored
+		}
+		return f, nil
 	}
 	err = fmt.Errorf("chunk %s from %s: %w", req.CID, p, err)
 	if canceled {
-		return chunk.Verified{}, err
+		return fetched{}, err
 	}
 	switch {
 	case errors.Is(err, chunk.ErrCorrupt):
@@ -424,19 +452,22 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	if isBadData(err) {
 		n.strike(p, err)
 	}
-	return chunk.Verified{}, err
+	return fetched{}, err
 }
 
-// exchange runs one request/response on a new stream, in ChunkProtocolV2 if p speaks it (then
-// load is p's uploads in progress), else ChunkProtocol (load -1). The stream's deadline is ctx's,
-// and ctx ending resets it.
-func (n *Node) exchange(ctx context.Context, h host.Host, p peer.ID, req Request) (data []byte, load int, err error) {
-	s, err := h.NewStream(ctx, p, ChunkProtocolV2, ChunkProtocol)
+// exchange runs one request/response on a new stream, in the newest chunk protocol p speaks
+// (V3, V2, V1; load is p's uploads in progress, -1 in V1), and returns the chunk's stored bytes
+// and their codec, not decoded (chunk.CodecNone before V3). The stream's deadline is ctx's, and
+// ctx ending resets it.
+func (n *Node) exchange(ctx context.Context, h host.Host, p peer.ID, req Request) (codec chunk.Codec, stored []byte, load int, err error) {
+	protos := slices.Clone(chunkProtocols[:n.chunkVersion()])
+	slices.Reverse(protos)
+	s, err := h.NewStream(ctx, p, protos...)
 	if err != nil {
-		return nil, -1, err
+		return "", nil, -1, err
 	}
-	v2 := s.Protocol() == ChunkProtocolV2
-	if !v2 {
+	ver := slices.Index(chunkProtocols, s.Protocol()) + 1
+	if ver < 2 {
 		req.Flags &^= FlagHaveOthers
 	}
 	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
@@ -447,32 +478,35 @@ func (n *Node) exchange(ctx context.Context, h host.Host, p peer.ID, req Request
 	buf, err := AppendRequest(nil, req)
 	if err != nil {
 		_ = s.Reset()
-		return nil, -1, err
+		return "", nil, -1, err
 	}
 	if _, err := s.Write(buf); err != nil {
 		_ = s.Reset()
-		return nil, -1, err
+		return "", nil, -1, err
 	}
 	_ = s.CloseWrite()
 	r := bufio.NewReaderSize(s, 32<<10)
 	var st Status
 	var msg string
 	load = -1
-	if v2 {
-		st, load, data, msg, err = ReadResponseV2(r, req.Length)
-	} else {
-		st, data, msg, err = ReadResponse(r, req.Length)
+	switch {
+	case ver >= 3:
+		st, load, codec, stored, msg, err = ReadResponseV3(r, req.Length)
+	case ver == 2:
+		st, load, stored, msg, err = ReadResponseV2(r, req.Length)
+	default:
+		st, stored, msg, err = ReadResponse(r, req.Length)
 	}
 	if err != nil {
 		_ = s.Reset()
 		if ctx.Err() != nil {
-			return nil, -1, ctx.Err()
+			return "", nil, -1, ctx.Err()
 		}
-		return nil, -1, err
+		return "", nil, -1, err
 	}
 	_ = s.Close()
 	if st != StatusOK {
-		return nil, load, &statusError{st, msg}
+		return "", nil, load, &statusError{st, msg}
 	}
-	return data, load, nil
+	return codec, stored, load, nil
 }

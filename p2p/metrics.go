@@ -16,14 +16,19 @@ type metrics struct {
 	fetchSeconds   prometheus.Histogram
 	servedRequests *prometheus.CounterVec // by status
 	servedBytes    prometheus.Counter
-	peerFailures   *prometheus.CounterVec // by kind: corrupt, truncated, error, timeout
-	hedges         prometheus.Counter
-	hedgeFallback  prometheus.Counter
-	standing       *prometheus.CounterVec // changes of standing, by new standing
-	bans           prometheus.Counter
-	presenceIn     prometheus.Counter
-	presenceOut    prometheus.Counter
-	peers          prometheus.GaugeFunc
+	// Wire bytes: what chunk transfers took on the network (compressed or raw), beside the
+	// data bytes above.
+	fetchWireBytes  *prometheus.CounterVec // by source
+	servedWireBytes prometheus.Counter
+	compressSeconds prometheus.Counter     // CPU time compressing chunks for V3 peers
+	peerFailures    *prometheus.CounterVec // by kind: corrupt, truncated, error, timeout
+	hedges          prometheus.Counter
+	hedgeFallback   prometheus.Counter
+	standing        *prometheus.CounterVec // changes of standing, by new standing
+	bans            prometheus.Counter
+	presenceIn      prometheus.Counter
+	presenceOut     prometheus.Counter
+	peers           prometheus.GaugeFunc
 }
 
 func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, func(), error) {
@@ -43,6 +48,15 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 		}, []string{"status"}),
 		servedBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "shoal_p2p_served_bytes_total", Help: "Chunk bytes uploaded to peers.",
+		}),
+		fetchWireBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_p2p_fetch_wire_bytes_total", Help: "Bytes the fetched chunks took on the network from peers (zstd frames or raw), by source (peer, coalesced); less than shoal_p2p_fetch_bytes_total where they came compressed.",
+		}, []string{"source"}),
+		servedWireBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_p2p_served_wire_bytes_total", Help: "Bytes of chunk data uploaded to peers as sent on the network (zstd frames or raw).",
+		}),
+		compressSeconds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_p2p_compress_seconds_total", Help: "Time spent compressing chunks for ChunkProtocolV3 peers.",
 		}),
 		peerFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_p2p_peer_failures_total", Help: "Failed chunk requests to peers, by kind (corrupt, truncated, error).",
@@ -72,6 +86,7 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 	// The gauge reads this node's peers, and the counters are its own: registered for the
 	// node's lifetime (Close unregisters them), not shared with another node.
 	unregister, err := shoalmetrics.RegisterOwned(reg, m.fetches, m.fetchBytes, m.fetchSeconds, m.servedRequests, m.servedBytes,
+		m.fetchWireBytes, m.servedWireBytes, m.compressSeconds,
 		m.peerFailures, m.hedges, m.hedgeFallback, m.standing, m.bans, m.presenceIn, m.presenceOut, m.peers)
 	if err != nil {
 		return nil, nil, fmt.Errorf("p2p: %w", err)

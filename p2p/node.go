@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/chunk/zchunk"
 )
 
 // LocalChunks is what this host serves to peers: the chunk store's read side.
@@ -89,6 +90,8 @@ type Node struct {
 	uploading atomic.Int64
 
 	recent recentChunks // chunks fetched lately, served while the caller stores them
+	// zenc compresses chunks for ChunkProtocolV3 peers (nil: WireCompression is 0).
+	zenc *zchunk.Encoder
 
 	sf    singleflight.Group // Fetch, per CID
 	owned singleflight.Group // holders-or-origin, per CID; never asks another host to fetch through
@@ -169,6 +172,12 @@ func New(cfg Config, local LocalChunks) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.WireCompression != 0 {
+		if n.zenc, err = zchunk.NewEncoder(cfg.WireCompression); err != nil {
+			n.unregister()
+			return nil, fmt.Errorf("p2p: %w", err)
+		}
+	}
 	if err := n.initObjects(cfg.Registerer); err != nil {
 		n.unregister()
 		return nil, err
@@ -215,13 +224,17 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	h.Network().Notify(&network.NotifyBundle{ConnectedF: n.onConnected, DisconnectedF: n.onDisconnected})
-	h.SetStreamHandler(ChunkProtocol, n.handleChunk)
-	h.SetStreamHandler(ChunkProtocolV2, n.handleChunkV2)
+	for v, id := range chunkProtocols {
+		if v < n.chunkVersion() {
+			h.SetStreamHandler(id, n.chunkHandler(v+1))
+		}
+	}
 	h.SetStreamHandler(PresenceProtocol, n.handlePresence)
 	h.SetStreamHandler(ObjectProtocol, n.handleObject)
 	n.mu.Lock()
 	n.host = h
 	n.mu.Unlock()
+	n.scope.Go(n.drainRecent)
 	if err := n.startDiscovery(life, h); err != nil {
 		n.shutdown(h)
 		return err

@@ -14,16 +14,24 @@ import (
 // floodWindow is the window over which FloodBanAfter refusals ban a peer.
 const floodWindow = 10 * time.Second
 
-// handleChunk answers one chunk request. Every stream has deadlines; a peer over its request
-// rate or concurrency gets a busy answer at once (it asks another holder), and a peer that keeps
-// going over its rate is banned.
-func (n *Node) handleChunk(s network.Stream) { n.serveChunk(s, false) }
+// chunkHandler answers chunk requests in protocol version v (1 to 3: chunkProtocols). Every
+// stream has deadlines; a peer over its request rate or concurrency gets a busy answer at once
+// (it asks another holder), and a peer that keeps going over its rate is banned. From V2 the
+// header carries this host's load and requests flagged FlagHaveOthers are super-seeded; from V3
+// a compressible chunk is sent as a zstd frame (wireForm).
+func (n *Node) chunkHandler(v int) network.StreamHandler {
+	return func(s network.Stream) { n.serveChunk(s, v) }
+}
 
-// handleChunkV2 answers ChunkProtocolV2: the same, with this host's load in the header and
-// super-seeding for requests flagged FlagHaveOthers.
-func (n *Node) handleChunkV2(s network.Stream) { n.serveChunk(s, true) }
+// chunkVersion is the newest chunk protocol version this host serves and asks for.
+func (n *Node) chunkVersion() int {
+	if v := n.cfg.chunkVersion; v != 0 {
+		return v
+	}
+	return len(chunkProtocols)
+}
 
-func (n *Node) serveChunk(s network.Stream, v2 bool) {
+func (n *Node) serveChunk(s network.Stream, ver int) {
 	done, ok := n.scope.Track()
 	if !ok {
 		_ = s.Reset()
@@ -32,7 +40,8 @@ func (n *Node) serveChunk(s network.Stream, v2 bool) {
 	defer done()
 	p := s.Conn().RemotePeer()
 	_ = s.SetDeadline(time.Now().Add(n.cfg.RequestTimeout))
-	st, data, msg := n.serve(s, p, v2)
+	var req Request
+	st, data, msg := n.serve(s, p, ver >= 2, &req)
 	if st == 0xff { // unreadable request: nothing to answer
 		_ = s.Reset()
 		return
@@ -41,35 +50,44 @@ func (n *Node) serveChunk(s network.Stream, v2 bool) {
 		n.uploading.Add(1)
 		defer n.uploading.Add(-1)
 	}
+	// body is what goes on the wire: the chunk, or (V3) its zstd frame.
+	codec, body := WireRaw, data
+	if ver >= 3 && len(data) > 0 {
+		codec, body = n.wireForm(req, data)
+	}
 	n.met.servedRequests.WithLabelValues(st.String()).Inc()
 	n.mu.Lock()
 	ps := n.peerLocked(p)
 	up := ps.upLimit
 	rctx := n.scope.Context()
 	n.mu.Unlock()
-	if up != nil && len(data) > 0 {
-		if err := up.WaitN(rctx, len(data)); err != nil {
+	if up != nil && len(body) > 0 {
+		if err := up.WaitN(rctx, len(body)); err != nil {
 			_ = s.Reset()
 			return
 		}
 	}
 	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.RequestTimeout))
 	var hdr []byte
-	if v2 {
+	switch {
+	case ver >= 3:
+		hdr = AppendResponseHeaderV3(nil, st, int(n.uploading.Load()), codec, len(data), len(body), msg)
+	case ver == 2:
 		hdr = AppendResponseHeaderV2(nil, st, int(n.uploading.Load()), len(data), msg)
-	} else {
+	default:
 		hdr = AppendResponseHeader(nil, st, len(data), msg)
 	}
 	if _, err := s.Write(hdr); err != nil {
 		_ = s.Reset()
 		return
 	}
-	if len(data) > 0 {
-		if _, err := s.Write(data); err != nil {
+	if len(body) > 0 {
+		if _, err := s.Write(body); err != nil {
 			_ = s.Reset()
 			return
 		}
 		n.met.servedBytes.Add(float64(len(data)))
+		n.met.servedWireBytes.Add(float64(len(body)))
 		n.mu.Lock()
 		ps.bytesUp += int64(len(data))
 		n.mu.Unlock()
@@ -77,8 +95,54 @@ func (n *Node) serveChunk(s network.Stream, v2 bool) {
 	_ = s.Close()
 }
 
+// wireForm is how a chunk goes to a V3 peer: as the zstd frame it arrived in or was last
+// compressed to (the recent buffer), else compressed now at WireCompression if its manifest
+// stores it compressed and the frame pays (zchunk.Pays), else raw. A frame made here is kept in
+// the recent buffer, so the swarm asking for the same chunk costs one compression, not one per
+// peer.
+func (n *Node) wireForm(req Request, data []byte) (codec byte, body []byte) {
+	if frame, raw, ok := n.recent.wire(req.CID); ok {
+		if raw {
+			return WireRaw, data
+		}
+		return WireZstd, frame
+	}
+	if n.zenc == nil || !n.compressible(req) {
+		return WireRaw, data
+	}
+	start := time.Now()
+	frame, c := n.zenc.Encode(nil, data)
+	n.met.compressSeconds.Add(time.Since(start).Seconds())
+	if c != chunk.CodecZstd {
+		n.recent.addFrame(req.CID, nil, true)
+		return WireRaw, data
+	}
+	n.recent.addFrame(req.CID, frame, false)
+	return WireZstd, frame
+}
+
+// compressible reports whether the manifest of the requested chunk (in the blob named, else in
+// any registered blob that holds its CID) stores it zstd-compressed: the image build found that
+// compression pays for it. A chunk stored raw, or of no blob known here, is sent raw.
+func (n *Node) compressible(req Request) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if lb := n.blobs[req.Blob]; lb != nil {
+		if i := chunkIndex(lb.m, chunk.Chunk{Offset: req.Offset, CID: req.CID}); i >= 0 {
+			return lb.m.Chunks[i].Codec == chunk.CodecZstd
+		}
+	}
+	for _, ref := range n.cids[req.CID] {
+		if lb := n.blobs[ref.blob]; lb != nil && lb.m.Chunks[ref.idx].Codec == chunk.CodecZstd {
+			return true
+		}
+	}
+	return false
+}
+
 // serve decides the answer to a request on s; status 0xff means the request was unreadable.
-func (n *Node) serve(s network.Stream, p peer.ID, v2 bool) (Status, []byte, string) {
+// *reqOut is set to the request once it is read.
+func (n *Node) serve(s network.Stream, p peer.ID, v2 bool, reqOut *Request) (Status, []byte, string) {
 	if !n.allowed(p) {
 		return StatusRefused, nil, "not allowed"
 	}
@@ -116,6 +180,7 @@ func (n *Node) serve(s network.Stream, p peer.ID, v2 bool) (Status, []byte, stri
 		n.log.Debug("bad chunk request", "peer", p, "err", err)
 		return 0xff, nil, ""
 	}
+	*reqOut = req
 	held := false
 	if n.local != nil {
 		var err error

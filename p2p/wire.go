@@ -10,6 +10,8 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // Protocol IDs. The version is part of the ID: an incompatible change gets a new ID and both are
@@ -22,9 +24,18 @@ const (
 	// (uploads in progress) in every response header, for swarm peer choice and super-seeding.
 	// Hosts serve both and ask for V2 first, so a host of the previous release still works.
 	ChunkProtocolV2 protocol.ID = "/shoal/chunk/2"
+	// ChunkProtocolV3 is ChunkProtocolV2 whose OK responses carry the chunk in a wire form: a
+	// codec, the chunk's length and the length of the bytes that follow (a zstd frame, or the
+	// chunk itself), so a compressible chunk crosses the network compressed. Requests are
+	// unchanged. Hosts serve V1 to V3 and ask for V3, then V2, then V1.
+	ChunkProtocolV3 protocol.ID = "/shoal/chunk/3"
 	// PresenceProtocol is a long-lived one-way stream of Presence frames from the opener.
 	PresenceProtocol protocol.ID = "/shoal/presence/1"
 )
+
+// chunkProtocols are the chunk protocol IDs by version, oldest first: chunkProtocols[v-1] is
+// version v.
+var chunkProtocols = []protocol.ID{ChunkProtocol, ChunkProtocolV2, ChunkProtocolV3}
 
 // Hard caps on everything a peer can make us read or allocate.
 const (
@@ -209,6 +220,100 @@ func ReadResponseV2(r *bufio.Reader, want int64) (st Status, load int, data []by
 	}
 	st, data, msg, err = readResponseBody(r, Status(sb), want)
 	return st, int(l), data, msg, err
+}
+
+// Wire codecs of a ChunkProtocolV3 response: how the bytes that follow its header encode the chunk.
+const (
+	WireRaw  byte = 0 // the chunk's bytes as they are
+	WireZstd byte = 1 // one zstd frame without dictionary (chunk.CodecZstd, package chunk/zchunk)
+)
+
+// wireCodecs maps wire codec bytes to the chunk codecs they carry.
+var wireCodecs = map[byte]chunk.Codec{WireRaw: chunk.CodecNone, WireZstd: chunk.CodecZstd}
+
+// WireCodec is the wire codec byte of a chunk codec; ok is false for a codec V3 cannot carry.
+func WireCodec(c chunk.Codec) (b byte, ok bool) {
+	for b, cc := range wireCodecs {
+		if cc == c {
+			return b, true
+		}
+	}
+	return 0, false
+}
+
+// AppendResponseHeaderV3 appends the header of a ChunkProtocolV3 response: the status byte and
+// the responder's load as in V2, then for StatusOK the wire codec byte, the chunk's length and
+// the stored length as uvarints (storedLen bytes follow unframed), otherwise a uvarint-prefixed
+// message.
+func AppendResponseHeaderV3(b []byte, st Status, load int, codec byte, dataLen, storedLen int, msg string) []byte {
+	if st != StatusOK {
+		return AppendResponseHeaderV2(b, st, load, 0, msg)
+	}
+	b = append(b, byte(st))
+	b = binary.AppendUvarint(b, uint64(min(max(load, 0), MaxLoad)))
+	b = append(b, codec)
+	b = binary.AppendUvarint(b, uint64(dataLen))
+	return binary.AppendUvarint(b, uint64(storedLen))
+}
+
+// ReadResponseV3 reads a ChunkProtocolV3 response to a request for want bytes. For StatusOK it
+// returns the chunk's codec and its stored bytes, not decoded: the chunk's length must be want,
+// and the stored length want for a raw chunk and from 1 to want for a zstd frame (a frame the
+// size of the chunk or larger does not pay, and no responder sends one), so a response never
+// makes us allocate more than want. An unknown codec or another length is ErrMalformed, bytes
+// that end early io.ErrUnexpectedEOF. Decoding is the caller's (zchunk.Decode, capped at want).
+func ReadResponseV3(r *bufio.Reader, want int64) (st Status, load int, codec chunk.Codec, stored []byte, msg string, err error) {
+	sb, err := r.ReadByte()
+	if err != nil {
+		return 0, 0, "", nil, "", err
+	}
+	st = Status(sb)
+	l, err := binary.ReadUvarint(r)
+	if err != nil {
+		return st, 0, "", nil, "", noEOF(err)
+	}
+	if l > MaxLoad {
+		return st, 0, "", nil, "", fmt.Errorf("response load %d over %d: %w", l, MaxLoad, ErrMalformed)
+	}
+	load = int(l)
+	if st != StatusOK {
+		st, _, msg, err = readResponseBody(r, st, want)
+		return st, load, "", nil, msg, err
+	}
+	cb, err := r.ReadByte()
+	if err != nil {
+		return st, load, "", nil, "", noEOF(err)
+	}
+	codec, ok := wireCodecs[cb]
+	if !ok {
+		return st, load, "", nil, "", fmt.Errorf("response codec %d: %w", cb, ErrMalformed)
+	}
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return st, load, "", nil, "", noEOF(err)
+	}
+	if want <= 0 || want > MaxChunkSize || n != uint64(want) {
+		return st, load, "", nil, "", fmt.Errorf("response of %d bytes, want %d: %w", n, want, ErrMalformed)
+	}
+	sn, err := binary.ReadUvarint(r)
+	if err != nil {
+		return st, load, "", nil, "", noEOF(err)
+	}
+	if codec == chunk.CodecNone && sn != n || codec != chunk.CodecNone && (sn == 0 || sn > n) {
+		return st, load, "", nil, "", fmt.Errorf("response of %d %s bytes for a chunk of %d: %w", sn, wireName(codec), n, ErrMalformed)
+	}
+	stored = make([]byte, sn)
+	if _, err := io.ReadFull(r, stored); err != nil {
+		return st, load, "", nil, "", noEOF(err)
+	}
+	return st, load, codec, stored, "", nil
+}
+
+func wireName(c chunk.Codec) string {
+	if c == chunk.CodecNone {
+		return "raw"
+	}
+	return string(c)
 }
 
 // ReadResponse reads a response. For StatusOK it reads exactly want bytes of data: a response

@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/chunk/zchunk"
 )
 
 var testCID = chunk.CID([]byte("hello"))
@@ -219,6 +220,86 @@ func FuzzResponseV2(f *testing.F) {
 		st, load, data, _, err := ReadResponseV2(bufio.NewReader(bytes.NewReader(in)), want)
 		if err == nil && (st == StatusOK && int64(len(data)) != want || load < 0 || load > MaxLoad) {
 			t.Fatalf("ok response of %d bytes (want %d), load %d", len(data), want, load)
+		}
+	})
+}
+
+func TestResponseV3Bytes(t *testing.T) {
+	data := []byte("hello")
+	b := append(AppendResponseHeaderV3(nil, StatusOK, 300, WireRaw, len(data), len(data), ""), data...)
+	if want := []byte{0, 0xac, 0x02, 0, 5, 5, 'h', 'e', 'l', 'l', 'o'}; !bytes.Equal(b, want) {
+		t.Fatalf("raw ok response % x, want % x", b, want)
+	}
+	st, load, codec, got, _, err := ReadResponseV3(bufio.NewReader(bytes.NewReader(b)), 5)
+	if err != nil || st != StatusOK || load != 300 || codec != chunk.CodecNone || string(got) != "hello" {
+		t.Fatalf("read raw ok: %v %d %q %q %v", st, load, codec, got, err)
+	}
+	b = append(AppendResponseHeaderV3(nil, StatusOK, 0, WireZstd, 4096, 3, ""), 'z', 'z', 'z')
+	if want := []byte{0, 0, 1, 0x80, 0x20, 3, 'z', 'z', 'z'}; !bytes.Equal(b, want) {
+		t.Fatalf("zstd ok response % x, want % x", b, want)
+	}
+	st, _, codec, got, _, err = ReadResponseV3(bufio.NewReader(bytes.NewReader(b)), 4096)
+	if err != nil || st != StatusOK || codec != chunk.CodecZstd || string(got) != "zzz" {
+		t.Fatalf("read zstd ok: %v %q %q %v", st, codec, got, err)
+	}
+	b = AppendResponseHeaderV3(nil, StatusBusy, 1, WireZstd, 0, 0, "served")
+	if want := []byte{2, 1, 6, 's', 'e', 'r', 'v', 'e', 'd'}; !bytes.Equal(b, want) {
+		t.Fatalf("busy response % x, want % x (as V2)", b, want)
+	}
+	st, load, _, _, msg, err := ReadResponseV3(bufio.NewReader(bytes.NewReader(b)), 5)
+	if err != nil || st != StatusBusy || load != 1 || msg != "served" {
+		t.Fatalf("read busy: %v %d %q %v", st, load, msg, err)
+	}
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		err  error
+	}{
+		{"unknown codec", []byte{0, 0, 7, 5, 5, 'h', 'e', 'l', 'l', 'o'}, ErrMalformed},
+		{"other chunk length", []byte{0, 0, 0, 4, 4, 'h', 'e', 'l', 'l'}, ErrMalformed},
+		{"raw of another length", []byte{0, 0, 0, 5, 4, 'h', 'e', 'l', 'l'}, ErrMalformed},
+		{"frame longer than the chunk", []byte{0, 0, 1, 5, 6, 'h', 'e', 'l', 'l', 'o', '!'}, ErrMalformed},
+		{"empty frame", []byte{0, 0, 1, 5, 0}, ErrMalformed},
+		{"huge stored length", []byte{0, 0, 1, 5, 0xff, 0xff, 0xff, 0xff, 0x0f}, ErrMalformed},
+		{"load over the cap", []byte{0, 0x81, 0x80, 0x40, 0, 5, 5, 'h', 'e', 'l', 'l', 'o'}, ErrMalformed},
+		{"codec cut", []byte{0, 0}, io.ErrUnexpectedEOF},
+		{"lengths cut", []byte{0, 0, 1, 5}, io.ErrUnexpectedEOF},
+		{"frame cut", []byte{0, 0, 1, 5, 3, 'z'}, io.ErrUnexpectedEOF},
+	} {
+		if _, _, _, _, _, err := ReadResponseV3(bufio.NewReader(bytes.NewReader(tc.in)), 5); !errors.Is(err, tc.err) {
+			t.Errorf("%s: err %v, want %v", tc.name, err, tc.err)
+		}
+	}
+}
+
+// FuzzResponseV3 reads a V3 response and decodes it as the requester does: whatever the bytes,
+// no panic, nothing read or decoded past the length asked for, and an OK answer that decodes
+// has exactly that length.
+func FuzzResponseV3(f *testing.F) {
+	f.Add([]byte{0, 3, 0, 5, 5, 'h', 'e', 'l', 'l', 'o'}, int64(5))
+	f.Add([]byte{2, 0, 1, 'x'}, int64(5))
+	enc, err := zchunk.NewEncoder(1)
+	if err != nil {
+		f.Fatal(err)
+	}
+	text := bytes.Repeat([]byte("shoal chunk "), 400)
+	z, _ := enc.Encode(nil, text)
+	f.Add(append(AppendResponseHeaderV3(nil, StatusOK, 0, WireZstd, len(text), len(z), ""), z...), int64(len(text)))
+	f.Add(append(AppendResponseHeaderV3(nil, StatusOK, 0, WireZstd, len(text)/2, len(z), ""), z...), int64(len(text)/2))
+	f.Fuzz(func(t *testing.T, in []byte, want int64) {
+		st, load, codec, stored, _, err := ReadResponseV3(bufio.NewReader(bytes.NewReader(in)), want)
+		if err != nil || st != StatusOK {
+			return
+		}
+		if load < 0 || load > MaxLoad || int64(len(stored)) > want || codec == chunk.CodecNone && int64(len(stored)) != want {
+			t.Fatalf("ok response: %d %s bytes for %d, load %d", len(stored), codec, want, load)
+		}
+		data, err := zchunk.Decode(chunk.Chunk{CID: testCID, Length: want, Codec: codec}, stored)
+		if err == nil && int64(len(data)) != want {
+			t.Fatalf("decoded %d bytes, want %d", len(data), want)
+		}
+		if err != nil && !errors.Is(err, chunk.ErrCorrupt) {
+			t.Fatalf("decode error %v does not wrap chunk.ErrCorrupt", err)
 		}
 	})
 }
