@@ -12,7 +12,7 @@ import (
 // availPeers is a cluster whose chunk availability is fixed: holders[offset].
 type availPeers struct{ holders map[int64]int }
 
-func (availPeers) Fetch(context.Context, digest.Digest, chunk.Chunk, func(context.Context) ([]byte, error)) (chunk.Verified, chunk.Source, error) {
+func (availPeers) FetchWire(context.Context, digest.Digest, chunk.Chunk, func(context.Context) ([]byte, error)) (chunk.Verified, chunk.Source, int64, error) {
 	panic("not fetched in this test")
 }
 

@@ -36,9 +36,10 @@ type Store interface {
 
 // Peers fetches a chunk from the cluster (package p2p's Node): holders first, then the peer
 // chosen to fetch it from the origin for everyone, then fromOrigin itself (whose bytes it
-// verifies), and says where the bytes came from.
+// verifies), and says where the bytes came from and, for bytes from a peer, what they took on
+// the network (less than the chunk where it came compressed).
 type Peers interface {
-	Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (data chunk.Verified, src chunk.Source, err error)
+	FetchWire(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (data chunk.Verified, src chunk.Source, peerWire int64, err error)
 }
 
 // OriginFunc reads one chunk's bytes of a blob from the origin (unverified).
@@ -322,7 +323,7 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 	}
 	defer release()
 	start := time.Now()
-	data, src, err := r.fetchBytes(fctx, b, c)
+	data, src, peerWire, err := r.fetchBytes(fctx, b, c)
 	r.countCorrupt(err)
 	for try := 1; err != nil && errors.Is(err, chunk.ErrCorrupt) && try < r.cfg.CorruptAttempts && fctx.Err() == nil; try++ {
 		// Wrong bytes are counted where they were found (the peer is struck, the origin's bytes
@@ -331,7 +332,7 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 		if sleepCtx(fctx, time.Duration(try)*50*time.Millisecond) != nil {
 			break
 		}
-		data, src, err = r.fetchBytes(fctx, b, c)
+		data, src, peerWire, err = r.fetchBytes(fctx, b, c)
 		r.countCorrupt(err)
 	}
 	if err != nil {
@@ -345,7 +346,7 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 		return fmt.Errorf("demand: storing chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.m.Blob, err)
 	}
 	elapsed := time.Since(start)
-	wire := wireBytes(c, src)
+	wire := wireBytes(c, src, peerWire)
 	r.stats.add(src, c.Length, wire, elapsed)
 	r.met.bytes.WithLabelValues(string(src)).Add(float64(c.Length))
 	r.met.wire.WithLabelValues(string(src)).Add(float64(wire))
@@ -364,14 +365,14 @@ func (r *Resolver) countCorrupt(err error) {
 }
 
 // wireBytes is what fetching chunk c from src moved over the network to this host: its stored
-// length from the origin, its length from a peer (the chunk exchange sends chunks as they are),
-// nothing from a local copy.
-func wireBytes(c chunk.Chunk, src chunk.Source) int64 {
+// length from the origin, what package p2p says it took from a peer (peerWire: a zstd frame's
+// length, or the chunk's), nothing from a local copy.
+func wireBytes(c chunk.Chunk, src chunk.Source, peerWire int64) int64 {
 	switch src {
 	case chunk.SourceOrigin:
 		return c.Stored().Length
 	case chunk.SourcePeer, chunk.SourceCoalesced:
-		return c.Length
+		return peerWire
 	}
 	return 0
 }
@@ -379,14 +380,14 @@ func wireBytes(c chunk.Chunk, src chunk.Source) int64 {
 // fetchBytes gets a chunk's bytes, verified exactly once on the way: by the store for a local
 // copy in another blob (dedup), by package p2p for bytes from a peer or the origin, or here for
 // the origin when there is no cluster.
-func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c chunk.Chunk) (chunk.Verified, chunk.Source, error) {
+func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c chunk.Chunk) (chunk.Verified, chunk.Source, int64, error) {
 	held, err := r.store.HasCID(c.CID)
 	if err != nil {
-		return chunk.Verified{}, "", fmt.Errorf("local store: %w", err)
+		return chunk.Verified{}, "", 0, fmt.Errorf("local store: %w", err)
 	}
 	if held {
 		if v, err := r.store.ReadChunk(ctx, c.CID); err == nil && v.Len() == c.Length {
-			return v, chunk.SourceDedup, nil
+			return v, chunk.SourceDedup, 0, nil
 		}
 		// Evicted or damaged meanwhile: fetch it like any other chunk.
 	}
@@ -399,22 +400,22 @@ func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c chunk.Chunk) 
 	if r.peers == nil {
 		raw, err := fromOrigin(ctx)
 		if err != nil {
-			return chunk.Verified{}, "", err
+			return chunk.Verified{}, "", 0, err
 		}
 		v, err := chunk.Verify(c.CID, raw)
 		if err != nil {
-			return chunk.Verified{}, "", fmt.Errorf("from origin: %w", err)
+			return chunk.Verified{}, "", 0, fmt.Errorf("from origin: %w", err)
 		}
-		return v, chunk.SourceOrigin, nil
+		return v, chunk.SourceOrigin, 0, nil
 	}
-	data, src, err := r.peers.Fetch(ctx, b.m.Blob, c, fromOrigin)
+	data, src, peerWire, err := r.peers.FetchWire(ctx, b.m.Blob, c, fromOrigin)
 	if err != nil {
-		return chunk.Verified{}, "", err
+		return chunk.Verified{}, "", 0, err
 	}
 	if src != chunk.SourceOrigin {
 		src = chunk.SourcePeer // from a holder or through the cluster's fetcher: over the LAN
 	}
-	return data, src, nil
+	return data, src, peerWire, nil
 }
 
 // acquire takes a worker slot. Prefetch takes one of its own share first and then waits while

@@ -208,19 +208,19 @@ type fakePeers struct {
 	calls atomic.Int64
 }
 
-func (p *fakePeers) Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (chunk.Verified, chunk.Source, error) {
+func (p *fakePeers) FetchWire(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (chunk.Verified, chunk.Source, int64, error) {
 	p.calls.Add(1)
 	src := chunk.SourcePeer
 	b, ok := p.hold[c.Offset]
 	if !ok {
 		var err error
 		if b, err = fromOrigin(ctx); err != nil {
-			return chunk.Verified{}, "", err
+			return chunk.Verified{}, "", 0, err
 		}
 		src = chunk.SourceOrigin
 	}
 	v, err := chunk.Verify(c.CID, b) // as package p2p does, once per chunk
-	return v, src, err
+	return v, src, c.Length / 2, err // as if every chunk from a peer came compressed 2:1
 }
 
 func TestSourcesDedupPeersOrigin(t *testing.T) {
@@ -236,6 +236,10 @@ func TestSourcesDedupPeersOrigin(t *testing.T) {
 	st := r.Stats()
 	if st.Sources[chunk.SourcePeer].Chunks != 1 || st.Sources[chunk.SourceOrigin].Chunks != 3 {
 		t.Fatalf("sources: %+v", st.Sources)
+	}
+	// Wire bytes from a peer are what the cluster says the chunk took (a frame), not its length.
+	if p := st.Sources[chunk.SourcePeer]; p.WireBytes != tb.m.Chunks[1].Length/2 || p.Bytes != tb.m.Chunks[1].Length {
+		t.Fatalf("peer source: %d wire bytes for %d, want %d for %d", p.WireBytes, p.Bytes, tb.m.Chunks[1].Length/2, tb.m.Chunks[1].Length)
 	}
 	// A second blob holding the same chunk (another image with the same file) takes it from the
 	// local store, not from anyone else.

@@ -45,9 +45,30 @@
 // them as soon as they change (milliseconds on a LAN). Lookup maps a chunk CID to the peers whose
 // maps hold it, across every registered blob that contains it.
 //
-// Exchange: ChunkProtocol and ChunkProtocolV2 (wire.go) are one request per stream, length-prefixed, capped at
-// MaxChunkSize, with deadlines on every stream. The receiver allocates only the length it asked
-// for and verifies the CID before any use. Wrong or truncated bytes are strikes; BanAfter strikes
+// Exchange: ChunkProtocol, ChunkProtocolV2 and ChunkProtocolV3 (wire.go) are one request per
+// stream, length-prefixed, capped at MaxChunkSize, with deadlines on every stream. A host serves
+// all three and asks for V3, then V2, then V1, so hosts of the two previous releases are served
+// and asked in what they speak. The receiver allocates only the length it asked for and
+// verifies the CID before any use.
+//
+// Compression (V3): an OK response carries a wire codec (raw or zstd), the chunk's length and the
+// stored length, then the stored bytes: a zstd frame shorter than the chunk, or the chunk itself.
+// The sender sends a frame only where the chunk's manifest stores it compressed (the image build
+// found that it pays; a chunk stored raw, or of an uncompressed image, goes raw): the frame the
+// chunk arrived in if the recent buffer still has it, else one it compresses now at
+// WireCompression (level 1 by default) and keeps there, so a swarm asking for a chunk costs one
+// compression. The receiver decodes with chunk/zchunk, capped at the chunk's length, and then
+// verifies the CID: a bomb, a truncated frame, bytes that are not a zstd frame, an unknown
+// codec or another chunk's frame is a strike like corrupt bytes. Wire bytes (frames) and data
+// bytes are counted apart (shoal_p2p_*_wire_bytes_total, FetchWire, Served). The recent buffer
+// (recent.go) holds chunks and frames for recentMaxAge (10 s) at most, within recentMaxBytes,
+// and is empty once the host is idle.
+//
+// Per chunk from a peer, on the receiving side: one copy out of the stream into a buffer of the
+// stored length, one zstd decode into a buffer of exactly the chunk's length (none for a raw
+// chunk), one sha256, no store write here (the caller stores it). On the sending side: one
+// verified store read (its sha256), at most one zstd encode per chunk while its frame stays in
+// the recent buffer, one write to the stream. Wrong or truncated bytes are strikes; BanAfter strikes
 // ban the peer (its connections are closed and the gater refuses it), and so do StallBanAfter
 // bad requests in a row (below). Holders are ranked by
 // (requests in flight + 1) × recent median latency, and a request that runs past min(its peer's

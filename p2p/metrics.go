@@ -2,6 +2,7 @@ package p2p
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -20,7 +21,9 @@ type metrics struct {
 	// data bytes above.
 	fetchWireBytes  *prometheus.CounterVec // by source
 	servedWireBytes prometheus.Counter
-	compressSeconds prometheus.Counter     // CPU time compressing chunks for V3 peers
+	compressSeconds prometheus.Counter // CPU time compressing chunks for V3 peers
+	// served and servedWire are servedBytes and servedWireBytes, readable (Node.Served).
+	served, servedWire atomic.Int64
 	peerFailures    *prometheus.CounterVec // by kind: corrupt, truncated, error, timeout
 	hedges          prometheus.Counter
 	hedgeFallback   prometheus.Counter
@@ -92,4 +95,10 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 		return nil, nil, fmt.Errorf("p2p: %w", err)
 	}
 	return m, unregister, nil
+}
+
+// Served returns the chunk bytes this host has uploaded to peers since it started, as data and as
+// they took on the network (zstd frames to V3 peers, raw to others).
+func (n *Node) Served() (data, wire int64) {
+	return n.met.served.Load(), n.met.servedWire.Load()
 }

@@ -88,6 +88,8 @@ func (n *Node) serveChunk(s network.Stream, ver int) {
 		}
 		n.met.servedBytes.Add(float64(len(data)))
 		n.met.servedWireBytes.Add(float64(len(body)))
+		n.met.served.Add(int64(len(data)))
+		n.met.servedWire.Add(int64(len(body)))
 		n.mu.Lock()
 		ps.bytesUp += int64(len(data))
 		n.mu.Unlock()

@@ -287,8 +287,9 @@ func (n *fakeNode) origin(blob digest.Digest) string {
 	return originName(fn)
 }
 
-func (n *fakeNode) ID() peer.ID           { return peer.ID("fake-peer") }
-func (n *fakeNode) Addrs() []ma.Multiaddr { return nil }
+func (n *fakeNode) ID() peer.ID            { return peer.ID("fake-peer") }
+func (n *fakeNode) Addrs() []ma.Multiaddr  { return nil }
+func (n *fakeNode) Served() (int64, int64) { return 0, 0 }
 func (n *fakeNode) Peers() []p2p.PeerStats {
 	n.mu.Lock()
 	defer n.mu.Unlock()

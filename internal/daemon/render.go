@@ -10,6 +10,14 @@ import (
 	"github.com/shoal-p2p/shoal/internal/units"
 )
 
+// wireRatio is "wire bytes for data bytes (ratio)": compressed chunks take less than their data.
+func wireRatio(wire, data int64) string {
+	if data == 0 {
+		return "0 B"
+	}
+	return fmt.Sprintf("%s for %s of data (%.2fx)", units.Bytes(wire), units.Bytes(data), float64(wire)/float64(data))
+}
+
 // RenderStats writes the human form of `shoal stats`: totals, images, peers.
 func RenderStats(w io.Writer, r StatsReport) {
 	fetched := r.Bytes.Peers + r.Bytes.Dedup + r.Bytes.Origin
@@ -42,6 +50,8 @@ func RenderStats(w io.Writer, r StatsReport) {
 	fmt.Fprintf(w, "\norigin offload %.1f%%   served to peers %s in %d chunks   verify failures %d (local %d, peers %d, origin %d)   fetch failures %d   bans %d\n",
 		100*r.OriginOffload, units.Bytes(r.Bytes.ServedToPeers), r.Chunks.ServedToPeers, r.VerifyFailures,
 		r.VerifyFailuresBy.Local, r.VerifyFailuresBy.Peers, r.VerifyFailuresBy.Origin, r.FetchFailures, r.Bans)
+	fmt.Fprintf(w, "on the wire: from peers %s, from origin %s, to peers %s\n",
+		wireRatio(r.WireBytes.Peers, r.Bytes.Peers), wireRatio(r.WireBytes.Origin, r.Bytes.Origin), wireRatio(r.WireBytes.ServedToPeers, r.Bytes.ServedToPeers))
 	maxs := "no cap"
 	if r.Cache.MaxBytes > 0 {
 		maxs = "cap " + units.Bytes(r.Cache.MaxBytes)

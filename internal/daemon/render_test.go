@@ -18,6 +18,7 @@ func sampleReport() StatsReport {
 		PeerID:         "12D3KooWLZ3zdwc9trZmGaxCpNhyhhQTwwvZXyG5QMS8nz6ZxR6N",
 		Bytes:          ByteTotals{Local: 5 << 20, Dedup: 1 << 20, Peers: 60 << 20, Origin: 20 << 20, ServedToPeers: 33 << 20},
 		Chunks:         ChunkTotals{Dedup: 1, Peers: 60, Origin: 20, ServedToPeers: 33},
+		WireBytes:      WireTotals{Peers: 21 << 20, Origin: 7 << 20, ServedToPeers: 11 << 20},
 		OriginOffload:  float64(61) / 81,
 		VerifyFailures: 4, VerifyFailuresBy: VerifyBySource{Peers: 3, Origin: 1}, FetchFailures: 1, Bans: 1,
 		Cache:   CacheReport{PresentBytes: 81 << 20, MaxBytes: 10 << 30, EvictedBytes: 0, Blobs: 1},

@@ -21,6 +21,8 @@ type hostPeers interface {
 	ID() peer.ID
 	Addrs() []ma.Multiaddr
 	Peers() []p2p.PeerStats
+	// Served is the chunk data uploaded to peers, and what it took on the network.
+	Served() (data, wire int64)
 }
 
 // storeCounters is what the reports read of the chunk store.
@@ -103,6 +105,7 @@ func (s *service) Stats() StatsReport {
 		rep.Peers = append(rep.Peers, pr)
 	}
 	sort.Slice(rep.Peers, func(i, j int) bool { return rep.Peers[i].ID < rep.Peers[j].ID })
+	_, rep.WireBytes.ServedToPeers = s.peers.Served()
 	rep.VerifyFailures = rep.VerifyFailuresBy.Local + rep.VerifyFailuresBy.Peers + rep.VerifyFailuresBy.Origin
 
 	for _, im := range s.reg.Images() {

@@ -100,6 +100,9 @@ type ByteTotals struct {
 type WireTotals struct {
 	Peers  int64 `json:"peers"`
 	Origin int64 `json:"origin"`
+	// ServedToPeers is what this host's uploads to peers took on the network (Bytes.ServedToPeers
+	// of data).
+	ServedToPeers int64 `json:"servedToPeers"`
 }
 
 // ChunkTotals are chunks by source.
