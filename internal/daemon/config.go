@@ -30,6 +30,7 @@ type Config struct {
 	DHT       bool     `yaml:"dht" flag:"dht" help:"run the Kademlia DHT (LAN mode, /shoal prefix) for blob provider records"`
 	PSKFile   string   `yaml:"psk_file" flag:"psk-file" help:"file with a 32-byte pre-shared key (64 hex digits): a private network"`
 	AllowPeer []string `yaml:"allow_peers" flag:"allow-peer" help:"peer ID allowed to connect (repeatable; empty: any)"`
+	WireZstd  int      `yaml:"wire_compression" flag:"wire-compression" help:"zstd level (1-22) at which chunks that their image stores compressed are sent to peers; 0: send every chunk raw"`
 
 	Domain     string `yaml:"domain" flag:"domain" help:"fscache domain: volume key erofs,<domain> and domain_id of fscache mounts"`
 	CacheMax   string `yaml:"cache_max" flag:"cache-max" help:"cap on cached chunk bytes, e.g. 50G (0: no cap); least recently used unpinned data is evicted"`
@@ -62,6 +63,7 @@ func DefaultConfig() Config {
 		CacheMax:  "0",
 		CacheResv: "0",
 		Workers:   16,
+		WireZstd:  1,
 		Prefetch:  true,
 		DHT:       true,
 		Mode:      "auto",
@@ -113,6 +115,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := units.ParseBytes(c.PrefetchBW); c.PrefetchBW != "" && err != nil {
 		bad("prefetch_rate (--prefetch-rate)", "%v", err)
+	}
+	if c.WireZstd < 0 || c.WireZstd > 22 {
+		bad("wire_compression (--wire-compression)", "%d is out of range: give 0 (send raw) or a zstd level 1..22", c.WireZstd)
 	}
 	if c.Workers < 2 || c.Workers > 1024 {
 		bad("workers (--workers)", "%d is out of range 2..1024", c.Workers)

@@ -81,6 +81,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	pcfg.DNSAddr = cfg.PeerDNS
 	pcfg.MDNS = cfg.MDNS
 	pcfg.DHT = cfg.DHT
+	pcfg.WireCompression = cfg.WireZstd
 	pcfg.Logger = log
 	pcfg.Registerer = reg
 	if cfg.PSKFile != "" {
