@@ -5,7 +5,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -388,5 +392,68 @@ func TestRecentDrains(t *testing.T) {
 	}
 	if r.data != nil || r.order != nil || r.bytes != 0 {
 		t.Fatalf("an empty buffer still holds a map (%v), a queue (cap %d) or %d bytes", r.data != nil, cap(r.order), r.bytes)
+	}
+}
+
+// BenchmarkWireCompress is the sender's cost of ChunkProtocolV3 on real source text: zstd at
+// WireCompression's default level (1) and at the build's default (3), per 1 MiB chunk of the Go
+// tree's files (GOROOT/src, skipped without it), and the receiver's decode, beside the sha256
+// of the same chunks. MB/s is of chunk data; BENCHMARKS.md records the figures.
+func BenchmarkWireCompress(b *testing.B) {
+	var tree []byte
+	root := filepath.Join(runtime.GOROOT(), "src")
+	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || len(tree) >= 32<<20 {
+			return filepath.SkipDir
+		}
+		if d.Type().IsRegular() {
+			if data, err := os.ReadFile(p); err == nil {
+				tree = append(tree, data...)
+			}
+		}
+		return nil
+	})
+	if len(tree) < 8<<20 {
+		b.Skipf("no Go tree at %s to read", root)
+	}
+	chunks := make([][]byte, 0, len(tree)>>20)
+	for off := 0; off+1<<20 <= len(tree); off += 1 << 20 {
+		chunks = append(chunks, tree[off:off+1<<20])
+	}
+	// The yardstick, in the same run: the sha256 every received chunk costs anyway.
+	b.Run("sha256", func(b *testing.B) {
+		b.SetBytes(1 << 20)
+		for i := range b.N {
+			chunk.CID(chunks[i%len(chunks)])
+		}
+	})
+	for _, level := range []int{1, 3} {
+		enc, err := zchunk.NewEncoder(level)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var frames [][]byte
+		b.Run(fmt.Sprintf("encode-level-%d", level), func(b *testing.B) {
+			b.SetBytes(1 << 20)
+			var stored int
+			for i := range b.N {
+				z, _ := enc.Encode(nil, chunks[i%len(chunks)])
+				stored += len(z)
+				if len(frames) < len(chunks) {
+					frames = append(frames, z)
+				}
+			}
+			b.ReportMetric(float64(stored)/float64(b.N<<20), "wire/data")
+		})
+		b.Run(fmt.Sprintf("decode-level-%d", level), func(b *testing.B) {
+			b.SetBytes(1 << 20)
+			for i := range b.N {
+				j := i % len(frames)
+				c := chunk.Chunk{CID: testCID, Length: 1 << 20, Codec: chunk.CodecZstd}
+				if _, err := zchunk.Decode(c, frames[j]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -89,8 +89,10 @@ type Config struct {
 	// compresses a chunk it sends to a ChunkProtocolV3 peer, when the chunk's manifest stores
 	// it compressed (a chunk the image build stored raw does not compress, and is sent raw);
 	// 0 sends every chunk raw. A chunk that arrived compressed is sent on as the frame it came
-	// in. The default, 1, is the fastest: it costs the sender about 2-3 ms of one core per MiB
-	// (BENCHMARKS.md), less than a gigabit link takes to carry the bytes it saves.
+	// in. The default, 1, is the fastest: it costs the sender about 8-10 times a sha256 of the
+	// same bytes and brings source text to about a quarter (BENCHMARKS.md, "Compressed chunks"),
+	// which pays on a link slower than the sender's compression (a gigabit LAN); on a faster
+	// link or a sender short of CPU, 0.
 	WireCompression int
 
 	// PeerConcurrency bounds the requests served to one peer at once; PeerRequestRate and
