@@ -17,6 +17,15 @@ type metrics struct {
 	fetchSeconds   prometheus.Histogram
 	servedRequests *prometheus.CounterVec // by status
 	servedBytes    prometheus.Counter
+	peerFailures   *prometheus.CounterVec // by kind: corrupt, truncated, error, timeout
+	hedges         prometheus.Counter
+	hedgeFallback  prometheus.Counter
+	standing       *prometheus.CounterVec // changes of standing, by new standing
+	bans           prometheus.Counter
+	presenceIn     prometheus.Counter
+	presenceOut    prometheus.Counter
+	peers          prometheus.GaugeFunc
+
 	// Wire bytes: what chunk transfers took on the network (compressed or raw), beside the
 	// data bytes above.
 	fetchWireBytes  *prometheus.CounterVec // by source
@@ -24,14 +33,6 @@ type metrics struct {
 	compressSeconds prometheus.Counter // CPU time compressing chunks for V3 peers
 	// served and servedWire are servedBytes and servedWireBytes, readable (Node.Served).
 	served, servedWire atomic.Int64
-	peerFailures    *prometheus.CounterVec // by kind: corrupt, truncated, error, timeout
-	hedges          prometheus.Counter
-	hedgeFallback   prometheus.Counter
-	standing        *prometheus.CounterVec // changes of standing, by new standing
-	bans            prometheus.Counter
-	presenceIn      prometheus.Counter
-	presenceOut     prometheus.Counter
-	peers           prometheus.GaugeFunc
 }
 
 func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, func(), error) {
