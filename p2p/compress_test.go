@@ -8,8 +8,9 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -401,7 +402,11 @@ func TestRecentDrains(t *testing.T) {
 // of the same chunks. MB/s is of chunk data; BENCHMARKS.md records the figures.
 func BenchmarkWireCompress(b *testing.B) {
 	var tree []byte
-	root := filepath.Join(runtime.GOROOT(), "src")
+	goroot, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		b.Skipf("go env GOROOT: %v", err)
+	}
+	root := filepath.Join(strings.TrimSpace(string(goroot)), "src")
 	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || len(tree) >= 32<<20 {
 			return filepath.SkipDir
