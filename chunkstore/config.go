@@ -43,7 +43,8 @@ type Config struct {
 	// transaction) takes.
 	SyncBatch int
 	// IndexCacheBytes bounds badger's block and table-index caches (each), so memory does not
-	// grow with the number of chunks.
+	// grow with the number of chunks. The default, 8 MiB, keeps the two inside a daemon's 64 MiB
+	// budget for anonymous memory (BENCHMARKS.md, daemon memory).
 	IndexCacheBytes int64
 	// ManifestCache is how many parsed chunk manifests stay in memory.
 	ManifestCache int
@@ -61,7 +62,7 @@ func DefaultConfig() Config {
 		PinnedOverflow:  true,
 		MaxOpenFiles:    256,
 		SyncBatch:       256,
-		IndexCacheBytes: 32 << 20,
+		IndexCacheBytes: 8 << 20,
 		ManifestCache:   256,
 	}
 }
