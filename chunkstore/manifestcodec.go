@@ -90,8 +90,8 @@ func decodeIndexManifest(v []byte) (*chunk.Manifest, error) {
 		var c chunk.Chunk
 		c.Offset = d.int()
 		c.Length = d.int()
-		if raw := d.str(); d.err == nil {
-			id, err := cid.Cast([]byte(raw))
+		if raw := d.bytes(); d.err == nil {
+			id, err := cid.Cast(raw) // copies what it keeps
 			if err != nil {
 				d.fail("chunk %d: CID: %v", i, err)
 				break
@@ -149,16 +149,19 @@ func (d *manifestDecoder) int() int64 {
 	return int64(v)
 }
 
-func (d *manifestDecoder) str() string {
+func (d *manifestDecoder) str() string { return string(d.bytes()) }
+
+// bytes is a length-prefixed field, sliced from the value (not copied).
+func (d *manifestDecoder) bytes() []byte {
 	n := d.uvarint()
 	if d.err != nil {
-		return ""
+		return nil
 	}
 	if n > uint64(len(d.b)) {
-		d.fail("string of %d bytes, %d left", n, len(d.b))
-		return ""
+		d.fail("field of %d bytes, %d left", n, len(d.b))
+		return nil
 	}
-	s := string(d.b[:n])
+	s := d.b[:n]
 	d.b = d.b[n:]
 	return s
 }
