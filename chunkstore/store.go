@@ -170,7 +170,7 @@ func Open(dir string, cfg Config) (*Store, error) {
 		log:       cfg.Logger.With("subsystem", "chunkstore"),
 		blobs:     make(map[digest.Digest]*blobState),
 		flight:    make(map[flightKey]*flight),
-		manifests: newManifestCache(cfg.ManifestCache),
+		manifests: newManifestCache(cfg.ManifestCache, cfg.ManifestCacheChunks),
 		subs:      make(map[int]func(Event)),
 		commitCh:  make(chan *commitReq, cfg.SyncBatch),
 	}
