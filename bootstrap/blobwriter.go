@@ -159,13 +159,16 @@ func (b *BlobWriter) DedupSaved() int64 { return b.saved }
 // Finish syncs and closes the file and returns the digest of the file (the blob as stored) and
 // the chunk manifest.
 func (b *BlobWriter) Finish() (digest.Digest, *chunk.Manifest, error) {
-	err := b.f.Sync()
-	if cerr := b.f.Close(); err == nil {
-		err = cerr
+	if err := b.SyncClose(); err != nil {
+		return "", nil, err
 	}
-	if err != nil {
-		return "", nil, fmt.Errorf("blob %s: %w", b.f.Name(), err)
-	}
+	return b.Seal()
+}
+
+// Seal returns the digest of the file and the chunk manifest of what has been written, without
+// syncing: a caller that has other work may run SyncClose beside it (Finish does both in turn).
+// Nothing may be Put after Seal.
+func (b *BlobWriter) Seal() (digest.Digest, *chunk.Manifest, error) {
 	d := digest.NewDigest(digest.SHA256, b.h)
 	m := &chunk.Manifest{SchemaVersion: chunk.ManifestSchemaVersion, Blob: d, BlobSize: b.off,
 		Chunking: chunk.ChunkingEROFS, ChunkSize: b.chunkSize, Chunks: b.chunks}
@@ -179,6 +182,19 @@ func (b *BlobWriter) Finish() (digest.Digest, *chunk.Manifest, error) {
 		return "", nil, fmt.Errorf("blob %s: %w", b.f.Name(), err)
 	}
 	return d, m, nil
+}
+
+// SyncClose makes the file durable and closes it. It touches only the file, so it may run on
+// another goroutine than Seal.
+func (b *BlobWriter) SyncClose() error {
+	err := b.f.Sync()
+	if cerr := b.f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", b.f.Name(), err)
+	}
+	return nil
 }
 
 // Abort closes and removes the blob file.
@@ -260,13 +276,15 @@ type Chunker struct {
 	chunkSize int64
 	pool      sync.Pool
 	zpool     sync.Pool
-	work      chan *chunkJob
-	order     chan *chunkJob
-	wg        sync.WaitGroup
-	seqDone   chan struct{}
-	errMu     sync.Mutex
-	err       error
-	closed    bool
+	encoded   sync.Map // CIDs a worker has claimed for encoding
+
+	work    chan *chunkJob
+	order   chan *chunkJob
+	wg      sync.WaitGroup
+	seqDone chan struct{}
+	errMu   sync.Mutex
+	err     error
+	closed  bool
 	// Bytes counts file bytes read (for progress); only the AddFile goroutine touches it.
 	Bytes int64
 }
@@ -299,7 +317,10 @@ func NewChunker(sink ChunkSink, chunkSize int64) *Chunker {
 			defer c.wg.Done()
 			for j := range c.work {
 				j.id = chunk.CID(j.buf[:j.n])
-				if c.enc != nil {
+				// Only the first worker to see a CID encodes it: the sink stores a repeat
+				// once, and keeps nothing of it. Should a later copy win the race, the
+				// earlier one reaches the sink unencoded and is encoded there (Put).
+				if c.enc != nil && c.claim(j.id) {
 					j.stored = c.zpool.Get().(*[]byte)
 					*j.stored, j.codec = c.enc.Encode((*j.stored)[:0], j.buf[:j.n])
 				}
@@ -334,6 +355,12 @@ func (c *Chunker) sequence() {
 			c.zpool.Put(j.stored)
 		}
 	}
+}
+
+// claim reports whether id is seen for the first time, by any worker.
+func (c *Chunker) claim(id cid.Cid) bool {
+	_, seen := c.encoded.LoadOrStore(id, struct{}{})
+	return !seen
 }
 
 func (c *Chunker) fail(err error) {

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -13,6 +15,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/chunk/zchunk"
 )
 
 // TestChunker: chunks are cut per file from its start, all-zero chunks become holes, identical
@@ -81,5 +84,59 @@ func TestRunnableConfig(t *testing.T) {
 	must(t, err)
 	if !bytes.Contains(min, []byte(`"architecture":"arm64"`)) {
 		t.Errorf("minimal config %s", min)
+	}
+}
+
+// TestChunkerCompressedRepeats: with an encoder, a chunk seen many times (by workers racing to
+// encode it) is stored once, in a stored form that decodes to its CID, whichever copy the
+// workers encoded; random chunks are stored raw.
+func TestChunkerCompressedRepeats(t *testing.T) {
+	const cs = 64 << 10
+	enc, err := ChunkEncoder(CompressionZstd, 0)
+	must(t, err)
+	path := filepath.Join(t.TempDir(), "blob")
+	bw, err := NewStoredBlobWriter(path, 1, cs, enc)
+	must(t, err)
+	ch := NewChunker(bw, cs)
+	text := bytes.Repeat([]byte("the same words again and again, "), 3*cs/32)
+	noise := randBytes(t, cs)
+	var refs [][]ChunkRef
+	for i := range 40 {
+		f := text
+		if i%3 == 0 {
+			f = noise
+		}
+		r, err := ch.AddFile(bytes.NewReader(f), int64(len(f)), "f")
+		must(t, err)
+		refs = append(refs, r)
+	}
+	must(t, ch.Wait())
+	_, m, err := bw.Finish()
+	must(t, err)
+	// The text's 3 chunks are identical (the phrase divides the chunk size), so 1 of it, 1 of
+	// the noise.
+	if len(m.Chunks) != 2 {
+		t.Fatalf("%d chunks stored, want 2 (1 of the text, 1 of the noise)", len(m.Chunks))
+	}
+	for i, r := range refs {
+		first := refs[1] // the first text file
+		if i%3 == 0 {
+			first = refs[0]
+		}
+		if !slices.Equal(r, first) {
+			t.Fatalf("file %d: refs %+v differ from the first copy's %+v", i, r, first)
+		}
+	}
+	blob, err := os.ReadFile(path)
+	must(t, err)
+	for _, c := range m.Chunks {
+		stored := blob[c.StoredOffset : c.StoredOffset+c.StoredLength]
+		if _, err := zchunk.DecodeVerified(c, stored); err != nil {
+			t.Errorf("chunk at %d: %v", c.Offset, err)
+		}
+		isNoise := c.CID == chunk.CID(noise)
+		if isNoise != (c.Codec == chunk.CodecNone) {
+			t.Errorf("chunk at %d (noise %v) stored with codec %q", c.Offset, isNoise, c.Codec)
+		}
 	}
 }

@@ -139,15 +139,17 @@ func Build(ctx context.Context, src, out string, opts BuildOptions) (*BuildResul
 	blobPath := filepath.Join(stage, "blob")
 	start := time.Now()
 	var m *chunk.Manifest
+	blobSynced := func() error { return nil } // mkfs.erofs's blob is not synced here
 	if opts.Engine == EngineGo {
-		if m, err = buildGo(ctx, src, bootPath, blobPath, opts.ChunkSize, enc, res, progress); err != nil {
+		if m, blobSynced, err = buildGo(ctx, src, bootPath, blobPath, opts.ChunkSize, enc, res, progress); err != nil {
 			return nil, err
 		}
+		defer func() { _ = blobSynced() }() // on every path out: the fsync's goroutine has ended
 	} else if err := runMkfs(ctx, mkfs, src, bootPath, blobPath, opts.ChunkSize, res, progress); err != nil {
 		return nil, err
 	}
 	res.Elapsed = time.Since(start)
-	return finishBuild(stage, out, bootPath, blobPath, m, enc, opts, res, progress)
+	return finishBuild(stage, out, bootPath, blobPath, m, blobSynced, enc, opts, res, progress)
 }
 
 func runMkfs(ctx context.Context, mkfs, src, bootPath, blobPath string, chunkSize int64, res *BuildResult, progress io.Writer) error {
@@ -172,11 +174,12 @@ func runMkfs(ctx context.Context, mkfs, src, bootPath, blobPath string, chunkSiz
 }
 
 // finishBuild checks the image just written, computes its chunk manifest unless the writer
-// already did (m), and moves the layout into place.
+// already did (m), and moves the layout into place once blobSynced (the blob's fsync, running
+// beside the checks) has returned.
 //
 // With an encoder and no manifest (mkfs.erofs wrote an uncompressed blob), the blob is encoded
 // into its stored form after chunking.
-func finishBuild(stage, out, bootPath, blobPath string, m *chunk.Manifest, enc *zchunk.Encoder, opts BuildOptions, res *BuildResult, progress io.Writer) (*BuildResult, error) {
+func finishBuild(stage, out, bootPath, blobPath string, m *chunk.Manifest, blobSynced func() error, enc *zchunk.Encoder, opts BuildOptions, res *BuildResult, progress io.Writer) (*BuildResult, error) {
 	bootFile, err := os.Open(bootPath)
 	if err != nil {
 		return nil, err
@@ -274,6 +277,9 @@ func finishBuild(stage, out, bootPath, blobPath string, m *chunk.Manifest, enc *
 	im, err := ParseImage(mb, w.l.Fetch)
 	if err != nil {
 		return nil, fmt.Errorf("reading back the layout: %w", err)
+	}
+	if err := blobSynced(); err != nil {
+		return nil, err
 	}
 	if err := os.Rename(w.l.Dir, out); err != nil {
 		return nil, fmt.Errorf("output: %w", err)

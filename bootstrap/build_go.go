@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -29,11 +30,13 @@ func HostPlatform() ocispec.Platform {
 }
 
 // buildGo writes the image of src with WriteEROFS: one pass over the tree, file data chunked
-// (hashed on every core) into the blob as it is read, then the bootstrap.
-func buildGo(ctx context.Context, src, bootPath, blobPath string, chunkSize int64, enc *zchunk.Encoder, res *BuildResult, progress io.Writer) (*chunk.Manifest, error) {
+// (hashed and encoded on every core) into the blob as it is read, then the bootstrap. The blob's
+// fsync runs beside the bootstrap's writing and whatever the caller does next: blobSynced waits
+// for it and must be called, on success, before the image is moved into place.
+func buildGo(ctx context.Context, src, bootPath, blobPath string, chunkSize int64, enc *zchunk.Encoder, res *BuildResult, progress io.Writer) (m *chunk.Manifest, blobSynced func() error, err error) {
 	bw, err := NewStoredBlobWriter(blobPath, 1, chunkSize, enc)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ch := NewChunker(bw, chunkSize)
 	b := &dirBuilder{ctx: ctx, ch: ch, res: res, progress: progress, links: map[[2]uint64]*Node{}, last: time.Now()}
@@ -46,21 +49,31 @@ func buildGo(ctx context.Context, src, bootPath, blobPath string, chunkSize int6
 	}
 	if err != nil {
 		bw.Abort()
-		return nil, err
+		return nil, nil, err
 	}
-	d, m, err := bw.Finish()
+	d, m, err := bw.Seal()
 	if err != nil {
-		return nil, err
+		bw.Abort()
+		return nil, nil, err
+	}
+	synced := make(chan error, 1)
+	go func() { synced <- bw.SyncClose() }()
+	var once sync.Once
+	var syncErr error
+	blobSynced = func() error {
+		once.Do(func() { syncErr = <-synced })
+		return syncErr
 	}
 	res.DedupSaved = bw.DedupSaved()
 	img, err := WriteEROFS(&Tree{Root: root}, WriteOptions{ChunkSize: chunkSize, Devices: []DeviceSpec{{Tag: d.Encoded(), Size: m.BlobSize}}})
+	if err == nil {
+		err = writeFileSync(bootPath, img)
+	}
 	if err != nil {
-		return nil, err
+		_ = blobSynced() // no goroutine outlives the build
+		return nil, nil, err
 	}
-	if err := writeFileSync(bootPath, img); err != nil {
-		return nil, err
-	}
-	return m, nil
+	return m, blobSynced, nil
 }
 
 func writeFileSync(path string, b []byte) error {

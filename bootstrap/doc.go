@@ -45,11 +45,16 @@
 //     chunk indexes do), hashes chunks on every core and hands them in order to a ChunkSink;
 //     BlobWriter is the sink (identical chunks stored once, blob digest and chunk manifest
 //     computed as it writes): uncompressed (schema 1), or with BuildOptions.Compression zstd each
-//     chunk stored as a zstd frame where that pays and raw otherwise (schema 2: the chunk keeps
+//     chunk stored as a zstd frame where that pays and raw otherwise (chunks whose sampled byte
+//     entropy says zstd cannot pay are not tried: zchunk.Incompressible) (schema 2: the chunk keeps
 //     its offset in the uncompressed device, which the bootstrap's chunk indexes point at, and
 //     gains a stored offset and length in the blob; the layer's digest and size are the stored
 //     blob's, Manifest.BlobSize the device's). Per chunk: one read, one zero scan, one sha256,
-//     one zstd encode (on the hashing workers), one write plus the blob's sha256. The bootstrap
+//     one zstd encode (on the hashing workers; a repeat of a chunk already claimed by a worker is
+//     not encoded again), one write plus the blob's sha256. The zstd encode is most of a build's
+//     CPU time (BENCHMARKS.md), which is why the CLI's default level is 1. The blob's fsync runs
+//     beside the bootstrap's writing and the image's checks, before the layout is renamed into
+//     place. The bootstrap
 //     is never compressed, and the store and the kernel only ever see uncompressed devices;
 //     DeviceReader reads a device straight from a stored blob (tools, tests); EncodeBlob
 //     compresses an uncompressed blob (EngineMkfs with compression).

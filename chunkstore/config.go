@@ -43,10 +43,15 @@ type Config struct {
 	// transaction) takes.
 	SyncBatch int
 	// IndexCacheBytes bounds badger's block and table-index caches (each), so memory does not
-	// grow with the number of chunks.
+	// grow with the number of chunks. The default, 8 MiB, keeps the two inside a daemon's 64 MiB
+	// budget for anonymous memory (BENCHMARKS.md, daemon memory).
 	IndexCacheBytes int64
 	// ManifestCache is how many parsed chunk manifests stay in memory.
 	ManifestCache int
+	// ManifestCacheChunks bounds the chunks of those manifests, all together (about 110 bytes
+	// each in memory), so that large images do not make the cache large; the manifest used last
+	// is kept whatever its size.
+	ManifestCacheChunks int
 	// Logger receives the store's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the store's Prometheus metrics; nil registers nothing.
@@ -61,8 +66,10 @@ func DefaultConfig() Config {
 		PinnedOverflow:  true,
 		MaxOpenFiles:    256,
 		SyncBatch:       256,
-		IndexCacheBytes: 32 << 20,
+		IndexCacheBytes: 8 << 20,
 		ManifestCache:   256,
+		// About 7 MiB of parsed manifests: 64 blobs of 1024 chunks (64 GiB of blobs in 1 MiB chunks).
+		ManifestCacheChunks: 1 << 16,
 	}
 }
 
@@ -94,6 +101,9 @@ func (c Config) Validate() error {
 	}
 	if c.ManifestCache < 1 {
 		errs = append(errs, fmt.Errorf("ManifestCache %d: must be at least 1", c.ManifestCache))
+	}
+	if c.ManifestCacheChunks < 1 {
+		errs = append(errs, fmt.Errorf("ManifestCacheChunks %d: must be at least 1", c.ManifestCacheChunks))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("chunkstore config: %w", errors.Join(errs...))

@@ -37,11 +37,13 @@
 // # Index
 //
 // Badger keys (index.go): per blob a record (size, manifest digest, present bytes and chunks, last
-// access, file signature) and its manifest; per present chunk a P key (blob, offset → length, CID)
+// access, file signature) and its manifest (a compact binary form, manifestcodec.go; JSON in
+// indexes written before it, still read); per present chunk a P key (blob, offset → length, CID)
 // and a C key (CID, blob, offset → length) written and deleted in the same batch, so a CID finds
 // every location holding it; pins; persistent counters. Memory holds one small record per blob and
 // a bounded number of parsed manifests; badger's block and index caches are bounded by
-// Config.IndexCacheBytes, so memory does not grow with the number of chunks.
+// Config.IndexCacheBytes (8 MiB each by default), its tables are not compressed (store.go,
+// badgerOptions), so memory does not grow with the number of chunks.
 //
 // # Writes and crash semantics
 //

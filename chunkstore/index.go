@@ -11,7 +11,7 @@ import (
 // Index layout in badger. Digest strings never contain NUL, so NUL ends a digest inside a key.
 //
 //	B <digest>                          -> blobRecord (encodeBlobRecord)
-//	M <digest>                          -> chunk manifest JSON
+//	M <digest>                          -> chunk manifest (encodeIndexManifest; JSON in older indexes)
 //	P <digest> 0x00 <be64 offset>       -> presentValue: the chunk at offset is present
 //	C <u8 len> <cid> <digest> 0x00 <be64 offset> -> be64 length: a location holding the CID
 //	N <digest> 0x00 <image>             -> empty: image pins digest

@@ -65,3 +65,30 @@ func FuzzIndexDecoders(f *testing.F) {
 		_, _ = decodeBE64(b)
 	})
 }
+
+// TestManifestCacheBounds: the cache holds at most max manifests and maxChunks chunks over all,
+// dropping the least recently used, but always keeps the last one put.
+func TestManifestCacheBounds(t *testing.T) {
+	mk := func(n int) *chunk.Manifest { return &chunk.Manifest{Chunks: make([]chunk.Chunk, n)} }
+	c := newManifestCache(3, 100)
+	c.put("a", mk(40))
+	c.put("b", mk(40))
+	if c.get("a") == nil { // a is now the most recent
+		t.Fatal("a dropped under both bounds")
+	}
+	c.put("c", mk(40)) // 120 chunks: b, the least recent, goes
+	if c.get("b") != nil || c.get("a") == nil || c.get("c") == nil || c.chunks != 80 {
+		t.Fatalf("after c: b %v, a %v, c %v, %d chunks", c.get("b") != nil, c.get("a") != nil, c.get("c") != nil, c.chunks)
+	}
+	c.put("big", mk(500)) // over the bound alone: kept, everything else goes
+	if c.get("big") == nil || c.get("a") != nil || c.get("c") != nil || c.chunks != 500 {
+		t.Fatalf("after big: %d entries, %d chunks", c.lru.Len(), c.chunks)
+	}
+	c.put("big", mk(10)) // replaced: the count follows
+	for _, d := range []digest.Digest{"x", "y", "z"} {
+		c.put(d, mk(1))
+	}
+	if c.lru.Len() != 3 || c.get("big") != nil || c.chunks != 3 {
+		t.Fatalf("count bound: %d entries, %d chunks", c.lru.Len(), c.chunks)
+	}
+}

@@ -15,12 +15,16 @@ import (
 	"github.com/shoal-p2p/shoal/chunk"
 )
 
-// manifestCache keeps the most recently used parsed manifests; the rest live in the index.
+// manifestCache keeps the most recently used parsed manifests, at most max of them and at most
+// maxChunks chunks over all (a parsed chunk takes about 110 bytes: 65 536 chunks are about 7 MiB),
+// but always the last one put; the rest live in the index.
 type manifestCache struct {
-	mu  sync.Mutex
-	max int
-	m   map[digest.Digest]*list.Element
-	lru list.List
+	mu        sync.Mutex
+	max       int
+	maxChunks int
+	chunks    int
+	m         map[digest.Digest]*list.Element
+	lru       list.List
 }
 
 type manifestEntry struct {
@@ -28,8 +32,8 @@ type manifestEntry struct {
 	m *chunk.Manifest
 }
 
-func newManifestCache(max int) *manifestCache {
-	return &manifestCache{max: max, m: make(map[digest.Digest]*list.Element)}
+func newManifestCache(max, maxChunks int) *manifestCache {
+	return &manifestCache{max: max, maxChunks: maxChunks, m: make(map[digest.Digest]*list.Element)}
 }
 
 func (c *manifestCache) get(d digest.Digest) *chunk.Manifest {
@@ -46,15 +50,20 @@ func (c *manifestCache) put(d digest.Digest, m *chunk.Manifest) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.m[d]; ok {
-		e.Value.(*manifestEntry).m = m
+		ent := e.Value.(*manifestEntry)
+		c.chunks += len(m.Chunks) - len(ent.m.Chunks)
+		ent.m = m
 		c.lru.MoveToFront(e)
-		return
+	} else {
+		c.m[d] = c.lru.PushFront(&manifestEntry{d, m})
+		c.chunks += len(m.Chunks)
 	}
-	c.m[d] = c.lru.PushFront(&manifestEntry{d, m})
-	for c.lru.Len() > c.max {
+	for c.lru.Len() > 1 && (c.lru.Len() > c.max || c.chunks > c.maxChunks) {
 		e := c.lru.Back()
 		c.lru.Remove(e)
-		delete(c.m, e.Value.(*manifestEntry).d)
+		ent := e.Value.(*manifestEntry)
+		delete(c.m, ent.d)
+		c.chunks -= len(ent.m.Chunks)
 	}
 }
 

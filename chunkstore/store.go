@@ -16,6 +16,7 @@ import (
 	"github.com/shoal-p2p/shoal/chunkstore/layout"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 	"github.com/ipfs/go-cid"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -169,7 +170,7 @@ func Open(dir string, cfg Config) (*Store, error) {
 		log:       cfg.Logger.With("subsystem", "chunkstore"),
 		blobs:     make(map[digest.Digest]*blobState),
 		flight:    make(map[flightKey]*flight),
-		manifests: newManifestCache(cfg.ManifestCache),
+		manifests: newManifestCache(cfg.ManifestCache, cfg.ManifestCacheChunks),
 		subs:      make(map[int]func(Event)),
 		commitCh:  make(chan *commitReq, cfg.SyncBatch),
 	}
@@ -222,13 +223,16 @@ func Open(dir string, cfg Config) (*Store, error) {
 // badgerOptions are the index's settings, chosen for bounded memory (BENCHMARKS.md, chunkstore
 // scale): two small memtables; block and table-index caches bounded by IndexCacheBytes (with an
 // index cache, table indexes and bloom filters are loaded on demand, not all kept in memory);
-// and tables of one size at every level. Badger's compaction builds up to 8 + splits tables at
-// once per compactor, each in a buffer of twice its table size, so with the default growth
-// (2 MiB doubling per level) compacting a large index held hundreds of MB; fixed 2 MiB tables
-// bound it to tens.
+// tables of one size at every level; and no block compression. Badger's compaction builds up to
+// 8 + splits tables at once per compactor, each in a buffer of twice its table size, so with the
+// default growth (2 MiB doubling per level) compacting a large index held hundreds of MB; fixed
+// 2 MiB tables bound it to tens. Without compression a table builder needs no compression
+// goroutines and buffers, and a block-cache miss no decompression buffer; the keys of a blob
+// share its digest as a prefix, which badger's block format already stores once.
 func (s *Store) badgerOptions() badger.Options {
 	opts := badger.DefaultOptions(s.cfg.IndexDir)
 	opts.TableSizeMultiplier = 1 // no With method for it
+	opts.Compression = options.None
 	return opts.
 		WithLogger(badgerLogger{s.log}).
 		WithLoggingLevel(badger.WARNING).
@@ -446,7 +450,7 @@ func (s *Store) AddBlob(ctx context.Context, m *chunk.Manifest) error {
 	b.touch()
 	s.idxMu.Lock()
 	err = s.db.Update(func(txn *badger.Txn) error {
-		if err := txn.Set(manifestKey(m.Blob), js); err != nil {
+		if err := txn.Set(manifestKey(m.Blob), encodeIndexManifest(m)); err != nil {
 			return err
 		}
 		// Stale presence from an earlier registration must not survive.
@@ -542,21 +546,26 @@ func (s *Store) manifest(b *blobState) (*chunk.Manifest, error) {
 	if m := s.manifests.get(b.digest); m != nil {
 		return m, nil
 	}
-	var js []byte
+	var m *chunk.Manifest
 	err := s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(manifestKey(b.digest))
 		if err != nil {
 			return err
 		}
-		js, err = item.ValueCopy(nil)
-		return err
+		return item.Value(func(v []byte) error { // decoded in place: no copy of the value
+			var derr error
+			m, derr = decodeIndexManifest(v)
+			if derr != nil {
+				derr = fmt.Errorf("chunk manifest of %s in index: %w: %w", b.digest, ErrCorrupt, derr)
+			}
+			return derr
+		})
 	})
-	if err != nil {
-		return nil, fmt.Errorf("chunk manifest of %s: %w", b.digest, err)
+	if err != nil && !errors.Is(err, ErrCorrupt) {
+		err = fmt.Errorf("chunk manifest of %s: %w", b.digest, err)
 	}
-	m, err := chunk.ParseManifest(js)
 	if err != nil {
-		return nil, fmt.Errorf("chunk manifest of %s in index: %w: %w", b.digest, ErrCorrupt, err)
+		return nil, err
 	}
 	s.manifests.put(b.digest, m)
 	return m, nil

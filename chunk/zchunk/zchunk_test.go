@@ -190,3 +190,49 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// TestIncompressible: data zstd cannot shrink is recognised without encoding it, and data it can
+// (text, zeros, a random file padded with zeros to the block) is still tried.
+func TestIncompressible(t *testing.T) {
+	halfZero := append(random(t, 2048), make([]byte, 2048)...)
+	cases := []struct {
+		name string
+		data []byte
+		want bool
+	}{
+		{"random 1 MiB", random(t, 1<<20), true},
+		{"random 4 KiB", random(t, 4096), true},
+		{"random 1 MiB + 100 bytes", random(t, 1<<20+100), true},
+		{"text", text(1 << 20), false},
+		{"zeros", make([]byte, 1<<20), false},
+		{"random half a block, zero padded", halfZero, false},
+		{"empty", nil, false},
+	}
+	e := mustEncoder(t, DefaultLevel)
+	for _, c := range cases {
+		if got := Incompressible(c.data); got != c.want {
+			t.Errorf("%s: Incompressible = %v, want %v", c.name, got, c.want)
+		}
+		if !c.want || len(c.data) == 0 {
+			continue
+		}
+		stored, codec := e.Encode(nil, c.data)
+		if codec != chunk.CodecNone || !bytes.Equal(stored, c.data) {
+			t.Errorf("%s: Encode gave codec %q and %d bytes, want the raw %d", c.name, codec, len(stored), len(c.data))
+		}
+	}
+	// The half-zero block pays as a frame: the check must not have kept it raw.
+	if _, codec := e.Encode(nil, halfZero); codec != chunk.CodecZstd {
+		t.Errorf("random half block zero padded: codec %q, want zstd", codec)
+	}
+}
+
+func BenchmarkEncodeRandom(b *testing.B) {
+	data := random(b, 1<<20)
+	e := mustEncoder(b, DefaultLevel)
+	b.SetBytes(int64(len(data)))
+	var dst []byte
+	for b.Loop() {
+		dst, _ = e.Encode(dst[:0], data)
+	}
+}

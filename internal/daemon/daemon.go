@@ -24,6 +24,7 @@ import (
 	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/demand"
+	"github.com/shoal-p2p/shoal/internal/memtrim"
 	"github.com/shoal-p2p/shoal/mount"
 	"github.com/shoal-p2p/shoal/origin"
 	"github.com/shoal-p2p/shoal/p2p"
@@ -207,8 +208,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.cfg.AdminListen != "" {
 		admin = d.adminServer()
 	}
+	trim, err := memtrim.New(memtrim.Config{}, d.log.With("subsystem", "memtrim"))
+	if err != nil {
+		return err
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.node.Run(gctx) })
+	// Free heap goes back to the OS once nothing is fetched or served (BENCHMARKS.md, memory).
+	g.Go(func() error { return trim.Run(gctx) })
 	g.Go(func() error {
 		select {
 		case <-d.node.Ready():
