@@ -170,8 +170,10 @@ type stack struct {
 	cluster  *cluster
 }
 
-// newStack starts the three. binDir holds containerd 2.x's binaries ("" for Debian's 1.6).
-func newStack(t *testing.T, host, binDir string) *stack {
+// newStack starts the three. binDir holds containerd 2.x's binaries ("" for Debian's 1.6);
+// pause is CRI's sandbox image ("": containerd's default, which is never pulled unless a pod
+// sandbox is run).
+func newStack(t *testing.T, host, binDir, pause string) *stack {
 	dir := t.TempDir()
 	c := &cluster{t: t, dir: dir, origin: host}
 	s := &stack{t: t, dir: dir, host: host, daemon: c.startDaemon(1, nil), cluster: c,
@@ -195,11 +197,19 @@ state = %q
     enable_remote_snapshot_annotations = "true"
 `, version, filepath.Join(dir, "root"), filepath.Join(dir, "state"), s.sock, s.snSock)
 	if version == 2 {
+		// restrict_oom_score_adj: these machines give root no CAP_SYS_RESOURCE, and a pod
+		// sandbox's oom_score_adj of -998 cannot be set without it (runc fails "can't get final
+		// child's PID from pipe").
+		sandbox := ""
+		if pause != "" {
+			sandbox = fmt.Sprintf("  sandbox_image = %q\n", pause)
+		}
 		cfg += fmt.Sprintf(`[plugins."io.containerd.internal.v1.opt"]
   path = %q
 [plugins."io.containerd.grpc.v1.cri"]
   disable_apparmor = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
+  restrict_oom_score_adj = true
+%s  [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "shoal"
     disable_snapshot_annotations = false
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -207,7 +217,7 @@ state = %q
     conf_dir = %q
   [plugins."io.containerd.grpc.v1.cri".registry.mirrors.%q]
     endpoint = ["http://%s"]
-`, filepath.Join(dir, "opt"), filepath.Join(dir, "cni"), filepath.Join(dir, "cni"), host, host)
+`, filepath.Join(dir, "opt"), sandbox, filepath.Join(dir, "cni"), filepath.Join(dir, "cni"), host, host)
 	} else {
 		cfg += fmt.Sprintf(`[plugins."io.containerd.internal.v1.opt"]
   path = %q
@@ -371,6 +381,15 @@ func containerdSkips(t *testing.T) {
 	}
 }
 
+// containerd16Skips skips where containerd, runc or root is missing, or containerd on PATH is
+// not 1.6 (Debian bookworm's).
+func containerd16Skips(t *testing.T) {
+	containerdSkips(t)
+	if out, err := exec.Command("containerd", "--version").Output(); err != nil || !strings.Contains(string(out), " 1.6") {
+		t.Skipf("containerd on PATH is not 1.6 (%s)", strings.TrimSpace(string(out)))
+	}
+}
+
 // runAndCheck runs the image with ctr through the snapshotter and checks what it prints and
 // writes: the container's write lands in its upper directory, never in the image.
 func (s *stack) runAndCheck(layers []string, imageRef string) {
@@ -486,13 +505,10 @@ func (s *stack) runAndCheck(layers []string, imageRef string) {
 // TestContainerd16CRI: Debian's containerd 1.6 pulls the Shoal image through CRI (kubelet's
 // path) with the shoal snapshotter; no layer reaches containerd's content store; ctr runs it.
 func TestContainerd16CRI(t *testing.T) {
-	containerdSkips(t)
-	if out, err := exec.Command("containerd", "--version").Output(); err != nil || !strings.Contains(string(out), " 1.6") {
-		t.Skipf("containerd on PATH is not 1.6 (%s)", strings.TrimSpace(string(out)))
-	}
+	containerd16Skips(t)
 	host := converttest.StartRegistry(t)
 	ref, layers := busyboxImage(t, host)
-	s := newStack(t, host, "")
+	s := newStack(t, host, "", "")
 	s.criPull(ref)
 	s.runAndCheck(layers, ref)
 }
@@ -515,7 +531,7 @@ func TestContainerd2Ctr(t *testing.T) {
 	binDir := strings.TrimSpace(string(out))
 	host := converttest.StartRegistry(t)
 	ref, layers := busyboxImage(t, host)
-	s := newStack(t, host, binDir)
+	s := newStack(t, host, binDir, "")
 	s.mustCtr("images", "pull", "--plain-http", "--snapshotter", "shoal", ref)
 	s.runAndCheck(layers, ref)
 }
