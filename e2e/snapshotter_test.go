@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -169,8 +170,10 @@ type stack struct {
 	cluster  *cluster
 }
 
-// newStack starts the three. binDir holds containerd 2.x's binaries ("" for Debian's 1.6).
-func newStack(t *testing.T, host, binDir string) *stack {
+// newStack starts the three. binDir holds containerd 2.x's binaries ("" for Debian's 1.6);
+// pause is CRI's sandbox image ("": containerd's default, which is never pulled unless a pod
+// sandbox is run).
+func newStack(t *testing.T, host, binDir, pause string) *stack {
 	dir := t.TempDir()
 	c := &cluster{t: t, dir: dir, origin: host}
 	s := &stack{t: t, dir: dir, host: host, daemon: c.startDaemon(1, nil), cluster: c,
@@ -194,11 +197,19 @@ state = %q
     enable_remote_snapshot_annotations = "true"
 `, version, filepath.Join(dir, "root"), filepath.Join(dir, "state"), s.sock, s.snSock)
 	if version == 2 {
+		// restrict_oom_score_adj: these machines give root no CAP_SYS_RESOURCE, and a pod
+		// sandbox's oom_score_adj of -998 cannot be set without it (runc fails "can't get final
+		// child's PID from pipe").
+		sandbox := ""
+		if pause != "" {
+			sandbox = fmt.Sprintf("  sandbox_image = %q\n", pause)
+		}
 		cfg += fmt.Sprintf(`[plugins."io.containerd.internal.v1.opt"]
   path = %q
 [plugins."io.containerd.grpc.v1.cri"]
   disable_apparmor = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
+  restrict_oom_score_adj = true
+%s  [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "shoal"
     disable_snapshot_annotations = false
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -206,7 +217,7 @@ state = %q
     conf_dir = %q
   [plugins."io.containerd.grpc.v1.cri".registry.mirrors.%q]
     endpoint = ["http://%s"]
-`, filepath.Join(dir, "opt"), filepath.Join(dir, "cni"), filepath.Join(dir, "cni"), host, host)
+`, filepath.Join(dir, "opt"), sandbox, filepath.Join(dir, "cni"), filepath.Join(dir, "cni"), host, host)
 	} else {
 		cfg += fmt.Sprintf(`[plugins."io.containerd.internal.v1.opt"]
   path = %q
@@ -243,9 +254,41 @@ state = %q
 	return s
 }
 
+// startSnapshotter starts the snapshotter and, once containerd runs, waits until containerd
+// reaches it again: containerd's proxy-plugin connection retries with a backoff (up to a few
+// seconds), and calls in between fail with "connection refused" as kubelet would retry them.
 func (s *stack) startSnapshotter() {
 	s.sn = startProc(s.t, "snapshotter", nil, shoalBin, "snapshotter", "--address", s.snSock, "--root", s.snRoot, "--api", s.daemon.sock)
 	waitSocket(s.t, s.sn, s.snSock)
+	if s.ctrdProc == nil {
+		return
+	}
+	var err error
+	for range 150 {
+		if _, err = s.ctrOut("snapshots", "--snapshotter", "shoal", "ls"); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.t.Fatalf("containerd does not reach the restarted snapshotter: %v", err)
+}
+
+// rebootBoth stops the snapshotter and the daemon, removes what a reboot would (the image
+// mount), and starts both again.
+func (s *stack) rebootBoth() {
+	t := s.t
+	s.sn.stop(t)
+	s.stopDaemon()
+	for _, m := range s.imageMounts() {
+		if err := exec.Command("umount", "-l", strings.Fields(m)[0]).Run(); err != nil {
+			t.Fatalf("umount %s: %v", m, err)
+		}
+	}
+	if ms := s.imageMounts(); len(ms) != 0 {
+		t.Fatalf("image still mounted after the 'reboot': %v", ms)
+	}
+	s.daemon = s.cluster.startDaemon(1, nil)
+	s.startSnapshotter()
 }
 
 // restartDaemon stops the daemon and starts it again on the same data and socket.
@@ -261,17 +304,22 @@ func (s *stack) stopDaemon() {
 }
 
 func (s *stack) ctrOut(args ...string) (string, error) {
+	out, stderr, err := s.ctrRun(args...)
+	if err != nil {
+		err = fmt.Errorf("%w: %s", err, stderr)
+	}
+	return out, err
+}
+
+// ctrRun runs ctr and returns its stdout and stderr apart: ctr 2.x warns on stderr (cgroup v1
+// is deprecated), and containers print to stdout.
+func (s *stack) ctrRun(args ...string) (stdout, stderr string, err error) {
 	cmd := exec.Command(s.ctr, append([]string{"-a", s.sock, "-n", s.ns}, args...)...)
 	cmd.Env = append(os.Environ(), s.pathEnv...)
-	// stdout only: ctr 2.x warns on stderr (cgroup v1 is deprecated), and containers print to
-	// stdout.
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		err = fmt.Errorf("%w: %s", err, stderr.String())
-	}
-	return string(out), err
+	var so, se strings.Builder
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err = cmd.Run()
+	return so.String(), se.String(), err
 }
 
 func (s *stack) mustCtr(args ...string) string {
@@ -330,6 +378,15 @@ func containerdSkips(t *testing.T) {
 		if _, err := exec.LookPath(b); err != nil {
 			t.Skipf("%s not installed (apt-get install containerd runc)", b)
 		}
+	}
+}
+
+// containerd16Skips skips where containerd, runc or root is missing, or containerd on PATH is
+// not 1.6 (Debian bookworm's).
+func containerd16Skips(t *testing.T) {
+	containerdSkips(t)
+	if out, err := exec.Command("containerd", "--version").Output(); err != nil || !strings.Contains(string(out), " 1.6") {
+		t.Skipf("containerd on PATH is not 1.6 (%s)", strings.TrimSpace(string(out)))
 	}
 }
 
@@ -403,24 +460,21 @@ func (s *stack) runAndCheck(layers []string, imageRef string) {
 	s.mustCtr("containers", "rm", "writer")
 
 	// A reboot-like restart of both: the snapshotter and the daemon stop, the image mount is
-	// gone; once both are back, a container starts from the snapshots containerd still has.
-	s.sn.stop(t)
-	s.stopDaemon()
-	for _, m := range s.imageMounts() {
-		if err := exec.Command("umount", "-l", strings.Fields(m)[0]).Run(); err != nil {
-			t.Fatalf("umount %s: %v", m, err)
+	// gone; once both are back (the daemon restoring its mounts while the snapshotter starts),
+	// a container starts from the snapshots containerd still has.
+	// SHOAL_SNAPSHOTTER_REBOOTS=N repeats it N times (a stress run, not in the default run).
+	reboots := 1
+	if n, err := strconv.Atoi(os.Getenv("SHOAL_SNAPSHOTTER_REBOOTS")); err == nil && n > 1 {
+		reboots = n
+	}
+	for i := range reboots {
+		s.rebootBoth()
+		id := fmt.Sprintf("hello-reboot-%d", i)
+		stdout, stderr, err := s.ctrRun("run", "--rm", "--snapshotter", "shoal", imageRef, id)
+		if err != nil || stdout != helloText {
+			t.Fatalf("reboot %d: a container started after a restart of both printed %q (%v), want %q; ctr's stderr:\n%s\ndaemon log:\n%s\nsnapshotter log:\n%s",
+				i, stdout, err, helloText, stderr, s.daemon.log.String(), s.sn.log.String())
 		}
-	}
-	if ms := s.imageMounts(); len(ms) != 0 {
-		t.Fatalf("image still mounted after the 'reboot': %v", ms)
-	}
-	s.daemon = s.cluster.startDaemon(1, nil)
-	s.startSnapshotter()
-	if out := s.mustCtr("run", "--rm", "--snapshotter", "shoal", imageRef, "hello4"); out != helloText {
-		// Known issue (issue 15, seen once on main under load with containerd 1.6): the first
-		// container after a reboot-like restart of both printed nothing. Logged, not failed,
-		// until it is understood; the rest of the recovery is still checked below.
-		t.Logf("KNOWN ISSUE: a container started after a restart of both printed %q", out)
 	}
 	if ms := s.imageMounts(); len(ms) != 1 {
 		t.Errorf("after a restart of both, image mounts %v, want the image again", ms)
@@ -451,13 +505,10 @@ func (s *stack) runAndCheck(layers []string, imageRef string) {
 // TestContainerd16CRI: Debian's containerd 1.6 pulls the Shoal image through CRI (kubelet's
 // path) with the shoal snapshotter; no layer reaches containerd's content store; ctr runs it.
 func TestContainerd16CRI(t *testing.T) {
-	containerdSkips(t)
-	if out, err := exec.Command("containerd", "--version").Output(); err != nil || !strings.Contains(string(out), " 1.6") {
-		t.Skipf("containerd on PATH is not 1.6 (%s)", strings.TrimSpace(string(out)))
-	}
+	containerd16Skips(t)
 	host := converttest.StartRegistry(t)
 	ref, layers := busyboxImage(t, host)
-	s := newStack(t, host, "")
+	s := newStack(t, host, "", "")
 	s.criPull(ref)
 	s.runAndCheck(layers, ref)
 }
@@ -480,7 +531,7 @@ func TestContainerd2Ctr(t *testing.T) {
 	binDir := strings.TrimSpace(string(out))
 	host := converttest.StartRegistry(t)
 	ref, layers := busyboxImage(t, host)
-	s := newStack(t, host, binDir)
+	s := newStack(t, host, binDir, "")
 	s.mustCtr("images", "pull", "--plain-http", "--snapshotter", "shoal", ref)
 	s.runAndCheck(layers, ref)
 }

@@ -19,6 +19,11 @@ func (d daemonClient) Mount(ctx context.Context, ref, mountpoint, mode string) e
 	return err
 }
 
+func (d daemonClient) Restored(ctx context.Context) (bool, error) {
+	st, err := d.c.Status(ctx)
+	return st.Restored, err
+}
+
 func (d daemonClient) Umount(ctx context.Context, mountpoint string) error {
 	return d.c.Umount(ctx, mountpoint)
 }

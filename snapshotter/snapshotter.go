@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -33,12 +34,19 @@ var (
 )
 
 // Daemon is what the snapshotter needs of the Shoal daemon: mount an image at a directory (in
-// the best mode the host has, or the configured one) and unmount it. DaemonClient adapts the
-// daemon's control API client.
+// the best mode the host has, or the configured one), unmount it, and tell whether it has
+// finished restoring the mounts of its last run (it mounts the images it had at their old
+// mount points itself, which are this snapshotter's). DaemonClient adapts the daemon's control
+// API client.
 type Daemon interface {
 	Mount(ctx context.Context, ref, mountpoint, mode string) error
 	Umount(ctx context.Context, mountpoint string) error
+	Restored(ctx context.Context) (bool, error)
 }
+
+// restoreWait bounds how long a mount waits for the daemon to finish restoring its last run's
+// mounts (it has the image's manifests locally: seconds at most, unless it is stuck).
+const restoreWait = time.Minute
 
 // Config holds the optional settings.
 type Config struct {
@@ -605,6 +613,19 @@ func (s *Snapshotter) ensureImage(ctx context.Context, b digest.Digest, ref stri
 	} else if ok {
 		return nil
 	}
+	// A daemon that has just started mounts its last run's images at their mount points itself:
+	// asking it to mount one it is restoring fails ("already a Shoal mount") or, worse, lets a
+	// container's overlay be built on the empty directory beneath. Wait for its restore first.
+	if restored, err := s.waitRestored(ctx); err != nil {
+		return err
+	} else if restored {
+		if ok, err := s.mounted(mp); err != nil {
+			return fmt.Errorf("image mount point %s: %w", mp, err)
+		} else if ok {
+			s.log.Info("image mounted again by the daemon's restore", "bootstrap", b, "mountpoint", mp)
+			return nil
+		}
+	}
 	if ref == "" {
 		return fmt.Errorf("%w: the image with bootstrap %s is not mounted at %s and no label says where it comes from", ErrNoImageRef, b, mp)
 	}
@@ -616,6 +637,31 @@ func (s *Snapshotter) ensureImage(ctx context.Context, b digest.Digest, ref stri
 	}
 	s.log.Info("image mounted", "ref", ref, "bootstrap", b, "mountpoint", mp)
 	return nil
+}
+
+// waitRestored waits, up to restoreWait, until the daemon reports that it has restored its last
+// run's mounts. It reports whether it saw that; a daemon that does not answer is not waited for
+// (the mount that follows then fails with the daemon's own error).
+func (s *Snapshotter) waitRestored(ctx context.Context) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, restoreWait)
+	defer cancel()
+	for {
+		ok, err := s.daemon.Restored(ctx)
+		switch {
+		case err != nil:
+			if ctx.Err() != nil {
+				return false, fmt.Errorf("waiting for the daemon to restore its mounts: %w", err)
+			}
+			return false, nil
+		case ok:
+			return true, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, fmt.Errorf("the daemon has not finished restoring its mounts after %s: %w", restoreWait, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // releaseImage unmounts an image no snapshot uses and removes its mount point.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/core/mount"
@@ -32,6 +33,37 @@ type fakeDaemon struct {
 	mounts  []string          // every Mount call's ref, in order
 	umounts []string
 	fail    error
+	// restoring, while set, is a restore of the last run in progress, as the real daemon runs
+	// one at start: Restored answers false, and Mount at a mountpoint in it fails as the
+	// daemon's does at a reserved one. finishRestore mounts them.
+	restoring   map[string]string // mountpoint → ref
+	statusCalls int
+}
+
+// startRestore makes the daemon restore ref at mp, as it does at start from state.json.
+func (f *fakeDaemon) startRestore(mp, ref string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.restoring == nil {
+		f.restoring = map[string]string{}
+	}
+	f.restoring[mp] = ref
+}
+
+func (f *fakeDaemon) finishRestore() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for mp, ref := range f.restoring {
+		f.mounted[mp] = ref
+	}
+	f.restoring = nil
+}
+
+func (f *fakeDaemon) Restored(context.Context) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.statusCalls++
+	return f.restoring == nil, nil
 }
 
 func newFakeDaemon() *fakeDaemon { return &fakeDaemon{mounted: map[string]string{}} }
@@ -44,6 +76,9 @@ func (f *fakeDaemon) Mount(_ context.Context, ref, mp, _ string) error {
 	}
 	if _, ok := f.mounted[mp]; ok {
 		return fmt.Errorf("%s is already a Shoal mount", mp)
+	}
+	if _, ok := f.restoring[mp]; ok {
+		return fmt.Errorf("%s is already a Shoal mount (being restored)", mp)
 	}
 	f.mounted[mp] = ref
 	f.mounts = append(f.mounts, ref)
@@ -437,6 +472,60 @@ func TestRestartRecoversImageMounts(t *testing.T) {
 	s2.Recover(ctx)
 	if len(d2.mounts) != 1 {
 		t.Errorf("Recover mounted again: %v", d2.mounts)
+	}
+}
+
+// After a reboot the daemon mounts its last run's images at their old mount points itself,
+// while the snapshotter may already be asked for a container's mounts: the snapshotter waits
+// for that restore instead of racing it (a Mount that fails, or an overlay built on the empty
+// directory under a mount point about to be mounted).
+func TestMountsWaitForTheDaemonsRestore(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	d := newFakeDaemon()
+	s, err := New(root, d, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mounted = d.isMounted
+	im := newShoalImage("app")
+	im.unpack(t, s, "registry.test/app:shoal")
+	top := im.chain(len(im.roles) - 1)
+	if _, err := s.Prepare(ctx, "container", top); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mp := filepath.Join(root, "images", im.boot.Encoded())
+	d2 := newFakeDaemon()
+	d2.startRestore(mp, "registry.test/app:shoal")
+	s2 := newTest(t, root, d2)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		d2.finishRestore()
+	}()
+	ms, err := s2.Mounts(ctx, "container")
+	if err != nil {
+		t.Fatalf("Mounts during the daemon's restore: %v", err)
+	}
+	if ok, _ := d2.isMounted(mp); !ok {
+		t.Fatalf("Mounts returned %+v before the image was mounted at %s", ms, mp)
+	}
+	if len(d2.mounts) != 0 {
+		t.Errorf("the snapshotter asked the restoring daemon to mount %v; the restore mounts it", d2.mounts)
+	}
+	// A daemon that restored nothing (its state lost) is asked to mount, once.
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d3 := newFakeDaemon()
+	s3 := newTest(t, root, d3)
+	if _, err := s3.Mounts(ctx, "container"); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(d3.mounts, []string{"registry.test/app:shoal"}) {
+		t.Errorf("daemon with nothing restored was asked to mount %v, want the image once", d3.mounts)
 	}
 }
 

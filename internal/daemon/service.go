@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -50,6 +51,7 @@ type service struct {
 	storeStats storeCounters
 	resStats   resolverCounters
 	started    time.Time
+	restored   atomic.Bool // restore has run (StatusReport.Restored)
 
 	pinMu   sync.Mutex // serializes pin updates, so the last one sees the last mount count
 	stateMu sync.Mutex // serializes state.json writes, so the last one written is the newest

@@ -203,7 +203,13 @@ func TestRestore(t *testing.T) {
 	}
 	f.frontend(mount.Fanotify).mountErr = errors.New("fanotify_mark: ENODEV")
 	f.frontend(mount.Fscache).adopt[mpFs] = true
+	if f.svc.Status().Restored {
+		t.Error("Status reports Restored before the restore ran")
+	}
 	f.svc.restore(context.Background())
+	if !f.svc.Status().Restored {
+		t.Error("Status does not report Restored after the restore (the snapshotter waits for it)")
+	}
 
 	rep := f.stats()
 	if len(rep.Images) != 2 || rep.Images[0].Ref != "a" || rep.Images[1].Ref != "b" {

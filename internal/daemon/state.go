@@ -73,6 +73,7 @@ func writeFileAtomic(path string, b []byte) error {
 // restored is logged and skipped; the others come back. A mount left by a killed daemon at a
 // recorded mountpoint is unmounted first (or, for fscache under the supervisor, adopted).
 func (s *service) restore(ctx context.Context) {
+	defer s.restored.Store(true)
 	if !s.begin() {
 		return
 	}

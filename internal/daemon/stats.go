@@ -52,7 +52,7 @@ func (s *service) selfAddrs() []string {
 // Status describes this host.
 func (s *service) Status() StatusReport {
 	return StatusReport{PeerID: s.peers.ID().String(), PID: os.Getpid(), Addrs: s.selfAddrs(), DataDir: s.cfg.DataDir,
-		Version: Version, Uptime: time.Since(s.started).Round(time.Second).String()}
+		Version: Version, Uptime: time.Since(s.started).Round(time.Second).String(), Restored: s.restored.Load()}
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -46,6 +46,10 @@ type StatusReport struct {
 	DataDir string   `json:"dataDir"`
 	Version string   `json:"version"`
 	Uptime  string   `json:"uptime"`
+	// Restored is true once the images and mounts of the last run (state.json) are back, or
+	// failed and were logged. A client that mounts at a mountpoint the last run used (the
+	// snapshotter after a reboot) waits for it, so that it does not race the daemon's own restore.
+	Restored bool `json:"restored"`
 }
 
 // Version is reported by /v1/status; cmd/shoal sets it.
