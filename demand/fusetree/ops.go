@@ -4,9 +4,11 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"os"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/hanwen/go-fuse/v2/splice"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-p2p/shoal/bootstrap"
@@ -279,7 +281,7 @@ func (s *Server) spliceRun(in *bootstrap.Inode, r run) (rr fuse.ReadResult, st f
 		return nil, s.formatErr("read", in.Nid+2, errors.New("extent on a device the image does not have")), true
 	}
 	b := s.backingFile(r.dev - 1)
-	if b == nil || r.devOff < 0 || r.devOff+r.len > b.size {
+	if b == nil || r.devOff < 0 || r.devOff+r.len > b.size || !spliceFits(r.len) {
 		return nil, fuse.OK, false
 	}
 	if st := s.ensure(s.blobs[r.dev-1], r.devOff, r.len); !st.Ok() {
@@ -288,6 +290,13 @@ func (s *Server) spliceRun(in *bootstrap.Inode, r run) (rr fuse.ReadResult, st f
 	s.spliced.Add(r.len)
 	s.hintNext(r.dev, r.devOff, r.len)
 	return fuse.ReadResultFd(b.f.Fd(), r.devOff, int(r.len)), fuse.OK, true
+}
+
+// spliceFits reports whether go-fuse can splice an answer of n bytes: it needs one pipe for the
+// reply header, the data and a spare page, at most fs.pipe-max-size (read at start). Where it
+// cannot, go-fuse would log a failure and copy on every request; the caller copies quietly.
+func spliceFits(n int64) bool {
+	return splice.Resizable() && n+int64(os.Getpagesize())+64 <= int64(splice.MaxPipeSize())
 }
 
 // ensure makes [off, off+length) of blob present.
