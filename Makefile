@@ -104,3 +104,11 @@ deps-kernel:
 kernel-test: deps-kernel
 	./scripts/kernel/build-kernel.sh >/dev/null
 	SHOAL_KERNEL_TEST=required $(GO) test -count=1 -v -run '^TestKernel$$' ./demand/cachefiles/
+
+# kernel-test-fusetree builds (once, cached) the test kernel's variant without EROFS, fscache and
+# cachefiles, and runs e2e's TestFusetreeNoEROFSKernelVM in it: fusetree mode needs only FUSE.
+# `make test` runs that test only once this kernel is built (the build takes 6-17 minutes).
+.PHONY: kernel-test-fusetree
+kernel-test-fusetree: deps-kernel
+	SHOAL_KERNEL_VARIANT=fuse-only ./scripts/kernel/build-kernel.sh >/dev/null
+	$(GO) test -count=1 -v -run '^TestFusetreeNoEROFSKernelVM$$' ./e2e/

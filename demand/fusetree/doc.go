@@ -18,16 +18,37 @@
 // lookups binary-search directory blocks as the kernel's EROFS does; the bootstrap is held in
 // memory. The kernel keeps entries, attributes, negative lookups, symlink targets, directory
 // listings (FOPEN_CACHE_DIR) and file pages (FOPEN_KEEP_CACHE, explicit invalidation only) for
-// Config.CacheTimeout: the image never changes. readdirplus answers `ls -l` and `find` without
-// lookups; reads are up to 1 MiB (max_pages) and the mount's readahead window is raised to
-// match; requests are served concurrently.
+// Config.CacheTimeout: the image never changes, and a warm read never reaches the server.
+// readdirplus answers `ls -l` and `find` without lookups; reads are up to 1016 KiB (max_pages
+// 254) and the mount's readahead window is two such requests; requests are served concurrently.
 //
 // The read path, per FUSE read: one inode decode from memory, the chunk-table entries of the
-// range only (ExtentsAt), then per run of consecutive bytes of one blob one Resolver.Ensure and
-// one BlobReader.ReadAt (pread of the store's backing file) into go-fuse's buffer: one copy
-// into the request buffer, one by the kernel into the page cache. No hash, no lock beyond the
-// resolver's. Ensure runs under a context detached from the request (a signalled reader never
-// gets EIO for a fetch that succeeds), bounded by Config.ReadTimeout and the server's life.
+// range only (ExtentsAt) mapped to runs (consecutive bytes of one device), then:
+//   - a request that is one run of one blob (a large file's data is contiguous in its blob):
+//     one Resolver.Ensure, then the answer is spliced from the blob's backing file
+//     (fuse.ReadResultFd): the kernel moves page references into a pipe and copies once into
+//     the FUSE page cache. 1016 KiB, not 1 MiB, because go-fuse needs header, data and a spare
+//     page in one pipe of at most fs.pipe-max-size (1 MiB). The BlobReader's presence check is
+//     bypassed there: Ensure has just made the chunks present, and a mounted image's blobs are
+//     pinned, so they are never punched while served;
+//   - anything else (inline data, holes, runs of several blobs, a BlobReader without backing
+//     files): per run one Ensure and one BlobReader.ReadAt (pread) into go-fuse's buffer, then
+//     one copy by the kernel into the page cache.
+//
+// After a full-size request the server asks the kernel (POSIX_FADV_WILLNEED) to read the next
+// window of the backing file, so the disk works on the next request while this one travels. No
+// hash, no lock beyond the resolver's. Ensure runs under a context detached from the request (a
+// signalled reader never gets EIO for a fetch that succeeds), bounded by Config.ReadTimeout and
+// the server's life.
+//
+// FUSE passthrough (Linux 6.9+, go-fuse's Server.RegisterBackingFd and OpenOut.BackingId) is not
+// used, on purpose: the kernel then reads the backing file at the same offsets as the FUSE file,
+// but a file's bytes live in its blob's backing file (cachefiles layout) at the file's offset in
+// the blob, packed at 4 KiB, so file offset 0 is not backing-file offset 0 for any file but a
+// blob's first, and a chunked file may span devices. Passthrough would need a per-file backing
+// file (a copy, or a reflink where the filesystem has them), which doubles the disk or ties
+// Shoal to btrfs/xfs. Warm reads already never reach the server; what passthrough would save is
+// the kernel's per-folio cost of FUSE's small folios against ext4's large ones (BENCHMARKS.md).
 //
 // Usage:
 //

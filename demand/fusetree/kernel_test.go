@@ -352,6 +352,11 @@ func TestRandomReads(t *testing.T) {
 	if res.Fetched.Load() == 0 {
 		t.Fatal("no chunk fetched")
 	}
+	// The store has backing files: whole-run requests were spliced from them, and the bytes
+	// compared above include those.
+	if fx.srv.SplicedBytes() == 0 {
+		t.Error("no read answered by splice from a backing file")
+	}
 }
 
 // TestSignalledReaderGetsData reads cold data from a reader that takes SIGURG every millisecond:

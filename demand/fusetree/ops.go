@@ -4,9 +4,12 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"os"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/hanwen/go-fuse/v2/splice"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-p2p/shoal/bootstrap"
 )
@@ -196,7 +199,9 @@ func (s *Server) Open(cancel <-chan struct{}, input *fuse.OpenIn, out *fuse.Open
 }
 
 // Read serves file bytes: inline and plain data from the bootstrap, blob data through the
-// Resolver and the store, holes as zeros. Runs of one blob are fetched and read at once.
+// Resolver and the store, holes as zeros. Runs of one blob are fetched and read at once; a
+// request that is one run of one blob (the common case: a large file's data is contiguous in
+// its blob) is answered by splicing from the blob's backing file (readRun).
 func (s *Server) Read(cancel <-chan struct{}, input *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
 	in, st := s.inode(input.NodeId)
 	if !st.Ok() {
@@ -210,59 +215,113 @@ func (s *Server) Read(cancel <-chan struct{}, input *fuse.ReadIn, buf []byte) (f
 		return fuse.ReadResultData(nil), fuse.OK
 	}
 	n := min(int64(len(buf)), in.Size-off)
-	dst := buf[:n]
-	// A run: consecutive bytes of the file that are consecutive bytes of one device.
-	var run struct {
-		dev         int
-		fileOff     int64
-		devOff, len int64
-	}
-	flush := func() fuse.Status {
-		if run.len == 0 {
-			return fuse.OK
-		}
-		st := s.readDevice(in, run.dev, dst[run.fileOff-off:run.fileOff-off+run.len], run.devOff)
-		run.len = 0
-		return st
-	}
-	var status fuse.Status = fuse.OK
-	err := s.fs.ExtentsAt(in, off, n, func(e bootstrap.Extent) error {
-		// The part of the extent inside [off, off+n).
-		lo, hi := max(e.FileOffset, off), min(e.FileOffset+e.Length, off+n)
-		if lo >= hi {
-			return nil
-		}
-		if e.Hole {
-			if status = flush(); !status.Ok() {
-				return errStatus
-			}
-			clear(dst[lo-off : hi-off])
-			return nil
-		}
-		devOff := e.DeviceOffset + (lo - e.FileOffset)
-		if run.len > 0 && run.dev == e.Device && run.fileOff+run.len == lo && run.devOff+run.len == devOff {
-			run.len += hi - lo
-			return nil
-		}
-		if status = flush(); !status.Ok() {
-			return errStatus
-		}
-		run.dev, run.fileOff, run.devOff, run.len = e.Device, lo, devOff, hi-lo
-		return nil
-	})
-	if errors.Is(err, errStatus) {
-		return nil, status
-	}
+	runs, err := s.runs(in, off, n)
 	if err != nil {
 		return nil, s.formatErr("read", input.NodeId, err)
 	}
-	if st := flush(); !st.Ok() {
-		return nil, st
+	if len(runs) == 1 && runs[0].dev > 0 && runs[0].len == n {
+		if rr, st, ok := s.spliceRun(in, runs[0]); ok {
+			return rr, st
+		}
 	}
+	dst := buf[:n]
+	at := off // file offset dst[0] stands for
+	for _, r := range runs {
+		clear(dst[at-off : r.fileOff-off]) // a hole before this run
+		if st := s.readDevice(in, r.dev, dst[r.fileOff-off:r.fileOff-off+r.len], r.devOff); !st.Ok() {
+			return nil, st
+		}
+		at = r.fileOff + r.len
+	}
+	clear(dst[at-off:]) // a hole at the end
 	return fuse.ReadResultData(dst), fuse.OK
 }
 
-var errStatus = errors.New("status set")
+// run is consecutive bytes of a file that are consecutive bytes of one device.
+type run struct {
+	dev         int
+	fileOff     int64
+	devOff, len int64
+}
+
+// runs maps [off, off+n) of the file to runs of device bytes, in file order; what no run
+// covers is a hole.
+func (s *Server) runs(in *bootstrap.Inode, off, n int64) ([]run, error) {
+	var runs []run
+	err := s.fs.ExtentsAt(in, off, n, func(e bootstrap.Extent) error {
+		// The part of the extent inside [off, off+n).
+		lo, hi := max(e.FileOffset, off), min(e.FileOffset+e.Length, off+n)
+		if lo >= hi || e.Hole {
+			return nil
+		}
+		if len(runs) > 0 && lo < runs[len(runs)-1].fileOff+runs[len(runs)-1].len {
+			return errors.New("extents overlap or go backwards")
+		}
+		devOff := e.DeviceOffset + (lo - e.FileOffset)
+		if k := len(runs) - 1; k >= 0 && runs[k].dev == e.Device && runs[k].fileOff+runs[k].len == lo && runs[k].devOff+runs[k].len == devOff {
+			runs[k].len += hi - lo
+			return nil
+		}
+		runs = append(runs, run{dev: e.Device, fileOff: lo, devOff: devOff, len: hi - lo})
+		return nil
+	})
+	return runs, err
+}
+
+// spliceRun answers a request that is one run r of a blob from the blob's backing file: go-fuse
+// splices the bytes from the file's page cache into /dev/fuse, one copy fewer than reading them
+// into a buffer. ok is false when the backing file cannot be used (no BackingPath, not
+// openable, or r runs past its end); the caller then reads through the BlobReader.
+//
+// This bypasses the BlobReader's presence check: Ensure has just made every chunk of r present,
+// and a mounted image's blobs are pinned, so its present chunks are never evicted (punched)
+// while the mount serves them.
+func (s *Server) spliceRun(in *bootstrap.Inode, r run) (rr fuse.ReadResult, st fuse.Status, ok bool) {
+	if r.dev > len(s.blobs) {
+		return nil, s.formatErr("read", in.Nid+2, errors.New("extent on a device the image does not have")), true
+	}
+	b := s.backingFile(r.dev - 1)
+	if b == nil || r.devOff < 0 || r.devOff+r.len > b.size || !spliceFits(r.len) {
+		return nil, fuse.OK, false
+	}
+	if st := s.ensure(s.blobs[r.dev-1], r.devOff, r.len); !st.Ok() {
+		return nil, st, true
+	}
+	s.spliced.Add(r.len)
+	s.hintNext(r.dev, r.devOff, r.len)
+	return fuse.ReadResultFd(b.f.Fd(), r.devOff, int(r.len)), fuse.OK, true
+}
+
+// spliceFits reports whether go-fuse can splice an answer of n bytes: it needs one pipe for the
+// reply header, the data and a spare page, at most fs.pipe-max-size (read at start). Where it
+// cannot, go-fuse would log a failure and copy on every request; the caller copies quietly.
+func spliceFits(n int64) bool {
+	return splice.Resizable() && n+int64(os.Getpagesize())+64 <= int64(splice.MaxPipeSize())
+}
+
+// ensure makes [off, off+length) of blob present.
+func (s *Server) ensure(blob digest.Digest, off, length int64) fuse.Status {
+	// Not the request's context: the kernel interrupts a request when the reader takes a
+	// signal (a Go program's runtime sends itself SIGURG all the time), and a fetch that would
+	// have succeeded must not become EIO. The read goes on, bounded by ReadTimeout and the
+	// server's life; a reader that is killed is abandoned by the kernel itself.
+	ctx, cancel := s.scope.Detach(s.scope.Context(), s.cfg.ReadTimeout)
+	defer cancel()
+	if err := s.res.Ensure(ctx, blob, off, length); err != nil {
+		s.log.Warn("demand read failed; reader gets EIO", "blob", blob, "offset", off, "length", length, "err", err)
+		return fuse.EIO
+	}
+	return fuse.OK
+}
+
+// hintNext asks for read-ahead after a full-size request: that is the kernel's readahead of a
+// sequential stream, and the next request wants the bytes after these (files are packed in
+// their blob), so the disk starts on them now instead of when that request arrives.
+func (s *Server) hintNext(dev int, devOff, length int64) {
+	if length >= int64(s.cfg.MaxRead) {
+		s.readAhead(dev-1, devOff+length, int64(max(s.cfg.ReadAhead, s.cfg.MaxRead)))
+	}
+}
 
 // readDevice fills p from device dev (0: the bootstrap) at devOff.
 func (s *Server) readDevice(in *bootstrap.Inode, dev int, p []byte, devOff int64) fuse.Status {
@@ -277,15 +336,8 @@ func (s *Server) readDevice(in *bootstrap.Inode, dev int, p []byte, devOff int64
 		return s.formatErr("read", in.Nid+2, errors.New("extent on a device the image does not have"))
 	}
 	blob := s.blobs[dev-1]
-	// Not the request's context: the kernel interrupts a request when the reader takes a
-	// signal (a Go program's runtime sends itself SIGURG all the time), and a fetch that would
-	// have succeeded must not become EIO. The read goes on, bounded by ReadTimeout and the
-	// server's life; a reader that is killed is abandoned by the kernel itself.
-	ctx, cancel := s.scope.Detach(s.scope.Context(), s.cfg.ReadTimeout)
-	defer cancel()
-	if err := s.res.Ensure(ctx, blob, devOff, int64(len(p))); err != nil {
-		s.log.Warn("demand read failed; reader gets EIO", "blob", blob, "offset", devOff, "length", len(p), "err", err)
-		return fuse.EIO
+	if st := s.ensure(blob, devOff, int64(len(p))); !st.Ok() {
+		return st
 	}
 	got, err := s.rd.ReadAt(blob, p, devOff)
 	if err != nil && !(errors.Is(err, io.EOF) && got == len(p)) {
@@ -295,6 +347,7 @@ func (s *Server) readDevice(in *bootstrap.Inode, dev int, p []byte, devOff int64
 	if got < len(p) {
 		clear(p[got:]) // a file's data never runs past its blob; zeros rather than stale bytes
 	}
+	s.hintNext(dev, devOff, int64(len(p)))
 	return fuse.OK
 }
 

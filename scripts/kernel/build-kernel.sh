@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # build-kernel.sh: builds, once, a small Linux 6.12 kernel with cachefiles on-demand mode and EROFS
 # (tinyconfig + config.fragment) from Debian's linux-source-6.12, and prints the path of its bzImage.
+# SHOAL_KERNEL_VARIANT=fuse-only builds the variant without EROFS or cachefiles (lib.sh).
 #
 # The result is cached outside the repository in $SHOAL_CACHE_ROOT (default /var/cache/shoal) under
 # kernel-6.12-<hash of config.fragment>/bzImage; a second run prints the cached path at once. The build
@@ -35,8 +36,12 @@ start=$(date +%s)
 
 src=$(ls -d "$work"/linux-source-"$KERNEL_SERIES" 2>/dev/null || true)
 if [ -z "$src" ]; then
-	log "fetching linux-source-$KERNEL_SERIES"
-	tarball=$(fetch_linux_source "$work")
+	# Another variant's build may have fetched the source already.
+	tarball=$(ls "$SHOAL_CACHE_ROOT"/build-"$KERNEL_SERIES"-*/pkg/usr/src/linux-source-"$KERNEL_SERIES".tar.* 2>/dev/null | head -n1 || true)
+	if [ -z "$tarball" ]; then
+		log "fetching linux-source-$KERNEL_SERIES"
+		tarball=$(fetch_linux_source "$work")
+	fi
 	log "unpacking $tarball"
 	tar -C "$work" -xf "$tarball"
 	src="$work/linux-source-$KERNEL_SERIES"
@@ -44,14 +49,23 @@ fi
 
 log "configuring (tinyconfig + config.fragment)"
 run_logged "$out/config-tiny.log" make -C "$src" tinyconfig
-run_logged "$out/config-merge.log" "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$KERNEL_SCRIPTS_DIR/config.fragment"
+kernel_fragment >"$out/config.fragment"
+run_logged "$out/config-merge.log" "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$out/config.fragment"
 run_logged "$out/config-olddefconfig.log" make -C "$src" olddefconfig
-# Every requested option must have survived dependency resolution.
+# Every requested option must have survived dependency resolution, and every refused one stayed
+# out.
 missing=""
 while IFS= read -r line; do
-	case "$line" in CONFIG_*) grep -qx "$line" "$src/.config" || missing="$missing $line" ;; esac
-done <"$KERNEL_SCRIPTS_DIR/config.fragment"
-[ -z "$missing" ] || die "options not in the final .config:$missing"
+	case "$line" in
+	CONFIG_*) grep -qx "$line" "$src/.config" || missing="$missing $line" ;;
+	"# CONFIG_"*" is not set")
+		opt=${line#\# }
+		opt=${opt%% *}
+		! grep -q "^$opt=" "$src/.config" || missing="$missing $opt(off)"
+		;;
+	esac
+done <"$out/config.fragment"
+[ -z "$missing" ] || die "options not as asked in the final .config:$missing"
 
 log "building bzImage with $(nproc) jobs (log: $out/build.log)"
 run_logged "$out/build.log" make -C "$src" -j"$(nproc)" bzImage

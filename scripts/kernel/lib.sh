@@ -21,13 +21,30 @@ run_logged() {
 	fi
 }
 
+# SHOAL_KERNEL_VARIANT picks the test kernel: empty (the default: EROFS, cachefiles on-demand,
+# FUSE) or "fuse-only" (the same without EROFS, fscache, cachefiles and netfs: FUSE is the only
+# way to mount an image, as on RHEL 9's or Ubuntu 22.04's kernels; demand/fusetree's VM test).
+KERNEL_VARIANT=${SHOAL_KERNEL_VARIANT:-}
+
+# kernel_fragment prints the options added to tinyconfig for KERNEL_VARIANT.
+kernel_fragment() {
+	case "$KERNEL_VARIANT" in
+	"") cat "$KERNEL_SCRIPTS_DIR/config.fragment" ;;
+	fuse-only)
+		grep -v -E '^CONFIG_(EROFS|CACHEFILES|FSCACHE|NETFS)' "$KERNEL_SCRIPTS_DIR/config.fragment"
+		cat "$KERNEL_SCRIPTS_DIR/config.fuse-only.fragment"
+		;;
+	*) die "SHOAL_KERNEL_VARIANT=$KERNEL_VARIANT: unknown (empty or fuse-only)" ;;
+	esac
+}
+
 # config_hash prints the key of the cached kernel: a hash of the config fragment and the series.
 config_hash() {
-	{ echo "$KERNEL_SERIES"; cat "$KERNEL_SCRIPTS_DIR/config.fragment"; } | sha256sum | cut -c1-16
+	{ echo "$KERNEL_SERIES"; kernel_fragment; } | sha256sum | cut -c1-16
 }
 
 # kernel_dir prints the directory that holds (or will hold) the cached bzImage.
-kernel_dir() { echo "$SHOAL_CACHE_ROOT/kernel-$KERNEL_SERIES-$(config_hash)"; }
+kernel_dir() { echo "$SHOAL_CACHE_ROOT/kernel-$KERNEL_SERIES${KERNEL_VARIANT:+-$KERNEL_VARIANT}-$(config_hash)"; }
 
 # apt_install PKG...: installs the Debian packages that are missing, from the machine's own lists.
 apt_install() {
