@@ -4,9 +4,11 @@
 # in one run, alternating, median of ROUNDS:
 #   - sequential cold-cache reads of SIZE_MB MiB in 4 files (page cache dropped before each;
 #     the image's data is already in the local store: the same bytes on the same disk);
-#   - the same reads warm (page cache);
+#   - the same reads warm (page cache), twice: the first re-read after a cold read also pays
+#     for moving every folio to the active LRU list, which costs per folio (FUSE's are small);
 #   - find/stat (find -printf of mode, size, mtime: one lstat per entry) over FILES small files
-#     in directories of 1000, cold (dentries and inodes dropped) and warm.
+#     in directories of 1000, cold (dentries and inodes dropped) and warm;
+#   - the daemon's CPU time over each cold read pass (steadier than wall time on a busy machine).
 # Also the first read through fusetree, which fetches every chunk from the local layout.
 # Needs root (mounts, drop_caches). SHOAL_BENCH_DIR picks the disk (default /var/tmp).
 set -euo pipefail
@@ -67,29 +69,35 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR
 echo "first read through fusetree (every chunk fetched from the local layout): $(ms readall "$W/mnt-tree") ms for $SIZE_MB MiB"
 for t in $targets; do readall "${t#*:}"; findstat "${t#*:}" >/dev/null; done # everything local, every mount populated
 
-declare -A cold warm fcold fwarm
+# The daemon's CPU (user+system clock ticks) over one cold pass: what serving costs, which the
+# machine's load does not change as much as it changes wall time.
+ticks() { awk '{print $14 + $15}' "/proc/$DPID/stat"; }
+hz=$(getconf CLK_TCK)
+declare -A cold warm warm2 fcold fwarm dcpu
 for _ in $(seq "$ROUNDS"); do
 	for t in $targets; do
 		n=${t%%:*} d=${t#*:}
-		drop; cold[$n]+="$(ms readall "$d") "
+		drop; a=$(ticks); cold[$n]+="$(ms readall "$d") "; dcpu[$n]+="$(( ($(ticks) - a) * 1000 / hz )) "
 		warm[$n]+="$(ms readall "$d") "
+		warm2[$n]+="$(ms readall "$d") "
 		drop; fcold[$n]+="$(ms findstat "$d") "
 		fwarm[$n]+="$(ms findstat "$d") "
 	done
 done
-printf '%-8s %14s %14s %14s %14s\n' "" "cold read" "warm read" "find cold" "find warm"
+printf '%-8s %14s %14s %14s %14s %14s %18s\n' "" "cold read" "warm read" "warm again" "find cold" "find warm" "daemon CPU cold"
 for t in $targets; do
 	n=${t%%:*}
 	c=$(echo "${cold[$n]}" | median) w=$(echo "${warm[$n]}" | median) fc=$(echo "${fcold[$n]}" | median) fw=$(echo "${fwarm[$n]}" | median)
-	eval "m_$n='$c $w $fc $fw'"
-	printf '%-8s %9d MB/s %9d MB/s %11d ms %11d ms\n' "$n" $((SIZE_MB * 1049 / (c + 1))) $((SIZE_MB * 1049 / (w + 1))) "$fc" "$fw"
+	dc=$(echo "${dcpu[$n]}" | median) w2=$(echo "${warm2[$n]}" | median)
+	eval "m_$n='$c $w $fc $fw $w2'"
+	printf '%-8s %9d MB/s %9d MB/s %9d MB/s %11d ms %11d ms %15d ms\n' "$n" $((SIZE_MB * 1049 / (c + 1))) $((SIZE_MB * 1049 / (w + 1))) $((SIZE_MB * 1049 / (w2 + 1))) "$fc" "$fw" "$dc"
 done
 # shellcheck disable=SC2154
-read -r lc lw lfc lfw <<<"$m_local"
+read -r lc lw lfc lfw lw2 <<<"$m_local"
 for n in tree fuse; do
 	v="m_$n"; [ -n "${!v:-}" ] || continue
-	read -r c w fc fw <<<"${!v}"
-	awk -v n="$n" -v lc="$lc" -v lw="$lw" -v lfc="$lfc" -v lfw="$lfw" -v c="$c" -v w="$w" -v fc="$fc" -v fw="$fw" 'BEGIN {
-		printf "%s vs local ext4: cold read %.2fx, warm read %.2fx (throughput); find cold %.2fx, warm %.2fx (time)\n", n, lc/c, lw/w, fc/lfc, fw/lfw }'
+	read -r c w fc fw w2 <<<"${!v}"
+	awk -v n="$n" -v lc="$lc" -v lw="$lw" -v lw2="$lw2" -v lfc="$lfc" -v lfw="$lfw" -v c="$c" -v w="$w" -v w2="$w2" -v fc="$fc" -v fw="$fw" 'BEGIN {
+		printf "%s vs local ext4: cold read %.2fx, warm read %.2fx, again %.2fx (throughput); find cold %.2fx, warm %.2fx (time)\n", n, lc/c, lw/w, lw2/w2, fc/lfc, fw/lfw }'
 done
-echo "rounds: $ROUNDS (median); raw ms: cold ${cold[*]} | warm ${warm[*]} | find cold ${fcold[*]} | find warm ${fwarm[*]}"
+echo "rounds: $ROUNDS (median); raw ms: cold ${cold[*]} | warm ${warm[*]} | warm again ${warm2[*]} | find cold ${fcold[*]} | find warm ${fwarm[*]}"
