@@ -387,6 +387,8 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	now := time.Now()
 	elapsed := now.Sub(start)
 	canceled := err != nil && parent.Err() != nil
+	// The stream's deadline is ctx's, and yamux's timer may fire before ctx's: either is a timeout.
+	timedOut := err != nil && !canceled && (ctx.Err() != nil || isTimeout(err))
 	throughOrigin := req.Flags&FlagFetchThrough != 0 // an origin fetch is not the peer's latency
 
 	n.mu.Lock()
@@ -408,7 +410,7 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 		ps.addLatency(elapsed)
 	default:
 		ps.errors++
-		if ctx.Err() != nil {
+		if timedOut {
 			ps.addLatency(elapsed)
 		}
 	}
@@ -427,8 +429,8 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 		// demoted (hedged at once) and still slower than the fallback. A demoted peer that
 		// answers faster than the owner or the origin wins and climbs back.
 		n.record(p, outcomeBad)
-	case !canceled && ctx.Err() != nil:
-		n.record(p, outcomeBad) // timed out
+	case timedOut:
+		n.record(p, outcomeBad)
 	}
 	if err == nil {
 		f := fetched{data: data, wire: int64(len(stored))}
