@@ -1,13 +1,11 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 )
@@ -46,26 +44,7 @@ func TestFusetreeNoEROFSKernelVM(t *testing.T) {
 	if err != nil {
 		t.Fatalf("fusetree-test.sh: %v\n%s\n--- vm.log\n%s", err, out, vmlog)
 	}
-	passed := map[string]bool{}
-	sc := bufio.NewScanner(bytes.NewReader(vmlog))
-	for sc.Scan() {
-		line := sc.Text()
-		i := strings.Index(line, "SHOAL-VM: ")
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(line[i+len("SHOAL-VM: "):])
-		if len(f) < 2 {
-			continue
-		}
-		switch f[0] {
-		case "PASS":
-			passed[strings.TrimSuffix(f[1], ":")] = true
-			t.Log(line[i:])
-		case "FAIL":
-			t.Error(line[i:])
-		}
-	}
+	passed := vmPasses(t, vmlog)
 	for _, name := range []string{"no-erofs", "daemon", "auto-picks-fusetree", "mount-type", "bytes", "metadata", "exec", "images-shows-mode", "umount"} {
 		if !passed[name] {
 			t.Errorf("no PASS for %q", name)

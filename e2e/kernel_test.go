@@ -44,6 +44,21 @@ func TestDaemonFscacheVM(t *testing.T) {
 	if err != nil {
 		t.Fatalf("daemon-test.sh: %v\n%s\n--- vm.log\n%s", err, out, vmlog)
 	}
+	passed := vmPasses(t, vmlog)
+	for _, name := range []string{"daemon-1", "mount-fscache", "failover", "read-all", "hits-in-kernel", "same-image-twice", "prefetch-with-fscache", "second-image", "upgrade", "second-host", "umount", "stop"} {
+		if !passed[name] {
+			t.Errorf("no PASS for %q", name)
+		}
+	}
+	if t.Failed() {
+		t.Logf("--- vm.log\n%s", vmlog)
+	}
+}
+
+// vmPasses reads the "SHOAL-VM: PASS name:" and "SHOAL-VM: FAIL ..." lines a VM test script's guest
+// writes to its log: each FAIL fails t, and the names that passed are returned.
+func vmPasses(t *testing.T, vmlog []byte) map[string]bool {
+	t.Helper()
 	passed := map[string]bool{}
 	sc := bufio.NewScanner(bytes.NewReader(vmlog))
 	for sc.Scan() {
@@ -64,12 +79,5 @@ func TestDaemonFscacheVM(t *testing.T) {
 			t.Error(line[i:])
 		}
 	}
-	for _, name := range []string{"daemon-1", "mount-fscache", "failover", "read-all", "hits-in-kernel", "same-image-twice", "prefetch-with-fscache", "second-image", "upgrade", "second-host", "umount", "stop"} {
-		if !passed[name] {
-			t.Errorf("no PASS for %q", name)
-		}
-	}
-	if t.Failed() {
-		t.Logf("--- vm.log\n%s", vmlog)
-	}
+	return passed
 }

@@ -86,29 +86,7 @@ func startHostileLate(t *testing.T, kind string, late time.Duration, m *chunk.Ma
 			go func() { _ = h.Close() }()
 		}
 	})
-	ctx := t.Context()
-	if err := h.Connect(ctx, peer.AddrInfo{ID: victim.ID(), Addrs: victim.Addrs()}); err != nil {
-		t.Fatal(err)
-	}
-	// Claim every chunk.
-	bits := make([]byte, (len(m.Chunks)+7)/8)
-	for i := range bits {
-		bits[i] = 0xff
-	}
-	if len(m.Chunks)%8 != 0 {
-		bits[len(bits)-1] = byte(1<<(len(m.Chunks)%8)) - 1
-	}
-	s, err := h.NewStream(ctx, victim.ID(), PresenceProtocol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := AppendPresence(nil, Presence{Seq: 1, Blob: m.Blob, NChunks: len(m.Chunks), Bitmap: bits})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Write(b); err != nil {
-		t.Fatal(err)
-	}
+	claimAll(t, h, m, victim)
 	return hp
 }
 
