@@ -445,6 +445,7 @@ func (n *Node) wantRightsLocked(p peer.ID, blob digest.Digest) {
 	var todo []string
 	for _, r := range repos {
 		if g, ok := rt.presented[p][r]; ok && now.Before(g.until) {
+			rt.mu.Unlock()
 			return // one grant is enough for the blob
 		}
 		k := peerRepo{p, r}
