@@ -113,6 +113,16 @@ type Config struct {
 
 	// Logger receives the subsystem's logs (nil: slog.Default()).
 	Logger *slog.Logger
+	// Rights, if set, checks and presents pull rights for private repositories (rights.go):
+	// blobs and objects marked with SetPrivate are served only to peers that proved pull rights,
+	// and chunks of no registered blob are not served. Nil: every chunk this host holds is served
+	// to every peer allowed to connect, as before.
+	Rights Rights
+	// RightsTTL bounds how long a peer's proven pull rights are trusted without asking the
+	// registry again (also bounded by the token's expiry): rights revoked at the registry stop
+	// sharing within it.
+	RightsTTL time.Duration
+
 	// Registerer receives the shoal_p2p_* metrics (nil: not registered).
 	Registerer prometheus.Registerer
 
@@ -145,6 +155,7 @@ func DefaultConfig() Config {
 		SlowBanRate:      0.5,
 		SuperSeed:        true,
 		WireCompression:  1,
+		RightsTTL:        5 * time.Minute,
 		PeerConcurrency:  32,
 		PeerRequestRate:  2000,
 		PeerRequestBurst: 4000,
@@ -161,6 +172,9 @@ func (c *Config) Validate() error {
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("p2p config: "+format, a...)) }
 	if len(c.ListenAddrs) == 0 {
 		bad("ListenAddrs is empty: give at least one, e.g. /ip4/0.0.0.0/tcp/4001")
+	}
+	if c.RightsTTL <= 0 || c.RightsTTL > maxGrantTTL {
+		bad("RightsTTL %v must be in (0, %v]: how long a peer's proven pull rights are trusted", c.RightsTTL, maxGrantTTL)
 	}
 	if len(c.PSK) != 0 {
 		if len(c.PSK) != 32 {

@@ -115,6 +115,15 @@
 // which digest a peer's registry gave for a tag: a peer's word, not verifiable, which the daemon
 // uses only with --peer-tags. One request per stream, as for chunks.
 //
+// Pull rights: with Config.Rights set, blobs and objects marked SetPrivate (content of a
+// repository whose registry refuses anonymous pulls) are served only to peers that proved pull
+// rights over RightsProtocol (rights.go): they present a registry token scoped to
+// repository:NAME:pull, checked once at the registry and kept as a grant for the token's life
+// (at most RightsTTL). Chunk, object and tag requests are checked against the grants in memory
+// (StatusDenied otherwise); a private blob's presence goes to a peer without a grant with
+// PresencePrivate and an empty bitmap, which tells a peer with rights to present them. Design
+// and threat model: docs/privacy.md.
+//
 // Listening: the TCP transport runs without SO_REUSEPORT, and a configured listen address whose
 // port is in use stops Run with an error, so a second daemon on a port another holds fails to
 // start instead of sharing the port (and half of its connections) with it.

@@ -84,6 +84,7 @@ type Node struct {
 	allow map[peer.ID]bool // nil: everyone
 	met   *metrics
 	objm  *objectMetrics // the object exchange's (object.go)
+	rt    *rightsState   // pull rights of private repositories (rights.go)
 	seq   atomic.Uint64
 	// uploading counts chunk responses with data being written now, to every peer: the load a
 	// V2 response reports.
@@ -182,6 +183,10 @@ func New(cfg Config, local LocalChunks) (*Node, error) {
 		n.unregister()
 		return nil, err
 	}
+	if err := n.initRights(cfg.Registerer); err != nil {
+		n.unregister()
+		return nil, err
+	}
 	return n, nil
 }
 
@@ -231,6 +236,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	h.SetStreamHandler(PresenceProtocol, n.handlePresence)
 	h.SetStreamHandler(ObjectProtocol, n.handleObject)
+	h.SetStreamHandler(RightsProtocol, n.handleRights)
 	n.mu.Lock()
 	n.host = h
 	n.mu.Unlock()
@@ -238,6 +244,9 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.startDiscovery(life, h); err != nil {
 		n.shutdown(h)
 		return err
+	}
+	if n.cfg.Rights != nil {
+		n.scope.Go(n.rightsLoop)
 	}
 	n.log.Info("p2p host listening", "id", n.id, "addrs", n.Addrs())
 	close(n.ready)

@@ -266,6 +266,10 @@ func (n *Node) serveObject(s network.Stream, p peer.ID) (Status, []byte, string)
 		n.log.Debug("bad object request", "peer", p, "err", err)
 		return 0xff, nil, ""
 	}
+	// Pull rights (rights.go): a private repository's objects and tags only to peers with rights.
+	if st, msg, ok := n.authorizeObject(p, req); !ok {
+		return st, nil, msg
+	}
 	lo, _ := n.local.(LocalObjects)
 	if lo == nil {
 		return StatusNotFound, nil, ""

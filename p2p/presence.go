@@ -126,7 +126,9 @@ func (n *Node) sendPresence(ps *peerState) {
 		var sent []digest.Digest
 		for b := range ps.dirty {
 			var err error
-			if buf, err = AppendPresence(buf, n.snapshotLocked(b)); err == nil {
+			pr := n.snapshotLocked(b)
+			n.maskPresenceLocked(ps.id, &pr) // pull rights (rights.go)
+			if buf, err = AppendPresence(buf, pr); err == nil {
 				sent = append(sent, b)
 			}
 		}
@@ -243,6 +245,9 @@ func (n *Node) applyPresence(p peer.ID, pr Presence) bool {
 		return true
 	}
 	ps.blobs[pr.Blob] = &remoteBlob{seq: pr.Seq, canFetch: pr.Flags&PresenceCanFetch != 0, n: pr.NChunks, bits: pr.Bitmap}
+	if pr.Flags&PresencePrivate != 0 {
+		n.wantRightsLocked(p, pr.Blob) // pull rights (rights.go): present ours to a holder
+	}
 	if lb != nil && n.host != nil {
 		n.host.ConnManager().Protect(p, "shoal-blob")
 	}

@@ -183,6 +183,11 @@ func (n *Node) serve(s network.Stream, p peer.ID, v2 bool, reqOut *Request) (Sta
 		return 0xff, nil, ""
 	}
 	*reqOut = req
+	// Pull rights (rights.go): a private repository's chunks, from the store, the recent
+	// chunks or fetch-through, only to peers that proved pull rights to it.
+	if st, msg, ok := n.authorizeChunk(p, req); !ok {
+		return st, nil, msg
+	}
 	held := false
 	if n.local != nil {
 		var err error

@@ -107,6 +107,8 @@ func (s Status) String() string {
 		return "refused"
 	case StatusError:
 		return "error"
+	case StatusDenied: // rights.go
+		return "denied"
 	}
 	return fmt.Sprintf("status(%d)", byte(s))
 }
