@@ -66,6 +66,12 @@ type localBlob struct {
 	// the first), and their sum.
 	served      []uint32
 	servedTotal uint64
+	// lastTo is the host each chunk index was last uploaded to, and lastUntil (unix nanoseconds)
+	// until when a request flagged FlagCanWait from another host is refused, because lastTo is
+	// about to announce the chunk: the upload's end (RequestTimeout while it runs) plus
+	// superSeedWait. Nil until the first upload.
+	lastTo    []peer.ID
+	lastUntil []int64
 }
 
 type chunkRef struct {
@@ -100,10 +106,13 @@ type Node struct {
 	// normal is the cluster's normal chunk latency, cached at normalAt (normalLatencyLocked).
 	normal   time.Duration
 	normalAt time.Time
-	host     host.Host
-	dht      *dht.IpfsDHT
-	started  bool
-	kick     chan struct{} // wakes the DHT loop when a blob is registered
+	// presenceChanged is closed (and replaced) when a peer's presence map changes: readers
+	// waiting for a chunk's next holder (awaitNewHolder) wake on it. Nil until someone waits.
+	presenceChanged chan struct{}
+	host            host.Host
+	dht             *dht.IpfsDHT
+	started         bool
+	kick            chan struct{} // wakes the DHT loop when a blob is registered
 	// lost has one channel per redial loop, woken when a peer disconnects: a peer that restarts
 	// (a daemon upgrade) is dialled again within a second or so, not after RedialInterval.
 	lost []chan struct{}

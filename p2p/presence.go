@@ -243,6 +243,10 @@ func (n *Node) applyPresence(p peer.ID, pr Presence) bool {
 		return true
 	}
 	ps.blobs[pr.Blob] = &remoteBlob{seq: pr.Seq, canFetch: pr.Flags&PresenceCanFetch != 0, n: pr.NChunks, bits: pr.Bitmap}
+	if n.presenceChanged != nil {
+		close(n.presenceChanged)
+		n.presenceChanged = nil
+	}
 	if lb != nil && n.host != nil {
 		n.host.ConnManager().Protect(p, "shoal-blob")
 	}

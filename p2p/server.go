@@ -32,14 +32,17 @@ func (n *Node) serveChunk(s network.Stream, v2 bool) {
 	defer done()
 	p := s.Conn().RemotePeer()
 	_ = s.SetDeadline(time.Now().Add(n.cfg.RequestTimeout))
-	st, data, msg := n.serve(s, p, v2)
+	var req Request
+	st, data, msg := n.serve(s, p, v2, &req)
 	if st == 0xff { // unreadable request: nothing to answer
 		_ = s.Reset()
 		return
 	}
+	uploadedOK := false
 	if len(data) > 0 {
 		n.uploading.Add(1)
 		defer n.uploading.Add(-1)
+		defer func() { n.uploaded(req, p, uploadedOK) }()
 	}
 	n.met.servedRequests.WithLabelValues(st.String()).Inc()
 	n.mu.Lock()
@@ -69,6 +72,7 @@ func (n *Node) serveChunk(s network.Stream, v2 bool) {
 			_ = s.Reset()
 			return
 		}
+		uploadedOK = true
 		n.met.servedBytes.Add(float64(len(data)))
 		n.mu.Lock()
 		ps.bytesUp += int64(len(data))
@@ -77,8 +81,9 @@ func (n *Node) serveChunk(s network.Stream, v2 bool) {
 	_ = s.Close()
 }
 
-// serve decides the answer to a request on s; status 0xff means the request was unreadable.
-func (n *Node) serve(s network.Stream, p peer.ID, v2 bool) (Status, []byte, string) {
+// serve decides the answer to a request on s, which it stores in reqOut once read; status 0xff
+// means the request was unreadable.
+func (n *Node) serve(s network.Stream, p peer.ID, v2 bool, reqOut *Request) (Status, []byte, string) {
 	if !n.allowed(p) {
 		return StatusRefused, nil, "not allowed"
 	}
@@ -116,6 +121,7 @@ func (n *Node) serve(s network.Stream, p peer.ID, v2 bool) (Status, []byte, stri
 		n.log.Debug("bad chunk request", "peer", p, "err", err)
 		return 0xff, nil, ""
 	}
+	*reqOut = req
 	held := false
 	if n.local != nil {
 		var err error
@@ -125,8 +131,11 @@ func (n *Node) serve(s network.Stream, p peer.ID, v2 bool) (Status, []byte, stri
 		}
 	}
 	if held {
-		if !n.superSeed(req, v2 && req.Flags&FlagHaveOthers != 0) {
+		switch n.superSeed(req, p, v2) {
+		case seedRefuseRepeat:
 			return StatusBusy, nil, "served already: try another holder"
+		case seedRefuseWait:
+			return StatusBusy, nil, "just served to another host: wait for its announcement"
 		}
 		ctx, cancel := context.WithTimeout(rctx, n.cfg.RequestTimeout)
 		defer cancel()
@@ -165,32 +174,82 @@ func (n *Node) serve(s network.Stream, p peer.ID, v2 bool) (Status, []byte, stri
 	return StatusOK, f.data.Bytes(), ""
 }
 
-// superSeed counts an upload of a held chunk, or refuses it. A host serves each chunk of a blob
-// about as often as its others before repeating one (BitTorrent's super-seeding): to a
-// requester that has other holders to ask (others), a chunk already uploaded more often than
-// the blob's average (over the chunks this host holds) is refused with busy, and the requester
-// asks a host that got it from an earlier upload. A requester with no one else is always served,
-// so this never makes a chunk unavailable. Chunks of blobs not registered here are served.
-func (n *Node) superSeed(req Request, others bool) bool {
+// Super-seeding verdicts.
+const (
+	seedServe        = iota
+	seedRefuseRepeat // FlagHaveOthers: served more often than the blob's average
+	seedRefuseWait   // FlagCanWait: just uploaded to another host, which will announce it
+)
+
+// superSeedWait is how long after uploading a chunk to one host this host keeps refusing it to
+// requesters that can wait (FlagCanWait): the time the recipient takes to verify, store and
+// announce it, with margin for a loaded host. Past it the recipient is taken not to pass it on
+// (it evicted the chunk, or the requester cannot reach it), and the chunk is served again.
+const superSeedWait = 2 * time.Second
+
+// superSeed counts an upload of a held chunk to p, or refuses it. A host serves each chunk of a
+// blob about as often as its others before repeating one (BitTorrent's super-seeding): to a
+// requester that has other holders to ask (FlagHaveOthers), a chunk already uploaded more often
+// than the blob's average (over the chunks this host holds) is refused with busy, and the
+// requester asks a host that got it from an earlier upload. To a requester that knows no other
+// holder yet but can wait (FlagCanWait), a chunk uploaded to another host within
+// superSeedWait is refused, and the requester waits for that host's announcement: in a seeded
+// start every reader first sees only the seed, and without this the seed would serve each chunk
+// to every reader that asks before the first recipient has announced it. A request with
+// neither flag is always served, so this never makes a chunk unavailable. Chunks of blobs not
+// registered here are served.
+func (n *Node) superSeed(req Request, p peer.ID, v2 bool) int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	lb := n.blobs[req.Blob]
 	if lb == nil {
-		return true
+		return seedServe
 	}
 	i := chunkIndex(lb.m, chunk.Chunk{Offset: req.Offset, CID: req.CID})
 	if i < 0 {
-		return true
+		return seedServe
 	}
 	if lb.served == nil {
 		lb.served = make([]uint32, len(lb.m.Chunks))
+		lb.lastTo = make([]peer.ID, len(lb.m.Chunks))
+		lb.lastUntil = make([]int64, len(lb.m.Chunks))
 	}
-	if others && n.cfg.SuperSeed && !superSeedServe(lb.served[i], lb.servedTotal, lb.nhave) {
-		return false
+	now := time.Now()
+	if v2 && n.cfg.SuperSeed {
+		if req.Flags&FlagHaveOthers != 0 && !superSeedServe(lb.served[i], lb.servedTotal, lb.nhave) {
+			return seedRefuseRepeat
+		}
+		if req.Flags&FlagCanWait != 0 && lb.lastTo[i] != "" && lb.lastTo[i] != p && now.UnixNano() < lb.lastUntil[i] {
+			if ps := n.peers[lb.lastTo[i]]; ps != nil && ps.connected {
+				return seedRefuseWait
+			}
+		}
 	}
 	lb.served[i]++
 	lb.servedTotal++
-	return true
+	lb.lastTo[i] = p
+	lb.lastUntil[i] = now.Add(n.cfg.RequestTimeout + superSeedWait).UnixNano()
+	return seedServe
+}
+
+// uploaded records that the upload of req's chunk to p has ended (ok: completely): the
+// recipient announces it within superSeedWait, or, if the upload failed, it will not.
+func (n *Node) uploaded(req Request, p peer.ID, ok bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	lb := n.blobs[req.Blob]
+	if lb == nil || lb.lastTo == nil {
+		return
+	}
+	i := chunkIndex(lb.m, chunk.Chunk{Offset: req.Offset, CID: req.CID})
+	if i < 0 || lb.lastTo[i] != p {
+		return
+	}
+	if ok {
+		lb.lastUntil[i] = time.Now().Add(superSeedWait).UnixNano()
+	} else {
+		lb.lastUntil[i] = 0
+	}
 }
 
 // superSeedServe is the super-seeding rule: serve a chunk uploaded served times already, of a

@@ -91,12 +91,16 @@ func seededStart(t testing.TB, size, chunks int, chunkSize int64) []float64 {
 		t.Fatal(err)
 	}
 	up := make([]float64, size)
-	var hedges, fallbacks float64
+	var hedges, fallbacks, announced, timeouts float64
 	for _, n := range nodes {
 		hedges += testutil.ToFloat64(n.met.hedges)
 		fallbacks += testutil.ToFloat64(n.met.hedgeFallback)
+		announced += testutil.ToFloat64(n.met.holderWaits.WithLabelValues("announced"))
+		timeouts += testutil.ToFloat64(n.met.holderWaits.WithLabelValues("timeout"))
 	}
-	t.Logf("hedges to another holder %v, to the owner or origin %v", hedges, fallbacks)
+	t.Logf("hedges to another holder %v, to the owner or origin %v; waits for a new holder: announced %v, timed out %v; seed's answers: ok %v, busy %v",
+		hedges, fallbacks, announced, timeouts,
+		testutil.ToFloat64(seed.met.servedRequests.WithLabelValues(StatusOK.String())), testutil.ToFloat64(seed.met.servedRequests.WithLabelValues(StatusBusy.String())))
 	for i, n := range nodes {
 		if got := n.Holding(m.Blob); got != len(m.Chunks) {
 			t.Errorf("node %d holds %d of %d chunks", i, got, len(m.Chunks))
@@ -121,10 +125,12 @@ func TestSeededStartSwarm(t *testing.T) {
 		most = max(most, u)
 	}
 	t.Logf("%d hosts, seeded start: seed uploaded %.2f× the image, most by any host %.2f×; all %.2f", size, up[0], most, up)
-	// A star uploads size-1 (11×) from the seed. Runs measured 1.9–2.7× (the target is
-	// 1.5×, not reached yet); the bound is half a star, so the test catches a return to a star
-	// without failing on load-dependent scheduling.
-	if bound := float64(size-1) / 2; most > bound {
+	// A star uploads size-1 (11×) from the seed. With FlagCanWait (the seed refuses a chunk it
+	// has just sent another host, and the asker waits for that host's announcement) runs
+	// measured 1.11–1.28× at 12 hosts and 1.23× at 8 under the race detector (before it:
+	// 1.9–2.8×). The bound leaves margin for a loaded 2-core machine, where slow presence
+	// frames let a few more repeats through, and still fails on any return towards a star.
+	if bound := 2.0; most > bound {
 		t.Errorf("a host uploaded %.2f× the image to %d readers, want ≤ %.1f× (a swarm, not a star)", most, size-1, bound)
 	}
 }
