@@ -82,6 +82,12 @@ type Config struct {
 	// repeating one, answering busy to requesters that have other holders to ask (see
 	// FlagHaveOthers), so a seed's upload spreads over the swarm instead of forming a star.
 	SuperSeed bool
+	// UploadSlots bounds the held chunks this host uploads at once, to all peers together;
+	// further requests queue (reported to requesters as load) until a slot frees, within their
+	// deadline. Few uploads at a time each get a large share of the uplink and finish soon, so
+	// their recipients can pass the chunks on (BitTorrent's upload slots): a seed sharing a slow
+	// uplink among every reader's requests would finish none of them for seconds. 0: unlimited.
+	UploadSlots int
 
 	// PeerConcurrency bounds the requests served to one peer at once; PeerRequestRate and
 	// PeerRequestBurst its requests per second. Over them a request is answered busy.
@@ -128,6 +134,7 @@ func DefaultConfig() Config {
 		DemoteRate:       0.25,
 		SlowBanRate:      0.5,
 		SuperSeed:        true,
+		UploadSlots:      8,
 		PeerConcurrency:  32,
 		PeerRequestRate:  2000,
 		PeerRequestBurst: 4000,
@@ -203,6 +210,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PeerConcurrency < 1 || c.PeerRequestRate <= 0 || c.PeerRequestBurst < 1 {
 		bad("per-peer limits concurrency %d rate %v burst %d: want all > 0", c.PeerConcurrency, c.PeerRequestRate, c.PeerRequestBurst)
+	}
+	if c.UploadSlots < 0 {
+		bad("UploadSlots %d, want >= 0 (0 = unlimited)", c.UploadSlots)
 	}
 	if c.PeerUploadRate < 0 {
 		bad("PeerUploadRate %d, want >= 0 (0 = unlimited)", c.PeerUploadRate)

@@ -92,6 +92,13 @@
 // partial mesh the wait can be wasted (the recipient is not connected to the asker): it is
 // bounded by the slow threshold per chunk and by superSeedWait after the upload.
 //
+// Upload slots: a host uploads at most UploadSlots (8) held chunks at once, to everyone
+// together; further requests wait for a slot (half their timeout at most) and count as load,
+// and the super-seeding verdict is taken once the slot is had, so a requester queued behind an
+// upload of the same chunk is sent to its recipient. On a shaped link a seed that split its
+// uplink among every reader's requests (7 readers × 16 workers) finished no chunk for seconds,
+// so nobody had anything to pass on; with slots each upload gets an eighth of the uplink.
+//
 // Objects: ObjectProtocol (object.go) serves an image's small content-addressed objects
 // (manifests, indexes, chunk manifests, bootstraps) by sha256 digest from what the daemon keeps
 // (LocalObjects, an optional capability of LocalChunks), so that a host can resolve and mount an

@@ -346,7 +346,7 @@ func (n *Node) hedgeDelay(p peer.ID, more bool) time.Duration {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ps := n.peerLocked(p)
-	slow := n.slowAfterLocked(now)
+	slow := n.queueScaled(n.slowAfterLocked(now), holderQueue(ps.inflight, ps.load, now.Sub(ps.loadAt)))
 	if ps.demoted {
 		return n.cfg.MinHedgeDelay
 	}
@@ -386,7 +386,9 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	throughOrigin := req.Flags&FlagFetchThrough != 0 // an origin fetch is not the peer's latency
 
 	n.mu.Lock()
-	slow := elapsed > n.slowAfterLocked(now)
+	// A holder queueing uploads for the swarm is busy, not slow: its threshold grows with the
+	// queue it reported, so load never demotes a seed.
+	slow := elapsed > n.queueScaled(n.slowAfterLocked(now), max(load, ps.inflight))
 	demoted := ps.demoted
 	if load >= 0 {
 		ps.load, ps.loadAt = load, now

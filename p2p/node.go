@@ -93,6 +93,10 @@ type Node struct {
 	// uploading counts chunk responses with data being written now, to every peer: the load a
 	// V2 response reports.
 	uploading atomic.Int64
+	// slots holds one token per upload of a held chunk running (Config.UploadSlots; nil:
+	// unlimited), and queued counts requests waiting for one: both are load.
+	slots  chan struct{}
+	queued atomic.Int64
 
 	recent recentChunks // chunks fetched lately, served while the caller stores them
 
@@ -156,6 +160,9 @@ func New(cfg Config, local LocalChunks) (*Node, error) {
 		ready: make(chan struct{}),
 		done:  make(chan struct{}),
 		scope: scope.New(),
+	}
+	if cfg.UploadSlots > 0 {
+		n.slots = make(chan struct{}, cfg.UploadSlots)
 	}
 	if len(cfg.Allowlist) > 0 {
 		n.allow = map[peer.ID]bool{}

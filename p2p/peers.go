@@ -196,6 +196,21 @@ func holderQueue(inflight, load int, age time.Duration) int {
 	return load
 }
 
+// queueScaled stretches a latency threshold d for a holder with queue uploads ahead of a
+// request: a holder serves UploadSlots (this host's setting, taken as the cluster's) at a time,
+// so each full round of them ahead adds d. A seed answering a swarm is then neither hedged to
+// the fallback (which would ask it again through the rendezvous owner) nor demoted for its queue.
+// The stretch is capped (three rounds, and half the request timeout) because the queue is the
+// peer's word: a peer claiming a huge load to answer late unjudged is still demoted.
+func (n *Node) queueScaled(d time.Duration, queue int) time.Duration {
+	slots := n.cfg.UploadSlots
+	if slots == 0 {
+		slots = 8
+	}
+	s := d + time.Duration(min(queue/slots, 3))*d
+	return max(d, min(s, n.cfg.RequestTimeout/2))
+}
+
 // shares are the slow and bad shares of ps's recent outcomes, and how many there are.
 func (ps *peerState) shares() (slow, bad float64, k int) {
 	k = min(ps.nout, len(ps.outcomes))

@@ -33,7 +33,13 @@ func (n *Node) serveChunk(s network.Stream, v2 bool) {
 	p := s.Conn().RemotePeer()
 	_ = s.SetDeadline(time.Now().Add(n.cfg.RequestTimeout))
 	var req Request
-	st, data, msg := n.serve(s, p, v2, &req)
+	slot := false
+	defer func() {
+		if slot {
+			<-n.slots
+		}
+	}()
+	st, data, msg := n.serve(s, p, v2, &req, &slot)
 	if st == 0xff { // unreadable request: nothing to answer
 		_ = s.Reset()
 		return
@@ -59,7 +65,7 @@ func (n *Node) serveChunk(s network.Stream, v2 bool) {
 	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.RequestTimeout))
 	var hdr []byte
 	if v2 {
-		hdr = AppendResponseHeaderV2(nil, st, int(n.uploading.Load()), len(data), msg)
+		hdr = AppendResponseHeaderV2(nil, st, int(n.uploading.Load()+n.queued.Load()), len(data), msg)
 	} else {
 		hdr = AppendResponseHeader(nil, st, len(data), msg)
 	}
@@ -82,8 +88,9 @@ func (n *Node) serveChunk(s network.Stream, v2 bool) {
 }
 
 // serve decides the answer to a request on s, which it stores in reqOut once read; status 0xff
-// means the request was unreadable.
-func (n *Node) serve(s network.Stream, p peer.ID, v2 bool, reqOut *Request) (Status, []byte, string) {
+// means the request was unreadable. *slot is set when it took an upload slot (n.slots), which
+// the caller frees once the answer is written.
+func (n *Node) serve(s network.Stream, p peer.ID, v2 bool, reqOut *Request, slot *bool) (Status, []byte, string) {
 	if !n.allowed(p) {
 		return StatusRefused, nil, "not allowed"
 	}
@@ -128,6 +135,23 @@ func (n *Node) serve(s network.Stream, p peer.ID, v2 bool, reqOut *Request) (Sta
 		if held, err = n.local.HasCID(req.CID); err != nil {
 			n.log.Warn("local store lookup failed", "chunk", req.CID, "peer", p, "err", err)
 			return StatusError, nil, "store lookup failed"
+		}
+	}
+	if held && n.slots != nil {
+		// Wait for an upload slot, then decide: the chunk may have reached another host
+		// meanwhile, and super-seeding sends this requester there.
+		n.queued.Add(1)
+		// Half the request's time at most, leaving the other half for the upload.
+		ctx, cancel := context.WithTimeout(rctx, n.cfg.RequestTimeout/2)
+		select {
+		case n.slots <- struct{}{}:
+			*slot = true
+		case <-ctx.Done():
+		}
+		cancel()
+		n.queued.Add(-1)
+		if !*slot {
+			return StatusBusy, nil, "every upload slot stayed busy"
 		}
 	}
 	if held {

@@ -205,3 +205,64 @@ func TestChunkV1Compat(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSuperSeedCanWait: a host refuses a chunk it has just sent another connected host to a
+// requester that can wait (FlagCanWait), and serves it again once that upload failed, to the
+// recipient itself, when the recipient has gone, or without the flag.
+func TestSuperSeedCanWait(t *testing.T) {
+	m, _ := makeImage(t, 4, 4096, 31)
+	n, err := New(testConfig(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	if err := n.RegisterBlob(m, nil); err != nil {
+		t.Fatal(err)
+	}
+	c := m.Chunks[1]
+	if err := n.Announce(m.Blob, m.Chunks...); err != nil {
+		t.Fatal(err)
+	}
+	a, b := peer.ID("host-a"), peer.ID("host-b")
+	n.mu.Lock()
+	n.peerLocked(a).connected = true
+	n.peerLocked(b).connected = true
+	n.mu.Unlock()
+	req := func(flags byte) Request {
+		return Request{Flags: flags, Blob: m.Blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
+	}
+	gone := func(p peer.ID) func() {
+		return func() {
+			n.mu.Lock()
+			n.peers[p].connected = false
+			n.mu.Unlock()
+		}
+	}
+	steps := []struct {
+		name   string
+		before func()
+		from   peer.ID
+		flags  byte
+		v2     bool
+		want   int
+	}{
+		{"first upload, to a", nil, a, FlagCanWait, true, seedServe},
+		{"b can wait: a is receiving it", nil, b, FlagCanWait, true, seedRefuseWait},
+		{"a asks again (it lost it)", nil, a, FlagCanWait, true, seedServe},
+		{"b, after a's upload ended", func() { n.uploaded(req(0), a, true) }, b, FlagCanWait, true, seedRefuseWait},
+		{"b, once a's upload failed", func() { n.uploaded(req(0), a, false) }, b, FlagCanWait, true, seedServe},
+		{"a can wait while b receives it", nil, a, FlagCanWait, true, seedRefuseWait},
+		{"a without the flag", nil, a, 0, true, seedServe},
+		{"b, a V1 request (no flags there)", nil, b, FlagCanWait, false, seedServe},
+		{"a, once b has gone", gone(b), a, FlagCanWait, true, seedServe},
+		{"b has others: a repeat past the average is refused", nil, b, FlagHaveOthers, true, seedRefuseRepeat},
+	}
+	for i, s := range steps {
+		if s.before != nil {
+			s.before()
+		}
+		if got := n.superSeed(req(s.flags), s.from, s.v2); got != s.want {
+			t.Fatalf("step %d (%s): verdict %d, want %d", i, s.name, got, s.want)
+		}
+	}
+}
