@@ -84,6 +84,12 @@ type Config struct {
 	// repeating one, answering busy to requesters that have other holders to ask (see
 	// FlagHaveOthers), so a seed's upload spreads over the swarm instead of forming a star.
 	SuperSeed bool
+	// UploadSlots bounds the held chunks this host uploads at once, to all peers together;
+	// further requests queue (reported to requesters as load) until a slot frees, within their
+	// deadline. Few uploads at a time each get a large share of the uplink and finish soon, so
+	// their recipients can pass the chunks on (BitTorrent's upload slots): a seed sharing a slow
+	// uplink among every reader's requests would finish none of them for seconds. 0: unlimited.
+	UploadSlots int
 
 	// WireCompression is the zstd level (zchunk.MinLevel to MaxLevel) at which this host
 	// compresses a chunk it sends to a ChunkProtocolV3 peer, when the chunk's manifest stores
@@ -156,6 +162,7 @@ func DefaultConfig() Config {
 		SuperSeed:        true,
 		WireCompression:  1,
 		RightsTTL:        5 * time.Minute,
+		UploadSlots:      8,
 		PeerConcurrency:  32,
 		PeerRequestRate:  2000,
 		PeerRequestBurst: 4000,
@@ -240,6 +247,9 @@ func (c *Config) Validate() error {
 	}
 	if c.chunkVersion < 0 || c.chunkVersion > 3 {
 		bad("chunk protocol version %d, want 1 to 3", c.chunkVersion)
+	}
+	if c.UploadSlots < 0 {
+		bad("UploadSlots %d, want >= 0 (0 = unlimited)", c.UploadSlots)
 	}
 	if c.PeerUploadRate < 0 {
 		bad("PeerUploadRate %d, want >= 0 (0 = unlimited)", c.PeerUploadRate)

@@ -244,47 +244,66 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 		f       fetched
 		err     error
 		refused peer.ID // answered busy to a flagged request (super-seeding)
+		wait    bool    // ... to FlagCanWait: it has just served another host
 	}
 	req := Request{Blob: blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
 	results := make(chan result, len(holders)+2)
 	next, inflight := 0, 0
-	fellBack, reasked := false, false
-	var refused peer.ID // the first holder that refused a repeat, asked again if all others fail
+	fellBack, reasked, waited, waitRefused := false, false, false, false
+	var refusers []peer.ID // holders that refused a repeat: the least loaded is asked again if all others fail
 	hedge := time.NewTimer(time.Hour)
 	defer hedge.Stop()
-	ask := func(p peer.ID, others bool) {
+	ask := func(p peer.ID, flags byte) {
 		req := req
-		if others {
-			req.Flags |= FlagHaveOthers
-		}
+		req.Flags |= flags
 		go func() {
 			f, err := n.request(ctx, h, p, req, n.cfg.RequestTimeout)
 			var st *statusError
 			f.src = chunk.SourcePeer
 			r := result{f: f, err: err}
-			if others && errors.As(err, &st) && st.st == StatusBusy {
-				r.refused = p
+			if flags != 0 && errors.As(err, &st) && st.st == StatusBusy {
+				r.refused, r.wait = p, flags&FlagCanWait != 0
 			}
 			results <- r
 		}()
 	}
-	launch := func() {
+	var launch func()
+	launch = func() {
 		switch {
 		case next < len(holders):
 			p := holders[next]
 			next++
 			inflight++
 			// Others to ask after it, or a request still running elsewhere (this is a hedge):
-			// it may refuse a repeat.
-			ask(p, next < len(holders) || inflight > 1)
+			// it may refuse a repeat. Else it may refuse a chunk it has just sent another host,
+			// and this one waits for that host's announcement.
+			var flags byte
+			switch {
+			case next < len(holders) || inflight > 1:
+				flags = FlagHaveOthers
+			case !waited:
+				flags = FlagCanWait
+			}
+			ask(p, flags)
 			hedge.Reset(n.hedgeDelay(p, next < len(holders)))
-		case refused != "" && !reasked:
-			// Every holder failed or refused a repeat: ask one that refused, without the flag,
-			// so super-seeding never makes a chunk unavailable.
+		case waitRefused && !waited:
+			// A holder has just sent the chunk to another host: wait (up to the slow threshold)
+			// for that host to announce it, and ask it (without a flag if it is the last: it is
+			// not the seed, and may serve a repeat).
+			waited = true
+			if more := n.awaitNewHolder(ctx, c.CID, holders); len(more) > 0 {
+				holders = append(holders, more...)
+			}
+			launch()
+		case len(refusers) > 0 && !reasked:
+			// Every holder failed or refused a repeat: ask the least loaded that refused (a
+			// recent recipient rather than the seed), without the flag, so super-seeding never
+			// makes a chunk unavailable.
 			reasked = true
 			inflight++
-			ask(refused, false)
-			hedge.Reset(n.hedgeDelay(refused, false))
+			p := n.bestOf(refusers)
+			ask(p, 0)
+			hedge.Reset(n.hedgeDelay(p, false))
 		default:
 			fellBack = true
 			inflight++
@@ -295,7 +314,7 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 		}
 	}
 	canLaunch := func() bool {
-		return next < len(holders) || refused != "" && !reasked || fallback != nil && !fellBack
+		return next < len(holders) || waitRefused && !waited || len(refusers) > 0 && !reasked || fallback != nil && !fellBack
 	}
 	launch()
 	var errs []error
@@ -306,9 +325,10 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 			if r.err == nil {
 				return r.f, nil
 			}
-			if r.refused != "" && refused == "" {
-				refused = r.refused
+			if r.refused != "" {
+				refusers = append(refusers, r.refused)
 			}
+			waitRefused = waitRefused || r.wait
 			errs = append(errs, r.err)
 			if inflight == 0 && canLaunch() && ctx.Err() == nil {
 				launch()
@@ -346,7 +366,7 @@ func (n *Node) hedgeDelay(p peer.ID, more bool) time.Duration {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ps := n.peerLocked(p)
-	slow := n.slowAfterLocked(now)
+	slow := n.queueScaled(n.slowAfterLocked(now), holderQueue(ps.inflight, ps.load, now.Sub(ps.loadAt)))
 	if ps.demoted {
 		return n.cfg.MinHedgeDelay
 	}
@@ -392,7 +412,9 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	throughOrigin := req.Flags&FlagFetchThrough != 0 // an origin fetch is not the peer's latency
 
 	n.mu.Lock()
-	slow := elapsed > n.slowAfterLocked(now)
+	// A holder queueing uploads for the swarm is busy, not slow: its threshold grows with the
+	// queue it reported, so load never demotes a seed.
+	slow := elapsed > n.queueScaled(n.slowAfterLocked(now), max(load, ps.inflight))
 	demoted := ps.demoted
 	if load >= 0 {
 		ps.load, ps.loadAt = load, now

@@ -20,6 +20,7 @@ type metrics struct {
 	peerFailures   *prometheus.CounterVec // by kind: corrupt, truncated, error, timeout
 	hedges         prometheus.Counter
 	hedgeFallback  prometheus.Counter
+	holderWaits    *prometheus.CounterVec // waits for a chunk's next holder, by end: announced, timeout
 	standing       *prometheus.CounterVec // changes of standing, by new standing
 	bans           prometheus.Counter
 	presenceIn     prometheus.Counter
@@ -71,6 +72,9 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 		hedgeFallback: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "shoal_p2p_hedged_fallback_total", Help: "Requests to the last holder hedged to the rendezvous owner or the origin because they ran past HedgeFactor × the cluster's p99.",
 		}),
+		holderWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_p2p_holder_waits_total", Help: "Waits for another host to announce a chunk a holder had just sent it (super-seeding), by how they ended (announced, timeout).",
+		}, []string{"end"}),
 		standing: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_p2p_standing_changes_total", Help: "Peers whose standing changed, by new standing (good, demoted, banned).",
 		}, []string{"standing"}),
@@ -91,7 +95,7 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 	// node's lifetime (Close unregisters them), not shared with another node.
 	unregister, err := shoalmetrics.RegisterOwned(reg, m.fetches, m.fetchBytes, m.fetchSeconds, m.servedRequests, m.servedBytes,
 		m.fetchWireBytes, m.servedWireBytes, m.compressSeconds,
-		m.peerFailures, m.hedges, m.hedgeFallback, m.standing, m.bans, m.presenceIn, m.presenceOut, m.peers)
+		m.peerFailures, m.hedges, m.hedgeFallback, m.holderWaits, m.standing, m.bans, m.presenceIn, m.presenceOut, m.peers)
 	if err != nil {
 		return nil, nil, fmt.Errorf("p2p: %w", err)
 	}

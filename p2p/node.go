@@ -67,6 +67,12 @@ type localBlob struct {
 	// the first), and their sum.
 	served      []uint32
 	servedTotal uint64
+	// lastTo is the host each chunk index was last uploaded to, and lastUntil (unix nanoseconds)
+	// until when a request flagged FlagCanWait from another host is refused, because lastTo is
+	// about to announce the chunk: the upload's end (RequestTimeout while it runs) plus
+	// superSeedWait. Nil until the first upload.
+	lastTo    []peer.ID
+	lastUntil []int64
 }
 
 type chunkRef struct {
@@ -89,6 +95,10 @@ type Node struct {
 	// uploading counts chunk responses with data being written now, to every peer: the load a
 	// V2 response reports.
 	uploading atomic.Int64
+	// slots holds one token per upload of a held chunk running (Config.UploadSlots; nil:
+	// unlimited), and queued counts requests waiting for one: both are load.
+	slots  chan struct{}
+	queued atomic.Int64
 
 	recent recentChunks // chunks fetched lately, served while the caller stores them
 	// zenc compresses chunks for ChunkProtocolV3 peers (nil: WireCompression is 0).
@@ -104,10 +114,13 @@ type Node struct {
 	// normal is the cluster's normal chunk latency, cached at normalAt (normalLatencyLocked).
 	normal   time.Duration
 	normalAt time.Time
-	host     host.Host
-	dht      *dht.IpfsDHT
-	started  bool
-	kick     chan struct{} // wakes the DHT loop when a blob is registered
+	// presenceChanged is closed (and replaced) when a peer's presence map changes: readers
+	// waiting for a chunk's next holder (awaitNewHolder) wake on it. Nil until someone waits.
+	presenceChanged chan struct{}
+	host            host.Host
+	dht             *dht.IpfsDHT
+	started         bool
+	kick            chan struct{} // wakes the DHT loop when a blob is registered
 	// lost has one channel per redial loop, woken when a peer disconnects: a peer that restarts
 	// (a daemon upgrade) is dialled again within a second or so, not after RedialInterval.
 	lost []chan struct{}
@@ -151,6 +164,9 @@ func New(cfg Config, local LocalChunks) (*Node, error) {
 		ready: make(chan struct{}),
 		done:  make(chan struct{}),
 		scope: scope.New(),
+	}
+	if cfg.UploadSlots > 0 {
+		n.slots = make(chan struct{}, cfg.UploadSlots)
 	}
 	if len(cfg.Allowlist) > 0 {
 		n.allow = map[peer.ID]bool{}

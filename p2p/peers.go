@@ -1,11 +1,13 @@
 package p2p
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sort"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/opencontainers/go-digest"
@@ -194,6 +196,21 @@ func holderQueue(inflight, load int, age time.Duration) int {
 	return load
 }
 
+// queueScaled stretches a latency threshold d for a holder with queue uploads ahead of a
+// request: a holder serves UploadSlots (this host's setting, taken as the cluster's) at a time,
+// so each full round of them ahead adds d. A seed answering a swarm is then neither hedged to
+// the fallback (which would ask it again through the rendezvous owner) nor demoted for its queue.
+// The stretch is capped (three rounds, and half the request timeout) because the queue is the
+// peer's word: a peer claiming a huge load to answer late unjudged is still demoted.
+func (n *Node) queueScaled(d time.Duration, queue int) time.Duration {
+	slots := n.cfg.UploadSlots
+	if slots == 0 {
+		slots = 8
+	}
+	s := d + time.Duration(min(queue/slots, 3))*d
+	return max(d, min(s, n.cfg.RequestTimeout/2))
+}
+
 // shares are the slow and bad shares of ps's recent outcomes, and how many there are.
 func (ps *peerState) shares() (slow, bad float64, k int) {
 	k = min(ps.nout, len(ps.outcomes))
@@ -370,4 +387,51 @@ func (n *Node) Peers() []PeerStats {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
+}
+
+// bestOf is the peer of ps with the lowest score (expected wait) now.
+func (n *Node) bestOf(ps []peer.ID) peer.ID {
+	now := time.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	best, bestScore := ps[0], n.peerLocked(ps[0]).score(now)
+	for _, p := range ps[1:] {
+		if s := n.peerLocked(p).score(now); s < bestScore {
+			best, bestScore = p, s
+		}
+	}
+	return best
+}
+
+// awaitNewHolder waits for a connected peer outside known to announce chunk c, and returns the
+// new holders; nil once the slow threshold has passed or ctx has ended. A holder that has just
+// sent c to another host refuses it to a requester that can wait (FlagCanWait), and this is the
+// wait: about one chunk's transfer to that host plus a presence frame.
+func (n *Node) awaitNewHolder(ctx context.Context, c cid.Cid, known []peer.ID) []peer.ID {
+	n.mu.Lock()
+	timer := time.NewTimer(n.slowAfterLocked(time.Now()))
+	n.mu.Unlock()
+	defer timer.Stop()
+	for {
+		n.mu.Lock()
+		more := slices.DeleteFunc(n.holdersLocked(c, time.Now()), func(p peer.ID) bool { return slices.Contains(known, p) })
+		if len(more) > 0 {
+			n.mu.Unlock()
+			n.met.holderWaits.WithLabelValues("announced").Inc()
+			return more
+		}
+		if n.presenceChanged == nil {
+			n.presenceChanged = make(chan struct{})
+		}
+		changed := n.presenceChanged
+		n.mu.Unlock()
+		select {
+		case <-changed:
+		case <-timer.C:
+			n.met.holderWaits.WithLabelValues("timeout").Inc()
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
+	}
 }

@@ -248,6 +248,10 @@ func (n *Node) applyPresence(p peer.ID, pr Presence) bool {
 	if pr.Flags&PresencePrivate != 0 {
 		n.wantRightsLocked(p, pr.Blob) // pull rights (rights.go): present ours to a holder
 	}
+	if n.presenceChanged != nil {
+		close(n.presenceChanged)
+		n.presenceChanged = nil
+	}
 	if lb != nil && n.host != nil {
 		n.host.ConnManager().Protect(p, "shoal-blob")
 	}

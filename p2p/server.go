@@ -41,14 +41,22 @@ func (n *Node) serveChunk(s network.Stream, ver int) {
 	p := s.Conn().RemotePeer()
 	_ = s.SetDeadline(time.Now().Add(n.cfg.RequestTimeout))
 	var req Request
-	st, data, msg := n.serve(s, p, ver >= 2, &req)
+	slot := false
+	defer func() {
+		if slot {
+			<-n.slots
+		}
+	}()
+	st, data, msg := n.serve(s, p, ver >= 2, &req, &slot)
 	if st == 0xff { // unreadable request: nothing to answer
 		_ = s.Reset()
 		return
 	}
+	uploadedOK := false
 	if len(data) > 0 {
 		n.uploading.Add(1)
 		defer n.uploading.Add(-1)
+		defer func() { n.uploaded(req, p, uploadedOK) }()
 	}
 	// body is what goes on the wire: the chunk, or (V3) its zstd frame.
 	codec, body := WireRaw, data
@@ -71,9 +79,9 @@ func (n *Node) serveChunk(s network.Stream, ver int) {
 	var hdr []byte
 	switch {
 	case ver >= 3:
-		hdr = AppendResponseHeaderV3(nil, st, int(n.uploading.Load()), codec, len(data), len(body), msg)
+		hdr = AppendResponseHeaderV3(nil, st, int(n.uploading.Load()+n.queued.Load()), codec, len(data), len(body), msg)
 	case ver == 2:
-		hdr = AppendResponseHeaderV2(nil, st, int(n.uploading.Load()), len(data), msg)
+		hdr = AppendResponseHeaderV2(nil, st, int(n.uploading.Load()+n.queued.Load()), len(data), msg)
 	default:
 		hdr = AppendResponseHeader(nil, st, len(data), msg)
 	}
@@ -86,6 +94,7 @@ func (n *Node) serveChunk(s network.Stream, ver int) {
 			_ = s.Reset()
 			return
 		}
+		uploadedOK = true
 		n.met.servedBytes.Add(float64(len(data)))
 		n.met.servedWireBytes.Add(float64(len(body)))
 		n.met.served.Add(int64(len(data)))
@@ -142,9 +151,10 @@ func (n *Node) compressible(req Request) bool {
 	return false
 }
 
-// serve decides the answer to a request on s; status 0xff means the request was unreadable.
-// *reqOut is set to the request once it is read.
-func (n *Node) serve(s network.Stream, p peer.ID, v2 bool, reqOut *Request) (Status, []byte, string) {
+// serve decides the answer to a request on s, which it stores in reqOut once read; status 0xff
+// means the request was unreadable. *slot is set when it took an upload slot (n.slots), which
+// the caller frees once the answer is written.
+func (n *Node) serve(s network.Stream, p peer.ID, v2 bool, reqOut *Request, slot *bool) (Status, []byte, string) {
 	if !n.allowed(p) {
 		return StatusRefused, nil, "not allowed"
 	}
@@ -196,9 +206,29 @@ func (n *Node) serve(s network.Stream, p peer.ID, v2 bool, reqOut *Request) (Sta
 			return StatusError, nil, "store lookup failed"
 		}
 	}
+	if held && n.slots != nil {
+		// Wait for an upload slot, then decide: the chunk may have reached another host
+		// meanwhile, and super-seeding sends this requester there.
+		n.queued.Add(1)
+		// Half the request's time at most, leaving the other half for the upload.
+		ctx, cancel := context.WithTimeout(rctx, n.cfg.RequestTimeout/2)
+		select {
+		case n.slots <- struct{}{}:
+			*slot = true
+		case <-ctx.Done():
+		}
+		cancel()
+		n.queued.Add(-1)
+		if !*slot {
+			return StatusBusy, nil, "every upload slot stayed busy"
+		}
+	}
 	if held {
-		if !n.superSeed(req, v2 && req.Flags&FlagHaveOthers != 0) {
+		switch n.superSeed(req, p, v2) {
+		case seedRefuseRepeat:
 			return StatusBusy, nil, "served already: try another holder"
+		case seedRefuseWait:
+			return StatusBusy, nil, "just served to another host: wait for its announcement"
 		}
 		ctx, cancel := context.WithTimeout(rctx, n.cfg.RequestTimeout)
 		defer cancel()
@@ -237,32 +267,82 @@ func (n *Node) serve(s network.Stream, p peer.ID, v2 bool, reqOut *Request) (Sta
 	return StatusOK, f.data.Bytes(), ""
 }
 
-// superSeed counts an upload of a held chunk, or refuses it. A host serves each chunk of a blob
-// about as often as its others before repeating one (BitTorrent's super-seeding): to a
-// requester that has other holders to ask (others), a chunk already uploaded more often than
-// the blob's average (over the chunks this host holds) is refused with busy, and the requester
-// asks a host that got it from an earlier upload. A requester with no one else is always served,
-// so this never makes a chunk unavailable. Chunks of blobs not registered here are served.
-func (n *Node) superSeed(req Request, others bool) bool {
+// Super-seeding verdicts.
+const (
+	seedServe        = iota
+	seedRefuseRepeat // FlagHaveOthers: served more often than the blob's average
+	seedRefuseWait   // FlagCanWait: just uploaded to another host, which will announce it
+)
+
+// superSeedWait is how long after uploading a chunk to one host this host keeps refusing it to
+// requesters that can wait (FlagCanWait): the time the recipient takes to verify, store and
+// announce it, with margin for a loaded host. Past it the recipient is taken not to pass it on
+// (it evicted the chunk, or the requester cannot reach it), and the chunk is served again.
+const superSeedWait = 2 * time.Second
+
+// superSeed counts an upload of a held chunk to p, or refuses it. A host serves each chunk of a
+// blob about as often as its others before repeating one (BitTorrent's super-seeding): to a
+// requester that has other holders to ask (FlagHaveOthers), a chunk already uploaded more often
+// than the blob's average (over the chunks this host holds) is refused with busy, and the
+// requester asks a host that got it from an earlier upload. To a requester that knows no other
+// holder yet but can wait (FlagCanWait), a chunk uploaded to another host within
+// superSeedWait is refused, and the requester waits for that host's announcement: in a seeded
+// start every reader first sees only the seed, and without this the seed would serve each chunk
+// to every reader that asks before the first recipient has announced it. A request with
+// neither flag is always served, so this never makes a chunk unavailable. Chunks of blobs not
+// registered here are served.
+func (n *Node) superSeed(req Request, p peer.ID, v2 bool) int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	lb := n.blobs[req.Blob]
 	if lb == nil {
-		return true
+		return seedServe
 	}
 	i := chunkIndex(lb.m, chunk.Chunk{Offset: req.Offset, CID: req.CID})
 	if i < 0 {
-		return true
+		return seedServe
 	}
 	if lb.served == nil {
 		lb.served = make([]uint32, len(lb.m.Chunks))
+		lb.lastTo = make([]peer.ID, len(lb.m.Chunks))
+		lb.lastUntil = make([]int64, len(lb.m.Chunks))
 	}
-	if others && n.cfg.SuperSeed && !superSeedServe(lb.served[i], lb.servedTotal, lb.nhave) {
-		return false
+	now := time.Now()
+	if v2 && n.cfg.SuperSeed {
+		if req.Flags&FlagHaveOthers != 0 && !superSeedServe(lb.served[i], lb.servedTotal, lb.nhave) {
+			return seedRefuseRepeat
+		}
+		if req.Flags&FlagCanWait != 0 && lb.lastTo[i] != "" && lb.lastTo[i] != p && now.UnixNano() < lb.lastUntil[i] {
+			if ps := n.peers[lb.lastTo[i]]; ps != nil && ps.connected {
+				return seedRefuseWait
+			}
+		}
 	}
 	lb.served[i]++
 	lb.servedTotal++
-	return true
+	lb.lastTo[i] = p
+	lb.lastUntil[i] = now.Add(n.cfg.RequestTimeout + superSeedWait).UnixNano()
+	return seedServe
+}
+
+// uploaded records that the upload of req's chunk to p has ended (ok: completely): the
+// recipient announces it within superSeedWait, or, if the upload failed, it will not.
+func (n *Node) uploaded(req Request, p peer.ID, ok bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	lb := n.blobs[req.Blob]
+	if lb == nil || lb.lastTo == nil {
+		return
+	}
+	i := chunkIndex(lb.m, chunk.Chunk{Offset: req.Offset, CID: req.CID})
+	if i < 0 || lb.lastTo[i] != p {
+		return
+	}
+	if ok {
+		lb.lastUntil[i] = time.Now().Add(superSeedWait).UnixNano()
+	} else {
+		lb.lastUntil[i] = 0
+	}
 }
 
 // superSeedServe is the super-seeding rule: serve a chunk uploaded served times already, of a

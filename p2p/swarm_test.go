@@ -91,12 +91,16 @@ func seededStart(t testing.TB, size, chunks int, chunkSize int64) []float64 {
 		t.Fatal(err)
 	}
 	up := make([]float64, size)
-	var hedges, fallbacks float64
+	var hedges, fallbacks, announced, timeouts float64
 	for _, n := range nodes {
 		hedges += testutil.ToFloat64(n.met.hedges)
 		fallbacks += testutil.ToFloat64(n.met.hedgeFallback)
+		announced += testutil.ToFloat64(n.met.holderWaits.WithLabelValues("announced"))
+		timeouts += testutil.ToFloat64(n.met.holderWaits.WithLabelValues("timeout"))
 	}
-	t.Logf("hedges to another holder %v, to the owner or origin %v", hedges, fallbacks)
+	t.Logf("hedges to another holder %v, to the owner or origin %v; waits for a new holder: announced %v, timed out %v; seed's answers: ok %v, busy %v",
+		hedges, fallbacks, announced, timeouts,
+		testutil.ToFloat64(seed.met.servedRequests.WithLabelValues(StatusOK.String())), testutil.ToFloat64(seed.met.servedRequests.WithLabelValues(StatusBusy.String())))
 	for i, n := range nodes {
 		if got := n.Holding(m.Blob); got != len(m.Chunks) {
 			t.Errorf("node %d holds %d of %d chunks", i, got, len(m.Chunks))
@@ -121,10 +125,12 @@ func TestSeededStartSwarm(t *testing.T) {
 		most = max(most, u)
 	}
 	t.Logf("%d hosts, seeded start: seed uploaded %.2f× the image, most by any host %.2f×; all %.2f", size, up[0], most, up)
-	// A star uploads size-1 (11×) from the seed. Runs measured 1.9–2.7× (the target is
-	// 1.5×, not reached yet); the bound is half a star, so the test catches a return to a star
-	// without failing on load-dependent scheduling.
-	if bound := float64(size-1) / 2; most > bound {
+	// A star uploads size-1 (11×) from the seed. With FlagCanWait (the seed refuses a chunk it
+	// has just sent another host, and the asker waits for that host's announcement) runs
+	// measured 1.11–1.28× at 12 hosts and 1.23× at 8 under the race detector (before it:
+	// 1.9–2.8×). The bound leaves margin for a loaded 2-core machine, where slow presence
+	// frames let a few more repeats through, and still fails on any return towards a star.
+	if bound := 2.0; most > bound {
 		t.Errorf("a host uploaded %.2f× the image to %d readers, want ≤ %.1f× (a swarm, not a star)", most, size-1, bound)
 	}
 }
@@ -197,5 +203,66 @@ func TestChunkV1Compat(t *testing.T) {
 	}
 	if _, err := chunk.Verify(c.CID, data); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSuperSeedCanWait: a host refuses a chunk it has just sent another connected host to a
+// requester that can wait (FlagCanWait), and serves it again once that upload failed, to the
+// recipient itself, when the recipient has gone, or without the flag.
+func TestSuperSeedCanWait(t *testing.T) {
+	m, _ := makeImage(t, 4, 4096, 31)
+	n, err := New(testConfig(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	if err := n.RegisterBlob(m, nil); err != nil {
+		t.Fatal(err)
+	}
+	c := m.Chunks[1]
+	if err := n.Announce(m.Blob, m.Chunks...); err != nil {
+		t.Fatal(err)
+	}
+	a, b := peer.ID("host-a"), peer.ID("host-b")
+	n.mu.Lock()
+	n.peerLocked(a).connected = true
+	n.peerLocked(b).connected = true
+	n.mu.Unlock()
+	req := func(flags byte) Request {
+		return Request{Flags: flags, Blob: m.Blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
+	}
+	gone := func(p peer.ID) func() {
+		return func() {
+			n.mu.Lock()
+			n.peers[p].connected = false
+			n.mu.Unlock()
+		}
+	}
+	steps := []struct {
+		name   string
+		before func()
+		from   peer.ID
+		flags  byte
+		v2     bool
+		want   int
+	}{
+		{"first upload, to a", nil, a, FlagCanWait, true, seedServe},
+		{"b can wait: a is receiving it", nil, b, FlagCanWait, true, seedRefuseWait},
+		{"a asks again (it lost it)", nil, a, FlagCanWait, true, seedServe},
+		{"b, after a's upload ended", func() { n.uploaded(req(0), a, true) }, b, FlagCanWait, true, seedRefuseWait},
+		{"b, once a's upload failed", func() { n.uploaded(req(0), a, false) }, b, FlagCanWait, true, seedServe},
+		{"a can wait while b receives it", nil, a, FlagCanWait, true, seedRefuseWait},
+		{"a without the flag", nil, a, 0, true, seedServe},
+		{"b, a V1 request (no flags there)", nil, b, FlagCanWait, false, seedServe},
+		{"a, once b has gone", gone(b), a, FlagCanWait, true, seedServe},
+		{"b has others: a repeat past the average is refused", nil, b, FlagHaveOthers, true, seedRefuseRepeat},
+	}
+	for i, s := range steps {
+		if s.before != nil {
+			s.before()
+		}
+		if got := n.superSeed(req(s.flags), s.from, s.v2); got != s.want {
+			t.Fatalf("step %d (%s): verdict %d, want %d", i, s.name, got, s.want)
+		}
 	}
 }

@@ -68,6 +68,12 @@ const (
 	// so the requester goes to a host that has it from an earlier upload (super-seeding). A
 	// request without it is never refused for that reason. V1 responders ignore it.
 	FlagHaveOthers byte = 1 << 1
+	// FlagCanWait (V2) says the requester knows no other holder yet but can wait briefly for
+	// one: a responder that has just uploaded this chunk to another host may answer busy, and
+	// the requester waits for that host's announcement (a seed serves each chunk once while
+	// the swarm is still learning who holds what). A request without it is never refused for
+	// that reason. Responders that do not know the flag ignore it.
+	FlagCanWait byte = 1 << 2
 )
 
 // MaxLoad caps the load a V2 response reports.
