@@ -90,13 +90,13 @@ func (c *Config) Validate() error {
 // Stats are the mirror's counters since start.
 type Stats struct {
 	Requests      int64 `json:"requests"`
-	LocalHits     int64 `json:"local_hits"`     // requests for content already kept
-	UpstreamBytes int64 `json:"upstream_bytes"` // blob and manifest bytes fetched from upstream registries
-	PeerBytes     int64 `json:"peer_bytes"`     // blob and manifest bytes fetched from peers, verified
-	PeerRejected  int64 `json:"peer_rejected"`  // fetches from peers that failed verification or broke off
-	ServedBytes   int64 `json:"served_bytes"`   // body bytes sent to clients
-	KeptBytes     int64 `json:"kept_bytes"`
-	KeptFiles     int   `json:"kept_files"`
+	LocalHits     int64 `json:"localHits"`     // requests for content already kept
+	UpstreamBytes int64 `json:"upstreamBytes"` // blob and manifest bytes fetched from upstream registries
+	PeerBytes     int64 `json:"peerBytes"`     // blob and manifest bytes fetched from peers, verified
+	PeerRejected  int64 `json:"peerRejected"`  // fetches from peers that failed verification or broke off
+	ServedBytes   int64 `json:"servedBytes"`   // body bytes sent to clients
+	KeptBytes     int64 `json:"keptBytes"`
+	KeptFiles     int   `json:"keptFiles"`
 }
 
 // Mirror is the node-local, read-only registry mirror: an http.Handler for the distribution API.

@@ -21,7 +21,7 @@ func TestParsePath(t *testing.T) {
 		{in: "/v2/a/b/c/blobs/" + d, kind: kindBlob, name: "a/b/c", digest: true, ok: true},
 		// A repository may itself contain "blobs" or "manifests" components.
 		{in: "/v2/blobs/manifests/x/blobs/" + d, kind: kindBlob, name: "blobs/manifests/x", digest: true, ok: true},
-		{in: "/v2/a/blobs/latest"},                          // a blob needs a digest
+		{in: "/v2/a/blobs/latest"},                             // a blob needs a digest
 		{in: "/v2/a/blobs/sha512:" + strings.Repeat("a", 128)}, // only sha256
 		{in: "/v2/a/blobs/sha256:abc"},
 		{in: "/v2/A/manifests/x"},

@@ -219,6 +219,7 @@ func (n *Node) Run(ctx context.Context) error {
 	h.SetStreamHandler(ChunkProtocolV2, n.handleChunkV2)
 	h.SetStreamHandler(PresenceProtocol, n.handlePresence)
 	h.SetStreamHandler(ObjectProtocol, n.handleObject)
+	h.SetStreamHandler(BlobProtocol, n.handleBlob)
 	n.mu.Lock()
 	n.host = h
 	n.mu.Unlock()
