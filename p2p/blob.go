@@ -38,6 +38,9 @@ const (
 	blobSlice = 1 << 20
 )
 
+// errBlobBrokenOff: a blob stream ended before the size its header announced.
+var errBlobBrokenOff = errors.New("blob stream broken off")
+
 // LocalBlobs is what this host serves over BlobProtocol: the mirror's verified blobs. It is an
 // optional capability of the LocalChunks given to New, found by type assertion; without it the
 // host answers every blob request "not found".
@@ -246,9 +249,10 @@ func (n *Node) openBlobFor(s network.Stream, p peer.ID) (Status, digest.Digest, 
 // FetchBlob asks connected peers, best first and one at a time, for the blob with digest d (at
 // most max bytes) and streams it to w, hashing it; it returns the peer that sent it once the
 // whole blob matched d. Peers that do not have it are passed over. Once a peer has written to
-// w, its failure ends the fetch (w cannot be rewound): bytes that do not hash to d, or a wrong
-// length, are a strike against the peer (and ban it as bad chunks do), and the error wraps
-// chunk.ErrCorrupt. A peer that goes RequestTimeout without sending is a stall.
+// w, its failure ends the fetch (w cannot be rewound): a whole blob that does not hash to d, or
+// bytes past its announced size, are a strike against the peer (and ban it as bad chunks do),
+// and the error wraps chunk.ErrCorrupt; a stream broken off early (as a holder whose copy rotted
+// does, see handleBlob) or silent for RequestTimeout counts against its standing.
 func (n *Node) FetchBlob(ctx context.Context, d digest.Digest, max int64, w io.Writer) (string, error) {
 	if d.Validate() != nil || d.Algorithm() != digest.SHA256 {
 		return "", fmt.Errorf("fetch blob %q from peers: not a sha256 digest", truncateName(d.String()))
@@ -292,6 +296,9 @@ func (n *Node) FetchBlob(ctx context.Context, d digest.Digest, max int64, w io.W
 			n.strike(p, err)
 		case errors.Is(err, context.DeadlineExceeded):
 			n.objm.failures.WithLabelValues("stall").Inc()
+			n.record(p, outcomeBad)
+		case errors.Is(err, errBlobBrokenOff):
+			n.objm.failures.WithLabelValues("broken_off").Inc()
 			n.record(p, outcomeBad)
 		default:
 			n.objm.failures.WithLabelValues("error").Inc()
@@ -374,7 +381,9 @@ func (n *Node) blobExchange(ctx context.Context, h interface {
 			if isTimeout(rerr) {
 				return got, context.DeadlineExceeded
 			}
-			return got, fmt.Errorf("%d of %d bytes: %w", got, size, chunk.ErrCorrupt)
+			// Broken off: a holder that found its own copy rotted does this, and so does a
+			// network failure. Not a strike; it counts against the peer's standing.
+			return got, fmt.Errorf("%d of %d bytes, then %v: %w", got, size, rerr, errBlobBrokenOff)
 		}
 	}
 	// Nothing may follow the blob.

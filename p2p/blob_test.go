@@ -117,7 +117,7 @@ func FuzzBlobRequest(f *testing.F) {
 
 // TestFetchBlobFromPeer: real libp2p hosts; a multi-megabyte blob streams from the one holder,
 // a peer without it is passed over, and one whose copy rotted breaks off without sending its
-// last bytes (so the asker gets no full wrong blob and strikes nobody for a stale disk).
+// last bytes (so the asker gets no full wrong blob) and is not struck for its stale disk.
 func TestFetchBlobFromPeer(t *testing.T) {
 	blob := make([]byte, 5<<20+123)
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -151,6 +151,14 @@ func TestFetchBlobFromPeer(t *testing.T) {
 	_, err = asker.FetchBlob(t.Context(), d, 1<<30, &buf)
 	if err == nil || int64(buf.Len()) >= int64(len(blob)) {
 		t.Fatalf("rotted copy: %d of %d bytes reached the asker, err %v", buf.Len(), len(blob), err)
+	}
+	if !errors.Is(err, errBlobBrokenOff) {
+		t.Fatalf("rotted copy: %v, want a broken-off stream", err)
+	}
+	for _, p := range asker.Peers() {
+		if p.ID == holder.ID() && (p.Corrupt != 0 || p.Banned) {
+			t.Fatalf("holder with a rotted copy struck: %+v", p)
+		}
 	}
 }
 
