@@ -15,7 +15,10 @@
 //	go m.Serve(ctx, ln)             // containerd's hosts.toml: host "http://127.0.0.1:5005"
 //
 // The upstream of a request is containerd's ?ns=HOST query parameter (sent to every mirror
-// host; docker.io means registry-1.docker.io), else Config.DefaultUpstream.
+// host; docker.io means registry-1.docker.io), else Config.DefaultUpstream. Content by digest
+// kept here or held by a peer is served even when neither names an upstream (a digest names the
+// same bytes at every registry); a tag, or content only the upstream has, needs one. A HEAD of a
+// blob not yet kept fetches it whole, as a GET would (containerd GETs what it HEADs).
 //
 // Manifests by tag are resolved at the upstream on every request (a tag moves; nothing else can
 // say what it names now) and passed through with their Docker-Content-Digest, checked against

@@ -212,18 +212,20 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "{}")
 		return
 	}
-	host, err := upstreamHost(r.URL.Query().Get("ns"), m.cfg.DefaultUpstream)
-	if err != nil {
-		apiError(w, r, http.StatusBadRequest, "NAME_INVALID", err.Error())
-		return
-	}
+	// Content by digest is the same whatever registry it came from: it is served from the
+	// store or peers even when no upstream can be named; only a fetch from the upstream needs it.
+	host, herr := upstreamHost(r.URL.Query().Get("ns"), m.cfg.DefaultUpstream)
 	switch {
 	case ap.kind == kindManifest && ap.tag != "":
+		if herr != nil {
+			apiError(w, r, http.StatusBadRequest, "NAME_INVALID", herr.Error())
+			return
+		}
 		m.serveTag(w, r, host, ap)
 	case ap.kind == kindManifest:
-		m.serveContent(w, r, host, ap, true)
+		m.serveContent(w, r, upstream{host, herr}, ap, true)
 	default:
-		m.serveContent(w, r, host, ap, false)
+		m.serveContent(w, r, upstream{host, herr}, ap, false)
 	}
 }
 
@@ -263,7 +265,7 @@ func writeManifest(w http.ResponseWriter, r *http.Request, mediaType string, d d
 
 // serveContent serves a manifest by digest or a blob: from the store, else fetched (peers, then
 // the upstream) into the store, verified, then served from there.
-func (m *Mirror) serveContent(w http.ResponseWriter, r *http.Request, host string, ap apiPath, manifest bool) {
+func (m *Mirror) serveContent(w http.ResponseWriter, r *http.Request, up upstream, ap apiPath, manifest bool) {
 	d := ap.digest
 	f, size, ok, err := m.store.open(d)
 	if err != nil {
@@ -273,8 +275,8 @@ func (m *Mirror) serveContent(w http.ResponseWriter, r *http.Request, host strin
 	if ok {
 		m.localHits.Add(1)
 	} else {
-		if err := m.fetch(r.Context(), host, ap.name, d, manifest); err != nil {
-			m.log.Debug("fetch", "digest", d, "repository", ap.name, "upstream", host, "err", err)
+		if err := m.fetch(r.Context(), up, ap.name, d, manifest); err != nil {
+			m.log.Debug("fetch", "digest", d, "repository", ap.name, "upstream", up.host, "err", err)
 			upstreamError(w, r, err)
 			return
 		}
@@ -317,7 +319,7 @@ func (m *Mirror) serveContent(w http.ResponseWriter, r *http.Request, host strin
 // fetch brings d into the store, sharing one fetch among concurrent requests for it. The shared
 // fetch runs on its own context (bounded by FetchTimeout and Close) so that a client that leaves
 // does not fail the others; each waiter leaves when its own request ends.
-func (m *Mirror) fetch(ctx context.Context, host, repo string, d digest.Digest, manifest bool) error {
+func (m *Mirror) fetch(ctx context.Context, up upstream, repo string, d digest.Digest, manifest bool) error {
 	ch := m.flights.DoChan(d.String(), func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.FetchTimeout)
 		defer cancel()
@@ -333,7 +335,7 @@ func (m *Mirror) fetch(ctx context.Context, host, repo string, d digest.Digest, 
 		if m.store.has(d) {
 			return nil, nil // a flight that ended just before this one began
 		}
-		return nil, m.fetchNow(fctx, host, repo, d, manifest)
+		return nil, m.fetchNow(fctx, up, repo, d, manifest)
 	})
 	select {
 	case res := <-ch:
@@ -343,8 +345,14 @@ func (m *Mirror) fetch(ctx context.Context, host, repo string, d digest.Digest, 
 	}
 }
 
+// upstream is the registry a request names, or why it names none.
+type upstream struct {
+	host string
+	err  error
+}
+
 // fetchNow tries the peers, then the upstream.
-func (m *Mirror) fetchNow(ctx context.Context, host, repo string, d digest.Digest, manifest bool) error {
+func (m *Mirror) fetchNow(ctx context.Context, up upstream, repo string, d digest.Digest, manifest bool) error {
 	max := m.cfg.MaxBlobSize
 	if manifest {
 		max = m.cfg.Origin.MaxManifestSize
@@ -369,7 +377,10 @@ func (m *Mirror) fetchNow(ctx context.Context, host, repo string, d digest.Diges
 			return context.Cause(ctx)
 		}
 	}
-	reg, err := m.registry(host, repo)
+	if up.err != nil {
+		return fmt.Errorf("%s: no peer has it, and %w: %w", d, up.err, origin.ErrInvalidReference)
+	}
+	reg, err := m.registry(up.host, repo)
 	if err != nil {
 		return err
 	}

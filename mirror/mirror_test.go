@@ -26,6 +26,7 @@ import (
 // each blob and manifest path, as an upstream's egress would.
 type countingRegistry struct {
 	host string
+	srv  *httptest.Server
 	mu   sync.Mutex
 	gets map[string]int // path → GETs
 }
@@ -58,7 +59,7 @@ func startRegistry(t *testing.T) *countingRegistry {
 		app.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	c.host = strings.TrimPrefix(srv.URL, "http://")
+	c.host, c.srv = strings.TrimPrefix(srv.URL, "http://"), srv
 	return c
 }
 
@@ -325,5 +326,46 @@ func TestMirrorPeersThenUpstream(t *testing.T) {
 		if n := reg.count("/v2/" + im.repo + "/blobs/" + d.String()); n != 2 {
 			t.Errorf("blob %s: %d upstream GETs, want 2 (the first node, and the node whose peer lied)", d, n)
 		}
+	}
+}
+
+// TestMirrorUpstreamDownByDigest: with the registry gone, a node whose peer pulled the image
+// still serves its manifest by digest and its blobs (verified, from the peer); a tag cannot be
+// resolved and says so with a 502, and content no peer has is an error, not a hang.
+func TestMirrorUpstreamDownByDigest(t *testing.T) {
+	reg := startRegistry(t)
+	im := pushImage(t, reg, "team/offline", "v1", 400<<10, 20)
+	a, srvA := newTestMirror(t, reg, nil)
+	pull(t, srvA, reg, im)
+	reg.srv.Close()
+
+	_, srvB := newTestMirror(t, reg, &storePeer{from: a})
+	ns := "?ns=" + reg.host
+	resp, body := get(t, srvB.URL+"/v2/"+im.repo+"/manifests/"+im.digest.String()+ns)
+	if resp.StatusCode != 200 || !bytes.Equal(body, im.manifest) || resp.Header.Get("Content-Type") != ocispec.MediaTypeImageManifest {
+		t.Fatalf("manifest by digest, registry down: %s %q", resp.Status, resp.Header.Get("Content-Type"))
+	}
+	for d, want := range im.blobs {
+		resp, body := get(t, srvB.URL+"/v2/"+im.repo+"/blobs/"+d.String()+ns)
+		if resp.StatusCode != 200 || !bytes.Equal(body, want) {
+			t.Fatalf("blob %s, registry down: %s", d, resp.Status)
+		}
+	}
+	if resp, _ := get(t, srvB.URL+"/v2/"+im.repo+"/manifests/"+im.tag+ns); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("tag, registry down: %s, want 502", resp.Status)
+	}
+	if resp, _ := get(t, srvB.URL+"/v2/"+im.repo+"/blobs/"+digest.FromString("nobody").String()+ns); resp.StatusCode < 500 {
+		t.Fatalf("unknown blob, registry down: %s, want a 5xx", resp.Status)
+	}
+	// No ?ns= and no default upstream: what is kept is still served (a digest names the same
+	// bytes at every registry); anything else is refused with a reason.
+	if resp, body := get(t, srvB.URL+"/v2/"+im.repo+"/blobs/"+im.layers[0].String()); resp.StatusCode != 200 || !bytes.Equal(body, im.blobs[im.layers[0]]) {
+		t.Fatalf("kept blob, no ns: %s", resp.Status)
+	}
+	if resp, body := get(t, srvB.URL+"/v2/"+im.repo+"/blobs/"+digest.FromString("elsewhere").String()); resp.StatusCode != http.StatusBadRequest || !bytes.Contains(body, []byte("no upstream")) {
+		t.Fatalf("no ns: %s %s", resp.Status, body)
+	}
+	if resp, _ := get(t, srvB.URL+"/v2/"+im.repo+"/manifests/"+im.tag); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("tag, no ns: %s", resp.Status)
 	}
 }
