@@ -223,27 +223,52 @@ func (n *Node) openBlobFor(s network.Stream, p peer.ID) (Status, digest.Digest, 
 	if !ok {
 		return StatusBusy, "", nil, 0, "over request rate"
 	}
+	// A transfer holds one of the peer's request slots to its end, so a peer cannot open more
+	// blob streams (each with two 1 MiB buffers) than it may have requests in flight.
+	select {
+	case ps.sem <- struct{}{}:
+	default:
+		return StatusBusy, "", nil, 0, "over concurrency"
+	}
+	release := func() { <-ps.sem }
 	req, err := ReadBlobRequest(bufio.NewReaderSize(s, 256))
 	if err != nil {
+		release()
 		n.log.Debug("bad blob request", "peer", p, "err", err)
 		return 0xff, "", nil, 0, ""
 	}
 	lb, _ := n.local.(LocalBlobs)
 	if lb == nil {
+		release()
 		return StatusNotFound, "", nil, 0, ""
 	}
 	rc, size, ok, err := lb.OpenBlob(req.Digest)
 	switch {
 	case err != nil:
+		release()
 		n.log.Warn("opening a kept blob", "blob", req.Digest, "peer", p, "err", err)
 		return StatusError, "", nil, 0, "read failed"
 	case !ok:
+		release()
 		return StatusNotFound, "", nil, 0, ""
 	case size > req.Max:
+		release()
 		rc.Close()
 		return StatusError, "", nil, 0, fmt.Sprintf("blob is %d bytes, over the %d asked for", size, req.Max)
 	}
-	return StatusOK, req.Digest, rc, size, ""
+	return StatusOK, req.Digest, &releasingReader{ReadCloser: rc, release: release}, size, ""
+}
+
+// releasingReader frees a request slot when the blob being served is closed.
+type releasingReader struct {
+	io.ReadCloser
+	release func()
+}
+
+func (r *releasingReader) Close() error {
+	err := r.ReadCloser.Close()
+	r.release()
+	return err
 }
 
 // FetchBlob asks connected peers, best first and one at a time, for the blob with digest d (at
