@@ -191,7 +191,9 @@ func TestMirrorContainerdThreeNodes(t *testing.T) {
 		return s
 	}
 
+	start := time.Now()
 	ctr(nodes[0], "images", "pull", "--hosts-dir", nodes[0].hostsDir, ref)
+	t.Logf("node 1 pull (registry): %v", time.Since(start))
 	for _, b := range blobs {
 		if n := counts.get(b); n != 1 {
 			t.Errorf("after node 1: blob %s: %d registry GETs, want 1", b, n)
@@ -200,7 +202,9 @@ func TestMirrorContainerdThreeNodes(t *testing.T) {
 	if s := statsOf(nodes[0]); s.Mirror.UpstreamBytes == 0 || s.Mirror.PeerBytes != 0 {
 		t.Errorf("node 1 mirror: %+v", *s.Mirror)
 	}
+	start = time.Now()
 	ctr(nodes[1], "images", "pull", "--hosts-dir", nodes[1].hostsDir, ref)
+	t.Logf("node 2 pull (peers): %v", time.Since(start))
 	for _, b := range blobs {
 		if n := counts.get(b); n != 1 {
 			t.Errorf("after node 2: blob %s: %d registry GETs, want 1 (node 2 should get it from node 1)", b, n)
@@ -241,6 +245,7 @@ func TestMirrorContainerdThreeNodes(t *testing.T) {
 		}
 	}
 	s3 := statsOf(nodes[2])
+	t.Logf("mirror counters: node 2 %+v, node 3 %+v", *s2.Mirror, *s3.Mirror)
 	if s3.Mirror.PeerBytes != blobBytes+int64(len(mb))-m.Layers[1].Size || s3.Mirror.UpstreamBytes < m.Layers[1].Size || s3.Mirror.PeerRejected != 1 {
 		t.Errorf("node 3 mirror: %+v: want every blob but the rotted one from peers", *s3.Mirror)
 	}
