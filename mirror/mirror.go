@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/shoal-p2p/shoal/origin"
@@ -54,6 +55,8 @@ type Config struct {
 	FetchTimeout time.Duration
 	// Logger receives the mirror's logs; nil: slog.Default().
 	Logger *slog.Logger
+	// Registerer receives the shoal_mirror_* metrics; nil registers none.
+	Registerer prometheus.Registerer
 }
 
 // DefaultConfig returns the settings used unless told otherwise.
@@ -108,6 +111,9 @@ type Mirror struct {
 
 	flights singleflight.Group
 
+	unregister func()
+	closeOnce  sync.Once
+
 	mu         sync.Mutex
 	registries map[string]*origin.Registry // host/repository → client, keeping its tokens
 	cancels    map[*int]context.CancelFunc // shared fetches in progress, ended by Close
@@ -131,8 +137,12 @@ func New(cfg Config, peers Peers) (*Mirror, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Mirror{cfg: cfg, store: st, peers: peers, log: log.With("subsystem", "mirror"),
-		registries: map[string]*origin.Registry{}, cancels: map[*int]context.CancelFunc{}}, nil
+	m := &Mirror{cfg: cfg, store: st, peers: peers, log: log.With("subsystem", "mirror"),
+		registries: map[string]*origin.Registry{}, cancels: map[*int]context.CancelFunc{}}
+	if m.unregister, err = m.registerMetrics(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("mirror: %w", err)
+	}
+	return m, nil
 }
 
 // Stats returns the counters.
@@ -163,8 +173,9 @@ func (m *Mirror) Serve(ctx context.Context, ln net.Listener) error {
 	return fmt.Errorf("mirror: %w", err)
 }
 
-// Close ends the shared fetches in progress.
+// Close ends the shared fetches in progress and unregisters the metrics.
 func (m *Mirror) Close() error {
+	m.closeOnce.Do(m.unregister)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.closed = true

@@ -17,6 +17,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
@@ -137,6 +138,7 @@ func newTestMirror(t *testing.T, reg *countingRegistry, peers Peers) (*Mirror, *
 	cfg.Origin.Insecure = []string{reg.host}
 	cfg.Origin.DockerConfig = "-"
 	cfg.Origin.Retries = 1
+	cfg.Registerer = prometheus.NewRegistry()
 	m, err := New(cfg, peers)
 	if err != nil {
 		t.Fatal(err)
@@ -243,6 +245,10 @@ func TestMirrorPullThroughRealRegistry(t *testing.T) {
 	}
 	if st.UpstreamBytes != size+int64(len(im.manifest)) || st.PeerBytes != 0 || st.LocalHits == 0 {
 		t.Errorf("stats %+v: want upstream bytes %d", st, size+int64(len(im.manifest)))
+	}
+	// The Prometheus series read the same counters.
+	if got := m.gatheredBytes(t, "upstream"); int64(got) != st.UpstreamBytes {
+		t.Errorf("shoal_mirror_bytes_total{source=upstream} = %v, stats say %d", got, st.UpstreamBytes)
 	}
 	// Missing content is a 404, a bad name a 404 with NAME_INVALID, a write a 405.
 	resp, _ = get(t, srv.URL+"/v2/"+im.repo+"/blobs/"+digest.FromString("nope").String()+"?ns="+reg.host)
@@ -368,4 +374,28 @@ func TestMirrorUpstreamDownByDigest(t *testing.T) {
 	if resp, _ := get(t, srvB.URL+"/v2/"+im.repo+"/manifests/"+im.tag); resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("tag, no ns: %s", resp.Status)
 	}
+}
+
+// gatheredBytes returns shoal_mirror_bytes_total{source} as gathered from the mirror's registry.
+func (m *Mirror) gatheredBytes(t *testing.T, source string) float64 {
+	t.Helper()
+	g := m.cfg.Registerer.(*prometheus.Registry)
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "shoal_mirror_bytes_total" {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			for _, l := range mt.GetLabel() {
+				if l.GetName() == "source" && l.GetValue() == source {
+					return mt.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no shoal_mirror_bytes_total{source=%q}", source)
+	return 0
 }

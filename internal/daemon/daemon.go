@@ -129,6 +129,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		mcfg.DefaultUpstream = cfg.MirrorUpstream
 		mcfg.Origin = ocfg
 		mcfg.Logger = log
+		mcfg.Registerer = reg
 		m, err := mirror.New(mcfg, node)
 		if err != nil {
 			return fail(err)
