@@ -42,4 +42,8 @@
 //
 // Over Config.MaxBytes, the least recently used files are removed; a client already reading one
 // finishes (the open file outlives its name).
+//
+// Files: path.go (request paths and the upstream host, fuzzed), store.go (verified content on
+// disk), mirror.go (the handler and the fetch path), metrics.go (shoal_mirror_* series, and
+// Stats for `shoal stats`).
 package mirror
