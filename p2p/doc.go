@@ -139,6 +139,29 @@
 // PresencePrivate and an empty bitmap, which tells a peer with rights to present them. Design
 // and threat model: docs/privacy.md.
 //
+// Blobs: BlobProtocol (blob.go) streams whole blobs of ordinary (unconverted) images, named only
+// by their sha256, between registry mirrors (package mirror; LocalBlobs, an optional capability
+// of LocalChunks). Piece scheme, decided for this first version: none. A blob is verified whole:
+// the asker hashes the stream as it writes it to a temporary file and the mirror renames and
+// serves it only once the digest matched, so nothing unverified reaches containerd. Whole-blob
+// verification is what the digest allows without trusting a peer's piece list; its costs are
+// that a blob comes from one peer at a time (no swarming of one layer across holders) and that
+// a bad peer is found out only at the end (the asker then falls back to the upstream, having
+// wasted at most one blob's transfer per bad peer before BanAfter strikes ban it). The planned
+// scheme, when swarming large layers matters: the first host to fetch a blob from the upstream
+// publishes a piece list (fixed 4 MiB pieces, each sha256, the list itself named by its own
+// hash and signed by its author's peer key); others fetch pieces from any holder and check each
+// against the list, and the whole-blob digest is still checked before serving, so a list that
+// does not add up to the digest bans its author and the blob is fetched again from the upstream.
+// Rules of the present protocol: FetchBlob asks connected peers one at a time, best first;
+// "not found" costs one round trip; holders stream from their file in 1 MiB slices under the
+// per-peer upload limits, hashing as they go and holding back the last slice until the whole
+// copy matched, so a holder whose disk rotted breaks the stream off (counted against its
+// standing, not struck); a whole blob of wrong bytes or bytes past the announced size is a
+// strike, as a bad chunk is. Blobs are found among connected peers only: no DHT provider
+// record yet, and concurrent first pulls on several hosts each go to the upstream (no
+// rendezvous owner for blobs yet).
+//
 // Listening: the TCP transport runs without SO_REUSEPORT, and a configured listen address whose
 // port is in use stops Run with an error, so a second daemon on a port another holds fails to
 // start instead of sharing the port (and half of its connections) with it.

@@ -253,6 +253,7 @@ func (n *Node) Run(ctx context.Context) error {
 	h.SetStreamHandler(PresenceProtocol, n.handlePresence)
 	h.SetStreamHandler(ObjectProtocol, n.handleObject)
 	h.SetStreamHandler(RightsProtocol, n.handleRights)
+	h.SetStreamHandler(BlobProtocol, n.handleBlob)
 	n.mu.Lock()
 	n.host = h
 	n.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -48,6 +49,10 @@ type Config struct {
 	RegistryPass string   `yaml:"registry_password_file" flag:"registry-password-file" help:"file holding the password of registry_username"`
 	PeerTags     bool     `yaml:"peer_tags" flag:"peer-tags" help:"while a registry is unreachable, resolve tags from what peers say they name (not verifiable; references by digest resolve from peers without it)"`
 
+	MirrorListen   string `yaml:"mirror_listen" flag:"mirror-listen" help:"address of the node-local registry mirror for containerd's hosts.toml, e.g. 127.0.0.1:5005 (empty: off)"`
+	MirrorMax      string `yaml:"mirror_max" flag:"mirror-max" help:"cap on the blobs the registry mirror keeps under <data>/mirror, e.g. 20G (0: no cap); least recently used are removed"`
+	MirrorUpstream string `yaml:"mirror_upstream" flag:"mirror-upstream" help:"registry host[:port] for mirror requests that carry no ?ns= (containerd always sends it)"`
+
 	AdminListen string `yaml:"admin_listen" flag:"admin" help:"address for /metrics and /debug/pprof, e.g. 127.0.0.1:9480 (empty: off)"`
 	LogFormat   string `yaml:"log_format" flag:"log-format" help:"log format: text or json"`
 	LogLevel    string `yaml:"log_level" flag:"log-level" help:"log level: debug, info, warn or error"`
@@ -67,6 +72,7 @@ func DefaultConfig() Config {
 		Prefetch:  true,
 		DHT:       true,
 		Mode:      "auto",
+		MirrorMax: "10G",
 		LogFormat: "text",
 		LogLevel:  "info",
 	}
@@ -119,6 +125,14 @@ func (c *Config) Validate() error {
 	if c.WireZstd < 0 || c.WireZstd > 22 {
 		bad("wire_compression (--wire-compression)", "%d is out of range: give 0 (send raw) or a zstd level 1..22", c.WireZstd)
 	}
+	if _, err := units.ParseBytes(c.MirrorMax); err != nil {
+		bad("mirror_max (--mirror-max)", "%v", err)
+	}
+	if c.MirrorListen != "" {
+		if _, _, err := net.SplitHostPort(c.MirrorListen); err != nil {
+			bad("mirror_listen (--mirror-listen)", "%q is not host:port, e.g. 127.0.0.1:5005", c.MirrorListen)
+		}
+	}
 	if c.Workers < 2 || c.Workers > 1024 {
 		bad("workers (--workers)", "%d is out of range 2..1024", c.Workers)
 	}
@@ -157,6 +171,9 @@ func (c *Config) CacheReserveBytes() int64 { n, _ := units.ParseBytes(c.CacheRes
 
 // CacheMaxBytes is CacheMax parsed (Validate has checked it).
 func (c *Config) CacheMaxBytes() int64 { n, _ := units.ParseBytes(c.CacheMax); return n }
+
+// MirrorMaxBytes is MirrorMax parsed (Validate has checked it).
+func (c *Config) MirrorMaxBytes() int64 { n, _ := units.ParseBytes(c.MirrorMax); return n }
 
 // PrefetchRate is PrefetchBW parsed; 0 means unlimited.
 func (c *Config) PrefetchRate() int64 {

@@ -90,3 +90,25 @@ func TestRegistryCredentialsTogether(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The registry mirror is off by default; its settings are checked with messages that name the
+// setting.
+func TestMirrorConfig(t *testing.T) {
+	c := DefaultConfig()
+	if c.MirrorListen != "" || c.MirrorMaxBytes() != 10<<30 {
+		t.Fatalf("mirror defaults: listen %q, max %d", c.MirrorListen, c.MirrorMaxBytes())
+	}
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c.RegisterFlags(fs)
+	if err := fs.Parse([]string{"--mirror-listen", "127.0.0.1:5005", "--mirror-max", "2G", "--mirror-upstream", "ghcr.io"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil || c.MirrorListen != "127.0.0.1:5005" || c.MirrorMaxBytes() != 2<<30 || c.MirrorUpstream != "ghcr.io" {
+		t.Fatalf("parsed %+v, %v", c, err)
+	}
+	c.MirrorListen, c.MirrorMax = "5005", "lots"
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "mirror_listen (--mirror-listen)") || !strings.Contains(err.Error(), "mirror_max (--mirror-max)") {
+		t.Fatalf("bad mirror settings: %v", err)
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/demand"
 	"github.com/shoal-p2p/shoal/internal/memtrim"
+	"github.com/shoal-p2p/shoal/mirror"
 	"github.com/shoal-p2p/shoal/mount"
 	"github.com/shoal-p2p/shoal/origin"
 	"github.com/shoal-p2p/shoal/p2p"
@@ -40,6 +41,7 @@ type Daemon struct {
 	node     *p2p.Node
 	resolver *demand.Resolver
 	svc      *service
+	mirror   *mirror.Mirror // nil unless --mirror-listen
 }
 
 // New builds the daemon's parts from a validated Config. It opens the chunk store (which
@@ -103,21 +105,6 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return fail(err)
 	}
-	node, err := p2p.New(pcfg, nodeLocal{storeChunks{store}, objects})
-	if err != nil {
-		return fail(err)
-	}
-	d.node = node
-
-	rcfg := demand.DefaultConfig()
-	rcfg.Workers = cfg.Workers
-	rcfg.PrefetchWorkers = max(1, cfg.Workers/4)
-	rcfg.Logger = log
-	rcfg.Registerer = reg
-	d.resolver, err = demand.New(store, node, rcfg)
-	if err != nil {
-		return fail(err)
-	}
 	ocfg := origin.DefaultConfig()
 	ocfg.Insecure = cfg.Insecure
 	ocfg.CAFile = cfg.RegistryCA
@@ -131,6 +118,36 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		ocfg.Username, ocfg.Password = cfg.RegistryUser, strings.TrimRight(string(pw), "\r\n")
 	}
 
+	blobs := &mirrorBlobs{}
+	node, err := p2p.New(pcfg, nodeLocal{storeChunks{store}, objects, blobs})
+	if err != nil {
+		return fail(err)
+	}
+	d.node = node
+	if cfg.MirrorListen != "" {
+		mcfg := mirror.DefaultConfig()
+		mcfg.Dir = filepath.Join(cfg.DataDir, "mirror")
+		mcfg.MaxBytes = cfg.MirrorMaxBytes()
+		mcfg.DefaultUpstream = cfg.MirrorUpstream
+		mcfg.Origin = ocfg
+		mcfg.Logger = log
+		mcfg.Registerer = reg
+		m, err := mirror.New(mcfg, node)
+		if err != nil {
+			return fail(err)
+		}
+		d.mirror, blobs.m = m, m
+	}
+
+	rcfg := demand.DefaultConfig()
+	rcfg.Workers = cfg.Workers
+	rcfg.PrefetchWorkers = max(1, cfg.Workers/4)
+	rcfg.Logger = log
+	rcfg.Registerer = reg
+	d.resolver, err = demand.New(store, node, rcfg)
+	if err != nil {
+		return fail(err)
+	}
 	handover := os.Getenv(EnvHandover)
 	fdeps := frontendDeps{dataDir: cfg.DataDir, domain: cfg.Domain, handover: handover, workers: cfg.Workers,
 		log: log, metrics: reg, resolver: d.resolver, store: store}
@@ -154,6 +171,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 			},
 			CleanStale:   func(mp string) { unmountStale(log, mp) },
 			PrefetchRate: cfg.PrefetchRate(),
+			Mirror:       mirrorStatser(d.mirror),
 			Log:          log,
 		})
 	return d, nil
@@ -264,6 +282,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	if d.mirror != nil {
+		ln, err := net.Listen("tcp", d.cfg.MirrorListen)
+		if err != nil {
+			cancel()
+			_ = g.Wait()
+			return fmt.Errorf("registry mirror: %w", err)
+		}
+		d.log.Info("registry mirror listening", "addr", ln.Addr().String())
+		g.Go(func() error { return d.mirror.Serve(gctx, ln) })
+	}
 	d.log.Info("shoal daemon started", "data", d.cfg.DataDir, "api", d.cfg.APISocket, "peer_id", d.node.ID())
 	err = g.Wait()
 	d.svc.shutdown(errors.Is(context.Cause(ctx), ErrRestart))

@@ -21,7 +21,11 @@
 //   - modes.go: which modes can run here (each frontend's probe) and how `auto` chooses.
 //   - prefetch.go: background prefetch, whose goroutines it owns, and read orders.
 //   - state.go: state.json, and restoring its images and mounts at start.
-//   - stats.go: the status and stats reports.
+//   - stats.go: the status and stats reports (with the registry mirror's counters when it runs).
+//   - objects.go: kept objects for peers and restarts, and nodeLocal, what the p2p node serves
+//     (chunks, objects, the registry mirror's blobs). The mirror (package mirror,
+//     --mirror-listen) is built in New after the node, which it fetches through, and served in
+//     Run.
 //   - api.go (HTTP only), wire.go (the JSON types, shared with the CLI), client.go (the CLI's
 //     client), render.go (the CLI's tables), config.go (settings: file, environment, flags, one
 //     Validate), supervise.go (Supervise, the `--supervise` holder of /dev/cachefiles).

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/mirror"
 	"github.com/shoal-p2p/shoal/origin"
 	"github.com/shoal-p2p/shoal/p2p"
 )
@@ -158,12 +160,39 @@ var _ objectPeers = (*p2p.Node)(nil)
 type nodeLocal struct {
 	storeChunks
 	objects *objectStore
+	blobs   *mirrorBlobs
 }
 
 func (n nodeLocal) Object(d digest.Digest) ([]byte, bool, error) { return n.objects.Object(d) }
 func (n nodeLocal) Tag(ref string) (digest.Digest, bool)         { return n.objects.Tag(ref) }
 
+// OpenBlob serves the registry mirror's verified blobs to peers (p2p.LocalBlobs).
+func (n nodeLocal) OpenBlob(d digest.Digest) (io.ReadCloser, int64, bool, error) {
+	if n.blobs == nil || n.blobs.m == nil {
+		return nil, 0, false, nil
+	}
+	f, size, ok, err := n.blobs.m.OpenBlob(d)
+	if !ok || err != nil {
+		return nil, 0, false, err
+	}
+	return f, size, true, nil
+}
+
+// mirrorBlobs is the registry mirror as the node's local side sees it; m is set once, in New,
+// before the node runs (the mirror is built after the node, which it fetches through).
+type mirrorBlobs struct{ m *mirror.Mirror }
+
+// mirrorStatser returns the mirror's counters for the stats report; nil when it is off.
+func mirrorStatser(m *mirror.Mirror) func() *mirror.Stats {
+	if m == nil {
+		return nil
+	}
+	return func() *mirror.Stats { st := m.Stats(); return &st }
+}
+
 var (
+	_ p2p.LocalBlobs   = nodeLocal{}
+	_ mirror.Peers     = (*p2p.Node)(nil)
 	_ p2p.LocalObjects = nodeLocal{}
 	_ p2p.ChunkWriter  = nodeLocal{}
 )

@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-p2p/shoal/mirror"
 	"github.com/shoal-p2p/shoal/mount"
 )
 
@@ -36,22 +37,23 @@ type pinner interface {
 // state.json up to date. It is built from narrow interfaces (serviceDeps), so that unit tests run
 // it on fakes without root.
 type service struct {
-	cfg        serviceConfig
-	log        *slog.Logger
-	reg        *registry
-	loader     imageLoader
-	fronts     *frontendSet
-	probe      func(mount.Mode) error
-	pins       pinner
-	prefetch   *prefetcher
-	orders     readOrders
-	readOrder  prefetchResolver // the resolver's read orders, saved at unmount and stop
-	cleanStale func(mountpoint string)
-	peers      hostPeers
-	storeStats storeCounters
-	resStats   resolverCounters
-	started    time.Time
-	restored   atomic.Bool // restore has run (StatusReport.Restored)
+	cfg         serviceConfig
+	log         *slog.Logger
+	reg         *registry
+	loader      imageLoader
+	mirrorStats func() *mirror.Stats // nil: mirror off
+	fronts      *frontendSet
+	probe       func(mount.Mode) error
+	pins        pinner
+	prefetch    *prefetcher
+	orders      readOrders
+	readOrder   prefetchResolver // the resolver's read orders, saved at unmount and stop
+	cleanStale  func(mountpoint string)
+	peers       hostPeers
+	storeStats  storeCounters
+	resStats    resolverCounters
+	started     time.Time
+	restored    atomic.Bool // restore has run (StatusReport.Restored)
 
 	pinMu   sync.Mutex // serializes pin updates, so the last one sees the last mount count
 	stateMu sync.Mutex // serializes state.json writes, so the last one written is the newest
@@ -93,12 +95,14 @@ type serviceDeps struct {
 	// CleanStale unmounts whatever a killed daemon left at a mountpoint about to be restored.
 	CleanStale   func(mountpoint string)
 	PrefetchRate int64
-	Log          *slog.Logger
+	// Mirror returns the registry mirror's counters; nil when the mirror is off.
+	Mirror func() *mirror.Stats
+	Log    *slog.Logger
 }
 
 func newService(cfg serviceConfig, deps serviceDeps) *service {
 	s := &service{cfg: cfg, log: deps.Log, loader: deps.Loader, pins: deps.Store, readOrder: deps.Resolver,
-		cleanStale: deps.CleanStale, peers: deps.Node, storeStats: deps.Store, resStats: deps.Resolver, started: time.Now()}
+		cleanStale: deps.CleanStale, peers: deps.Node, mirrorStats: deps.Mirror, storeStats: deps.Store, resStats: deps.Resolver, started: time.Now()}
 	if s.log == nil {
 		s.log = slog.Default()
 	}

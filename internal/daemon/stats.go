@@ -72,6 +72,9 @@ func (s *service) Stats() StatsReport {
 		Peers:            []PeerReport{},
 		Uptime:           time.Since(s.started).Seconds(),
 	}
+	if s.mirrorStats != nil {
+		rep.Mirror = s.mirrorStats()
+	}
 	src := func(s chunk.Source) demand.SourceStats { return rs.Sources[s] }
 	rep.Bytes.Local = src(chunk.SourceLocal).Bytes
 	rep.Bytes.Dedup, rep.Chunks.Dedup = src(chunk.SourceDedup).Bytes, src(chunk.SourceDedup).Chunks

@@ -1,5 +1,7 @@
 package daemon
 
+import "github.com/shoal-p2p/shoal/mirror"
+
 // The wire types of the control API: the JSON bodies of its requests and answers, shared by the
 // daemon (api.go), its client (client.go) and the CLI. Their JSON is stable: fields may be added,
 // none renamed or removed (docs/stats.md documents StatsReport; a test keeps it complete).
@@ -82,6 +84,9 @@ type StatsReport struct {
 	Images           []ImageReport  `json:"images"`
 	Peers            []PeerReport   `json:"peers"`
 	Uptime           float64        `json:"uptimeSeconds"`
+	// Mirror is the registry mirror's counters (upstream bytes, peer bytes, local hits); absent
+	// when --mirror-listen is off.
+	Mirror *mirror.Stats `json:"mirror,omitempty"`
 }
 
 // VerifyBySource is verification failures by where the bytes came from.

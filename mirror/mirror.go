@@ -1,0 +1,454 @@
+package mirror
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/shoal-p2p/shoal/origin"
+)
+
+// ErrCorrupt: bytes from a peer or the upstream that do not hash to the digest they were asked
+// for. They are never served.
+var ErrCorrupt = errors.New("content does not match its digest")
+
+// Peers is where a blob is looked for after the local store and before the upstream: the p2p
+// node's blob exchange. FetchBlob writes the blob with digest d from some peer to w, at most max
+// bytes, and returns the peer that sent it. It should verify what it sends (and strike a peer
+// whose bytes do not match); the mirror verifies again before serving anything, so a Peers that
+// does not is still safe. An error means no peer could supply it.
+type Peers interface {
+	FetchBlob(ctx context.Context, d digest.Digest, max int64, w io.Writer) (from string, err error)
+}
+
+// Config holds the mirror's settings.
+type Config struct {
+	// Dir is where verified blobs and manifests are kept (<data>/mirror).
+	Dir string
+	// MaxBytes caps the bytes kept in Dir; least recently used content is removed past it.
+	// 0: no cap.
+	MaxBytes int64
+	// MaxBlobSize bounds one blob fetched through the mirror.
+	MaxBlobSize int64
+	// DefaultUpstream is the registry for requests without containerd's ?ns= parameter
+	// (host[:port]). Empty: such requests are refused.
+	DefaultUpstream string
+	// Origin configures the upstream registry client (credentials, TLS, insecure hosts).
+	Origin origin.Config
+	// FetchTimeout bounds one shared fetch of a blob from peers and the upstream, which
+	// outlives the request that started it.
+	FetchTimeout time.Duration
+	// Logger receives the mirror's logs; nil: slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the shoal_mirror_* metrics; nil registers none.
+	Registerer prometheus.Registerer
+}
+
+// DefaultConfig returns the settings used unless told otherwise.
+func DefaultConfig() Config {
+	return Config{MaxBlobSize: 64 << 30, Origin: origin.DefaultConfig(), FetchTimeout: time.Hour}
+}
+
+// Validate checks the settings.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Dir == "" {
+		errs = append(errs, errors.New("mirror: a directory must be set"))
+	}
+	if c.MaxBytes < 0 {
+		errs = append(errs, fmt.Errorf("mirror: size cap %d must not be negative", c.MaxBytes))
+	}
+	if c.MaxBlobSize <= 0 {
+		errs = append(errs, fmt.Errorf("mirror: max blob size %d must be positive", c.MaxBlobSize))
+	}
+	if c.FetchTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("mirror: fetch timeout %v must be positive", c.FetchTimeout))
+	}
+	if c.DefaultUpstream != "" {
+		if _, err := upstreamHost("", c.DefaultUpstream); err != nil {
+			errs = append(errs, fmt.Errorf("mirror: default upstream: %w", err))
+		}
+	}
+	if err := c.Origin.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Stats are the mirror's counters since start.
+type Stats struct {
+	Requests      int64 `json:"requests"`
+	LocalHits     int64 `json:"localHits"`     // requests for content already kept
+	UpstreamBytes int64 `json:"upstreamBytes"` // blob and manifest bytes fetched from upstream registries
+	PeerBytes     int64 `json:"peerBytes"`     // blob and manifest bytes fetched from peers, verified
+	PeerRejected  int64 `json:"peerRejected"`  // fetches from peers that failed verification or broke off
+	ServedBytes   int64 `json:"servedBytes"`   // body bytes sent to clients
+	KeptBytes     int64 `json:"keptBytes"`
+	KeptFiles     int   `json:"keptFiles"`
+}
+
+// Mirror is the node-local, read-only registry mirror: an http.Handler for the distribution API.
+type Mirror struct {
+	cfg   Config
+	store *store
+	peers Peers // may be nil
+	log   *slog.Logger
+
+	flights singleflight.Group
+
+	unregister func()
+	closeOnce  sync.Once
+
+	mu         sync.Mutex
+	registries map[string]*origin.Registry // host/repository → client, keeping its tokens
+	cancels    map[*int]context.CancelFunc // shared fetches in progress, ended by Close
+	closed     bool
+
+	requests, localHits, upstreamBytes, peerBytes, peerRejected, served atomic.Int64
+}
+
+var _ http.Handler = (*Mirror)(nil)
+
+// New opens the mirror's store. peers may be nil (no peer exchange).
+func New(cfg Config, peers Peers) (*Mirror, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	st, err := openStore(cfg.Dir, cfg.MaxBytes)
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	m := &Mirror{cfg: cfg, store: st, peers: peers, log: log.With("subsystem", "mirror"),
+		registries: map[string]*origin.Registry{}, cancels: map[*int]context.CancelFunc{}}
+	if m.unregister, err = m.registerMetrics(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("mirror: %w", err)
+	}
+	return m, nil
+}
+
+// Stats returns the counters.
+func (m *Mirror) Stats() Stats {
+	b, n := m.store.usage()
+	return Stats{Requests: m.requests.Load(), LocalHits: m.localHits.Load(), UpstreamBytes: m.upstreamBytes.Load(),
+		PeerBytes: m.peerBytes.Load(), PeerRejected: m.peerRejected.Load(), ServedBytes: m.served.Load(), KeptBytes: b, KeptFiles: n}
+}
+
+// OpenBlob opens a kept, verified blob or manifest for a peer (the p2p blob exchange's local
+// side); ok is false when it is not kept.
+func (m *Mirror) OpenBlob(d digest.Digest) (f *os.File, size int64, ok bool, err error) {
+	return m.store.open(d)
+}
+
+// Serve answers HTTP on ln until ctx ends, then closes the mirror.
+func (m *Mirror) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: m, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	stop := context.AfterFunc(ctx, func() {
+		_ = srv.Close()
+		_ = m.Close()
+	})
+	defer stop()
+	err := srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("mirror: %w", err)
+}
+
+// Close ends the shared fetches in progress and unregisters the metrics.
+func (m *Mirror) Close() error {
+	m.closeOnce.Do(m.unregister)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	for _, c := range m.cancels {
+		c()
+	}
+	return nil
+}
+
+// registry returns the client of one upstream repository, made once so its tokens are reused.
+func (m *Mirror) registry(host, repo string) (*origin.Registry, error) {
+	key := host + "/" + repo
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r := m.registries[key]; r != nil {
+		return r, nil
+	}
+	r, err := origin.NewRegistry(origin.Reference{Registry: host, Repository: repo, Tag: "latest"}, m.cfg.Origin)
+	if err != nil {
+		return nil, err
+	}
+	if len(m.registries) >= 1024 {
+		clear(m.registries) // bounded; tokens are fetched again
+	}
+	m.registries[key] = r
+	return r, nil
+}
+
+// ServeHTTP answers GET and HEAD of the read-only distribution API.
+func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	m.requests.Add(1)
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		apiError(w, r, http.StatusMethodNotAllowed, "UNSUPPORTED", "this mirror is read-only")
+		return
+	}
+	ap, err := parsePath(r.URL.Path)
+	if err != nil {
+		apiError(w, r, http.StatusNotFound, "NAME_INVALID", err.Error())
+		return
+	}
+	if ap.kind == kindBase {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, "{}")
+		return
+	}
+	// Content by digest is the same whatever registry it came from: it is served from the
+	// store or peers even when no upstream can be named; only a fetch from the upstream needs it.
+	host, herr := upstreamHost(r.URL.Query().Get("ns"), m.cfg.DefaultUpstream)
+	switch {
+	case ap.kind == kindManifest && ap.tag != "":
+		if herr != nil {
+			apiError(w, r, http.StatusBadRequest, "NAME_INVALID", herr.Error())
+			return
+		}
+		m.serveTag(w, r, host, ap)
+	case ap.kind == kindManifest:
+		m.serveContent(w, r, upstream{host, herr}, ap, true)
+	default:
+		m.serveContent(w, r, upstream{host, herr}, ap, false)
+	}
+}
+
+// serveTag resolves a tag at the upstream and passes the manifest through, keeping it by digest
+// so the GET by digest that follows is local.
+func (m *Mirror) serveTag(w http.ResponseWriter, r *http.Request, host string, ap apiPath) {
+	reg, err := m.registry(host, ap.name)
+	if err != nil {
+		upstreamError(w, r, err)
+		return
+	}
+	desc, body, err := reg.ManifestByTag(r.Context(), ap.tag)
+	if err != nil {
+		m.log.Debug("tag at upstream", "upstream", host, "repository", ap.name, "tag", ap.tag, "err", err)
+		upstreamError(w, r, err)
+		return
+	}
+	m.upstreamBytes.Add(int64(len(body)))
+	if _, err := m.store.ingest(desc.Digest, int64(len(body)), func(w io.Writer) error { _, err := w.Write(body); return err }); err != nil {
+		m.log.Warn("keeping a manifest", "manifest", desc.Digest, "err", err)
+	}
+	writeManifest(w, r, desc.MediaType, desc.Digest, body)
+	m.served.Add(int64(len(body)))
+}
+
+func writeManifest(w http.ResponseWriter, r *http.Request, mediaType string, d digest.Digest, body []byte) {
+	h := w.Header()
+	h.Set("Content-Type", mediaType)
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("Etag", `"`+d.String()+`"`)
+	if r.Method == http.MethodHead {
+		return
+	}
+	_, _ = w.Write(body)
+}
+
+// serveContent serves a manifest by digest or a blob: from the store, else fetched (peers, then
+// the upstream) into the store, verified, then served from there.
+func (m *Mirror) serveContent(w http.ResponseWriter, r *http.Request, up upstream, ap apiPath, manifest bool) {
+	d := ap.digest
+	f, size, ok, err := m.store.open(d)
+	if err != nil {
+		apiError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error())
+		return
+	}
+	if ok {
+		m.localHits.Add(1)
+	} else {
+		if err := m.fetch(r.Context(), up, ap.name, d, manifest); err != nil {
+			m.log.Debug("fetch", "digest", d, "repository", ap.name, "upstream", up.host, "err", err)
+			upstreamError(w, r, err)
+			return
+		}
+		if f, size, ok, err = m.store.open(d); err != nil || !ok {
+			apiError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", fmt.Sprintf("%s: fetched but no longer kept (cache too small?)", d))
+			return
+		}
+	}
+	defer f.Close()
+	if manifest {
+		if size > m.cfg.Origin.MaxManifestSize {
+			apiError(w, r, http.StatusNotFound, "MANIFEST_UNKNOWN", fmt.Sprintf("%s is %d bytes, not a manifest", d, size))
+			return
+		}
+		body, err := io.ReadAll(f)
+		if err != nil {
+			apiError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error())
+			return
+		}
+		desc, err := origin.DescribeManifest(body, "")
+		if err != nil {
+			apiError(w, r, http.StatusNotFound, "MANIFEST_UNKNOWN", fmt.Sprintf("%s: %v", d, err))
+			return
+		}
+		writeManifest(w, r, desc.MediaType, d, body)
+		m.served.Add(int64(len(body)))
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Etag", `"`+d.String()+`"`)
+	h.Set("Cache-Control", "max-age=31536000")
+	// ServeContent answers Range, If-Range and HEAD from the verified file.
+	cw := &countingWriter{ResponseWriter: w}
+	http.ServeContent(cw, r, "", time.Time{}, f)
+	m.served.Add(cw.n)
+}
+
+// fetch brings d into the store, sharing one fetch among concurrent requests for it. The shared
+// fetch runs on its own context (bounded by FetchTimeout and Close) so that a client that leaves
+// does not fail the others; each waiter leaves when its own request ends.
+func (m *Mirror) fetch(ctx context.Context, up upstream, repo string, d digest.Digest, manifest bool) error {
+	ch := m.flights.DoChan(d.String(), func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.FetchTimeout)
+		defer cancel()
+		key := new(int)
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			return nil, errors.New("mirror closed")
+		}
+		m.cancels[key] = cancel
+		m.mu.Unlock()
+		defer func() { m.mu.Lock(); delete(m.cancels, key); m.mu.Unlock() }()
+		if m.store.has(d) {
+			return nil, nil // a flight that ended just before this one began
+		}
+		return nil, m.fetchNow(fctx, up, repo, d, manifest)
+	})
+	select {
+	case res := <-ch:
+		return res.Err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// upstream is the registry a request names, or why it names none.
+type upstream struct {
+	host string
+	err  error
+}
+
+// fetchNow tries the peers, then the upstream.
+func (m *Mirror) fetchNow(ctx context.Context, up upstream, repo string, d digest.Digest, manifest bool) error {
+	max := m.cfg.MaxBlobSize
+	if manifest {
+		max = m.cfg.Origin.MaxManifestSize
+	}
+	if m.peers != nil {
+		var from string
+		n, err := m.store.ingest(d, max, func(w io.Writer) error {
+			var err error
+			from, err = m.peers.FetchBlob(ctx, d, max, w)
+			return err
+		})
+		if err == nil {
+			m.peerBytes.Add(n)
+			m.log.Debug("from a peer", "digest", d, "peer", from, "bytes", n)
+			return nil
+		}
+		if n > 0 || errors.Is(err, ErrCorrupt) {
+			m.peerRejected.Add(1)
+			m.log.Info("peer fetch failed; trying the upstream", "digest", d, "peer", from, "err", err)
+		}
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+	}
+	if up.err != nil {
+		return fmt.Errorf("%s: no peer has it, and %w: %w", d, up.err, origin.ErrInvalidReference)
+	}
+	reg, err := m.registry(up.host, repo)
+	if err != nil {
+		return err
+	}
+	if manifest {
+		_, body, err := reg.Manifest(ctx, d)
+		if err != nil {
+			return err
+		}
+		m.upstreamBytes.Add(int64(len(body)))
+		_, err = m.store.ingest(d, max, func(w io.Writer) error { _, err := w.Write(body); return err })
+		return err
+	}
+	rc, err := reg.Open(ctx, d)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	n, err := m.store.ingest(d, max, func(w io.Writer) error { _, err := io.Copy(w, rc); return err })
+	m.upstreamBytes.Add(n)
+	return err
+}
+
+// countingWriter counts the body bytes written.
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// apiError writes a distribution-spec error body.
+func apiError(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
+	b, _ := json.Marshal(map[string]any{"errors": []map[string]string{{"code": code, "message": msg}}})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		_, _ = io.Copy(w, bytes.NewReader(b))
+	}
+}
+
+// upstreamError maps an error of the fetch path to a status containerd acts on.
+func upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, origin.ErrNotFound):
+		apiError(w, r, http.StatusNotFound, "NOT_FOUND", err.Error())
+	case errors.Is(err, origin.ErrUnauthorized):
+		apiError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", err.Error())
+	case errors.Is(err, origin.ErrInvalidReference), errors.Is(err, origin.ErrUnsupported):
+		apiError(w, r, http.StatusBadRequest, "UNSUPPORTED", err.Error())
+	case errors.Is(err, errTooLarge):
+		apiError(w, r, http.StatusRequestEntityTooLarge, "SIZE_INVALID", err.Error())
+	default:
+		apiError(w, r, http.StatusBadGateway, "UNAVAILABLE", err.Error())
+	}
+}
