@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/shoal-p2p/shoal/internal/units"
+	"github.com/shoal-p2p/shoal/p2p"
 )
 
 // wireRatio is "wire bytes for data bytes (ratio)": compressed chunks take less than their data.
@@ -87,6 +88,8 @@ func RenderStats(w io.Writer, r StatsReport) {
 			state = "BANNED"
 		case !p.Connected:
 			state = "disconnected"
+		case p.Standing == p2p.StandingDemoted:
+			state = "demoted"
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d/%d\t%.1fms\t%.1fms\t%d\t%s\n", short(p.ID), addr, units.Bytes(p.BytesDown), units.Bytes(p.BytesUp),
 			p.RequestsOut, p.RequestsIn, p.P50, p.P99, p.Errors+p.Corrupt, state)
@@ -109,6 +112,8 @@ func RenderPeers(w io.Writer, peers []PeerReport) {
 			state = "banned"
 		case !p.Connected:
 			state = "disconnected"
+		case p.Standing == p2p.StandingDemoted:
+			state = "demoted"
 		}
 		found := append([]string(nil), p.FoundBy...)
 		sort.Strings(found)

@@ -27,9 +27,11 @@ func sampleReport() StatsReport {
 			Mounts: map[string]string{"/mnt/a": "fuse"}, Bytes: 80 << 20, BytesPresent: 60 << 20, Chunks: 80, ChunksPresent: 60, Prefetch: "running"}},
 		Peers: []PeerReport{
 			{ID: "12D3KooWQDy8mRSx4U3h1TQGP6VcJxJ5NnTz8kHPXb9zDMNNs", Addrs: []string{"/ip4/127.0.0.1/tcp/7602"}, FoundBy: []string{"static"}, Connected: true,
-				BytesUp: 33 << 20, BytesDown: 50 << 20, RequestsIn: 33, RequestsOut: 50, P50: 10, P99: 40},
+				BytesUp: 33 << 20, BytesDown: 50 << 20, RequestsIn: 33, RequestsOut: 50, P50: 10, P99: 40, Standing: "good"},
+			{ID: "12D3KooWSlowPeerSlowPeerSlowPeerSlowPeerSlowPeerSlowXX", Addrs: []string{"/ip4/127.0.0.1/tcp/7604"}, FoundBy: []string{"dht"}, Connected: true,
+				BytesDown: 2 << 20, RequestsOut: 16, P50: 900, P99: 4000, Standing: "demoted", SlowShare: 0.75},
 			{ID: "12D3KooWBadPeerBadPeerBadPeerBadPeerBadPeerBadPeerXX", Addrs: []string{"/ip4/127.0.0.1/tcp/7603"}, FoundBy: []string{"inbound"},
-				BytesDown: 10 << 20, RequestsOut: 12, Errors: 1, Corrupt: 3, Banned: true},
+				BytesDown: 10 << 20, RequestsOut: 12, Errors: 1, Corrupt: 3, Banned: true, Standing: "banned"},
 		},
 		Uptime: 3725,
 	}

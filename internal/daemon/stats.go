@@ -92,7 +92,8 @@ func (s *service) Stats() StatsReport {
 	for _, p := range s.peers.Peers() {
 		pr := PeerReport{ID: p.ID.String(), FoundBy: p.FoundBy, Connected: p.Connected, BytesUp: p.BytesUp, BytesDown: p.BytesDown,
 			RequestsIn: p.RequestsIn, RequestsOut: p.RequestsOut, P50: ms(p.LatencyP50), P99: ms(p.LatencyP99),
-			Errors: p.Errors, Corrupt: p.Corrupt, Banned: p.Banned, Addrs: []string{}}
+			Errors: p.Errors, Corrupt: p.Corrupt, Banned: p.Banned, Addrs: []string{},
+			Standing: p.Standing, SlowShare: p.SlowShare, BadShare: p.BadShare}
 		for _, a := range p.Addrs {
 			pr.Addrs = append(pr.Addrs, a.String())
 		}

@@ -164,4 +164,11 @@ type PeerReport struct {
 	Errors      int64    `json:"errors"`
 	Corrupt     int64    `json:"corrupt"`
 	Banned      bool     `json:"banned"`
+	// Standing is good, demoted (ranked after every peer in good standing and hedged at once)
+	// or banned; SlowShare and BadShare are the shares of its recent requests that were slow
+	// (answered past the cluster's slow threshold) or bad (timed out, or lost a race it should
+	// have won), which is what demotes it.
+	Standing  string  `json:"standing"`
+	SlowShare float64 `json:"slowShare"`
+	BadShare  float64 `json:"badShare"`
 }
