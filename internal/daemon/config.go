@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -47,6 +48,7 @@ type Config struct {
 	DockerConfig string   `yaml:"docker_config" flag:"docker-config" help:"Docker config.json with registry credentials (default: ~/.docker/config.json)"`
 	RegistryUser string   `yaml:"registry_username" flag:"registry-username" help:"registry user name for every registry (the password comes from registry_password_file)"`
 	RegistryPass string   `yaml:"registry_password_file" flag:"registry-password-file" help:"file holding the password of registry_username"`
+	ObjectKeep   string   `yaml:"object_retention" flag:"object-retention" help:"how long manifests, chunk manifests and bootstraps no registered image uses stay under <data>/objects and <data>/bootstraps for peers and restarts, e.g. 24h (0: forever)"`
 	PeerTags     bool     `yaml:"peer_tags" flag:"peer-tags" help:"while a registry is unreachable, resolve tags from what peers say they name (not verifiable; references by digest resolve from peers without it)"`
 
 	MirrorListen   string `yaml:"mirror_listen" flag:"mirror-listen" help:"address of the node-local registry mirror for containerd's hosts.toml, e.g. 127.0.0.1:5005 (empty: off)"`
@@ -61,20 +63,21 @@ type Config struct {
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:   "/var/lib/shoal",
-		APISocket: DefaultAPISocket,
-		Listen:    []string{"/ip4/0.0.0.0/tcp/7480", "/ip4/0.0.0.0/udp/7480/quic-v1"},
-		Domain:    "shoal",
-		CacheMax:  "0",
-		CacheResv: "0",
-		Workers:   16,
-		WireZstd:  1,
-		Prefetch:  true,
-		DHT:       true,
-		Mode:      "auto",
-		MirrorMax: "10G",
-		LogFormat: "text",
-		LogLevel:  "info",
+		DataDir:    "/var/lib/shoal",
+		APISocket:  DefaultAPISocket,
+		Listen:     []string{"/ip4/0.0.0.0/tcp/7480", "/ip4/0.0.0.0/udp/7480/quic-v1"},
+		Domain:     "shoal",
+		CacheMax:   "0",
+		CacheResv:  "0",
+		Workers:    16,
+		WireZstd:   1,
+		Prefetch:   true,
+		DHT:        true,
+		Mode:       "auto",
+		MirrorMax:  "10G",
+		ObjectKeep: "24h",
+		LogFormat:  "text",
+		LogLevel:   "info",
 	}
 }
 
@@ -125,6 +128,9 @@ func (c *Config) Validate() error {
 	if c.WireZstd < 0 || c.WireZstd > 22 {
 		bad("wire_compression (--wire-compression)", "%d is out of range: give 0 (send raw) or a zstd level 1..22", c.WireZstd)
 	}
+	if d, err := time.ParseDuration(c.ObjectKeep); err != nil || (d != 0 && d < 10*time.Minute) {
+		bad("object_retention", "%q: want a duration of at least 10m (objects of an image being loaded must outlive one sweep), or 0 to keep them forever", c.ObjectKeep)
+	}
 	if _, err := units.ParseBytes(c.MirrorMax); err != nil {
 		bad("mirror_max (--mirror-max)", "%v", err)
 	}
@@ -171,6 +177,9 @@ func (c *Config) CacheReserveBytes() int64 { n, _ := units.ParseBytes(c.CacheRes
 
 // CacheMaxBytes is CacheMax parsed (Validate has checked it).
 func (c *Config) CacheMaxBytes() int64 { n, _ := units.ParseBytes(c.CacheMax); return n }
+
+// ObjectRetention is ObjectKeep parsed (Validate has checked it); 0 keeps objects forever.
+func (c *Config) ObjectRetention() time.Duration { d, _ := time.ParseDuration(c.ObjectKeep); return d }
 
 // MirrorMaxBytes is MirrorMax parsed (Validate has checked it).
 func (c *Config) MirrorMaxBytes() int64 { n, _ := units.ParseBytes(c.MirrorMax); return n }

@@ -42,6 +42,7 @@ type Daemon struct {
 	resolver *demand.Resolver
 	svc      *service
 	mirror   *mirror.Mirror // nil unless --mirror-listen
+	objects  *objectStore   // <data>/objects and <data>/bootstraps
 }
 
 // New builds the daemon's parts from a validated Config. It opens the chunk store (which
@@ -105,6 +106,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return fail(err)
 	}
+	d.objects = objects
 	ocfg := origin.DefaultConfig()
 	ocfg.Insecure = cfg.Insecure
 	ocfg.CAFile = cfg.RegistryCA
@@ -249,6 +251,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.log.Info("cleaned up stale mounts", "count", len(gone), "err", err)
 		}
 		d.svc.restore(gctx)
+		d.sweepObjects(gctx)
 		return nil
 	})
 	// Requests' contexts derive from Run's: at shutdown, operations in progress (a mount waiting
@@ -296,6 +299,30 @@ func (d *Daemon) Run(ctx context.Context) error {
 	err = g.Wait()
 	d.svc.shutdown(errors.Is(context.Cause(ctx), ErrRestart))
 	return err
+}
+
+// objectSweepEvery is how often kept objects no image uses are looked for.
+const objectSweepEvery = time.Hour
+
+// sweepObjects removes, now and every objectSweepEvery until ctx ends, the kept objects and
+// bootstraps no registered image has used for Config.ObjectRetention (objectStore.sweep).
+func (d *Daemon) sweepObjects(ctx context.Context) {
+	retention := d.cfg.ObjectRetention()
+	if retention <= 0 {
+		return
+	}
+	t := time.NewTicker(objectSweepEvery)
+	defer t.Stop()
+	for {
+		if n, b := d.objects.sweep(objectsInUse(d.svc.reg.Images()), retention, time.Now()); n > 0 {
+			d.log.Info("removed objects no image has used", "files", n, "bytes", b, "retention", retention)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // ErrRestart, as the cause of Run's context, asks for a restart by a supervisor: fscache mounts

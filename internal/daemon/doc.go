@@ -22,7 +22,8 @@
 //   - prefetch.go: background prefetch, whose goroutines it owns, and read orders.
 //   - state.go: state.json, and restoring its images and mounts at start.
 //   - stats.go: the status and stats reports (with the registry mirror's counters when it runs).
-//   - objects.go: kept objects for peers and restarts, and nodeLocal, what the p2p node serves
+//   - objects.go: kept objects for peers and restarts (swept hourly by Run once no registered
+//     image has used them for --object-retention), and nodeLocal, what the p2p node serves
 //     (chunks, objects, the registry mirror's blobs). The mirror (package mirror,
 //     --mirror-listen) is built in New after the node, which it fetches through, and served in
 //     Run.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -239,6 +240,8 @@ func (l originLoader) fetchBootstrap(ctx context.Context, f *fetcher, im *bootst
 	desc := im.Bootstrap
 	path := filepath.Join(l.dir, desc.Digest.Encoded())
 	if st, err := os.Stat(path); err == nil && st.Size() == desc.Size {
+		now := time.Now()
+		_ = os.Chtimes(path, now, now) // used again: the object sweep keeps it for its retention
 		return path, nil
 	}
 	if err := os.MkdirAll(l.dir, 0o700); err != nil {

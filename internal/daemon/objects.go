@@ -10,7 +10,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
@@ -97,6 +99,8 @@ func (o *objectStore) get(d digest.Digest, max int64) ([]byte, bool) {
 		o.log.Warn("kept object does not match its digest: fetching it again", "object", d)
 		return nil, false
 	}
+	now := time.Now()
+	_ = os.Chtimes(filepath.Join(o.dir, d.Encoded()), now, now) // used again: see sweep
 	return b, true
 }
 
@@ -196,3 +200,78 @@ var (
 	_ p2p.LocalObjects = nodeLocal{}
 	_ p2p.ChunkWriter  = nodeLocal{}
 )
+
+// sweep removes kept objects and bootstraps that nothing uses any more: not in inUse (the
+// registered images' manifests, chunk manifests and bootstraps) and not what a kept tag names,
+// and not used for retention. A file in use has its modification time set to now, so an image's
+// objects outlive its removal by retention: long enough for a restart, or a peer during a
+// registry outage, to still find them. Temp files a crash left are removed too. Unknown names
+// are left alone. It returns how many files went and their bytes.
+func (o *objectStore) sweep(inUse map[digest.Digest]bool, retention time.Duration, now time.Time) (files int, bytes int64) {
+	if o == nil || retention <= 0 {
+		return 0, 0
+	}
+	o.mu.Lock()
+	for _, d := range o.tags {
+		inUse[d] = true
+	}
+	o.mu.Unlock()
+	for _, dir := range []string{o.dir, o.boots} {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				o.log.Warn("object store: sweeping", "dir", dir, "err", err)
+			}
+			continue
+		}
+		for _, e := range entries {
+			name := e.Name()
+			info, err := e.Info()
+			if err != nil || !info.Mode().IsRegular() {
+				continue
+			}
+			p := filepath.Join(dir, name)
+			temp := strings.HasPrefix(name, ".state-") || strings.HasPrefix(name, ".fetch-")
+			d := digest.NewDigestFromEncoded(digest.SHA256, name)
+			switch {
+			case temp:
+				if now.Sub(info.ModTime()) < time.Hour {
+					continue // perhaps still being written
+				}
+			case d.Validate() != nil:
+				continue
+			case inUse[d]:
+				if err := os.Chtimes(p, now, now); err != nil {
+					o.log.Warn("object store: marking in use", "path", p, "err", err)
+				}
+				continue
+			case now.Sub(info.ModTime()) < retention:
+				continue
+			}
+			if err := os.Remove(p); err != nil {
+				if !errors.Is(err, fs.ErrNotExist) {
+					o.log.Warn("object store: removing unused object", "path", p, "err", err)
+				}
+				continue
+			}
+			files++
+			bytes += info.Size()
+		}
+	}
+	return files, bytes
+}
+
+// objectsInUse is every object and bootstrap the registered images need.
+func objectsInUse(ims []*image) map[digest.Digest]bool {
+	use := map[digest.Digest]bool{}
+	for _, im := range ims {
+		use[im.Image.Digest] = true
+		use[im.Image.Bootstrap.Digest] = true
+		for _, b := range im.Image.Blobs {
+			if b.ManifestDigest != "" {
+				use[b.ManifestDigest] = true
+			}
+		}
+	}
+	return use
+}
