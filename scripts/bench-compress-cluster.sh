@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Origin bytes for a cluster to make a tree local, compressed Shoal image against the ordinary
+# image layer (issue 14's benchmark): the same tree as a tar layer with `gzip -1` and `zstd -3`
+# (what `docker pull` would move per host), and as a Shoal image built with --compression zstd
+# and none, served by a real `shoal origin serve`. HOSTS real daemons (127.0.0.1, each peered with
+# the ones started before it) run `shoal prefetch --wait` of the image at the same time; the
+# origin's bytes are what it counted sending (GET /shoal/stats: manifests, chunk manifests,
+# bootstrap and chunk ranges). One host alone is the first row.
+#
+#   scripts/bench-compress-cluster.sh                    # /usr/local/go (~270 MiB), 1 and 8 hosts
+#   TREE=/usr/local/go/src HOSTS=4 LEVELS= scripts/bench-compress-cluster.sh
+#
+# Needs no root: nothing is mounted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHOAL=${SHOAL:-$PWD/bin/shoal}
+TREE=${TREE:-/usr/local/go}
+HOSTS=${HOSTS:-8}
+LEVELS=${LEVELS:-3 9} # zstd levels besides the default (1), one host each
+if [ ! -d "$TREE" ]; then echo "bench-compress-cluster: no tree at $TREE; skipped"; exit 0; fi
+for t in jq zstd gzip; do
+	command -v $t >/dev/null || { echo "bench-compress-cluster: needs $t; skipped"; exit 0; }
+done
+
+WORK=$(mktemp -d /tmp/shoal-bench-zc.XXXXXX)
+PIDS=()
+cleanup() {
+	set +e
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() {
+	local p=$1
+	while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+	echo "$p"
+}
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+
+echo "shoal: $SHOAL; tree $TREE ($(du -sh "$TREE" | cut -f1)); $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+tar -C "$TREE" -cf "$WORK/layer.tar" .
+gz=$(gzip -1 -c "$WORK/layer.tar" | wc -c)
+zs=$(zstd -3 -q -c "$WORK/layer.tar" | wc -c)
+tarb=$(stat -c %s "$WORK/layer.tar")
+rm "$WORK/layer.tar"
+echo "ordinary layer: tar $(mib "$tarb") MiB, gzip -1 $(mib "$gz") MiB, zstd -3 $(mib "$zs") MiB"
+for comp in zstd none; do
+	"$SHOAL" image build --quiet "$TREE" "$WORK/img-$comp" --compression "$comp" >/dev/null
+done
+for level in $LEVELS; do
+	"$SHOAL" image build --quiet "$TREE" "$WORK/img-zstd$level" --compression zstd --compression-level "$level" >/dev/null
+done
+
+# run COMP N: N hosts prefetch the COMP image together; prints origin bytes summed over hosts.
+run() {
+	local comp=$1 n=$2 peers=() pids=()
+	ORIGIN=127.0.0.1:$(free_port 5377)
+	"$SHOAL" origin serve "$WORK/img-$comp" --listen "$ORIGIN" --stats-interval 0 >"$WORK/origin.log" 2>&1 &
+	PIDS+=($!)
+	for _ in $(seq 1 100); do curl -sf "$ORIGIN/v2/" >/dev/null && break; sleep 0.1; done
+	for i in $(seq 1 "$n"); do
+		rm -rf "$WORK/h$i"
+		local args=(daemon --data "$WORK/h$i" --api "$WORK/h$i.sock" --listen /ip4/127.0.0.1/tcp/0
+			--insecure-registry "$ORIGIN" --prefetch=false --dht=false --log-level warn)
+		for p in "${peers[@]}"; do args+=(--peer "$p"); done
+		"$SHOAL" "${args[@]}" >"$WORK/h$i.log" 2>&1 &
+		PIDS+=($!)
+		local ok=
+		for _ in $(seq 1 150); do "$SHOAL" peers --self --api "$WORK/h$i.sock" >/dev/null 2>&1 && { ok=1; break; }; sleep 0.1; done
+		[ -n "$ok" ] || { echo "daemon h$i did not start:"; cat "$WORK/h$i.log"; exit 1; }
+		peers+=("$("$SHOAL" peers --self --api "$WORK/h$i.sock" | head -1)")
+	done
+	sleep 1 # connections settle, so owners agree
+	local t0 t1
+	t0=$(date +%s.%N)
+	for i in $(seq 1 "$n"); do
+		"$SHOAL" prefetch "$ORIGIN/img-$comp:latest" --wait --api "$WORK/h$i.sock" >/dev/null 2>"$WORK/prefetch$i.err" &
+		pids+=($!)
+	done
+	for p in "${pids[@]}"; do wait "$p" || { cat "$WORK"/prefetch*.err; exit 1; }; done
+	t1=$(date +%s.%N)
+	# Counted where it leaves: the origin's own counter (a host's wireBytes.origin leaves out what
+	# it fetched from the origin on a peer's behalf as the chunk's rendezvous owner).
+	local origin data
+	origin=$(curl -sf "$ORIGIN/shoal/stats" | jq '.bytesServed')
+	data=$("$SHOAL" stats --json --api "$WORK/h$n.sock" | jq '.bytes.peers + .bytes.origin + .bytes.dedup')
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	PIDS=()
+	# per-host ordinary pull for the same hosts: n x gzip, n x zstd
+	awk -v comp="$comp" -v n="$n" -v o="$origin" -v d="$data" -v gz="$gz" -v zs="$zs" -v t0="$t0" -v t1="$t1" 'BEGIN {
+		printf "%-6s %5d %9.1f %9.1f %10.3f %10.3f %12.1f %12.1f %7.1f\n", comp, n, d / 1048576, o / 1048576, o / zs, o / (n * gz), n * gz / 1048576, n * zs / 1048576, t1 - t0 }'
+}
+
+printf '%-6s %5s %9s %9s %10s %10s %12s %12s %7s\n' image hosts data-MiB origin-MiB origin/zstd3 origin/pulls gzip-pulls zstd-pulls secs
+for n in 1 "$HOSTS"; do
+	for comp in zstd none; do run "$comp" "$n"; done
+done
+for level in $LEVELS; do run "zstd$level" 1; done
+echo "origin/zstd3: origin bytes ÷ one zstd -3 layer; origin/pulls: ÷ what HOSTS ordinary gzip -1 pulls would move"
