@@ -242,6 +242,7 @@ type stats struct {
 	Peers []struct {
 		ID        string `json:"id"`
 		BytesDown int64  `json:"bytesDown"`
+		Blobs     int    `json:"blobs"`
 	} `json:"peers"`
 }
 

@@ -546,3 +546,20 @@ func isTimeout(err error) bool {
 	var t interface{ Timeout() bool }
 	return errors.As(err, &t) && t.Timeout()
 }
+
+// BlobPeers is how many connected, unbanned peers have sent this host a presence map for blob:
+// hosts that registered an image with that layer, and so kept its manifest, chunk manifests and
+// bootstrap, which they serve over ObjectProtocol. A host loading the image asks them for those
+// objects before the origin.
+func (n *Node) BlobPeers(blob digest.Digest) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	now := time.Now()
+	c := 0
+	for _, ps := range n.peers {
+		if ps.connected && !ps.banned(now) && ps.blobs[blob] != nil {
+			c++
+		}
+	}
+	return c
+}

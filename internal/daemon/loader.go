@@ -69,6 +69,7 @@ func (l originLoader) Reload(ctx context.Context, ref string, manifest []byte) (
 }
 
 func (l originLoader) load(ctx context.Context, ref string, f *fetcher, mb []byte) (*image, error) {
+	f.peersFirst = l.metadataFromPeers(mb)
 	im, err := bootstrap.ParseImage(mb, func(desc ocispec.Descriptor) ([]byte, error) {
 		return f.object(ctx, desc.Digest, bootstrap.MaxMetadataSize, func(ctx context.Context) ([]byte, error) {
 			return fetchAll(ctx, f.src, desc.Digest, bootstrap.MaxMetadataSize)
@@ -92,13 +93,58 @@ func (l originLoader) logger() *slog.Logger {
 	return l.log
 }
 
-// fetcher gets the objects of one load: kept ones first, then the origin, then, once the
-// origin has proven unreachable, peers (without asking the origin again: each attempt at a
-// registry that is down costs its retries).
+// metadataFromPeers reports whether some connected peer registered a layer of the image whose
+// manifest is mb: it then holds the image's chunk manifests and bootstrap, and serves them, so
+// a cluster's hosts take them from the origin about once rather than once each (the bootstrap
+// and chunk manifests of a large tree are megabytes). Peers are asked only then, so a host whose
+// peers do not have the image pays no round trip.
+func (l originLoader) metadataFromPeers(mb []byte) bool {
+	if l.peers == nil {
+		return false
+	}
+	var m struct {
+		Layers []struct {
+			Digest digest.Digest `json:"digest"`
+		} `json:"layers"`
+	}
+	if json.Unmarshal(mb, &m) != nil {
+		return false
+	}
+	for _, layer := range m.Layers {
+		if layer.Digest.Validate() == nil && l.peers.BlobPeers(layer.Digest) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// peerObjectWait bounds asking peers for an object before the origin, while it is reachable.
+const peerObjectWait = 3 * time.Second
+
+// fetcher gets the objects of one load: kept ones first, then (when peers hold the image,
+// peersFirst) peers, then the origin, then, once the origin has proven unreachable, peers
+// (without asking the origin again: each attempt at a registry that is down costs its retries).
 type fetcher struct {
-	l    originLoader
-	src  origin.Source
-	down error // the origin's failure, once seen
+	l          originLoader
+	src        origin.Source
+	down       error // the origin's failure, once seen
+	peersFirst bool  // peers hold the image: ask them before the origin
+}
+
+// fromPeersFirst returns object d from peers that hold the image, if peersFirst and one answers
+// with the right bytes within peerObjectWait; otherwise nil, and the caller goes on to the origin.
+func (f *fetcher) fromPeersFirst(ctx context.Context, d digest.Digest, max int64) []byte {
+	if !f.peersFirst || f.down != nil || max > p2p.MaxObjectSize {
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, peerObjectWait)
+	defer cancel()
+	b, err := f.l.peers.FetchObject(pctx, d, max)
+	if err != nil {
+		f.l.logger().Debug("object not from peers; asking the origin", "object", d, "err", err)
+		return nil
+	}
+	return b
 }
 
 // fallBack reports whether err means the origin cannot be reached and peers may be asked.
@@ -116,6 +162,10 @@ func (f *fetcher) keep(d digest.Digest, b []byte) {
 // origin unreachable) from peers. Whatever it returns matches d and is kept.
 func (f *fetcher) object(ctx context.Context, d digest.Digest, max int64, fromOrigin func(context.Context) ([]byte, error)) ([]byte, error) {
 	if b, ok := f.l.objects.get(d, max); ok {
+		return b, nil
+	}
+	if b := f.fromPeersFirst(ctx, d, max); b != nil {
+		f.keep(d, b)
 		return b, nil
 	}
 	if f.down == nil {
@@ -248,7 +298,10 @@ func (l originLoader) fetchBootstrap(ctx context.Context, f *fetcher, im *bootst
 		return "", err
 	}
 	var rc io.Reader
-	if f.down == nil {
+	if b := f.fromPeersFirst(ctx, desc.Digest, desc.Size); b != nil {
+		rc = bytes.NewReader(b) // checked below against the digest, as the origin's would be
+	}
+	if rc == nil && f.down == nil {
 		orc, err := f.src.Open(ctx, desc.Digest)
 		switch {
 		case err == nil:

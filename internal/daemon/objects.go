@@ -152,10 +152,13 @@ func tagKey(r origin.Reference) string {
 	return origin.Reference{Registry: r.Registry, Repository: r.Repository, Tag: r.Tag}.String()
 }
 
-// objectPeers is what the loader needs of the p2p node when the registry is unreachable.
+// objectPeers is what the loader needs of the p2p node: objects when the registry is
+// unreachable, and, while it is reachable, from peers that hold the image (metadataFromPeers).
 type objectPeers interface {
 	FetchObject(ctx context.Context, d digest.Digest, max int64) ([]byte, error)
 	ResolveTag(ctx context.Context, ref string) (digest.Digest, peer.ID, error)
+	// BlobPeers counts the connected peers that registered blob: they hold its image's objects.
+	BlobPeers(blob digest.Digest) int
 }
 
 var _ objectPeers = (*p2p.Node)(nil)

@@ -93,7 +93,7 @@ func (s *service) Stats() StatsReport {
 		pr := PeerReport{ID: p.ID.String(), FoundBy: p.FoundBy, Connected: p.Connected, BytesUp: p.BytesUp, BytesDown: p.BytesDown,
 			RequestsIn: p.RequestsIn, RequestsOut: p.RequestsOut, P50: ms(p.LatencyP50), P99: ms(p.LatencyP99),
 			Errors: p.Errors, Corrupt: p.Corrupt, Banned: p.Banned, Addrs: []string{},
-			Standing: p.Standing, SlowShare: p.SlowShare, BadShare: p.BadShare}
+			Standing: p.Standing, SlowShare: p.SlowShare, BadShare: p.BadShare, Blobs: p.Blobs}
 		for _, a := range p.Addrs {
 			pr.Addrs = append(pr.Addrs, a.String())
 		}

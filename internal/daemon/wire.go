@@ -168,6 +168,8 @@ type PeerReport struct {
 	// or banned; SlowShare and BadShare are the shares of its recent requests that were slow
 	// (answered past the cluster's slow threshold) or bad (timed out, or lost a race it should
 	// have won), which is what demotes it.
+	// Blobs is how many blobs the peer has sent presence maps for.
+	Blobs     int     `json:"blobs"`
 	Standing  string  `json:"standing"`
 	SlowShare float64 `json:"slowShare"`
 	BadShare  float64 `json:"badShare"`
