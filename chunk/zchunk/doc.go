@@ -12,8 +12,10 @@
 //	stored, codec := enc.Encode(nil, data) // codec is chunk.CodecNone when zstd does not pay
 //	v, err := zchunk.DecodeVerified(c, stored) // c.Codec, c.Length and c.CID from the manifest
 //
-// Cost per chunk: one zstd EncodeAll on the build side, skipped for data whose sampled byte
-// entropy is at least 7.5 bits (Incompressible: a pass over a sixteenth of the chunk); one DecodeAll into a buffer of exactly
-// the chunk's length (no copy) and one sha256 on the fetch side. Encoders and the decoder are
+// Cost per chunk: one zstd EncodeAll on the build side (the frame written in place after dst
+// when dst has room), skipped for data whose sampled byte entropy is at least 7.5 bits
+// (Incompressible: a pass over a sixteenth of a large chunk, over at least 4096 bytes of a
+// small one, all of one up to 8 KiB); one DecodeAll into a buffer of exactly the chunk's length
+// (no copy) and one sha256 on the fetch side. Encoders and the decoder are
 // shared and safe for concurrent use.
 package zchunk

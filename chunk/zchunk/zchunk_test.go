@@ -207,6 +207,13 @@ func TestIncompressible(t *testing.T) {
 		{"zeros", make([]byte, 1<<20), false},
 		{"random half a block, zero padded", halfZero, false},
 		{"empty", nil, false},
+		// Sampled with a shorter stride (at least 4096 bytes counted).
+		{"random 8 KiB + 1", random(t, 8193), true},
+		{"random 12 KiB", random(t, 12<<10), true},
+		{"random 40 KiB + 5", random(t, 40<<10+5), true},
+		{"text 12 KiB", text(12 << 10), false},
+		{"text 40 KiB", text(40 << 10), false},
+		{"random 8 KiB then 8 KiB of zeros", append(random(t, 8<<10), make([]byte, 8<<10)...), false},
 	}
 	e := mustEncoder(t, DefaultLevel)
 	for _, c := range cases {
@@ -224,6 +231,24 @@ func TestIncompressible(t *testing.T) {
 	// The half-zero block pays as a frame: the check must not have kept it raw.
 	if _, codec := e.Encode(nil, halfZero); codec != chunk.CodecZstd {
 		t.Errorf("random half block zero padded: codec %q, want zstd", codec)
+	}
+}
+
+// TestEncodeAppendsInPlace: with room after dst, the frame is encoded there and returned without
+// a copy; dst's bytes stay in front and the frame decodes to the data.
+func TestEncodeAppendsInPlace(t *testing.T) {
+	e := mustEncoder(t, DefaultLevel)
+	data := text(300 << 10)
+	for _, room := range []int{0, 100, 1 << 20} {
+		dst := append(make([]byte, 0, 3+room), "abc"...)
+		out, codec := e.Encode(dst, data)
+		if codec != chunk.CodecZstd || string(out[:3]) != "abc" {
+			t.Fatalf("room %d: codec %q, prefix %q", room, codec, out[:3])
+		}
+		got, err := Decode(chunk.Chunk{Length: int64(len(data)), StoredLength: int64(len(out) - 3), Codec: codec}, out[3:])
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("room %d: decode: %v (equal %v)", room, err, bytes.Equal(got, data))
+		}
 	}
 }
 

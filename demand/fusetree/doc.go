@@ -20,35 +20,43 @@
 // listings (FOPEN_CACHE_DIR) and file pages (FOPEN_KEEP_CACHE, explicit invalidation only) for
 // Config.CacheTimeout: the image never changes, and a warm read never reaches the server.
 // readdirplus answers `ls -l` and `find` without lookups; reads are up to 1016 KiB (max_pages
-// 254) and the mount's readahead window is two such requests; requests are served concurrently.
+// 254) and the mount's readahead window is eight such requests; requests are served
+// concurrently.
 //
 // The read path, per FUSE read: one inode decode from memory, the chunk-table entries of the
 // range only (ExtentsAt) mapped to runs (consecutive bytes of one device), then:
 //   - a request that is one run of one blob (a large file's data is contiguous in its blob):
-//     one Resolver.Ensure, then the answer is spliced from the blob's backing file
-//     (fuse.ReadResultFd): the kernel moves page references into a pipe and copies once into
-//     the FUSE page cache. 1016 KiB, not 1 MiB, because go-fuse needs header, data and a spare
-//     page in one pipe of at most fs.pipe-max-size (1 MiB). The BlobReader's presence check is
-//     bypassed there: Ensure has just made the chunks present, and a mounted image's blobs are
-//     pinned, so they are never punched while served;
+//     one Resolver.Ensure, then one cachestat(2) of the run in the blob's backing file. If the
+//     page cache holds it all (chunks fetched moments before), the answer is spliced from the
+//     backing file (fuse.ReadResultFd): the kernel moves page references into a pipe and
+//     copies once into the FUSE page cache. If not (a cold read), the run is read with O_DIRECT
+//     (direct.go): whole pages spliced from an O_DIRECT descriptor, so the disk DMAs into the
+//     kernel's pipe pages and the one copy is /dev/fuse's; a file's partial last page through
+//     a page-aligned buffer. The blob's bytes are then cached once, in the FUSE file's page
+//     cache, not also in the backing file's, and the daemon allocates no backing-file folios;
+//     the kernel's FUSE readahead keeps eight such reads in flight, which is the disk's queue
+//     depth. Where the filesystem refuses O_DIRECT, the run is spliced after a read-ahead hint
+//     (POSIX_FADV_WILLNEED of the next window). 1016 KiB, not 1 MiB, because go-fuse needs
+//     header, data and a spare page in one pipe of at most fs.pipe-max-size (1 MiB). The
+//     BlobReader's presence check is bypassed there: Ensure has just made the chunks present,
+//     and a mounted image's blobs are pinned, so they are never punched while served;
 //   - anything else (inline data, holes, runs of several blobs, a BlobReader without backing
 //     files): per run one Ensure and one BlobReader.ReadAt (pread) into go-fuse's buffer, then
 //     one copy by the kernel into the page cache.
 //
-// After a full-size request the server asks the kernel (POSIX_FADV_WILLNEED) to read the next
-// window of the backing file, so the disk works on the next request while this one travels. No
-// hash, no lock beyond the resolver's. Ensure runs under a context detached from the request (a
-// signalled reader never gets EIO for a fetch that succeeds), bounded by Config.ReadTimeout and
-// the server's life.
+// No hash, no lock beyond the resolver's. Ensure runs under a context detached from the request
+// (a signalled reader never gets EIO for a fetch that succeeds), bounded by Config.ReadTimeout
+// and the server's life.
 //
 // FUSE passthrough (Linux 6.9+, go-fuse's Server.RegisterBackingFd and OpenOut.BackingId) is not
-// used, on purpose: the kernel then reads the backing file at the same offsets as the FUSE file,
-// but a file's bytes live in its blob's backing file (cachefiles layout) at the file's offset in
-// the blob, packed at 4 KiB, so file offset 0 is not backing-file offset 0 for any file but a
-// blob's first, and a chunked file may span devices. Passthrough would need a per-file backing
-// file (a copy, or a reflink where the filesystem has them), which doubles the disk or ties
-// Shoal to btrfs/xfs. Warm reads already never reach the server; what passthrough would save is
-// the kernel's per-folio cost of FUSE's small folios against ext4's large ones (BENCHMARKS.md).
+// used, though the development machine's kernel (6.18) has it: the kernel then reads the backing
+// file at the FUSE file's own offsets (struct fuse_backing_map is {fd, flags, padding}: no
+// offset, no length), but a file's bytes live in its blob's backing file (cachefiles layout) at
+// the file's offset in the blob, packed at 4 KiB, so file offset 0 is not backing-file offset 0
+// for any file but a blob's first, the bytes after a file's end are the next file's, and a
+// chunked file may span devices. Passthrough would need a per-file backing file (a copy, or a
+// reflink where the filesystem has them), which doubles the disk or ties Shoal to btrfs/xfs.
+// Warm reads already never reach the server, and cold reads are one DMA and one copy.
 //
 // Usage:
 //

@@ -268,9 +268,10 @@ func (s *Server) runs(in *bootstrap.Inode, off, n int64) ([]run, error) {
 	return runs, err
 }
 
-// spliceRun answers a request that is one run r of a blob from the blob's backing file: go-fuse
-// splices the bytes from the file's page cache into /dev/fuse, one copy fewer than reading them
-// into a buffer. ok is false when the backing file cannot be used (no BackingPath, not
+// spliceRun answers a request that is one run r of a blob from the blob's backing file. Bytes
+// the backing file's page cache holds are spliced from it into /dev/fuse, one copy fewer than
+// reading them into a buffer; bytes it does not hold are read with O_DIRECT (direct.go), so they
+// are not cached twice; without O_DIRECT they are spliced after a read-ahead hint. ok is false when the backing file cannot be used (no BackingPath, not
 // openable, or r runs past its end); the caller then reads through the BlobReader.
 //
 // This bypasses the BlobReader's presence check: Ensure has just made every chunk of r present,
@@ -286,6 +287,20 @@ func (s *Server) spliceRun(in *bootstrap.Inode, r run) (rr fuse.ReadResult, st f
 	}
 	if st := s.ensure(s.blobs[r.dev-1], r.devOff, r.len); !st.Ok() {
 		return nil, st, true
+	}
+	if b.direct >= 0 {
+		if pageCached(b, r) { // fetched moments before: no disk, no hint
+			s.cached.Add(r.len)
+			s.spliced.Add(r.len)
+			return fuse.ReadResultFd(b.f.Fd(), r.devOff, int(r.len)), fuse.OK, true
+		}
+		if r.len%4096 == 0 && r.devOff%4096 == 0 && r.len <= directBufSize {
+			s.direct.Add(r.len)
+			return &splicedDirect{s: s, b: b, r: r}, fuse.OK, true
+		}
+		if rr, ok := s.readDirect(b, r); ok { // a partial last page: through a buffer
+			return rr, fuse.OK, true
+		}
 	}
 	s.spliced.Add(r.len)
 	s.hintNext(r.dev, r.devOff, r.len)
