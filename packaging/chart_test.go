@@ -214,6 +214,11 @@ func TestChartRenders(t *testing.T) {
 		if _, ok := byName["configure-containerd"]; !ok || len(p.InitContainers) != 1 {
 			t.Errorf("%s: init containers %v, want configure-containerd", name, p.InitContainers)
 		}
+		// containerd restarts only once the snapshotter runs: before, with CRI's snapshotter
+		// set to shoal, it could not create this pod's own containers.
+		if _, ok := byName["restart-containerd"]; !ok {
+			t.Errorf("%s: no restart-containerd container", name)
+		}
 		hostPaths := map[string]string{}
 		for _, v := range p.Volumes {
 			if v.HostPath != nil {
@@ -249,8 +254,21 @@ func TestChartRenders(t *testing.T) {
 		if err := cfg.LoadFile(f); err != nil {
 			t.Errorf("%s: the daemon cannot load the chart's shoal.yaml: %v\n%s", name, err, cm.Data["shoal.yaml"])
 		}
+		// The pod's environment: the user name comes from the credentials Secret.
+		env := map[string]string{}
+		for _, e := range byName["daemon"].Env {
+			env[e.Name] = "from-the-secret"
+		}
+		if err := cfg.ApplyEnv(func(k string) string { return env[k] }); err != nil {
+			t.Errorf("%s: the daemon's environment: %v", name, err)
+		}
 		if err := cfg.Validate(); err != nil {
-			t.Errorf("%s: the chart's shoal.yaml does not validate: %v", name, err)
+			// The Secrets' files exist only in the pod: a missing one under /etc/shoal is fine.
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if !(strings.Contains(line, " /etc/shoal/") && strings.Contains(line, "no such file")) {
+					t.Errorf("%s: the chart's shoal.yaml does not validate: %s", name, line)
+				}
+			}
 		}
 		if cfg.AdminListen != "0.0.0.0:9480" || cfg.APISocket != "/run/shoal/shoal.sock" {
 			t.Errorf("%s: admin %q, api %q", name, cfg.AdminListen, cfg.APISocket)
@@ -299,8 +317,8 @@ func TestChartRenders(t *testing.T) {
 		t.Errorf("with the dashboard and service off: %v", got)
 	}
 	p := pod(t, find(t, off, "DaemonSet", "shoal"))
-	if len(p.InitContainers) != 0 || p.HostPID {
-		t.Errorf("containerd.configure=false still has init containers %v or hostPID", p.InitContainers)
+	if len(p.InitContainers) != 0 || p.HostPID || len(p.Containers) != 2 {
+		t.Errorf("containerd.configure=false still has init containers %v, hostPID or containers %v", p.InitContainers, p.Containers)
 	}
 	for _, v := range p.Volumes {
 		if v.HostPath != nil && (v.HostPath.Path == "/dev/cachefiles" || v.HostPath.Path == "/etc/containerd") {
