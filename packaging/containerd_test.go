@@ -62,9 +62,12 @@ func containerdDump(t *testing.T, bin, config string) string {
 	return string(out)
 }
 
-// containerd2 is containerd 2.x if scripts/containerd/build.sh has built it (not built here:
-// `make test` builds it once for the e2e tests).
+// containerd2 is containerd 2.x: SHOAL_CONTAINERD2, or what scripts/containerd/build.sh built
+// (not built here: `make test` builds it once for the e2e tests).
 func containerd2() string {
+	if b := os.Getenv("SHOAL_CONTAINERD2"); b != "" {
+		return b
+	}
 	m, _ := filepath.Glob(filepath.Join(envOr("SHOAL_CACHE", "/var/cache/shoal"), "containerd-v2.*", "bin", "containerd"))
 	if len(m) == 0 {
 		return ""
