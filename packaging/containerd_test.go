@@ -184,7 +184,7 @@ func TestConfigureContainerd(t *testing.T) {
 				{"proxy_plugins.shoal", "type"}:    `"snapshot"`,
 				{"proxy_plugins.shoal", "address"}: `"/run/shoal/snapshotter.sock"`,
 			}
-			if strings.Contains(first, "version = 3") {
+			if strings.Contains(first, "version = 3") || strings.Contains(first, "version = 4") {
 				want[[2]string{`plugins."io.containerd.cri.v1.images"`, "snapshotter"}] = `"shoal"`
 				want[[2]string{`plugins."io.containerd.cri.v1.images"`, "disable_snapshot_annotations"}] = "false"
 				if !strings.Contains(dump, "enable_remote_snapshot_annotations") {

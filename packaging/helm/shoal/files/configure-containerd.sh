@@ -3,8 +3,9 @@
 #
 # Adds Shoal's snapshotter to a containerd config.toml, as nydus-snapshotter's chart does:
 # the proxy plugin [proxy_plugins.shoal] at SOCKET and, with CRI=true, `snapshotter = "shoal"`
-# for CRI (kubelet's pulls). VERSION is 2 (containerd 1.6, 1.7), 3 (containerd 2.x) or auto
-# (the file's own `version`). ARCH is the platform's architecture (amd64, arm64) for 2.x's
+# for CRI (kubelet's pulls). VERSION is 2 (containerd 1.6, 1.7), 3 (containerd 2.x; a file
+# of version 4, as containerd 2.2+ writes, is edited the same way) or auto (the file's own
+# `version`). ARCH is the platform's architecture (amd64, arm64) for 2.x's
 # transfer-service unpack_config.
 #
 # Idempotent: keys that already hold Shoal's values are left as they are, keys that hold other
@@ -27,7 +28,7 @@ if [ -z "$have" ]; then
 	echo "configure-containerd: $config has no top-level 'version': containerd reads it as version 1, which this script does not edit; add 'version = 2' (containerd 1.x) or 'version = 3' (2.x)" >&2
 	exit 1
 fi
-if [ "$version" = auto ]; then
+if [ "$version" = auto ] || { [ "$version" = 3 ] && [ "$have" = 4 ]; }; then
 	version=$have
 elif [ "$version" != "$have" ]; then
 	echo "configure-containerd: $config is version $have, but version $version was asked for (containerd.configVersion)" >&2
@@ -45,7 +46,7 @@ plugins.\"io.containerd.grpc.v1.cri\".containerd	snapshotter	\"shoal\"
 plugins.\"io.containerd.grpc.v1.cri\".containerd	disable_snapshot_annotations	false"
 	fi
 	;;
-3)
+3 | 4) # containerd 2.0, 2.1 write version 3; 2.2 and later version 4, with the same plugin tables
 	settings="proxy_plugins.shoal	type	\"snapshot\"
 proxy_plugins.shoal	address	\"$sock\"
 proxy_plugins.shoal.exports	enable_remote_snapshot_annotations	\"true\""
@@ -56,7 +57,7 @@ plugins.\"io.containerd.cri.v1.images\"	disable_snapshot_annotations	false"
 	fi
 	;;
 *)
-	echo "configure-containerd: config version $version is not 2 or 3" >&2
+	echo "configure-containerd: config version $version is not 2 (containerd 1.x), 3 or 4 (2.x)" >&2
 	exit 1
 	;;
 esac
@@ -115,7 +116,7 @@ END {
 		for (j = i + 1; j <= n; j++) if (tab[j] == tab[i] && !done[j]) { print key[j] " = " val[j]; done[j] = 1 }
 		done[i] = 1
 	}
-	if (version == 3 && !shoalEntry) {
+	if (version >= 3 && !shoalEntry) {
 		if (inline) {
 			print "configure-containerd: " unpack " is an inline array: add {platform = \"linux/" arch "\", snapshotter = \"shoal\"} to it yourself" > "/dev/stderr"
 			exit 3
