@@ -132,6 +132,7 @@ type podSpec struct {
 
 type container struct {
 	Name            string   `yaml:"name"`
+	Command         []string `yaml:"command"`
 	Args            []string `yaml:"args"`
 	SecurityContext struct {
 		Privileged bool `yaml:"privileged"`
