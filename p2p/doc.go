@@ -119,6 +119,8 @@
 // upload of the same chunk is sent to its recipient. On a shaped link a seed that split its
 // uplink among every reader's requests (7 readers × 16 workers) finished no chunk for seconds,
 // so nobody had anything to pass on; with slots each upload gets an eighth of the uplink.
+// The gauges shoal_p2p_upload_slots, _slots_busy and shoal_p2p_upload_queued_requests show
+// them: busy at the limit with a queue means this host's uplink is what the swarm waits for.
 //
 // Objects: ObjectProtocol (object.go) serves an image's small content-addressed objects
 // (manifests, indexes, chunk manifests, bootstraps) by sha256 digest from what the daemon keeps

@@ -26,6 +26,9 @@ type metrics struct {
 	presenceIn     prometheus.Counter
 	presenceOut    prometheus.Counter
 	peers          prometheus.GaugeFunc
+	// Upload slots (Config.UploadSlots): how many there are, how many are taken and how many
+	// requests wait for one; busy near slots with a queue means this host's uplink is the limit.
+	slots, slotsBusy, slotsQueued prometheus.GaugeFunc
 
 	// Wire bytes: what chunk transfers took on the network (compressed or raw), beside the
 	// data bytes above.
@@ -36,7 +39,12 @@ type metrics struct {
 	served, servedWire atomic.Int64
 }
 
-func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, func(), error) {
+// nodeGauges are the node's live values the gauges read.
+type nodeGauges struct {
+	connected, slots, slotsBusy, slotsQueued func() float64
+}
+
+func newMetrics(reg prometheus.Registerer, g nodeGauges) (*metrics, func(), error) {
 	m := &metrics{
 		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_p2p_fetches_total", Help: "Chunk fetches by where the data came from (peer, coalesced, origin) or failed.",
@@ -89,13 +97,23 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 		}),
 		peers: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "shoal_p2p_connected_peers", Help: "Peers with an open connection.",
-		}, connected),
+		}, g.connected),
+		slots: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "shoal_p2p_upload_slots", Help: "Held chunks this host uploads at once, to all peers together (0: no limit).",
+		}, g.slots),
+		slotsBusy: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "shoal_p2p_upload_slots_busy", Help: "Upload slots taken by uploads running now.",
+		}, g.slotsBusy),
+		slotsQueued: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "shoal_p2p_upload_queued_requests", Help: "Chunk requests waiting for an upload slot.",
+		}, g.slotsQueued),
 	}
 	// The gauge reads this node's peers, and the counters are its own: registered for the
 	// node's lifetime (Close unregisters them), not shared with another node.
 	unregister, err := shoalmetrics.RegisterOwned(reg, m.fetches, m.fetchBytes, m.fetchSeconds, m.servedRequests, m.servedBytes,
 		m.fetchWireBytes, m.servedWireBytes, m.compressSeconds,
-		m.peerFailures, m.hedges, m.hedgeFallback, m.holderWaits, m.standing, m.bans, m.presenceIn, m.presenceOut, m.peers)
+		m.peerFailures, m.hedges, m.hedgeFallback, m.holderWaits, m.standing, m.bans, m.presenceIn, m.presenceOut, m.peers,
+		m.slots, m.slotsBusy, m.slotsQueued)
 	if err != nil {
 		return nil, nil, fmt.Errorf("p2p: %w", err)
 	}

@@ -175,16 +175,21 @@ func New(cfg Config, local LocalChunks) (*Node, error) {
 		}
 	}
 	n.seq.Store(uint64(time.Now().UnixNano())) // a restarted host's frames must supersede its old ones
-	n.met, n.unregister, err = newMetrics(cfg.Registerer, func() float64 {
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		c := 0
-		for _, ps := range n.peers {
-			if ps.connected {
-				c++
+	n.met, n.unregister, err = newMetrics(cfg.Registerer, nodeGauges{
+		connected: func() float64 {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			c := 0
+			for _, ps := range n.peers {
+				if ps.connected {
+					c++
+				}
 			}
-		}
-		return float64(c)
+			return float64(c)
+		},
+		slots:       func() float64 { return float64(cap(n.slots)) },
+		slotsBusy:   func() float64 { return float64(len(n.slots)) },
+		slotsQueued: func() float64 { return float64(n.queued.Load()) },
 	})
 	if err != nil {
 		return nil, err

@@ -112,6 +112,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	ocfg.CAFile = cfg.RegistryCA
 	ocfg.DockerConfig = cfg.DockerConfig
 	ocfg.Logger = log
+	ocfg.Registerer = reg // shoal_origin_*: what this host asks of registries
 	if cfg.RegistryUser != "" {
 		pw, err := os.ReadFile(cfg.RegistryPass)
 		if err != nil {
