@@ -168,15 +168,36 @@ type stack struct {
 	pathEnv  []string
 	ctrdProc *proc
 	cluster  *cluster
+	mode     string   // the snapshotter's --mode ("": its default, auto)
+	peers    []string // the daemon's --peer addresses
+}
+
+// stackOpts are newStackWith's settings; the zero value of each is newStack's.
+type stackOpts struct {
+	host   string // the registry, host:port (plain HTTP)
+	binDir string // containerd 2.x's binaries ("" for Debian's 1.6 on PATH)
+	pause  string // CRI's sandbox image ("": containerd's default, never pulled unless a pod sandbox is run)
+	mode   string // the snapshotter's --mode ("": auto)
+	// listenIP is the loopback address the daemon's libp2p host listens on (default
+	// 127.0.0.1): stacks that stand for separate hosts each take their own 127.0.0.N.
+	listenIP string
+	peers    []string // the daemon's --peer multiaddrs (other stacks' daemon.addr)
 }
 
 // newStack starts the three. binDir holds containerd 2.x's binaries ("" for Debian's 1.6);
 // pause is CRI's sandbox image ("": containerd's default, which is never pulled unless a pod
 // sandbox is run).
 func newStack(t *testing.T, host, binDir, pause string) *stack {
+	return newStackWith(t, stackOpts{host: host, binDir: binDir, pause: pause})
+}
+
+// newStackWith starts a daemon, a snapshotter and a containerd as one host with its own
+// directories and sockets.
+func newStackWith(t *testing.T, o stackOpts) *stack {
+	host, binDir, pause := o.host, o.binDir, o.pause
 	dir := t.TempDir()
-	c := &cluster{t: t, dir: dir, origin: host}
-	s := &stack{t: t, dir: dir, host: host, daemon: c.startDaemon(1, nil), cluster: c,
+	c := &cluster{t: t, dir: dir, origin: host, listenIP: o.listenIP}
+	s := &stack{t: t, dir: dir, host: host, daemon: c.startDaemon(1, o.peers), cluster: c, mode: o.mode, peers: o.peers,
 		sock: filepath.Join(dir, "containerd.sock"), snSock: filepath.Join(dir, "sn.sock"), snRoot: filepath.Join(dir, "sn")}
 	s.startSnapshotter()
 	version, ctrd := 2, "containerd"
@@ -258,7 +279,11 @@ state = %q
 // reaches it again: containerd's proxy-plugin connection retries with a backoff (up to a few
 // seconds), and calls in between fail with "connection refused" as kubelet would retry them.
 func (s *stack) startSnapshotter() {
-	s.sn = startProc(s.t, "snapshotter", nil, shoalBin, "snapshotter", "--address", s.snSock, "--root", s.snRoot, "--api", s.daemon.sock)
+	args := []string{"snapshotter", "--address", s.snSock, "--root", s.snRoot, "--api", s.daemon.sock}
+	if s.mode != "" {
+		args = append(args, "--mode", s.mode)
+	}
+	s.sn = startProc(s.t, "snapshotter", nil, shoalBin, args...)
 	waitSocket(s.t, s.sn, s.snSock)
 	if s.ctrdProc == nil {
 		return
@@ -287,14 +312,14 @@ func (s *stack) rebootBoth() {
 	if ms := s.imageMounts(); len(ms) != 0 {
 		t.Fatalf("image still mounted after the 'reboot': %v", ms)
 	}
-	s.daemon = s.cluster.startDaemon(1, nil)
+	s.daemon = s.cluster.startDaemon(1, s.peers)
 	s.startSnapshotter()
 }
 
 // restartDaemon stops the daemon and starts it again on the same data and socket.
 func (s *stack) restartDaemon() {
 	s.stopDaemon()
-	s.daemon = s.cluster.startDaemon(1, nil)
+	s.daemon = s.cluster.startDaemon(1, s.peers)
 }
 
 // stopDaemon stops the daemon with SIGINT, as its cleanup would.
