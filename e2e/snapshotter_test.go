@@ -47,6 +47,35 @@ func coldSum() string { return fmt.Sprintf("%x  /data/cold.bin\n", md5.Sum(coldD
 // it returns the Shoal image's reference and its layer digests.
 func busyboxImage(t *testing.T, host string) (string, []string) {
 	t.Helper()
+	pushBusybox(t, host+"/bb:v1")
+	ref := host + "/bb:shoal"
+	run(t, "image", "convert", host+"/bb:v1", ref, "--insecure", host, "--docker-config", "-")
+	req, _ := http.NewRequest(http.MethodGet, "http://"+host+"/v2/bb/manifests/shoal", nil)
+	req.Header.Set("Accept", ocispec.MediaTypeImageManifest)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m ocispec.Manifest
+	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	var layers []string
+	for _, l := range m.Layers {
+		layers = append(layers, l.Digest.String())
+	}
+	if len(layers) < 2 {
+		t.Fatalf("converted manifest has layers %v", layers)
+	}
+	return ref, layers
+}
+
+// pushBusybox pushes the small runnable image (static busybox and its applets in /bin, the
+// data files; it prints /data/hello.txt) as ref, HOST:PORT/NAME:TAG on a plain-HTTP registry.
+func pushBusybox(t *testing.T, ref string) {
+	t.Helper()
+	host := strings.SplitN(ref, "/", 2)[0]
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		t.Skip("no static busybox (apt-get install busybox-static)")
@@ -69,30 +98,9 @@ func busyboxImage(t *testing.T, host string) (string, []string) {
 		Config: ocispec.ImageConfig{Cmd: []string{"/bin/cat", "/data/hello.txt"}, Env: []string{"PATH=/bin"}}})}, false)
 	cfg := origin.DefaultConfig()
 	cfg.Insecure, cfg.DockerConfig = []string{host}, "-"
-	if _, err := origin.PushIndex(context.Background(), ld, host+"/bb:v1", nil, cfg, origin.PushOptions{}); err != nil {
+	if _, err := origin.PushIndex(context.Background(), ld, ref, nil, cfg, origin.PushOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ref := host + "/bb:shoal"
-	run(t, "image", "convert", host+"/bb:v1", ref, "--insecure", host, "--docker-config", "-")
-	req, _ := http.NewRequest(http.MethodGet, "http://"+host+"/v2/bb/manifests/shoal", nil)
-	req.Header.Set("Accept", ocispec.MediaTypeImageManifest)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var m ocispec.Manifest
-	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
-		t.Fatal(err)
-	}
-	var layers []string
-	for _, l := range m.Layers {
-		layers = append(layers, l.Digest.String())
-	}
-	if len(layers) < 2 {
-		t.Fatalf("converted manifest has layers %v", layers)
-	}
-	return ref, layers
 }
 
 // proc is a background process of a test, stopped (SIGTERM, then SIGKILL) at cleanup.
@@ -553,19 +561,7 @@ func TestContainerd16CRI(t *testing.T) {
 // TestContainerd2Ctr: containerd 2.x pulls with plain `ctr images pull` (the transfer service,
 // with enable_remote_snapshot_annotations exported by the proxy plugin) and runs the image.
 func TestContainerd2Ctr(t *testing.T) {
-	containerdSkips(t)
-	if testing.Short() {
-		t.Skip("builds containerd 2.x (once, cached)")
-	}
-	out, err := exec.Command("../scripts/containerd/build.sh").Output()
-	if err != nil {
-		msg := ""
-		if ee, ok := err.(*exec.ExitError); ok {
-			msg = string(ee.Stderr)
-		}
-		t.Skipf("containerd 2.x could not be built here (scripts/containerd/build.sh): %v\n%s", err, msg)
-	}
-	binDir := strings.TrimSpace(string(out))
+	binDir := containerd2Bin(t)
 	host := converttest.StartRegistry(t)
 	ref, layers := busyboxImage(t, host)
 	s := newStack(t, host, binDir, "")
@@ -595,4 +591,24 @@ func TestContainerd16Fusetree(t *testing.T) {
 		t.Fatalf("snapshotter image mounts %v, want one FUSE mount", ms)
 	}
 	s.runAndCheck(layers, ref)
+}
+
+// containerd2Bin skips where containerd, runc or root is missing, and returns the directory of
+// containerd 2.x's binaries, built by scripts/containerd/build.sh once and cached (a skip where
+// it cannot be built).
+func containerd2Bin(t *testing.T) string {
+	t.Helper()
+	containerdSkips(t)
+	if testing.Short() {
+		t.Skip("builds containerd 2.x (once, cached)")
+	}
+	out, err := exec.Command("../scripts/containerd/build.sh").Output()
+	if err != nil {
+		msg := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			msg = string(ee.Stderr)
+		}
+		t.Skipf("containerd 2.x could not be built here (scripts/containerd/build.sh): %v\n%s", err, msg)
+	}
+	return strings.TrimSpace(string(out))
 }
