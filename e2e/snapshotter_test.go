@@ -257,6 +257,31 @@ state = %q
   platform = "linux/amd64"
   snapshotter = "overlayfs"
 `, filepath.Join(dir, "opt"))
+		// CRI (kubelet's path): the shoal snapshotter for every image, the registry over plain
+		// HTTP through a hosts.toml, the sandbox (pause) image pinned.
+		hostsDir := filepath.Join(dir, "certs.d")
+		if err := os.MkdirAll(filepath.Join(hostsDir, host), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		hosts := fmt.Sprintf("server = \"http://%s\"\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", host, host)
+		if err := os.WriteFile(filepath.Join(hostsDir, host, "hosts.toml"), []byte(hosts), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg += fmt.Sprintf(`[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "shoal"
+  disable_snapshot_annotations = false
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = %q
+[plugins."io.containerd.cri.v1.runtime"]
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = [%q]
+    conf_dir = %q
+`, hostsDir, filepath.Join(dir, "cni"), filepath.Join(dir, "cni"))
+		if pause != "" {
+			cfg += fmt.Sprintf("[plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = %q\n", pause)
+		}
 	}
 	conf := filepath.Join(dir, "containerd.toml")
 	if err := os.WriteFile(conf, []byte(cfg), 0o644); err != nil {
