@@ -72,6 +72,12 @@ func TestReadmeContainerd(t *testing.T) {
 		use = strings.ReplaceAll(use, r.from, r.to)
 	}
 
+	// The daemon makes /run/shoal itself only for its default socket, which the README's is:
+	// the rewritten one's directory is made here in its place.
+	if err := os.MkdirAll(filepath.Join(dir, "run"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
 	// containerd with the README's stanza, its own root, state and socket in front.
 	first, body, _ := strings.Cut(strings.TrimLeft(conf, "\n"), "\n")
 	if strings.TrimSpace(first) != "version = 3" {
