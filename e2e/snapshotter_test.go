@@ -30,7 +30,9 @@ import (
 // scripts/containerd/build.sh) with its own root, state and socket, Debian's runc, the shoal
 // snapshotter as its proxy plugin and a shoal daemon, all started by the test. A busybox image
 // in the real distribution registry is converted by `shoal image convert`, pulled (through CRI
-// on 1.6, as kubelet pulls; through ctr and the transfer service on 2.x) and run with ctr.
+// on 1.6, as kubelet pulls; through ctr and the transfer service on 2.x) and run with ctr, or as
+// a CRI pod (cri_test.go); snapshotter_hosts_test.go runs three such stacks as peered hosts and
+// readme_test.go the README's containerd commands.
 
 const helloText = "hello from a Shoal image\n"
 
