@@ -84,6 +84,30 @@ func TestContainerd16CRIPod(t *testing.T) {
 		t.Errorf("ctr images pull of a Shoal image on containerd 1.6: %v, want it to fail applying a Shoal layer as docs/snapshotter.md says:\n%s", err, out)
 	}
 
+	s.criPod(ctx, rt, img, ref, layers)
+}
+
+// TestContainerd2CRIPod: the kubelet path of TestContainerd16CRIPod on containerd 2.x, whose CRI
+// pulls through the transfer service (the proxy plugin exports enable_remote_snapshot_annotations)
+// and reads the registry's plain-HTTP endpoint from a hosts.toml (config_path).
+func TestContainerd2CRIPod(t *testing.T) {
+	binDir := containerd2Bin(t)
+	host := converttest.StartRegistry(t)
+	ref, layers := busyboxImage(t, host)
+	pause := pauseImage(t, host)
+	s := newStackWith(t, stackOpts{host: host, binDir: binDir, pause: pause})
+	rt, img := s.criClients()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	s.criPod(ctx, rt, img, ref, layers)
+}
+
+// criPod pulls ref through CRI, runs a pod sandbox (host network) and a container from ref in
+// it, and checks the container's output (CRI's log file), that its rootfs is an overlay over the
+// image mounted by the daemon, that the image is read lazily and that containerd's content
+// store holds none of its layers; then stops and removes the container as kubelet does.
+func (s *stack) criPod(ctx context.Context, rt runtimeapi.RuntimeServiceClient, img runtimeapi.ImageServiceClient, ref string, layers []string) {
+	t := s.t
 	if _, err := img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
 		t.Fatalf("CRI PullImage %s: %v", ref, err)
 	}
@@ -100,7 +124,7 @@ func TestContainerd16CRIPod(t *testing.T) {
 	}
 	pod, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podCfg})
 	if err != nil {
-		t.Fatalf("CRI RunPodSandbox (pause image %s): %v", pause, err)
+		t.Fatalf("CRI RunPodSandbox: %v", err)
 	}
 	podID := pod.PodSandboxId
 	t.Cleanup(func() {

@@ -94,7 +94,8 @@ type cluster struct {
 	daemons  []*daemonProc
 	src      string
 	sums     map[string][32]byte
-	image    int64 // chunk data bytes of the image
+	image    int64  // chunk data bytes of the image
+	listenIP string // the loopback address daemons listen on ("": 127.0.0.1)
 }
 
 // syncBuffer collects a daemon's output; tests read it while the daemon writes.
@@ -180,8 +181,12 @@ func waitHTTP(t testing.TB, url string) {
 func (c *cluster) startDaemon(n int, peers []string) *daemonProc {
 	t := c.t
 	d := &daemonProc{n: n, sock: filepath.Join(c.dir, fmt.Sprintf("d%d.sock", n)), log: &syncBuffer{}}
+	ip := c.listenIP
+	if ip == "" {
+		ip = "127.0.0.1"
+	}
 	args := []string{"daemon", "--data", filepath.Join(c.dir, fmt.Sprintf("d%d", n)), "--api", d.sock,
-		"--listen", fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", freePort(t)), "--insecure-registry", c.origin, fmt.Sprintf("--prefetch=%v", c.prefetch)}
+		"--listen", fmt.Sprintf("/ip4/%s/tcp/%d", ip, freePort(t)), "--insecure-registry", c.origin, fmt.Sprintf("--prefetch=%v", c.prefetch)}
 	for _, p := range peers {
 		args = append(args, "--peer", p)
 	}

@@ -30,7 +30,9 @@ import (
 // scripts/containerd/build.sh) with its own root, state and socket, Debian's runc, the shoal
 // snapshotter as its proxy plugin and a shoal daemon, all started by the test. A busybox image
 // in the real distribution registry is converted by `shoal image convert`, pulled (through CRI
-// on 1.6, as kubelet pulls; through ctr and the transfer service on 2.x) and run with ctr.
+// on 1.6, as kubelet pulls; through ctr and the transfer service on 2.x) and run with ctr, or as
+// a CRI pod (cri_test.go); snapshotter_hosts_test.go runs three such stacks as peered hosts and
+// readme_test.go the README's containerd commands.
 
 const helloText = "hello from a Shoal image\n"
 
@@ -47,6 +49,35 @@ func coldSum() string { return fmt.Sprintf("%x  /data/cold.bin\n", md5.Sum(coldD
 // it returns the Shoal image's reference and its layer digests.
 func busyboxImage(t *testing.T, host string) (string, []string) {
 	t.Helper()
+	pushBusybox(t, host+"/bb:v1")
+	ref := host + "/bb:shoal"
+	run(t, "image", "convert", host+"/bb:v1", ref, "--insecure", host, "--docker-config", "-")
+	req, _ := http.NewRequest(http.MethodGet, "http://"+host+"/v2/bb/manifests/shoal", nil)
+	req.Header.Set("Accept", ocispec.MediaTypeImageManifest)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m ocispec.Manifest
+	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	var layers []string
+	for _, l := range m.Layers {
+		layers = append(layers, l.Digest.String())
+	}
+	if len(layers) < 2 {
+		t.Fatalf("converted manifest has layers %v", layers)
+	}
+	return ref, layers
+}
+
+// pushBusybox pushes the small runnable image (static busybox and its applets in /bin, the
+// data files; it prints /data/hello.txt) as ref, HOST:PORT/NAME:TAG on a plain-HTTP registry.
+func pushBusybox(t *testing.T, ref string) {
+	t.Helper()
+	host := strings.SplitN(ref, "/", 2)[0]
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		t.Skip("no static busybox (apt-get install busybox-static)")
@@ -69,30 +100,9 @@ func busyboxImage(t *testing.T, host string) (string, []string) {
 		Config: ocispec.ImageConfig{Cmd: []string{"/bin/cat", "/data/hello.txt"}, Env: []string{"PATH=/bin"}}})}, false)
 	cfg := origin.DefaultConfig()
 	cfg.Insecure, cfg.DockerConfig = []string{host}, "-"
-	if _, err := origin.PushIndex(context.Background(), ld, host+"/bb:v1", nil, cfg, origin.PushOptions{}); err != nil {
+	if _, err := origin.PushIndex(context.Background(), ld, ref, nil, cfg, origin.PushOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ref := host + "/bb:shoal"
-	run(t, "image", "convert", host+"/bb:v1", ref, "--insecure", host, "--docker-config", "-")
-	req, _ := http.NewRequest(http.MethodGet, "http://"+host+"/v2/bb/manifests/shoal", nil)
-	req.Header.Set("Accept", ocispec.MediaTypeImageManifest)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var m ocispec.Manifest
-	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
-		t.Fatal(err)
-	}
-	var layers []string
-	for _, l := range m.Layers {
-		layers = append(layers, l.Digest.String())
-	}
-	if len(layers) < 2 {
-		t.Fatalf("converted manifest has layers %v", layers)
-	}
-	return ref, layers
 }
 
 // proc is a background process of a test, stopped (SIGTERM, then SIGKILL) at cleanup.
@@ -168,15 +178,36 @@ type stack struct {
 	pathEnv  []string
 	ctrdProc *proc
 	cluster  *cluster
+	mode     string   // the snapshotter's --mode ("": its default, auto)
+	peers    []string // the daemon's --peer addresses
+}
+
+// stackOpts are newStackWith's settings; the zero value of each is newStack's.
+type stackOpts struct {
+	host   string // the registry, host:port (plain HTTP)
+	binDir string // containerd 2.x's binaries ("" for Debian's 1.6 on PATH)
+	pause  string // CRI's sandbox image ("": containerd's default, never pulled unless a pod sandbox is run)
+	mode   string // the snapshotter's --mode ("": auto)
+	// listenIP is the loopback address the daemon's libp2p host listens on (default
+	// 127.0.0.1): stacks that stand for separate hosts each take their own 127.0.0.N.
+	listenIP string
+	peers    []string // the daemon's --peer multiaddrs (other stacks' daemon.addr)
 }
 
 // newStack starts the three. binDir holds containerd 2.x's binaries ("" for Debian's 1.6);
 // pause is CRI's sandbox image ("": containerd's default, which is never pulled unless a pod
 // sandbox is run).
 func newStack(t *testing.T, host, binDir, pause string) *stack {
+	return newStackWith(t, stackOpts{host: host, binDir: binDir, pause: pause})
+}
+
+// newStackWith starts a daemon, a snapshotter and a containerd as one host with its own
+// directories and sockets.
+func newStackWith(t *testing.T, o stackOpts) *stack {
+	host, binDir, pause := o.host, o.binDir, o.pause
 	dir := t.TempDir()
-	c := &cluster{t: t, dir: dir, origin: host}
-	s := &stack{t: t, dir: dir, host: host, daemon: c.startDaemon(1, nil), cluster: c,
+	c := &cluster{t: t, dir: dir, origin: host, listenIP: o.listenIP}
+	s := &stack{t: t, dir: dir, host: host, daemon: c.startDaemon(1, o.peers), cluster: c, mode: o.mode, peers: o.peers,
 		sock: filepath.Join(dir, "containerd.sock"), snSock: filepath.Join(dir, "sn.sock"), snRoot: filepath.Join(dir, "sn")}
 	s.startSnapshotter()
 	version, ctrd := 2, "containerd"
@@ -228,6 +259,31 @@ state = %q
   platform = "linux/amd64"
   snapshotter = "overlayfs"
 `, filepath.Join(dir, "opt"))
+		// CRI (kubelet's path): the shoal snapshotter for every image, the registry over plain
+		// HTTP through a hosts.toml, the sandbox (pause) image pinned.
+		hostsDir := filepath.Join(dir, "certs.d")
+		if err := os.MkdirAll(filepath.Join(hostsDir, host), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		hosts := fmt.Sprintf("server = \"http://%s\"\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", host, host)
+		if err := os.WriteFile(filepath.Join(hostsDir, host, "hosts.toml"), []byte(hosts), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg += fmt.Sprintf(`[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "shoal"
+  disable_snapshot_annotations = false
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = %q
+[plugins."io.containerd.cri.v1.runtime"]
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = [%q]
+    conf_dir = %q
+`, hostsDir, filepath.Join(dir, "cni"), filepath.Join(dir, "cni"))
+		if pause != "" {
+			cfg += fmt.Sprintf("[plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = %q\n", pause)
+		}
 	}
 	conf := filepath.Join(dir, "containerd.toml")
 	if err := os.WriteFile(conf, []byte(cfg), 0o644); err != nil {
@@ -258,7 +314,11 @@ state = %q
 // reaches it again: containerd's proxy-plugin connection retries with a backoff (up to a few
 // seconds), and calls in between fail with "connection refused" as kubelet would retry them.
 func (s *stack) startSnapshotter() {
-	s.sn = startProc(s.t, "snapshotter", nil, shoalBin, "snapshotter", "--address", s.snSock, "--root", s.snRoot, "--api", s.daemon.sock)
+	args := []string{"snapshotter", "--address", s.snSock, "--root", s.snRoot, "--api", s.daemon.sock}
+	if s.mode != "" {
+		args = append(args, "--mode", s.mode)
+	}
+	s.sn = startProc(s.t, "snapshotter", nil, shoalBin, args...)
 	waitSocket(s.t, s.sn, s.snSock)
 	if s.ctrdProc == nil {
 		return
@@ -287,14 +347,14 @@ func (s *stack) rebootBoth() {
 	if ms := s.imageMounts(); len(ms) != 0 {
 		t.Fatalf("image still mounted after the 'reboot': %v", ms)
 	}
-	s.daemon = s.cluster.startDaemon(1, nil)
+	s.daemon = s.cluster.startDaemon(1, s.peers)
 	s.startSnapshotter()
 }
 
 // restartDaemon stops the daemon and starts it again on the same data and socket.
 func (s *stack) restartDaemon() {
 	s.stopDaemon()
-	s.daemon = s.cluster.startDaemon(1, nil)
+	s.daemon = s.cluster.startDaemon(1, s.peers)
 }
 
 // stopDaemon stops the daemon with SIGINT, as its cleanup would.
@@ -437,18 +497,22 @@ func (s *stack) runAndCheck(layers []string, imageRef string) {
 	if out := s.mustCtr("run", "--rm", "--snapshotter", "shoal", imageRef, "hello2"); out != helloText {
 		t.Errorf("a container started after the snapshotter restart printed %q", out)
 	}
-	// The daemon restarts while the container runs: the container then reads a file it never
-	// read before (its chunks are not local), and gets the right bytes.
 	st := s.cluster.stats(s.daemon)
 	if len(st.Images) != 1 || st.Images[0].BytesPresent >= st.Images[0].Bytes {
 		t.Fatalf("before the daemon restart: images %+v, want one image not wholly local", st.Images)
 	}
-	s.restartDaemon()
-	if out := s.mustCtr("task", "exec", "--exec-id", "e3", "writer", "/bin/md5sum", "/data/cold.bin"); out != coldSum() {
-		t.Errorf("after the daemon restart, the running container read cold data as %q, want %q", out, coldSum())
-	}
-	if out := s.mustCtr("run", "--rm", "--snapshotter", "shoal", imageRef, "hello3"); out != helloText {
-		t.Errorf("a container started after the daemon restart printed %q", out)
+	// In fusetree mode the daemon is the image's FUSE server: it cannot stop while a container
+	// uses the image (docs/snapshotter.md), so it restarts once the container is gone.
+	if s.mode != "fusetree" {
+		// The daemon restarts while the container runs: the container then reads a file it
+		// never read before (its chunks are not local), and gets the right bytes.
+		s.restartDaemon()
+		if out := s.mustCtr("task", "exec", "--exec-id", "e3", "writer", "/bin/md5sum", "/data/cold.bin"); out != coldSum() {
+			t.Errorf("after the daemon restart, the running container read cold data as %q, want %q", out, coldSum())
+		}
+		if out := s.mustCtr("run", "--rm", "--snapshotter", "shoal", imageRef, "hello3"); out != helloText {
+			t.Errorf("a container started after the daemon restart printed %q", out)
+		}
 	}
 	_, _ = s.ctrOut("task", "kill", "-s", "KILL", "writer")
 	for range 100 {
@@ -458,6 +522,14 @@ func (s *stack) runAndCheck(layers []string, imageRef string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	s.mustCtr("containers", "rm", "writer")
+	if s.mode == "fusetree" {
+		// The daemon restarts with no container running; it mounts the image again from its
+		// state, and a new container reads data no container read before.
+		s.restartDaemon()
+		if out := s.mustCtr("run", "--rm", "--snapshotter", "shoal", imageRef, "cold3", "/bin/md5sum", "/data/cold.bin"); out != coldSum() {
+			t.Errorf("a container started after the daemon restart read cold data as %q, want %q", out, coldSum())
+		}
+	}
 
 	// A reboot-like restart of both: the snapshotter and the daemon stop, the image mount is
 	// gone; once both are back (the daemon restoring its mounts while the snapshotter starts),
@@ -516,6 +588,43 @@ func TestContainerd16CRI(t *testing.T) {
 // TestContainerd2Ctr: containerd 2.x pulls with plain `ctr images pull` (the transfer service,
 // with enable_remote_snapshot_annotations exported by the proxy plugin) and runs the image.
 func TestContainerd2Ctr(t *testing.T) {
+	binDir := containerd2Bin(t)
+	host := converttest.StartRegistry(t)
+	ref, layers := busyboxImage(t, host)
+	s := newStack(t, host, binDir, "")
+	s.mustCtr("images", "pull", "--plain-http", "--snapshotter", "shoal", ref)
+	s.runAndCheck(layers, ref)
+}
+
+// TestContainerd16Fusetree: as TestContainerd16CRI with the snapshotter asking the daemon for
+// fusetree mounts (`shoal snapshotter --mode fusetree`): the image's tree is served over FUSE
+// from its bootstrap, no EROFS, and is the overlay's lower for every container.
+func TestContainerd16Fusetree(t *testing.T) {
+	containerd16Skips(t)
+	host := converttest.StartRegistry(t)
+	ref, layers := busyboxImage(t, host)
+	s := newStackWith(t, stackOpts{host: host, mode: "fusetree"})
+	s.criPull(ref)
+	st := s.cluster.stats(s.daemon)
+	if len(st.Images) != 1 || len(st.Images[0].Mounts) != 1 {
+		t.Fatalf("daemon images after the pull: %+v, want one image mounted once", st.Images)
+	}
+	for mp, mode := range st.Images[0].Mounts {
+		if mode != "fusetree" {
+			t.Fatalf("the image is mounted at %s in %s mode, want fusetree", mp, mode)
+		}
+	}
+	if ms := s.imageMounts(); len(ms) != 1 || !strings.Contains(ms[0], "(fuse") {
+		t.Fatalf("snapshotter image mounts %v, want one FUSE mount", ms)
+	}
+	s.runAndCheck(layers, ref)
+}
+
+// containerd2Bin skips where containerd, runc or root is missing, and returns the directory of
+// containerd 2.x's binaries, built by scripts/containerd/build.sh once and cached (a skip where
+// it cannot be built).
+func containerd2Bin(t *testing.T) string {
+	t.Helper()
 	containerdSkips(t)
 	if testing.Short() {
 		t.Skip("builds containerd 2.x (once, cached)")
@@ -528,10 +637,5 @@ func TestContainerd2Ctr(t *testing.T) {
 		}
 		t.Skipf("containerd 2.x could not be built here (scripts/containerd/build.sh): %v\n%s", err, msg)
 	}
-	binDir := strings.TrimSpace(string(out))
-	host := converttest.StartRegistry(t)
-	ref, layers := busyboxImage(t, host)
-	s := newStack(t, host, binDir, "")
-	s.mustCtr("images", "pull", "--plain-http", "--snapshotter", "shoal", ref)
-	s.runAndCheck(layers, ref)
+	return strings.TrimSpace(string(out))
 }

@@ -13,7 +13,8 @@
 // layer Prepare commits the snapshot under that name at once and answers ErrAlreadyExists,
 // which tells containerd the layer is already unpacked: it fetches nothing. The bootstrap layer
 // (the last) first asks the daemon (Daemon: its control API) to mount the whole image at
-// ROOT/images/BOOTSTRAP-DIGEST in the mode the host does best, from the reference in
+// ROOT/images/BOOTSTRAP-DIGEST in the mode the host does best (or Config.Mode: fusetree makes it
+// a FUSE mount of the image's tree, no EROFS), from the reference in
 // LabelShoalRef or LabelImageRef (CRI's containerd.io/snapshot/cri.image-ref, which containerd
 // 2.x's transfer service also sets when the plugin exports enable_remote_snapshot_annotations).
 //

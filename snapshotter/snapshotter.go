@@ -51,7 +51,8 @@ const restoreWait = time.Minute
 // Config holds the optional settings.
 type Config struct {
 	// Mode is the mount mode asked of the daemon: "" or auto (the best this host has),
-	// fscache, fanotify or fuse.
+	// fscache, fanotify, fuse or fusetree (the image's tree served over FUSE from its
+	// bootstrap, no EROFS: any kernel with FUSE).
 	Mode string
 	// Logger; slog.Default() when nil.
 	Logger *slog.Logger
@@ -60,10 +61,10 @@ type Config struct {
 // Validate checks the settings.
 func (c Config) Validate() error {
 	switch c.Mode {
-	case "", "auto", "fscache", "fanotify", "fuse":
+	case "", "auto", "fscache", "fanotify", "fuse", "fusetree":
 		return nil
 	}
-	return fmt.Errorf("snapshotter mode %q: want auto, fscache, fanotify or fuse", c.Mode)
+	return fmt.Errorf("snapshotter mode %q: want auto, fscache, fanotify, fuse or fusetree", c.Mode)
 }
 
 // Snapshotter is containerd's snapshots.Snapshotter over overlayfs, with the layers of Shoal

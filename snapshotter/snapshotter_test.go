@@ -31,6 +31,7 @@ type fakeDaemon struct {
 	mu      sync.Mutex
 	mounted map[string]string // mountpoint → ref
 	mounts  []string          // every Mount call's ref, in order
+	modes   []string          // every Mount call's mode, in order
 	umounts []string
 	fail    error
 	// restoring, while set, is a restore of the last run in progress, as the real daemon runs
@@ -68,7 +69,7 @@ func (f *fakeDaemon) Restored(context.Context) (bool, error) {
 
 func newFakeDaemon() *fakeDaemon { return &fakeDaemon{mounted: map[string]string{}} }
 
-func (f *fakeDaemon) Mount(_ context.Context, ref, mp, _ string) error {
+func (f *fakeDaemon) Mount(_ context.Context, ref, mp, mode string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.fail != nil {
@@ -82,6 +83,7 @@ func (f *fakeDaemon) Mount(_ context.Context, ref, mp, _ string) error {
 	}
 	f.mounted[mp] = ref
 	f.mounts = append(f.mounts, ref)
+	f.modes = append(f.modes, mode)
 	return nil
 }
 
@@ -592,5 +594,24 @@ func TestGRPCProxy(t *testing.T) {
 	cancel()
 	if err := <-served; err != nil {
 		t.Errorf("Serve: %v", err)
+	}
+}
+
+// TestModeReachesTheDaemon: the configured mount mode (fusetree here) is what the daemon is
+// asked for; an unknown one is refused at New, naming the choices.
+func TestModeReachesTheDaemon(t *testing.T) {
+	d := newFakeDaemon()
+	s, err := New(t.TempDir(), d, Config{Mode: "fusetree"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mounted = d.isMounted
+	t.Cleanup(func() { _ = s.Close() })
+	newShoalImage("img").unpack(t, s, "reg.example/img:v1")
+	if len(d.modes) != 1 || d.modes[0] != "fusetree" {
+		t.Fatalf("daemon asked for modes %v, want [fusetree]", d.modes)
+	}
+	if _, err := New(t.TempDir(), d, Config{Mode: "erofs"}); err == nil || !strings.Contains(err.Error(), "fusetree") {
+		t.Fatalf("New with mode erofs: %v, want an error listing the modes", err)
 	}
 }

@@ -14,7 +14,7 @@ func init() {
 }
 
 func runSnapshotter(ctx context.Context, args []string) error {
-	fs := newFlags("snapshotter", "--address SOCKET [--api DAEMON_SOCKET] [--root DIR]",
+	fs := newFlags("snapshotter", "--address SOCKET [--api DAEMON_SOCKET] [--root DIR] [--mode MODE]",
 		"Serves containerd's snapshots gRPC API on SOCKET, for a containerd configured with\n"+
 			"  [proxy_plugins.shoal]\n    type = \"snapshot\"\n    address = \"SOCKET\"\n"+
 			"Layers of Shoal images are mounted by the daemon (no download); other images get plain overlayfs.\n"+
@@ -22,7 +22,7 @@ func runSnapshotter(ctx context.Context, args []string) error {
 	address := fs.String("address", "/run/shoal/snapshotter.sock", "the socket containerd dials")
 	root := fs.String("root", "/var/lib/shoal/snapshotter", "where snapshots and image mount points live")
 	api := apiFlag(fs)
-	mode := fs.String("mode", "auto", "mount mode asked of the daemon: auto, fscache, fanotify or fuse")
+	mode := fs.String("mode", "auto", "mount mode asked of the daemon for each image: auto, fscache, fanotify, fuse or fusetree")
 	logFormat := fs.String("log-format", "text", "text or json")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if pos, err := parseInterspersed(fs, args); err != nil {
