@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 SHOAL=${SHOAL:-$PWD/bin/shoal}
 TREE=${TREE:-/usr/local/go}
 HOSTS=${HOSTS:-8}
-LEVELS=${LEVELS:-3 9} # zstd levels besides the default (1), one host each
+LEVELS=${LEVELS-3 9} # zstd levels besides the default (1), one host each
 if [ ! -d "$TREE" ]; then echo "bench-compress-cluster: no tree at $TREE; skipped"; exit 0; fi
 for t in jq zstd gzip; do
 	command -v $t >/dev/null || { echo "bench-compress-cluster: needs $t; skipped"; exit 0; }
