@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -32,6 +33,10 @@ type blobCounter struct {
 	mu    sync.Mutex
 	gets  map[string]int // digest → GETs of /v2/…/blobs/<digest>
 	delay time.Duration  // before answering each blob GET: a slow upstream, so pulls overlap
+	// stopAfterTag: the registry stops (closes its listener and connections) once it has
+	// answered the next GET of a manifest by tag.
+	stopAfterTag bool
+	stopped      chan struct{}
 }
 
 func (c *blobCounter) get(d string) int {
@@ -51,8 +56,9 @@ func startCountingRegistry(t *testing.T) (string, *blobCounter) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	app := handlers.NewApp(ctx, cfg)
-	c := &blobCounter{gets: map[string]int{}}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	c := &blobCounter{gets: map[string]int{}, stopped: make(chan struct{})}
+	var srv *httptest.Server
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if i := strings.LastIndex(r.URL.Path, "/blobs/"); i >= 0 && r.Method == http.MethodGet {
 			c.mu.Lock()
 			c.gets[r.URL.Path[i+len("/blobs/"):]]++
@@ -61,6 +67,15 @@ func startCountingRegistry(t *testing.T) (string, *blobCounter) {
 			time.Sleep(delay)
 		}
 		app.ServeHTTP(w, r)
+		if i := strings.LastIndex(r.URL.Path, "/manifests/"); i >= 0 && r.Method == http.MethodGet && !strings.Contains(r.URL.Path[i:], ":") {
+			c.mu.Lock()
+			stop := c.stopAfterTag
+			c.stopAfterTag = false
+			c.mu.Unlock()
+			if stop {
+				go func() { srv.Close(); close(c.stopped) }() // Close waits for this request
+			}
+		}
 	}))
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://"), c
@@ -224,6 +239,62 @@ func TestMirrorConcurrentFirstPull(t *testing.T) {
 	if out := nodes[3].ctr(t, "run", "--rm", ref, "mirror-run"); out != "hello through the mirror\n" {
 		t.Errorf("ctr run printed %q", out)
 	}
+}
+
+// TestMirrorUpstreamStopsMidPull: three real daemons and containerds. Node 1 pulls with the
+// registry up. The registry then stops right after answering node 2's tag: node 2's pull goes
+// on by digest (the platform manifest, config and layers) from peers and succeeds. With the
+// registry gone, node 3 pulls the image by its index digest from peers and runs it; by tag it
+// fails (a tag is resolved at the upstream, which is down, and containerd's fallback to the
+// server fails too).
+func TestMirrorUpstreamStopsMidPull(t *testing.T) {
+	containerdSkips(t)
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skip("no static busybox (apt-get install busybox-static)")
+	}
+	host, counts := startCountingRegistry(t)
+	ref, _, _ := pushMirrorImage(t, host, bb, 1<<20)
+	c := &cluster{t: t, dir: t.TempDir(), origin: host}
+	nodes := startMirrorNodes(t, c, host, 3)
+	nodes[0].ctr(t, "images", "pull", "--hosts-dir", nodes[0].hostsDir, ref)
+	var index string
+	for _, f := range strings.Split(nodes[0].ctr(t, "images", "ls"), "\n") {
+		if fs := strings.Fields(f); len(fs) > 2 && fs[0] == ref {
+			index = fs[2]
+		}
+	}
+	if !strings.HasPrefix(index, "sha256:") {
+		t.Fatalf("no digest for %s in ctr images ls", ref)
+	}
+
+	counts.mu.Lock()
+	counts.stopAfterTag = true
+	counts.mu.Unlock()
+	nodes[1].ctr(t, "images", "pull", "--hosts-dir", nodes[1].hostsDir, ref)
+	select {
+	case <-counts.stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the registry did not stop after node 2's tag")
+	}
+	if resp, err := http.Get("http://" + host + "/v2/"); err == nil {
+		resp.Body.Close()
+		t.Fatal("the registry still answers")
+	}
+	if s := nodes[1].stats(t); s.Mirror.PeerBytes == 0 {
+		t.Errorf("node 2 mirror: %+v: nothing from peers", *s.Mirror)
+	}
+
+	byDigest := strings.TrimSuffix(ref, ":v1") + "@" + index
+	nodes[2].ctr(t, "images", "pull", "--hosts-dir", nodes[2].hostsDir, byDigest)
+	if out := nodes[2].ctr(t, "run", "--rm", byDigest, "mirror-down-run"); out != "hello through the mirror\n" {
+		t.Errorf("ctr run printed %q", out)
+	}
+	out, err := execOut("ctr", "-a", nodes[2].ctrSock, "-n", "mirrortest", "images", "pull", "--hosts-dir", nodes[2].hostsDir, ref)
+	if err == nil {
+		t.Fatalf("pull by tag with the registry down succeeded:\n%s", out)
+	}
+	t.Logf("by tag, registry down: %v: %s", err, bytes.TrimSpace(out))
 }
 
 // pushMirrorImage pushes an ordinary three-layer image (not converted) to the registry at host:

@@ -115,7 +115,7 @@ b1=$(reg_bytes)
 ddirect=$((b1 - b0))
 
 # Mirror: N fresh daemons, a full mesh, each puller against its node's mirror.
-peers=() mirrors=()
+peers=() mirrors=() DPIDS=()
 for i in $(seq 1 "$N"); do
 	mp=$(free_port)
 	args=(daemon --data "$WORK/d$i" --api "$WORK/d$i.sock" --listen "/ip4/127.0.0.1/tcp/$(free_port)" --dht=false --mdns=false
@@ -123,6 +123,7 @@ for i in $(seq 1 "$N"); do
 	for p in "${peers[@]}"; do args+=(--peer "$p"); done
 	"$SHOAL" "${args[@]}" >"$WORK/d$i.log" 2>&1 &
 	PIDS+=($!)
+	DPIDS+=($!)
 	ok=
 	for _ in $(seq 1 200); do
 		if "$SHOAL" peers --self --api "$WORK/d$i.sock" >/dev/null 2>&1; then ok=1; break; fi
@@ -142,10 +143,18 @@ for _ in $(seq 1 100); do
 	sleep 0.2
 done
 [ -n "$all" ] || echo "warning: not every node sees all $((N - 1)) others"
+# cpu_of pids...: user + system seconds so far.
+cpu_of() {
+	local t=0
+	for p in "$@"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done
+	awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz }'
+}
+c0=$(cpu_of "${DPIDS[@]}")
 b0=$(reg_bytes)
 tmirror=$(pull_all "?ns=$REG" "${mirrors[@]}")
 b1=$(reg_bytes)
 dmirror=$((b1 - b0))
+cpu=$(awk -v a="$c0" -v b="$(cpu_of "${DPIDS[@]}")" 'BEGIN { printf "%.1f", b - a }')
 up=0 peer=0 through=0
 for i in $(seq 1 "$N"); do
 	s=$("$SHOAL" stats --json --api "$WORK/d$i.sock")
@@ -155,9 +164,9 @@ for i in $(seq 1 "$N"); do
 done
 
 awk -v n="$N" -v img="$IMG_BYTES" -v rate="$RATE_BPS" -v td="$tdirect" -v tm="$tmirror" -v dd="$ddirect" -v dm="$dmirror" \
-	-v up="$up" -v peer="$peer" -v th="$through" 'BEGIN {
+	-v up="$up" -v peer="$peer" -v th="$through" -v cpu="$cpu" 'BEGIN {
 	printf "%-8s %10s %14s %16s %18s\n", "pull", "time (s)", "bound (s)", "upstream bytes", "upstream / image"
-	printf "%-8s %10.1f %14.1f %16d %18.2f\n", "direct", td, n * img / rate, dd, dd / img
-	printf "%-8s %10.1f %14.1f %16d %18.2f\n", "mirror", tm, img / rate, dm, dm / img
-	printf "mirror: %.2fx the time of direct; nodes fetched %d bytes from the registry, %d from peers (%d through blob owners)\n", tm / td, up, peer, th
+	printf "%-8s %10.1f %14.1f %16.0f %18.2f\n", "direct", td, n * img / rate, dd, dd / img
+	printf "%-8s %10.1f %14.1f %16.0f %18.2f\n", "mirror", tm, img / rate, dm, dm / img
+	printf "mirror: %.2fx the time of direct; nodes fetched %.0f bytes from the registry, %.0f from peers (%.0f through blob owners); daemons used %.1f s of CPU\n", tm / td, up, peer, th, cpu
 }'
