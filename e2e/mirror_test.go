@@ -81,10 +81,11 @@ func startCountingRegistry(t *testing.T) (string, *blobCounter) {
 	return strings.TrimPrefix(srv.URL, "http://"), c
 }
 
-// TestMirrorContainerdThreeNodes: three real daemons with --mirror-listen, each with its own
-// real containerd (Debian's 1.6) whose hosts.toml points the registry at its node's mirror.
-// `ctr images pull --hosts-dir` on node 1 fetches each blob from the registry once; nodes 2 and 3
-// get every blob from peers (the registry's counts do not move). Then both holders' copies of
+// TestMirrorContainerdThreeNodes: real daemons with --mirror-listen, each with its own real
+// containerd (Debian's 1.6) whose hosts.toml points the registry at its node's mirror.
+// `ctr images pull --hosts-dir` on node 1 makes the registry serve each blob once (node 1
+// fetches the blobs it owns, node 2 those it owns for node 1); node 2 then gets the rest from
+// node 1, and node 3, added afterwards, every blob from peers (the registry's counts do not move). Then both holders' copies of
 // one layer rot on disk: node 3's pull still succeeds (containerd checks digests too, so a
 // wrong byte would fail it), the holders refuse to send the rotted copy and node 3 takes that
 // layer from the registry. Finally the image runs with ctr run.
