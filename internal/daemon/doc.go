@@ -23,7 +23,8 @@
 //   - state.go: state.json, and restoring its images and mounts at start.
 //   - stats.go: the status and stats reports (with the registry mirror's counters when it runs).
 //   - objects.go: kept objects for peers and restarts, and nodeLocal, what the p2p node serves
-//     (chunks, objects, the registry mirror's blobs). The mirror (package mirror,
+//     (chunks, objects, the registry mirror's blobs, and its fetches for peers as a blob's
+//     owner: FetchBlobFor, on with --mirror-listen). The mirror (package mirror,
 //     --mirror-listen) is built in New after the node, which it fetches through, and served in
 //     Run.
 //   - api.go (HTTP only), wire.go (the JSON types, shared with the CLI), client.go (the CLI's
