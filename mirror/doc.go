@@ -23,9 +23,15 @@
 // Manifests by tag are resolved at the upstream on every request (a tag moves; nothing else can
 // say what it names now) and passed through with their Docker-Content-Digest, checked against
 // the bytes; the manifest is kept by digest, so the GET by digest containerd sends next is local.
-// Manifests by digest and blobs come from the store, else from peers, else from the upstream.
-// Concurrent requests for one digest share one fetch (singleflight), which runs on its own
-// context so a client that gives up does not fail the others.
+// Manifests by digest and blobs come from the store, else from peers that hold them, else
+// through the digest's rendezvous owner (Coalescer, an optional capability of Peers: the owner
+// fetches from the upstream once for every node that asks, FetchForPeer on its side), else from
+// the upstream. Concurrent requests for one digest share one fetch (singleflight), which runs on
+// its own context so a client that gives up does not fail the others; the fetch from the
+// upstream is a second flight per digest, shared by this host's own flight and the peers it
+// owns the digest for, and it never asks a peer (two owners with different views of the
+// cluster cannot wait on each other). With Config.PeerUpstreams set, a peer can have this host
+// fetch only from those registries.
 //
 // Verification: every byte from a peer or the upstream goes to a temporary file while its
 // sha256 is computed; only when the whole blob matches its digest is the file renamed into the

@@ -10,13 +10,16 @@ import (
 // mirror; the returned function unregisters them (at Close).
 func (m *Mirror) registerMetrics(reg prometheus.Registerer) (func(), error) {
 	bytesBy := func(source string, read func() int64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mirror_bytes_total", Help: "Registry mirror bytes by source: upstream and peer (fetched, verified), served (sent to clients).",
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mirror_bytes_total", Help: "Registry mirror bytes by source: upstream and peer (fetched, verified; through: the part of peer that a blob's rendezvous owner fetched for us), served (sent to clients).",
 			ConstLabels: prometheus.Labels{"source": source}}, func() float64 { return float64(read()) })
 	}
 	return shoalmetrics.RegisterOwned(reg,
 		bytesBy("upstream", m.upstreamBytes.Load),
 		bytesBy("peer", m.peerBytes.Load),
+		bytesBy("through", m.throughBytes.Load),
 		bytesBy("served", m.served.Load),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mirror_for_peers_total", Help: "Upstream fetches the registry mirror made as a blob's rendezvous owner for peers."},
+			func() float64 { return float64(m.forPeers.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mirror_requests_total", Help: "HTTP requests to the registry mirror."},
 			func() float64 { return float64(m.requests.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mirror_local_hits_total", Help: "Registry mirror requests for content already kept."},

@@ -36,6 +36,15 @@ type Peers interface {
 	FetchBlob(ctx context.Context, d digest.Digest, max int64, w io.Writer) (from string, err error)
 }
 
+// Coalescer is an optional capability of Peers: the cluster's rendezvous owner of a blob
+// (package p2p's BlobThroughProtocol). FetchBlobThrough asks the owner of d to fetch it from
+// upstream (repository repo) once for every host that asks and writes it to w; delegated false,
+// with nothing written, means this host is the owner and fetches it itself. The owner's side is
+// FetchForPeer.
+type Coalescer interface {
+	FetchBlobThrough(ctx context.Context, d digest.Digest, manifest bool, upstream, repo string, max int64, w io.Writer) (from string, delegated bool, err error)
+}
+
 // Config holds the mirror's settings.
 type Config struct {
 	// Dir is where verified blobs and manifests are kept (<data>/mirror).
@@ -48,6 +57,10 @@ type Config struct {
 	// DefaultUpstream is the registry for requests without containerd's ?ns= parameter
 	// (host[:port]). Empty: such requests are refused.
 	DefaultUpstream string
+	// PeerUpstreams, if not empty, are the only registries (host[:port]) this host fetches
+	// from for peers that ask it as a blob's rendezvous owner; empty: any a peer names (peers
+	// are the cluster's own daemons, admitted by its PSK or allowlist).
+	PeerUpstreams []string
 	// Origin configures the upstream registry client (credentials, TLS, insecure hosts).
 	Origin origin.Config
 	// FetchTimeout bounds one shared fetch of a blob from peers and the upstream, which
@@ -84,6 +97,11 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("mirror: default upstream: %w", err))
 		}
 	}
+	for _, u := range c.PeerUpstreams {
+		if _, err := upstreamHost("", u); err != nil {
+			errs = append(errs, fmt.Errorf("mirror: peer upstream: %w", err))
+		}
+	}
 	if err := c.Origin.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -97,6 +115,8 @@ type Stats struct {
 	UpstreamBytes int64 `json:"upstreamBytes"` // blob and manifest bytes fetched from upstream registries
 	PeerBytes     int64 `json:"peerBytes"`     // blob and manifest bytes fetched from peers, verified
 	PeerRejected  int64 `json:"peerRejected"`  // fetches from peers that failed verification or broke off
+	ThroughBytes  int64 `json:"throughBytes"`  // of PeerBytes, those the blob's rendezvous owner fetched for us
+	ForPeers      int64 `json:"forPeers"`      // fetches this host made as a blob's owner for peers that asked
 	ServedBytes   int64 `json:"servedBytes"`   // body bytes sent to clients
 	KeptBytes     int64 `json:"keptBytes"`
 	KeptFiles     int   `json:"keptFiles"`
@@ -109,7 +129,9 @@ type Mirror struct {
 	peers Peers // may be nil
 	log   *slog.Logger
 
-	flights singleflight.Group
+	// flights: one per digest (store, peers, the owner, then direct); direct: one per digest
+	// fetched from the upstream, shared by this host's flight and the peers it owns the blob for.
+	flights, direct singleflight.Group
 
 	unregister func()
 	closeOnce  sync.Once
@@ -119,7 +141,7 @@ type Mirror struct {
 	cancels    map[*int]context.CancelFunc // shared fetches in progress, ended by Close
 	closed     bool
 
-	requests, localHits, upstreamBytes, peerBytes, peerRejected, served atomic.Int64
+	requests, localHits, upstreamBytes, peerBytes, peerRejected, served, throughBytes, forPeers atomic.Int64
 }
 
 var _ http.Handler = (*Mirror)(nil)
@@ -149,7 +171,8 @@ func New(cfg Config, peers Peers) (*Mirror, error) {
 func (m *Mirror) Stats() Stats {
 	b, n := m.store.usage()
 	return Stats{Requests: m.requests.Load(), LocalHits: m.localHits.Load(), UpstreamBytes: m.upstreamBytes.Load(),
-		PeerBytes: m.peerBytes.Load(), PeerRejected: m.peerRejected.Load(), ServedBytes: m.served.Load(), KeptBytes: b, KeptFiles: n}
+		PeerBytes: m.peerBytes.Load(), PeerRejected: m.peerRejected.Load(), ServedBytes: m.served.Load(), KeptBytes: b, KeptFiles: n,
+		ThroughBytes: m.throughBytes.Load(), ForPeers: m.forPeers.Load()}
 }
 
 // OpenBlob opens a kept, verified blob or manifest for a peer (the p2p blob exchange's local
@@ -327,11 +350,18 @@ func (m *Mirror) serveContent(w http.ResponseWriter, r *http.Request, up upstrea
 	m.served.Add(cw.n)
 }
 
-// fetch brings d into the store, sharing one fetch among concurrent requests for it. The shared
-// fetch runs on its own context (bounded by FetchTimeout and Close) so that a client that leaves
-// does not fail the others; each waiter leaves when its own request ends.
+// fetch brings d into the store, sharing one fetch among concurrent requests for it: from
+// peers that hold it, else through the blob's rendezvous owner (which fetches it from the
+// upstream once for the cluster), else from the upstream itself.
 func (m *Mirror) fetch(ctx context.Context, up upstream, repo string, d digest.Digest, manifest bool) error {
-	ch := m.flights.DoChan(d.String(), func() (any, error) {
+	return m.shared(ctx, &m.flights, d, func(ctx context.Context) error { return m.fetchNow(ctx, up, repo, d, manifest) })
+}
+
+// shared runs fn once for concurrent callers with one key in g. The shared run has its own
+// context (bounded by FetchTimeout and Close) so that a client that leaves does not fail the
+// others; each waiter leaves when its own ctx ends.
+func (m *Mirror) shared(ctx context.Context, g *singleflight.Group, d digest.Digest, fn func(context.Context) error) error {
+	ch := g.DoChan(d.String(), func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.FetchTimeout)
 		defer cancel()
 		key := new(int)
@@ -346,7 +376,7 @@ func (m *Mirror) fetch(ctx context.Context, up upstream, repo string, d digest.D
 		if m.store.has(d) {
 			return nil, nil // a flight that ended just before this one began
 		}
-		return nil, m.fetchNow(fctx, up, repo, d, manifest)
+		return nil, fn(fctx)
 	})
 	select {
 	case res := <-ch:
@@ -362,12 +392,12 @@ type upstream struct {
 	err  error
 }
 
-// fetchNow tries the peers, then the upstream.
+// errNotDelegated: this host is the blob's owner; nothing was fetched through a peer.
+var errNotDelegated = errors.New("this host owns the blob")
+
+// fetchNow tries the peers that hold d, then its rendezvous owner, then the upstream.
 func (m *Mirror) fetchNow(ctx context.Context, up upstream, repo string, d digest.Digest, manifest bool) error {
-	max := m.cfg.MaxBlobSize
-	if manifest {
-		max = m.cfg.Origin.MaxManifestSize
-	}
+	max := m.maxSize(manifest)
 	if m.peers != nil {
 		var from string
 		n, err := m.store.ingest(d, max, func(w io.Writer) error {
@@ -380,38 +410,119 @@ func (m *Mirror) fetchNow(ctx context.Context, up upstream, repo string, d diges
 			m.log.Debug("from a peer", "digest", d, "peer", from, "bytes", n)
 			return nil
 		}
-		if n > 0 || errors.Is(err, ErrCorrupt) {
+		held := n > 0 || errors.Is(err, ErrCorrupt)
+		if held {
 			m.peerRejected.Add(1)
 			m.log.Info("peer fetch failed; trying the upstream", "digest", d, "peer", from, "err", err)
 		}
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
+		// Nobody holds it yet: the first fetch of it in the cluster goes to its owner. (A
+		// holder that failed means it was fetched before; the owner would only repeat that.)
+		if c, ok := m.peers.(Coalescer); ok && !held && up.err == nil {
+			n, err := m.store.ingest(d, max, func(w io.Writer) error {
+				var delegated bool
+				var err error
+				from, delegated, err = c.FetchBlobThrough(ctx, d, manifest, up.host, repo, max, w)
+				if err == nil && !delegated {
+					return errNotDelegated
+				}
+				return err
+			})
+			switch {
+			case err == nil:
+				m.peerBytes.Add(n)
+				m.throughBytes.Add(n)
+				m.log.Debug("through its owner", "digest", d, "peer", from, "bytes", n)
+				return nil
+			case errors.Is(err, errNotDelegated):
+			default:
+				if n > 0 || errors.Is(err, ErrCorrupt) {
+					m.peerRejected.Add(1)
+				}
+				m.log.Info("fetch through the blob's owner failed; trying the upstream", "digest", d, "peer", from, "err", err)
+				if ctx.Err() != nil {
+					return context.Cause(ctx)
+				}
+			}
+		}
 	}
+	return m.fromUpstream(ctx, up, repo, d, manifest)
+}
+
+// FetchForPeer fetches d from upstream (repository repo) for a peer that asked this host as
+// the blob's rendezvous owner, sharing the fetch with this host's own clients and every other
+// peer that asks. With Config.PeerUpstreams set it fetches only from those; it never asks
+// another peer to fetch through (two owners could wait on each other).
+func (m *Mirror) FetchForPeer(ctx context.Context, d digest.Digest, manifest bool, host, repo string, _ int64) error {
+	if d.Validate() != nil || d.Algorithm() != digest.SHA256 {
+		return fmt.Errorf("%q: not a sha256 digest: %w", d, origin.ErrInvalidReference)
+	}
+	if ap, err := parsePath("/v2/" + repo + "/blobs/" + d.String()); err != nil || ap.name != repo {
+		return fmt.Errorf("repository %q: %w", truncate(repo, 80), origin.ErrInvalidReference)
+	}
+	h, err := upstreamHost(host, "")
+	if err != nil || h != host || !m.knows(host) {
+		return fmt.Errorf("upstream %q: not one this host fetches from for peers: %w", truncate(host, 80), origin.ErrInvalidReference)
+	}
+	if m.store.has(d) {
+		return nil
+	}
+	m.forPeers.Add(1)
+	return m.fromUpstream(ctx, upstream{host: host}, repo, d, manifest)
+}
+
+// knows reports whether host is an upstream this host fetches from for peers.
+func (m *Mirror) knows(host string) bool {
+	if len(m.cfg.PeerUpstreams) == 0 {
+		return true
+	}
+	for _, u := range m.cfg.PeerUpstreams {
+		if h, err := upstreamHost("", u); err == nil && h == host {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *Mirror) maxSize(manifest bool) int64 {
+	if manifest {
+		return m.cfg.Origin.MaxManifestSize
+	}
+	return m.cfg.MaxBlobSize
+}
+
+// fromUpstream fetches d from the upstream into the store, once for concurrent callers (this
+// host's flight and the peers it owns d for).
+func (m *Mirror) fromUpstream(ctx context.Context, up upstream, repo string, d digest.Digest, manifest bool) error {
 	if up.err != nil {
 		return fmt.Errorf("%s: no peer has it, and %w: %w", d, up.err, origin.ErrInvalidReference)
 	}
-	reg, err := m.registry(up.host, repo)
-	if err != nil {
-		return err
-	}
-	if manifest {
-		_, body, err := reg.Manifest(ctx, d)
+	return m.shared(ctx, &m.direct, d, func(ctx context.Context) error {
+		max := m.maxSize(manifest)
+		reg, err := m.registry(up.host, repo)
 		if err != nil {
 			return err
 		}
-		m.upstreamBytes.Add(int64(len(body)))
-		_, err = m.store.ingest(d, max, func(w io.Writer) error { _, err := w.Write(body); return err })
+		if manifest {
+			_, body, err := reg.Manifest(ctx, d)
+			if err != nil {
+				return err
+			}
+			m.upstreamBytes.Add(int64(len(body)))
+			_, err = m.store.ingest(d, max, func(w io.Writer) error { _, err := w.Write(body); return err })
+			return err
+		}
+		rc, err := reg.Open(ctx, d)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		n, err := m.store.ingest(d, max, func(w io.Writer) error { _, err := io.Copy(w, rc); return err })
+		m.upstreamBytes.Add(n)
 		return err
-	}
-	rc, err := reg.Open(ctx, d)
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	n, err := m.store.ingest(d, max, func(w io.Writer) error { _, err := io.Copy(w, rc); return err })
-	m.upstreamBytes.Add(n)
-	return err
+	})
 }
 
 // countingWriter counts the body bytes written.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -21,6 +22,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+
+	"github.com/shoal-p2p/shoal/origin"
 )
 
 // countingRegistry is the real distribution registry behind a handler that counts the GETs of
@@ -398,4 +401,77 @@ func (m *Mirror) gatheredBytes(t *testing.T, source string) float64 {
 	}
 	t.Fatalf("no shoal_mirror_bytes_total{source=%q}", source)
 	return 0
+}
+
+// TestMirrorFetchForPeer: the owner's side of a fetch-through, on the real registry. Concurrent
+// fetches for peers and this host's own client share one upstream GET and leave a verified blob
+// that is served; an upstream outside PeerUpstreams, a bad repository or digest is refused
+// without contacting anything; a blob the upstream lacks is its not-found.
+func TestMirrorFetchForPeer(t *testing.T) {
+	reg := startRegistry(t)
+	im := pushImage(t, reg, "team/app", "v1", 2<<20)
+	m, srv := newTestMirror(t, reg, nil)
+	layer := im.layers[0]
+	path := "/v2/team/app/blobs/" + layer.String()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			if err := m.FetchForPeer(t.Context(), layer, false, reg.host, "team/app", 1<<30); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Go(func() {
+		if resp, body := get(t, srv.URL+path+"?ns="+reg.host); resp.StatusCode != 200 || !bytes.Equal(body, im.blobs[layer]) {
+			t.Errorf("own client: %s, %d bytes", resp.Status, len(body))
+		}
+	})
+	wg.Wait()
+	if n := reg.count(path); n != 1 {
+		t.Fatalf("%d upstream GETs of the layer, want 1", n)
+	}
+	if f, size, ok, err := m.OpenBlob(layer); err != nil || !ok || size != int64(len(im.blobs[layer])) {
+		t.Fatalf("kept: %v %v %d", ok, err, size)
+	} else {
+		f.Close()
+	}
+	if err := m.FetchForPeer(t.Context(), im.digest, true, reg.host, "team/app", 1<<20); err != nil {
+		t.Fatalf("manifest for a peer: %v", err)
+	}
+
+	mcfg := DefaultConfig()
+	mcfg.Dir = t.TempDir()
+	mcfg.PeerUpstreams = []string{"ghcr.io"}
+	mcfg.Origin.Insecure = []string{reg.host}
+	limited, err := New(mcfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer limited.Close()
+	other := im.layers[0]
+	for _, c := range []struct {
+		host, repo string
+		d          digest.Digest
+	}{
+		{reg.host, "team/app", other},      // not in PeerUpstreams
+		{"ghcr.io", "Team/App", other},     // invalid repository
+		{"ghcr.io", "team/app", "md5:abc"}, // not sha256
+		{"ghcr.io/x", "team/app", other},   // not a host
+	} {
+		if err := limited.FetchForPeer(t.Context(), c.d, false, c.host, c.repo, 1<<20); !errors.Is(err, origin.ErrInvalidReference) {
+			t.Errorf("%+v: %v, want refused", c, err)
+		}
+	}
+	before := reg.count("/v2/team/app/blobs/" + digest.FromString("absent").String())
+	if err := m.FetchForPeer(t.Context(), digest.FromString("absent"), false, reg.host, "team/app", 1<<20); !errors.Is(err, origin.ErrNotFound) {
+		t.Errorf("absent blob: %v, want origin.ErrNotFound", err)
+	}
+	if reg.count("/v2/team/app/blobs/"+digest.FromString("absent").String()) == before {
+		t.Errorf("absent blob: the registry was not asked")
+	}
+	bad := DefaultConfig()
+	bad.Dir, bad.PeerUpstreams = t.TempDir(), []string{"not a host"}
+	if err := bad.Validate(); err == nil {
+		t.Errorf("PeerUpstreams %q accepted", bad.PeerUpstreams)
+	}
 }

@@ -150,6 +150,12 @@ func (n *Node) handleBlob(s network.Stream) {
 		_ = s.Close()
 		return
 	}
+	n.sendBlob(s, p, d, rc, size)
+}
+
+// sendBlob streams a blob whose OK header has been written: in 1 MiB slices under p's upload
+// limit, hashing as it reads and holding the last slice back until the whole copy matched d.
+func (n *Node) sendBlob(s network.Stream, p peer.ID, d digest.Digest, rc io.Reader, size int64) {
 	// The whole transfer may take longer than one request: only each write is bounded.
 	_ = s.SetDeadline(time.Time{})
 	n.mu.Lock()
@@ -350,12 +356,25 @@ func (n *Node) blobExchange(ctx context.Context, h interface {
 	if err != nil {
 		return 0, err
 	}
+	return n.blobStream(ctx, h, p, BlobProtocol, buf, req.Digest, req.Max, false, w)
+}
+
+// blobStream sends one encoded blob request over proto and copies the verified body to w. waits:
+// the responder may send StatusWait bytes before its header (BlobThroughProtocol), each of which
+// extends the wait by RequestTimeout. It returns how many bytes reached w.
+func (n *Node) blobStream(ctx context.Context, h interface {
+	NewStream(context.Context, peer.ID, ...protocol.ID) (network.Stream, error)
+}, p peer.ID, proto protocol.ID, buf []byte, d digest.Digest, max int64, waits bool, w io.Writer) (int64, error) {
+	req := struct {
+		Digest digest.Digest
+		Max    int64
+	}{d, max}
 	n.mu.Lock()
 	ps := n.peerLocked(p)
 	ps.requestsOut++
 	n.mu.Unlock()
 	hctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
-	s, err := h.NewStream(hctx, p, BlobProtocol)
+	s, err := h.NewStream(hctx, p, proto)
 	cancel()
 	if err != nil {
 		return 0, err
@@ -369,6 +388,18 @@ func (n *Node) blobExchange(ctx context.Context, h interface {
 	}
 	_ = s.CloseWrite()
 	br := bufio.NewReaderSize(s, 64<<10)
+	if waits {
+		if err := skipWaits(s, br, n.cfg.RequestTimeout); err != nil {
+			_ = s.Reset()
+			if ctx.Err() != nil {
+				return 0, ctx.Err()
+			}
+			if isTimeout(err) {
+				return 0, context.DeadlineExceeded
+			}
+			return 0, err
+		}
+	}
 	st, size, msg, err := readBlobResponseHeader(br, req.Max)
 	if err != nil {
 		_ = s.Reset()

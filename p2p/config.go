@@ -28,6 +28,11 @@ type Config struct {
 	// fetch or announce.
 	Allowlist []peer.ID
 
+	// BlobThrough: this host's registry mirror fetches blobs from upstreams for peers that ask
+	// it as a blob's rendezvous owner (BlobThroughProtocol; the LocalChunks given to New must
+	// implement LocalBlobs and BlobFetcher). Only such hosts are candidate owners.
+	BlobThrough bool
+
 	// StaticPeers are multiaddrs with /p2p/<id> (--peer), dialled at start and redialled while
 	// disconnected.
 	StaticPeers []string

@@ -161,8 +161,20 @@
 // copy matched, so a holder whose disk rotted breaks the stream off (counted against its
 // standing, not struck); a whole blob of wrong bytes or bytes past the announced size is a
 // strike, as a bad chunk is. Blobs are found among connected peers only: no DHT provider
-// record yet, and concurrent first pulls on several hosts each go to the upstream (no
-// rendezvous owner for blobs yet).
+// record yet.
+//
+// Blob owners: when no connected peer holds a blob, the mirror asks its rendezvous owner
+// (BlobOwner: the highest hash(digest, peer ID) over this host and the connected, allowed,
+// unbanned peers that speak BlobThroughProtocol, i.e. run the mirror with Config.BlobThrough)
+// to fetch it for the cluster (FetchBlobThrough, blobthrough.go). The request names the upstream
+// registry and repository; the owner's mirror fetches the blob once from there (BlobFetcher,
+// shared with its own clients and every other asker, and never itself asking a peer, so two
+// owners cannot wait on each other), sending a StatusWait byte at least every RequestTimeout/3
+// meanwhile, then streams it as on BlobProtocol. The asker verifies the whole blob as from any
+// holder: wrong bytes are a strike against the owner, a stall or a broken stream counts against
+// its standing, and on any failure the asker's mirror goes to the upstream itself. Hosts that see
+// the same peers agree on the owner, so hosts pulling one image at the same moment cause one
+// upstream download per blob, spread over the owners.
 //
 // Listening: the TCP transport runs without SO_REUSEPORT, and a configured listen address whose
 // port is in use stops Run with an error, so a second daemon on a port another holds fails to

@@ -259,6 +259,9 @@ func (n *Node) Run(ctx context.Context) error {
 	h.SetStreamHandler(ObjectProtocol, n.handleObject)
 	h.SetStreamHandler(RightsProtocol, n.handleRights)
 	h.SetStreamHandler(BlobProtocol, n.handleBlob)
+	if n.cfg.BlobThrough {
+		h.SetStreamHandler(BlobThroughProtocol, n.handleBlobThrough)
+	}
 	n.mu.Lock()
 	n.host = h
 	n.mu.Unlock()

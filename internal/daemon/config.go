@@ -51,9 +51,10 @@ type Config struct {
 	ObjectKeep   string   `yaml:"object_retention" flag:"object-retention" help:"how long manifests, chunk manifests and bootstraps no registered image uses stay under <data>/objects and <data>/bootstraps for peers and restarts, e.g. 24h (0: forever)"`
 	PeerTags     bool     `yaml:"peer_tags" flag:"peer-tags" help:"while a registry is unreachable, resolve tags from what peers say they name (not verifiable; references by digest resolve from peers without it)"`
 
-	MirrorListen   string `yaml:"mirror_listen" flag:"mirror-listen" help:"address of the node-local registry mirror for containerd's hosts.toml, e.g. 127.0.0.1:5005 (empty: off)"`
-	MirrorMax      string `yaml:"mirror_max" flag:"mirror-max" help:"cap on the blobs the registry mirror keeps under <data>/mirror, e.g. 20G (0: no cap); least recently used are removed"`
-	MirrorUpstream string `yaml:"mirror_upstream" flag:"mirror-upstream" help:"registry host[:port] for mirror requests that carry no ?ns= (containerd always sends it)"`
+	MirrorListen   string   `yaml:"mirror_listen" flag:"mirror-listen" help:"address of the node-local registry mirror for containerd's hosts.toml, e.g. 127.0.0.1:5005 (empty: off)"`
+	MirrorMax      string   `yaml:"mirror_max" flag:"mirror-max" help:"cap on the blobs the registry mirror keeps under <data>/mirror, e.g. 20G (0: no cap); least recently used are removed"`
+	MirrorUpstream string   `yaml:"mirror_upstream" flag:"mirror-upstream" help:"registry host[:port] for mirror requests that carry no ?ns= (containerd always sends it)"`
+	MirrorPeerUps  []string `yaml:"mirror_peer_upstreams" flag:"mirror-peer-upstream" help:"registry host[:port] this node's mirror fetches from for peers that ask it as a blob's rendezvous owner (repeatable; none: any)"`
 
 	AdminListen string `yaml:"admin_listen" flag:"admin" help:"address for /metrics and /debug/pprof, e.g. 127.0.0.1:9480 (empty: off)"`
 	LogFormat   string `yaml:"log_format" flag:"log-format" help:"log format: text or json"`

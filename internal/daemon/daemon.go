@@ -122,6 +122,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 
 	blobs := &mirrorBlobs{}
+	pcfg.BlobThrough = cfg.MirrorListen != ""
 	node, err := p2p.New(pcfg, nodeLocal{storeChunks{store}, objects, blobs})
 	if err != nil {
 		return fail(err)
@@ -132,6 +133,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		mcfg.Dir = filepath.Join(cfg.DataDir, "mirror")
 		mcfg.MaxBytes = cfg.MirrorMaxBytes()
 		mcfg.DefaultUpstream = cfg.MirrorUpstream
+		mcfg.PeerUpstreams = cfg.MirrorPeerUps
 		mcfg.Origin = ocfg
 		mcfg.Logger = log
 		mcfg.Registerer = reg

@@ -24,7 +24,8 @@
 //   - stats.go: the status and stats reports (with the registry mirror's counters when it runs).
 //   - objects.go: kept objects for peers and restarts (swept hourly by Run once no registered
 //     image has used them for --object-retention), and nodeLocal, what the p2p node serves
-//     (chunks, objects, the registry mirror's blobs). The mirror (package mirror,
+//     (chunks, objects, the registry mirror's blobs, and its fetches for peers as a blob's
+//     owner: FetchBlobFor, on with --mirror-listen). The mirror (package mirror,
 //     --mirror-listen) is built in New after the node, which it fetches through, and served in
 //     Run.
 //   - api.go (HTTP only), wire.go (the JSON types, shared with the CLI), client.go (the CLI's

@@ -185,6 +185,19 @@ func (n nodeLocal) OpenBlob(d digest.Digest) (io.ReadCloser, int64, bool, error)
 	return f, size, true, nil
 }
 
+// FetchBlobFor fetches a blob from the upstream for a peer that asked this host as the blob's
+// rendezvous owner (p2p.BlobFetcher).
+func (n nodeLocal) FetchBlobFor(ctx context.Context, d digest.Digest, manifest bool, upstream, repo string, max int64) error {
+	if n.blobs == nil || n.blobs.m == nil {
+		return fmt.Errorf("no registry mirror here: %w", p2p.ErrObjectNotFound)
+	}
+	err := n.blobs.m.FetchForPeer(ctx, d, manifest, upstream, repo, max)
+	if errors.Is(err, origin.ErrNotFound) {
+		return fmt.Errorf("%w: %w", err, p2p.ErrObjectNotFound)
+	}
+	return err
+}
+
 // mirrorBlobs is the registry mirror as the node's local side sees it; m is set once, in New,
 // before the node runs (the mirror is built after the node, which it fetches through).
 type mirrorBlobs struct{ m *mirror.Mirror }
@@ -199,6 +212,8 @@ func mirrorStatser(m *mirror.Mirror) func() *mirror.Stats {
 
 var (
 	_ p2p.LocalBlobs   = nodeLocal{}
+	_ p2p.BlobFetcher  = nodeLocal{}
+	_ mirror.Coalescer = (*p2p.Node)(nil)
 	_ mirror.Peers     = (*p2p.Node)(nil)
 	_ p2p.LocalObjects = nodeLocal{}
 	_ p2p.ChunkWriter  = nodeLocal{}
