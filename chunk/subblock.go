@@ -154,9 +154,9 @@ func (p *Progress) Chunk() Chunk { return p.c }
 func (p *Progress) SubBlockSize() int64 { return p.size }
 
 // Wanted returns the sub-blocks covering the range wanted first: first index and count (0, 0
-// without sub-blocks or a wanted range).
+// without sub-blocks or a wanted range, or for a nil Progress).
 func (p *Progress) Wanted() (first, count int) {
-	if p.size == 0 || p.want.Length == 0 {
+	if p == nil || p.size == 0 || p.want.Length == 0 {
 		return 0, 0
 	}
 	first = int(p.want.Offset / p.size)
