@@ -202,6 +202,13 @@ func (p *Progress) Finish(v Verified) {
 	p.signalLocked()
 }
 
+// Complete reports whether the whole chunk has been handed over (Finish).
+func (p *Progress) Complete() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.full.IsZero()
+}
+
 // Fail ends the Progress: readers still waiting get err. Sub-blocks already read stay good.
 func (p *Progress) Fail(err error) {
 	p.mu.Lock()

@@ -294,8 +294,16 @@ func (r *Resolver) EnsureRead(ctx context.Context, blob digest.Digest, p []byte,
 	ch := r.startFlight(ctx, b, c, key, false)
 	for {
 		ok, changed, err := prog.TryRead(p, off-c.Offset)
-		if ok || err != nil {
-			return ok, err
+		if ok {
+			how := "chunk" // the whole chunk verified, not yet stored
+			if !prog.Complete() {
+				how = "sub-block"
+			}
+			r.met.early.WithLabelValues(how).Inc()
+			return true, nil
+		}
+		if err != nil {
+			return false, err
 		}
 		select {
 		case <-changed:
@@ -676,6 +684,7 @@ type resolverMetrics struct {
 	wire     *prometheus.CounterVec
 	seconds  *prometheus.HistogramVec
 	failures prometheus.Counter
+	early    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*resolverMetrics, error) {
@@ -693,6 +702,9 @@ func newMetrics(reg prometheus.Registerer) (*resolverMetrics, error) {
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "shoal_demand_fetch_failures_total", Help: "Chunk fetches that failed from every source.",
 		}),
+		early: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_demand_early_reads_total", Help: "Demand reads answered before their chunk was stored (EnsureRead), by what they waited for: the covering verified sub-blocks, or the whole verified chunk.",
+		}, []string{"how"}),
 	}
 	var err error
 	if m.bytes, err = metrics.Register(reg, m.bytes); err != nil {
@@ -705,6 +717,9 @@ func newMetrics(reg prometheus.Registerer) (*resolverMetrics, error) {
 		return nil, fmt.Errorf("demand: %w", err)
 	}
 	if m.failures, err = metrics.Register(reg, m.failures); err != nil {
+		return nil, fmt.Errorf("demand: %w", err)
+	}
+	if m.early, err = metrics.Register(reg, m.early); err != nil {
 		return nil, fmt.Errorf("demand: %w", err)
 	}
 	return m, nil
