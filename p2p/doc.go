@@ -73,8 +73,14 @@
 // release) is answered with the whole chunk, as in V3; a V3 peer is asked in V3 and the reader
 // gets its bytes when the whole chunk has been verified. What the receiver allocates is bounded
 // by the chunk: one buffer of its length for sub-blocks, one of at most its length for a frame.
-// The holder's store read is still the verified one (its sha256 runs before the first byte is
-// sent); a read of the raw bytes first, verified while they are sent, is the next step.
+// The holder does not hash the whole chunk before the first sub-blocks go out: with a store that
+// offers RawChunks it reads its copy unverified, writes the wanted sub-blocks, and only then
+// verifies the chunk against its CID, before sending the rest. A copy that fails is dropped from
+// the store and the answer ends with PartAbort (a clean end, like StatusError; a reset would
+// discard the sub-blocks in flight): the requester keeps the sub-blocks it verified against their
+// digests and asks elsewhere for the chunk. The holder is not struck for that; it is struck if the
+// rot lay in the wanted sub-blocks themselves, which the requester finds wrong (rot is rare, and
+// the holder's copy is gone after the first such answer).
 //
 // Compression (V3): an OK response carries a wire codec (raw or zstd), the chunk's length and the
 // stored length, then the stored bytes: a zstd frame shorter than the chunk, or the chunk itself.

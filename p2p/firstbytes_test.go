@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -130,6 +131,12 @@ func TestResponseV4Bytes(t *testing.T) {
 	_, _, codec, stored, err = read(v4Response(data, sb, []int{1}, WireZstd, frame), req)
 	if err != nil || codec != chunk.CodecZstd || !bytes.Equal(stored, frame) {
 		t.Fatalf("frame read: %q %q %v", codec, stored, err)
+	}
+	// An abort after the first sub-block: an error answer, not malformed.
+	ab := v4Response(data, sb, []int{1}, 0, nil)
+	ab[len(ab)-1] = PartAbort
+	if st, _, _, _, msg, err := ReadResponseV4(bufio.NewReader(bytes.NewReader(ab)), req, nil); st != StatusError || err != nil || msg == "" {
+		t.Fatalf("abort: %v %q %v", st, msg, err)
 	}
 	// A status answer.
 	bb := AppendResponseHeaderV4(nil, StatusBusy, 2, 0, "full")
@@ -429,4 +436,81 @@ func TestHostileSubBlocks(t *testing.T) {
 		t.Fatalf("%d origin requests, want every chunk from the honest peer", o.requests.Load())
 	}
 
+}
+
+// rawStore is a memStore with RawChunks that returns rotted copies of the chunks in rot (a
+// flipped byte at the given chunk offset), as a disk might.
+type rawStore struct {
+	*memStore
+	rot   map[string]int64
+	reads int // ReadChunk calls after a failed verification (the real store drops the copy)
+}
+
+func (s *rawStore) ReadChunkUnverified(_ context.Context, c cid.Cid) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.m[c]
+	if !ok {
+		return nil, errors.New("not found")
+	}
+	b = bytes.Clone(b)
+	if at, ok := s.rot[c.KeyString()]; ok {
+		b[at] ^= 0xff
+	}
+	return b, nil
+}
+
+// TestServeUnverifiedRot: a holder answering from its unverified copy sends the wanted
+// sub-blocks at once; when its copy turns out rotten past them, it aborts the answer instead of
+// sending bytes that do not match (it is not struck), the reader keeps the sub-blocks it got, and
+// gets the chunk, verified, from the origin.
+func TestServeUnverifiedRot(t *testing.T) {
+	const size, sub = 256 << 10, 16 << 10
+	m, o := subImage(t, 2, size, sub, 13)
+	st := newMemStore()
+	rs := &rawStore{memStore: st, rot: map[string]int64{m.Chunks[1].CID.KeyString(): 10 * sub}}
+	holder, err := New(testConfig(), rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.node = holder
+	go func() { _ = holder.Run(t.Context()) }()
+	<-holder.Ready()
+	t.Cleanup(func() { _ = holder.Close() })
+	hn := &testNode{holder, st}
+	if err := holder.RegisterBlob(m, o.fetch); err != nil {
+		t.Fatal(err)
+	}
+	seed(t, hn, m, o)
+	cfg := testConfig()
+	cfg.StaticPeers = []string{holder.Addrs()[0].String()}
+	reader := startNode(t, cfg)
+	if err := reader.RegisterBlob(m, o.fetch); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the reader to see the holder", func() bool { return len(reader.Lookup(m.Chunks[1].CID)) == 1 })
+	for i, c := range m.Chunks {
+		want := chunk.Range{Offset: 2 * sub, Length: 4096}
+		prog := chunk.NewProgress(c, m.SubBlockSize, want)
+		v, src, _, err := reader.FetchProgressive(t.Context(), m.Blob, c, prog, nil)
+		if err != nil || !bytes.Equal(v.Bytes(), o.chunks[c.CID]) {
+			t.Fatalf("chunk %d: %v", i, err)
+		}
+		wantSrc := chunk.SourcePeer
+		if i == 1 {
+			wantSrc = chunk.SourceOrigin // the holder aborted; the origin has it
+		}
+		if src != wantSrc {
+			t.Fatalf("chunk %d from %v, want %v", i, src, wantSrc)
+		}
+		got := make([]byte, want.Length)
+		if ok, _, _ := prog.TryRead(got, want.Offset); !ok || !bytes.Equal(got, o.chunks[c.CID][want.Offset:want.End()]) {
+			t.Fatalf("chunk %d: the reader's bytes are missing or wrong", i)
+		}
+	}
+	for _, p := range reader.Peers() {
+		if p.ID == holder.ID() && (p.Corrupt != 0 || p.Banned) {
+			t.Fatalf("holder struck for its own rot (%d corrupt, banned %v): it aborted before sending it", p.Corrupt, p.Banned)
+		}
+	}
 }

@@ -3,6 +3,7 @@ package p2p
 import (
 	"bufio"
 	"context"
+	"errors"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -11,6 +12,9 @@ import (
 
 	"github.com/shoal-p2p/shoal/chunk"
 )
+
+// errAborted: writeV4 ended the answer with PartAbort (the held copy is rotten).
+var errAborted = errors.New("answer aborted: the held copy failed verification")
 
 // floodWindow is the window over which FloodBanAfter refusals ban a peer.
 const floodWindow = 10 * time.Second
@@ -48,7 +52,8 @@ func (n *Node) serveChunk(s network.Stream, ver int) {
 			<-n.slots
 		}
 	}()
-	st, data, msg := n.serve(s, p, ver, &req, &slot)
+	unverified := false
+	st, data, msg := n.serve(s, p, ver, &req, &slot, &unverified)
 	if st == 0xff { // unreadable request: nothing to answer
 		_ = s.Reset()
 		return
@@ -67,7 +72,11 @@ func (n *Node) serveChunk(s network.Stream, ver int) {
 	n.mu.Unlock()
 	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.RequestTimeout))
 	if ver >= 4 {
-		wire, err := n.writeV4(s, rctx, up, req, st, data, msg)
+		wire, err := n.writeV4(s, rctx, up, req, st, data, msg, unverified)
+		if errors.Is(err, errAborted) {
+			_ = s.Close()
+			return
+		}
 		if err != nil {
 			_ = s.Reset()
 			return
@@ -127,8 +136,11 @@ func (n *Node) countServed(ps *peerState, data, wire int) {
 // writeV4 writes a ChunkProtocolV4 response: for a chunk, the sub-blocks the request wants
 // first (raw: they go out before anything else is done with the chunk, compression included),
 // then the rest (the other sub-blocks raw, or the whole chunk as the zstd frame wireForm picks),
-// then the end mark. It returns the bytes of chunk data put on the wire.
-func (n *Node) writeV4(s network.Stream, ctx context.Context, up *rate.Limiter, req Request, st Status, data []byte, msg string) (int, error) {
+// then the end mark. It returns the bytes of chunk data put on the wire. unverified: data is the
+// store's copy as read (RawChunks), verified here once the first sub-blocks are out; a copy that
+// does not match its CID ends the answer with PartAbort (the requester, which checked what it got
+// against the sub-block digests, asks elsewhere) and is dropped from the store.
+func (n *Node) writeV4(s network.Stream, ctx context.Context, up *rate.Limiter, req Request, st Status, data []byte, msg string, unverified bool) (int, error) {
 	load := int(n.uploading.Load() + n.queued.Load())
 	if st != StatusOK || len(data) == 0 {
 		_, err := s.Write(AppendResponseHeaderV4(nil, st, load, 0, msg))
@@ -162,6 +174,18 @@ func (n *Node) writeV4(s network.Stream, ctx context.Context, up *rate.Limiter, 
 			}
 			sent[i] = true
 			wire += int(r.Length)
+		}
+	}
+	if unverified {
+		if _, err := chunk.Verify(req.CID, data); err != nil {
+			n.log.Warn("held chunk failed verification while being sent; aborting the answer", "chunk", req.CID, "err", err)
+			_, _ = n.local.ReadChunk(ctx, req.CID) // the store drops the copy that fails
+			// An abort part, then a clean close: a reset would discard the sub-blocks the
+			// requester has not read yet.
+			if _, err := s.Write([]byte{PartAbort}); err != nil {
+				return 0, err
+			}
+			return 0, errAborted
 		}
 	}
 	codec, body := n.wireForm(req, data)
@@ -247,7 +271,10 @@ func (n *Node) compressible(req Request) bool {
 // serve decides the answer to a request on s, which it stores in reqOut once read; status 0xff
 // means the request was unreadable. *slot is set when it took an upload slot (n.slots), which
 // the caller frees once the answer is written.
-func (n *Node) serve(s network.Stream, p peer.ID, ver int, reqOut *Request, slot *bool) (Status, []byte, string) {
+//
+// *unverified is set when the bytes returned are the store's copy as read, not yet verified
+// (V4 with sub-blocks wanted first and a RawChunks store): writeV4 verifies them.
+func (n *Node) serve(s network.Stream, p peer.ID, ver int, reqOut *Request, slot *bool, unverified *bool) (Status, []byte, string) {
 	v2 := ver >= 2
 	if !n.allowed(p) {
 		return StatusRefused, nil, "not allowed"
@@ -330,6 +357,12 @@ func (n *Node) serve(s network.Stream, p peer.ID, ver int, reqOut *Request, slot
 		}
 		ctx, cancel := context.WithTimeout(rctx, n.cfg.RequestTimeout)
 		defer cancel()
+		if rc, ok := n.local.(RawChunks); ok && ver >= 4 && req.Count > 0 {
+			if raw, err := rc.ReadChunkUnverified(ctx, req.CID); err == nil && int64(len(raw)) == req.Length {
+				*unverified = true
+				return StatusOK, raw, ""
+			}
+		}
 		data, err := n.local.ReadChunk(ctx, req.CID)
 		if err == nil {
 			return StatusOK, data.Bytes(), ""

@@ -562,6 +562,11 @@ const (
 	// PartWhole is the whole chunk: wire codec byte, uvarint stored length, then the stored
 	// bytes (the chunk raw, or a zstd frame shorter than it), as in a V3 response.
 	PartWhole byte = 2
+	// PartAbort ends the response without the rest of the chunk: the sender found its own copy
+	// rotten (it sent the first sub-blocks before hashing the whole chunk). The sub-blocks it
+	// sent were checked against their digests by the receiver; the rest is to be had elsewhere.
+	// An answer like StatusError, not a strike.
+	PartAbort byte = 3
 )
 
 // AppendResponseHeaderV4 appends the header of a ChunkProtocolV4 response: the status byte and
@@ -589,7 +594,7 @@ func AppendPartWhole(b []byte, codec byte, storedLen int) []byte {
 // the chunk raw), not yet verified. The chunk's length must be req.Length; a sub-block index past
 // the chunk or repeated, a PartSub when the request named no sub-block size, a second PartWhole,
 // an unknown part or codec, or an end without the whole chunk is ErrMalformed, and bytes that end
-// early io.ErrUnexpectedEOF. What it allocates is bounded by req.Length: one buffer of the chunk
+// early io.ErrUnexpectedEOF. A PartAbort is a StatusError answer. What it allocates is bounded by req.Length: one buffer of the chunk
 // for sub-blocks, one of at most the chunk for a whole part.
 func ReadResponseV4(r *bufio.Reader, req Request, onSub func(i int, data []byte) error) (st Status, load int, codec chunk.Codec, stored []byte, msg string, err error) {
 	want := req.Length
@@ -631,6 +636,8 @@ func ReadResponseV4(r *bufio.Reader, req Request, onSub func(i int, data []byte)
 			return st, load, "", nil, "", noEOF(err)
 		}
 		switch kind {
+		case PartAbort:
+			return StatusError, load, "", nil, "holder's copy failed verification", nil
 		case PartEnd:
 			switch {
 			case whole != nil:
