@@ -442,8 +442,7 @@ func TestHostileSubBlocks(t *testing.T) {
 // flipped byte at the given chunk offset), as a disk might.
 type rawStore struct {
 	*memStore
-	rot   map[string]int64
-	reads int // ReadChunk calls after a failed verification (the real store drops the copy)
+	rot map[string]int64
 }
 
 func (s *rawStore) ReadChunkUnverified(_ context.Context, c cid.Cid) ([]byte, error) {
