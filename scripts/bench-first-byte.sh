@@ -10,6 +10,7 @@
 #   scripts/bench-first-byte.sh                       # new = this tree, old = the fork point from main
 #   SHOAL_OLD=/tmp/shoal-old ROUNDS=5 scripts/bench-first-byte.sh
 #   OLD_REF=32d59ba SIZE_MB=256 READS=60 scripts/bench-first-byte.sh
+#   GAP=50ms scripts/bench-first-byte.sh   # reads apart, so no read shares the CPU with the last one's tail
 #
 # Needs root (FUSE and EROFS mounts). The holder's store is in the page cache (it has just made
 # the image local); the reader's side is cold (a fresh daemon, a fresh mount).
@@ -20,6 +21,7 @@ SIZE_MB=${SIZE_MB:-128}
 READS=${READS:-30}
 ROUNDS=${ROUNDS:-3}
 CHUNK=${CHUNK:-1048576}
+GAP=${GAP:-0s} # pause between reads: with 0 a read also waits for the previous chunk's tail work
 W=$(mktemp -d /tmp/shoal-bench-firstbyte.XXXXXX)
 PIDS=()
 MOUNTS=()
@@ -86,7 +88,7 @@ one() { # binary label round
 	MOUNTS+=("$mp")
 	sleep 1 # h1's presence map reaches h2
 	for f in 1 2 3 4; do
-		"$W/readlat" -file "$mp/f$f" -ref "$W/tree/f$f" -chunk "$CHUNK" -n "$READS" -seed $((r * 10 + f)) -out "$W/lat-$label" | sed "s/^/$label round $r f$f: /"
+		"$W/readlat" -file "$mp/f$f" -ref "$W/tree/f$f" -chunk "$CHUNK" -n "$READS" -gap "$GAP" -seed $((r * 10 + f)) -out "$W/lat-$label" | sed "s/^/$label round $r f$f: /"
 	done | tee -a "$W/results"
 	local origin early
 	origin=$("$s" stats --json --api "$W/h2.sock" 2>/dev/null | jq '.bytes.origin' 2>/dev/null || echo '?')
@@ -97,7 +99,7 @@ one() { # binary label round
 	wait "$p1" "$p2" 2>/dev/null || true
 }
 
-echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); image: 4 files of $((SIZE_MB / 4)) MiB, chunks of $CHUNK bytes; $READS reads per file"
+echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); image: 4 files of $((SIZE_MB / 4)) MiB, chunks of $CHUNK bytes; $READS reads per file, $GAP apart"
 for r in $(seq 1 "$ROUNDS"); do
 	one "$OLD" old "$r"
 	one "$NEW" new "$r"

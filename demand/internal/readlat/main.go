@@ -26,14 +26,15 @@ func main() {
 	n := flag.Int("n", 64, "reads (each in another chunk)")
 	seed := flag.Uint64("seed", 1, "random seed")
 	out := flag.String("out", "", "append each read's latency (ms) to this file, one a line")
+	gap := flag.Duration("gap", 0, "pause between reads (the daemon finishes the previous chunk: its rest, hash and store write)")
 	flag.Parse()
-	if err := run(*file, *ref, *chunk, *size, *n, *seed, *out); err != nil {
+	if err := run(*file, *ref, *chunk, *size, *n, *seed, *out, *gap); err != nil {
 		fmt.Fprintln(os.Stderr, "readlat:", err)
 		os.Exit(1)
 	}
 }
 
-func run(file, ref string, chunkSize int64, size, n int, seed uint64, out string) error {
+func run(file, ref string, chunkSize int64, size, n int, seed uint64, out string, gap time.Duration) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return err
@@ -60,6 +61,7 @@ func run(file, ref string, chunkSize int64, size, n int, seed uint64, out string
 	buf, want := make([]byte, size), make([]byte, size)
 	lat := make([]time.Duration, 0, n)
 	for _, c := range order {
+		time.Sleep(gap)
 		off := int64(c)*chunkSize + r.Int64N(chunkSize/4096-int64(size+4095)/4096+1)*4096
 		start := time.Now()
 		k, err := f.ReadAt(buf, off)
