@@ -10,7 +10,7 @@
 #   scripts/bench-first-byte.sh                       # new = this tree, old = the fork point from main
 #   SHOAL_OLD=/tmp/shoal-old ROUNDS=5 scripts/bench-first-byte.sh
 #   OLD_REF=32d59ba SIZE_MB=256 READS=60 scripts/bench-first-byte.sh
-#   GAP=50ms scripts/bench-first-byte.sh   # reads apart, so no read shares the CPU with the last one's tail
+#   GAP=0 scripts/bench-first-byte.sh      # back to back: a read may share the CPU with the last one's tail
 #
 # Needs root (FUSE and EROFS mounts). The holder's store is in the page cache (it has just made
 # the image local); the reader's side is cold (a fresh daemon, a fresh mount).
@@ -21,7 +21,7 @@ SIZE_MB=${SIZE_MB:-128}
 READS=${READS:-30}
 ROUNDS=${ROUNDS:-3}
 CHUNK=${CHUNK:-1048576}
-GAP=${GAP:-0s} # pause between reads: with 0 a read also waits for the previous chunk's tail work
+GAP=${GAP:-50ms} # pause between reads; with 0 a read may also wait for the previous chunk's tail work
 W=$(mktemp -d /tmp/shoal-bench-firstbyte.XXXXXX)
 PIDS=()
 MOUNTS=()
