@@ -82,6 +82,9 @@ type BlobWriter struct {
 	chunks    []chunk.Chunk
 	saved     int64 // bytes identical chunks did not store again
 	buf       []byte
+	// sub is the sub-block size of the chunks' digests (chunk.Chunk.SubHashes), 0 if the
+	// chunks fit in one.
+	sub int64
 }
 
 var _ StoredSink = (*BlobWriter)(nil)
@@ -98,8 +101,15 @@ func NewStoredBlobWriter(path string, device int, chunkSize int64, enc *zchunk.E
 	if err != nil {
 		return nil, fmt.Errorf("blob: %w", err)
 	}
-	return &BlobWriter{f: f, device: device, chunkSize: chunkSize, enc: enc, h: sha256.New(), byCID: map[cid.Cid]int64{}}, nil
+	b := &BlobWriter{f: f, device: device, chunkSize: chunkSize, enc: enc, h: sha256.New(), byCID: map[cid.Cid]int64{}}
+	if chunkSize > chunk.DefaultSubBlockSize {
+		b.sub = chunk.DefaultSubBlockSize
+	}
+	return b, nil
 }
+
+// SubBlockSize is the sub-block size of the chunks' digests in the manifest, 0 for none.
+func (b *BlobWriter) SubBlockSize() int64 { return b.sub }
 
 // Encoder is the writer's encoder, nil for an uncompressed blob.
 func (b *BlobWriter) Encoder() *zchunk.Encoder { return b.enc }
@@ -121,6 +131,15 @@ func (b *BlobWriter) Put(id cid.Cid, data []byte) (ChunkRef, error) {
 // PutStored is Put with data's stored form given (stored is data itself for an uncompressed
 // writer).
 func (b *BlobWriter) PutStored(id cid.Cid, data, stored []byte, codec chunk.Codec) (ChunkRef, error) {
+	if _, ok := b.byCID[id]; ok {
+		return b.PutStoredSubs(id, data, stored, codec, "")
+	}
+	return b.PutStoredSubs(id, data, stored, codec, chunk.SubHashes(data, b.sub))
+}
+
+// PutStoredSubs is PutStored with the chunk's sub-block digests already computed
+// (chunk.SubHashes of data at SubBlockSize), as the Chunker does on its workers.
+func (b *BlobWriter) PutStoredSubs(id cid.Cid, data, stored []byte, codec chunk.Codec, subs string) (ChunkRef, error) {
 	if len(data)%chunk.BlockSize != 0 || int64(len(data)) > b.chunkSize {
 		return ChunkRef{}, fmt.Errorf("blob %s: chunk of %d bytes is not block-padded or larger than %d", b.f.Name(), len(data), b.chunkSize)
 	}
@@ -136,7 +155,7 @@ func (b *BlobWriter) PutStored(id cid.Cid, data, stored []byte, codec chunk.Code
 	}
 	b.h.Write(stored)
 	off := b.off
-	c := chunk.Chunk{Offset: off, Length: int64(len(data)), CID: id}
+	c := chunk.Chunk{Offset: off, Length: int64(len(data)), CID: id, SubHashes: subs}
 	if b.enc != nil {
 		c.StoredOffset, c.StoredLength, c.Codec = b.storedOff, int64(len(stored)), codec
 	}
@@ -171,7 +190,7 @@ func (b *BlobWriter) Finish() (digest.Digest, *chunk.Manifest, error) {
 func (b *BlobWriter) Seal() (digest.Digest, *chunk.Manifest, error) {
 	d := digest.NewDigest(digest.SHA256, b.h)
 	m := &chunk.Manifest{SchemaVersion: chunk.ManifestSchemaVersion, Blob: d, BlobSize: b.off,
-		Chunking: chunk.ChunkingEROFS, ChunkSize: b.chunkSize, Chunks: b.chunks}
+		Chunking: chunk.ChunkingEROFS, ChunkSize: b.chunkSize, SubBlockSize: b.sub, Chunks: b.chunks}
 	if b.enc != nil {
 		m.SchemaVersion, m.StoredSize = chunk.ManifestSchemaStored, b.storedOff
 	}
@@ -273,6 +292,8 @@ type Chunker struct {
 	sink      ChunkSink
 	stored    StoredSink // sink, if it encodes
 	enc       *zchunk.Encoder
+	subs      subSink // sink, if it takes sub-block digests from the workers
+	sub       int64
 	chunkSize int64
 	pool      sync.Pool
 	zpool     sync.Pool
@@ -289,6 +310,13 @@ type Chunker struct {
 	Bytes int64
 }
 
+// subSink is a sink that records sub-block digests (BlobWriter): the Chunker computes them on
+// its workers beside the CID, and hands them over with PutStoredSubs.
+type subSink interface {
+	SubBlockSize() int64
+	PutStoredSubs(id cid.Cid, data, stored []byte, codec chunk.Codec, subs string) (ChunkRef, error)
+}
+
 type chunkJob struct {
 	buf    []byte
 	bufp   *[]byte // what goes back to the pool
@@ -296,6 +324,7 @@ type chunkJob struct {
 	id     cid.Cid
 	stored *[]byte // the stored form (StoredSink), from storedPool
 	codec  chunk.Codec
+	subs   string // sub-block digests (subSink)
 	dst    *ChunkRef
 	done   chan struct{}
 }
@@ -311,6 +340,9 @@ func NewChunker(sink ChunkSink, chunkSize int64) *Chunker {
 	if ss, ok := sink.(StoredSink); ok && ss.Encoder() != nil {
 		c.stored, c.enc = ss, ss.Encoder()
 	}
+	if ss, ok := sink.(subSink); ok && ss.SubBlockSize() > 0 {
+		c.subs, c.sub = ss, ss.SubBlockSize()
+	}
 	for range workers {
 		c.wg.Add(1)
 		go func() {
@@ -320,9 +352,13 @@ func NewChunker(sink ChunkSink, chunkSize int64) *Chunker {
 				// Only the first worker to see a CID encodes it: the sink stores a repeat
 				// once, and keeps nothing of it. Should a later copy win the race, the
 				// earlier one reaches the sink unencoded and is encoded there (Put).
-				if c.enc != nil && c.claim(j.id) {
+				first := c.enc != nil && c.claim(j.id)
+				if first {
 					j.stored = c.zpool.Get().(*[]byte)
 					*j.stored, j.codec = c.enc.Encode((*j.stored)[:0], j.buf[:j.n])
+				}
+				if c.subs != nil && (first || c.enc == nil) {
+					j.subs = chunk.SubHashes(j.buf[:j.n], c.sub)
 				}
 				close(j.done)
 			}
@@ -339,9 +375,16 @@ func (c *Chunker) sequence() {
 		if c.failed() == nil {
 			var ref ChunkRef
 			var err error
-			if j.stored != nil {
+			switch {
+			case c.subs != nil && (j.stored != nil || c.enc == nil):
+				stored, codec := j.buf[:j.n], chunk.CodecNone
+				if j.stored != nil {
+					stored, codec = *j.stored, j.codec
+				}
+				ref, err = c.subs.PutStoredSubs(j.id, j.buf[:j.n], stored, codec, j.subs)
+			case j.stored != nil:
 				ref, err = c.stored.PutStored(j.id, j.buf[:j.n], *j.stored, j.codec)
-			} else {
+			default:
 				ref, err = c.sink.Put(j.id, j.buf[:j.n])
 			}
 			if err != nil {

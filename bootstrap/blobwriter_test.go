@@ -140,3 +140,52 @@ func TestChunkerCompressedRepeats(t *testing.T) {
 		}
 	}
 }
+
+// TestChunkerSubBlocks: chunks larger than a sub-block get their sub-block digests (computed on
+// the workers), raw and compressed alike, and they verify against the chunk's bytes.
+func TestChunkerSubBlocks(t *testing.T) {
+	const cs = 4 * chunk.DefaultSubBlockSize
+	for _, compression := range []string{CompressionNone, CompressionZstd} {
+		enc, err := ChunkEncoder(compression, 0)
+		must(t, err)
+		path := filepath.Join(t.TempDir(), "blob")
+		bw, err := NewStoredBlobWriter(path, 1, cs, enc)
+		must(t, err)
+		ch := NewChunker(bw, cs)
+		text := bytes.Repeat([]byte("sub-blocks of text, "), 2*cs/20)
+		noise := randBytes(t, cs+3*chunk.DefaultSubBlockSize/2)
+		files := [][]byte{text, noise, noise}
+		for _, f := range files {
+			_, err := ch.AddFile(bytes.NewReader(f), int64(len(f)), "f")
+			must(t, err)
+		}
+		must(t, ch.Wait())
+		_, m, err := bw.Finish()
+		must(t, err)
+		if m.SubBlockSize != chunk.DefaultSubBlockSize {
+			t.Fatalf("%s: sub-block size %d", compression, m.SubBlockSize)
+		}
+		blob, err := os.ReadFile(path)
+		must(t, err)
+		with := 0
+		for _, c := range m.Chunks {
+			v, err := zchunk.DecodeVerified(c, blob[c.Stored().Offset:c.Stored().End()])
+			must(t, err)
+			data := v.Bytes()
+			n := chunk.NumSubBlocks(c.Length, m.SubBlockSize)
+			if n > 1 {
+				with++
+			}
+			if c.SubHashes != chunk.SubHashes(data, m.SubBlockSize) {
+				t.Fatalf("%s: chunk at %d: sub-block digests are not those of its bytes", compression, c.Offset)
+			}
+			for i := range n {
+				r := chunk.SubBlock(c.Length, m.SubBlockSize, i)
+				must(t, chunk.VerifySubBlock(c, m.SubBlockSize, i, data[r.Offset:r.End()]))
+			}
+		}
+		if with != 4 {
+			t.Fatalf("%s: %d chunks with sub-blocks, want 4 (text's 2, noise's 2)", compression, with)
+		}
+	}
+}

@@ -84,6 +84,9 @@ func ChunkManifests(f *FS, blobs []BlobData, fixedChunk int64) ([]*chunk.Manifes
 			if err != nil {
 				return nil, err
 			}
+			if err := setSubHashes(m, b.R); err != nil {
+				return nil, err
+			}
 			out[i] = m
 			continue
 		}
@@ -122,12 +125,24 @@ func ChunkManifests(f *FS, blobs []BlobData, fixedChunk int64) ([]*chunk.Manifes
 			}
 			m.Chunks = append(m.Chunks, chunk.Chunk{Offset: p.start, Length: n, CID: chunk.CID(buf[:n])})
 		}
+		if err := setSubHashes(m, b.R); err != nil {
+			return nil, err
+		}
 		if err := m.Validate(); err != nil {
 			return nil, fmt.Errorf("computed manifest is inconsistent (a bug or a hostile image): %w", err)
 		}
 		out[i] = m
 	}
 	return out, nil
+}
+
+// setSubHashes gives m's chunks their sub-block digests (chunk.DefaultSubBlockSize), as the Go
+// writer does, where chunks are larger than a sub-block.
+func setSubHashes(m *chunk.Manifest, r io.ReaderAt) error {
+	if m.ChunkSize <= chunk.DefaultSubBlockSize {
+		return nil
+	}
+	return m.SetSubHashes(r, chunk.DefaultSubBlockSize)
 }
 
 func roundUp(n, to int64) int64 { return (n + to - 1) / to * to }

@@ -61,6 +61,11 @@ type Chunk struct {
 	StoredOffset int64
 	StoredLength int64
 	Codec        Codec
+
+	// SubHashes are the sha256 digests of the chunk's consecutive sub-blocks of the manifest's
+	// SubBlockSize bytes (the last one shorter), concatenated: 32 bytes each, "" when the
+	// manifest has none for this chunk (subblock.go). A string, so Chunk stays comparable.
+	SubHashes string
 }
 
 // End is the offset one past the chunk's last byte.
@@ -81,12 +86,16 @@ type chunkJSON struct {
 	StoredOffset int64  `json:"storedOffset,omitempty"`
 	StoredLength int64  `json:"storedLength,omitempty"`
 	Codec        Codec  `json:"codec,omitempty"`
+	SubHashes    []byte `json:"subs,omitempty"` // base64 of the concatenated digests
 }
 
 // MarshalJSON writes the CID as its string form. The stored range and codec are written only
 // when set, so a schema 1 manifest encodes as it always has.
 func (c Chunk) MarshalJSON() ([]byte, error) {
 	j := chunkJSON{Offset: c.Offset, Length: c.Length, CID: c.CID.String(), Codec: c.Codec}
+	if c.SubHashes != "" {
+		j.SubHashes = []byte(c.SubHashes)
+	}
 	if c.StoredLength != 0 {
 		j.StoredOffset, j.StoredLength = c.StoredOffset, c.StoredLength
 	}
@@ -96,6 +105,8 @@ func (c Chunk) MarshalJSON() ([]byte, error) {
 	}
 	if c.StoredLength != 0 && c.StoredOffset == 0 {
 		// omitempty drops a stored offset of 0, which is a place like any other: write it.
+		// (After every other field, so a schema 1 manifest and one without sub-blocks encode
+		// as they always have.)
 		b = append(b[:len(b)-1], `,"storedOffset":0}`...)
 	}
 	return b, nil
@@ -111,7 +122,7 @@ func (c *Chunk) UnmarshalJSON(b []byte) error {
 	if err != nil {
 		return fmt.Errorf("chunk at %d: bad cid %q: %w", j.Offset, j.CID, err)
 	}
-	*c = Chunk{Offset: j.Offset, Length: j.Length, CID: id, StoredOffset: j.StoredOffset, StoredLength: j.StoredLength, Codec: j.Codec}
+	*c = Chunk{Offset: j.Offset, Length: j.Length, CID: id, StoredOffset: j.StoredOffset, StoredLength: j.StoredLength, Codec: j.Codec, SubHashes: string(j.SubHashes)}
 	return nil
 }
 
@@ -121,10 +132,15 @@ type Manifest struct {
 	Blob          digest.Digest `json:"blob"`     // sha256 digest of the whole blob as stored (the OCI layer)
 	BlobSize      int64         `json:"blobSize"` // bytes of the uncompressed blob (the EROFS device)
 	// StoredSize is the size of the blob as stored, schema 2 only (StoredBlobSize).
-	StoredSize int64   `json:"storedSize,omitempty"`
-	Chunking   string  `json:"chunking"` // ChunkingEROFS or ChunkingFixed
-	ChunkSize  int64   `json:"chunkSize"`
-	Chunks     []Chunk `json:"chunks"`
+	StoredSize int64  `json:"storedSize,omitempty"`
+	Chunking   string `json:"chunking"` // ChunkingEROFS or ChunkingFixed
+	ChunkSize  int64  `json:"chunkSize"`
+	// SubBlockSize is the size of the sub-blocks whose digests chunks carry (Chunk.SubHashes),
+	// 0 if none do (manifests made before sub-blocks, and those built without them). Readers
+	// that do not know it ignore it and the sub-block digests: the chunks and their CIDs are
+	// the same either way.
+	SubBlockSize int64   `json:"subBlockSize,omitempty"`
+	Chunks       []Chunk `json:"chunks"`
 }
 
 // StoredBlobSize is the size of the blob as stored: the OCI layer's size, what Blob is the digest
@@ -209,9 +225,15 @@ func (m *Manifest) Validate() error {
 	if m.StoredSize < 0 || !stored && m.StoredSize != 0 {
 		return fmt.Errorf("chunk manifest for %s: stored size %d in schema %d", m.Blob, m.StoredSize, m.SchemaVersion)
 	}
+	if err := m.validateSubBlockSize(); err != nil {
+		return err
+	}
 	var prev, prevStored int64
 	for i, c := range m.Chunks {
 		if err := m.validateStored(i, c, stored, prevStored); err != nil {
+			return err
+		}
+		if err := m.validateSubHashes(i, c); err != nil {
 			return err
 		}
 		prevStored = c.Stored().End()

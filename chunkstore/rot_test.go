@@ -1,6 +1,7 @@
 package chunkstore_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -38,6 +39,14 @@ func TestRottedChunkIsDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The unverified read returns the rotted bytes as they are (its caller verifies them, and
+	// calls ReadChunk when they fail, as p2p's V4 sender does); the good chunk's are intact.
+	if raw, err := s.ReadChunkUnverified(ctx, bad.CID); err != nil || raw[0] != flipped[0] || int64(len(raw)) != bad.Length {
+		t.Fatalf("unverified read of the rotted chunk: %v", err)
+	}
+	if raw, err := s.ReadChunkUnverified(ctx, good.CID); err != nil || !bytes.Equal(raw, b.Bytes(good)) {
+		t.Fatalf("unverified read of a good chunk: %v", err)
+	}
 	if _, err := s.ReadChunk(ctx, bad.CID); !errors.Is(err, chunkstore.ErrNotFound) {
 		t.Fatalf("ReadChunk of a rotted chunk: %v, want ErrNotFound (dropped)", err)
 	}
@@ -49,5 +58,8 @@ func TestRottedChunkIsDropped(t *testing.T) {
 	}
 	if v, err := s.ReadChunk(ctx, good.CID); err != nil || v.Len() != good.Length {
 		t.Fatalf("neighbouring chunk: %v", err)
+	}
+	if _, err := s.ReadChunkUnverified(ctx, bad.CID); !errors.Is(err, chunkstore.ErrNotFound) {
+		t.Fatalf("unverified read of the dropped chunk: %v, want ErrNotFound", err)
 	}
 }

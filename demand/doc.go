@@ -32,6 +32,13 @@
 // The fscache frontend's kernel reads that same backing file, FUSE reads it back once to answer
 // the kernel, fanotify lets the kernel read it: no mode copies the bytes into a second file.
 //
+// First bytes: EnsureRead (what FUSE mode's reads call) is Ensure for a reader that wants the
+// bytes: where the range lies in one missing chunk, the reader is answered from the chunk's
+// chunk.Progress as soon as the bytes it covers are verified: the covering 64 KiB sub-blocks
+// from a ChunkProtocolV4 peer (package p2p), or else the whole chunk as soon as it is verified,
+// in both cases before the store's write and fdatasync. The chunk is stored once verified
+// against its CID, as always; the next reader of it finds it present.
+//
 // It owns neither the store nor the network: Store and Peers are small interfaces satisfied by
 // *chunkstore.Store and *p2p.Node.
 package demand

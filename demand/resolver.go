@@ -42,6 +42,13 @@ type Peers interface {
 	FetchWire(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (data chunk.Verified, src chunk.Source, peerWire int64, err error)
 }
 
+// ProgressivePeers is an optional capability of Peers (package p2p's Node): FetchWire that hands
+// prog the sub-blocks of prog's wanted range as they arrive from a peer, each verified against
+// its digest, before the whole chunk (still verified against its CID) is returned.
+type ProgressivePeers interface {
+	FetchProgressive(ctx context.Context, blob digest.Digest, c chunk.Chunk, prog *chunk.Progress, fromOrigin func(context.Context) ([]byte, error)) (data chunk.Verified, src chunk.Source, peerWire int64, err error)
+}
+
 // OriginFunc reads one chunk's bytes of a blob from the origin (unverified).
 type OriginFunc func(ctx context.Context, c chunk.Chunk) ([]byte, error)
 
@@ -124,6 +131,11 @@ type Resolver struct {
 	readsMu sync.Mutex
 	reads   map[digest.Digest]*readLog
 
+	// progs holds the bytes of each chunk fetch in flight as they become verified (keyed like
+	// flight), for readers that need only part of the chunk (EnsureRead).
+	progMu sync.Mutex
+	progs  map[string]*chunk.Progress
+
 	// scope owns the shared fetches: they outlive the reader that started them (others wait on
 	// them) but not the resolver. Close ends and waits for them.
 	scope *scope.Scope
@@ -162,6 +174,7 @@ func New(store Store, peers Peers, cfg Config) (*Resolver, error) {
 		stats:    newStats(),
 		met:      met,
 		reads:    map[digest.Digest]*readLog{},
+		progs:    map[string]*chunk.Progress{},
 		scope:    scope.New(),
 	}, nil
 }
@@ -222,6 +235,11 @@ func (r *Resolver) ensure(ctx context.Context, blob digest.Digest, off, length i
 		r.countHit(b.m, off, length, missing)
 		r.record(b.m, off, length)
 	}
+	return r.ensureMissing(ctx, b, missing, prefetch)
+}
+
+// ensureMissing fetches the missing chunks of a range, in parallel, and returns the first error.
+func (r *Resolver) ensureMissing(ctx context.Context, b *blobEntry, missing []chunk.Chunk, prefetch bool) error {
 	switch len(missing) {
 	case 0:
 		return nil
@@ -239,6 +257,104 @@ func (r *Resolver) ensure(ctx context.Context, blob digest.Digest, off, length i
 		}
 	}
 	return first
+}
+
+// EnsureRead is Ensure for a reader that wants the bytes: it fills p with the bytes of blob at
+// off and returns filled true, or returns filled false once [off, off+len(p)) is present in the
+// store (read it there). Where the range lies within one missing chunk, it returns as soon as the
+// bytes of the range are verified, which can be before the chunk is complete: a peer speaking
+// ChunkProtocolV4 sends the sub-blocks covering the range first, each verified against the
+// manifest's sub-block digest on arrival, and the rest of the chunk behind them; the chunk is
+// verified against its CID and stored after the reader has its bytes. Without sub-block
+// digests (older manifests), peers or sources that send the chunk whole, the reader still gets
+// its bytes as soon as the whole chunk is verified, without waiting for the store's write and
+// sync. No byte reaches p unverified.
+func (r *Resolver) EnsureRead(ctx context.Context, blob digest.Digest, p []byte, off int64) (filled bool, err error) {
+	b, err := r.blob(blob)
+	if err != nil {
+		return false, err
+	}
+	length := int64(len(p))
+	missing, err := r.store.Missing(blob, off, length)
+	if err != nil {
+		return false, fmt.Errorf("demand: blob %s: %w", blob, err)
+	}
+	r.countHit(b.m, off, length, missing)
+	r.record(b.m, off, length)
+	if len(missing) != 1 || off < missing[0].Offset || off+length > missing[0].End() {
+		// Present already, several chunks, or bytes outside the one missing chunk (present
+		// chunks, holes): the store answers once they are all present.
+		return false, r.ensureMissing(ctx, b, missing, false)
+	}
+	c := b.chunk(missing[0])
+	r.demand.Add(1)
+	defer r.demand.Add(-1)
+	key := flightKey(b, c)
+	prog := r.progress(key, b, c, chunk.Range{Offset: off - c.Offset, Length: length})
+	ch := r.startFlight(ctx, b, c, key, false)
+	for {
+		ok, changed, err := prog.TryRead(p, off-c.Offset)
+		if ok {
+			how := "chunk" // the whole chunk verified, not yet stored
+			if !prog.Complete() {
+				how = "sub-block"
+			}
+			r.met.early.WithLabelValues(how).Inc()
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		select {
+		case <-changed:
+		case res := <-ch:
+			if res.Err != nil {
+				return false, res.Err
+			}
+			// The fetch had another Progress (it started between our lookup and our join):
+			// the chunk is in the store now.
+			ok, _, _ := prog.TryRead(p, off-c.Offset)
+			return ok, nil
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
+}
+
+// chunk is the resolver's own manifest entry of c (the store's manifests carry no sub-block
+// digests), or c itself.
+func (b *blobEntry) chunk(c chunk.Chunk) chunk.Chunk {
+	i := sort.Search(len(b.m.Chunks), func(i int) bool { return b.m.Chunks[i].Offset >= c.Offset })
+	if i < len(b.m.Chunks) && b.m.Chunks[i].Offset == c.Offset && b.m.Chunks[i].CID.Equals(c.CID) && b.m.Chunks[i].Length == c.Length {
+		return b.m.Chunks[i]
+	}
+	return c
+}
+
+func flightKey(b *blobEntry, c chunk.Chunk) string {
+	return b.m.Blob.String() + "@" + fmt.Sprint(c.Offset)
+}
+
+// progress returns the Progress of the fetch of c (key), making one that wants want first if
+// there is none.
+func (r *Resolver) progress(key string, b *blobEntry, c chunk.Chunk, want chunk.Range) *chunk.Progress {
+	r.progMu.Lock()
+	defer r.progMu.Unlock()
+	p := r.progs[key]
+	if p == nil {
+		p = chunk.NewProgress(c, b.m.SubBlockSize, want)
+		r.progs[key] = p
+	}
+	return p
+}
+
+// dropProgress forgets p once its fetch has ended; readers holding it keep reading from it.
+func (r *Resolver) dropProgress(key string, p *chunk.Progress) {
+	r.progMu.Lock()
+	defer r.progMu.Unlock()
+	if r.progs[key] == p {
+		delete(r.progs, key)
+	}
 }
 
 // record notes the chunks a demand read touched, in first-touch order: what an image reads as it
@@ -295,17 +411,7 @@ func (r *Resolver) ensureChunk(ctx context.Context, b *blobEntry, c chunk.Chunk,
 		r.demand.Add(1)
 		defer r.demand.Add(-1)
 	}
-	key := b.m.Blob.String() + "@" + fmt.Sprint(c.Offset)
-	ch := r.flight.DoChan(key, func() (any, error) {
-		done, ok := r.scope.Track()
-		if !ok {
-			return nil, ErrClosed
-		}
-		defer done()
-		fctx, cancel := r.scope.Detach(ctx, r.cfg.FetchTimeout)
-		defer cancel()
-		return nil, r.fetchChunk(fctx, b, c, prefetch)
-	})
+	ch := r.startFlight(ctx, b, b.chunk(c), flightKey(b, c), prefetch)
 	select {
 	case res := <-ch:
 		return res.Err
@@ -314,16 +420,40 @@ func (r *Resolver) ensureChunk(ctx context.Context, b *blobEntry, c chunk.Chunk,
 	}
 }
 
+// startFlight starts the fetch of c (key) unless one is running, and returns the channel its
+// result comes on. The fetch feeds the key's Progress (making one if no reader did).
+func (r *Resolver) startFlight(ctx context.Context, b *blobEntry, c chunk.Chunk, key string, prefetch bool) <-chan singleflight.Result {
+	return r.flight.DoChan(key, func() (any, error) {
+		done, ok := r.scope.Track()
+		if !ok {
+			return nil, ErrClosed
+		}
+		defer done()
+		fctx, cancel := r.scope.Detach(ctx, r.cfg.FetchTimeout)
+		defer cancel()
+		prog := r.progress(key, b, c, chunk.Range{})
+		defer r.dropProgress(key, prog)
+		err := r.fetchChunk(fctx, b, c, prefetch, prog)
+		if err != nil {
+			prog.Fail(err)
+		}
+		return nil, err
+	})
+}
+
 // fetchChunk runs once per chunk at a time, detached from the caller that started it (others may
 // be waiting on it) and bounded by FetchTimeout.
-func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk, prefetch bool) error {
+//
+// prog receives the chunk's bytes as they are verified (sub-blocks from a V4 peer, then the
+// whole chunk), before the chunk is stored: readers waiting on it are answered then.
+func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk, prefetch bool, prog *chunk.Progress) error {
 	release, err := r.acquire(fctx, prefetch)
 	if err != nil {
 		return err
 	}
 	defer release()
 	start := time.Now()
-	data, src, peerWire, err := r.fetchBytes(fctx, b, c)
+	data, src, peerWire, err := r.fetchBytes(fctx, b, c, prog)
 	r.countCorrupt(err)
 	for try := 1; err != nil && errors.Is(err, chunk.ErrCorrupt) && try < r.cfg.CorruptAttempts && fctx.Err() == nil; try++ {
 		// Wrong bytes are counted where they were found (the peer is struck, the origin's bytes
@@ -332,8 +462,11 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 		if sleepCtx(fctx, time.Duration(try)*50*time.Millisecond) != nil {
 			break
 		}
-		data, src, peerWire, err = r.fetchBytes(fctx, b, c)
+		data, src, peerWire, err = r.fetchBytes(fctx, b, c, prog)
 		r.countCorrupt(err)
+	}
+	if err == nil {
+		prog.Finish(data) // readers have their bytes now; the store's write and sync follow
 	}
 	if err != nil {
 		r.met.failures.Inc()
@@ -380,7 +513,7 @@ func wireBytes(c chunk.Chunk, src chunk.Source, peerWire int64) int64 {
 // fetchBytes gets a chunk's bytes, verified exactly once on the way: by the store for a local
 // copy in another blob (dedup), by package p2p for bytes from a peer or the origin, or here for
 // the origin when there is no cluster.
-func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c chunk.Chunk) (chunk.Verified, chunk.Source, int64, error) {
+func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c chunk.Chunk, prog *chunk.Progress) (chunk.Verified, chunk.Source, int64, error) {
 	held, err := r.store.HasCID(c.CID)
 	if err != nil {
 		return chunk.Verified{}, "", 0, fmt.Errorf("local store: %w", err)
@@ -408,7 +541,14 @@ func (r *Resolver) fetchBytes(ctx context.Context, b *blobEntry, c chunk.Chunk) 
 		}
 		return v, chunk.SourceOrigin, 0, nil
 	}
-	data, src, peerWire, err := r.peers.FetchWire(ctx, b.m.Blob, c, fromOrigin)
+	var data chunk.Verified
+	var src chunk.Source
+	var peerWire int64
+	if pp, ok := r.peers.(ProgressivePeers); ok && prog != nil && prog.SubBlockSize() > 0 {
+		data, src, peerWire, err = pp.FetchProgressive(ctx, b.m.Blob, c, prog, fromOrigin)
+	} else {
+		data, src, peerWire, err = r.peers.FetchWire(ctx, b.m.Blob, c, fromOrigin)
+	}
 	if err != nil {
 		return chunk.Verified{}, "", 0, err
 	}
@@ -544,6 +684,7 @@ type resolverMetrics struct {
 	wire     *prometheus.CounterVec
 	seconds  *prometheus.HistogramVec
 	failures prometheus.Counter
+	early    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*resolverMetrics, error) {
@@ -561,6 +702,9 @@ func newMetrics(reg prometheus.Registerer) (*resolverMetrics, error) {
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "shoal_demand_fetch_failures_total", Help: "Chunk fetches that failed from every source.",
 		}),
+		early: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_demand_early_reads_total", Help: "Demand reads answered before their chunk was stored (EnsureRead), by what they waited for: the covering verified sub-blocks, or the whole verified chunk.",
+		}, []string{"how"}),
 	}
 	var err error
 	if m.bytes, err = metrics.Register(reg, m.bytes); err != nil {
@@ -573,6 +717,9 @@ func newMetrics(reg prometheus.Registerer) (*resolverMetrics, error) {
 		return nil, fmt.Errorf("demand: %w", err)
 	}
 	if m.failures, err = metrics.Register(reg, m.failures); err != nil {
+		return nil, fmt.Errorf("demand: %w", err)
+	}
+	if m.early, err = metrics.Register(reg, m.early); err != nil {
 		return nil, fmt.Errorf("demand: %w", err)
 	}
 	return m, nil

@@ -250,8 +250,8 @@ func (c *Config) Validate() error {
 	if c.WireCompression != 0 && (c.WireCompression < zchunk.MinLevel || c.WireCompression > zchunk.MaxLevel) {
 		bad("WireCompression %d, want 0 (send raw) or a zstd level %d to %d", c.WireCompression, zchunk.MinLevel, zchunk.MaxLevel)
 	}
-	if c.chunkVersion < 0 || c.chunkVersion > 3 {
-		bad("chunk protocol version %d, want 1 to 3", c.chunkVersion)
+	if c.chunkVersion < 0 || c.chunkVersion > len(chunkProtocols) {
+		bad("chunk protocol version %d, want 1 to %d", c.chunkVersion, len(chunkProtocols))
 	}
 	if c.UploadSlots < 0 {
 		bad("UploadSlots %d, want >= 0 (0 = unlimited)", c.UploadSlots)

@@ -45,11 +45,42 @@
 // them as soon as they change (milliseconds on a LAN). Lookup maps a chunk CID to the peers whose
 // maps hold it, across every registered blob that contains it.
 //
-// Exchange: ChunkProtocol, ChunkProtocolV2 and ChunkProtocolV3 (wire.go) are one request per
-// stream, length-prefixed, capped at MaxChunkSize, with deadlines on every stream. A host serves
-// all three and asks for V3, then V2, then V1, so hosts of the two previous releases are served
-// and asked in what they speak. The receiver allocates only the length it asked for and
-// verifies the CID before any use.
+// Exchange: ChunkProtocol to ChunkProtocolV4 (wire.go) are one request per stream,
+// length-prefixed, capped at MaxChunkSize, with deadlines on every stream. A host serves all
+// four and asks for V4, then V3, V2, V1, so hosts of the previous releases are served and asked
+// in what they speak. The receiver allocates only the length it asked for and verifies the CID
+// before any use.
+//
+// First bytes (V4): a 4 KiB read of a cold 1 MiB chunk should not wait for the whole chunk to
+// cross the network and be hashed. FetchProgressive takes a chunk.Progress: the chunk's
+// sub-block digests (from its manifest, chunk.Chunk.SubHashes, 64 KiB sub-blocks) and the range
+// the reader wants. The request names the sub-block size and the run of sub-blocks covering that
+// range; the holder writes them first, raw, before it does anything else with the chunk (no
+// compression, no waiting on the rest), then the rest of the chunk, then an end mark. The
+// receiver reads the parts as they come and hands each wanted sub-block to the Progress, which
+// verifies it against its digest before any reader sees it: the reader is answered after one
+// 64 KiB sub-block, not after 1 MiB. The rest: for a chunk that goes raw, the other sub-blocks
+// (the chunk is assembled from all of them); for a chunk whose manifest stores it compressed
+// (schema 2) and that the holder sends compressed, the whole chunk as one zstd frame, exactly as
+// V3 sends it (the frame duplicates the first sub-blocks, compressed: a zstd frame cannot be cut
+// at sub-block boundaries, and re-encoding per sub-block would cost the sender a compression per
+// sub-block and lose most of the ratio). Either way the whole chunk is verified against its CID
+// before FetchProgressive returns it and before anyone stores it, as in every version. A wanted
+// sub-block that does not match its digest, a sub-block index past the chunk or repeated, a part
+// the protocol does not know or a response that ends without the whole chunk is a strike, as
+// wrong bytes are (BanAfter strikes ban the peer), and the chunk is asked of the next holder or
+// the origin. A request without a run (prefetch, a manifest without digests, a peer of an older
+// release) is answered with the whole chunk, as in V3; a V3 peer is asked in V3 and the reader
+// gets its bytes when the whole chunk has been verified. What the receiver allocates is bounded
+// by the chunk: one buffer of its length for sub-blocks, one of at most its length for a frame.
+// The holder does not hash the whole chunk before the first sub-blocks go out: with a store that
+// offers RawChunks it reads its copy unverified, writes the wanted sub-blocks, and only then
+// verifies the chunk against its CID, before sending the rest. A copy that fails is dropped from
+// the store and the answer ends with PartAbort (a clean end, like StatusError; a reset would
+// discard the sub-blocks in flight): the requester keeps the sub-blocks it verified against their
+// digests and asks elsewhere for the chunk. The holder is not struck for that; it is struck if the
+// rot lay in the wanted sub-blocks themselves, which the requester finds wrong (rot is rare, and
+// the holder's copy is gone after the first such answer).
 //
 // Compression (V3): an OK response carries a wire codec (raw or zstd), the chunk's length and the
 // stored length, then the stored bytes: a zstd frame shorter than the chunk, or the chunk itself.

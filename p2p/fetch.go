@@ -62,6 +62,18 @@ func (n *Node) Fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 // frame's length where it came compressed (ChunkProtocolV3), else its length; 0 for a chunk
 // from the origin (its bytes are the origin reader's to count) or one fetched moments ago.
 func (n *Node) FetchWire(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (chunk.Verified, chunk.Source, int64, error) {
+	return n.FetchProgressive(ctx, blob, c, nil, fromOrigin)
+}
+
+// FetchProgressive is FetchWire for a reader that needs part of the chunk first: where the chunk
+// comes from a holder that speaks ChunkProtocolV4 and prog has sub-block digests, the holder is
+// asked for the sub-blocks covering prog's wanted range first, and each of them is handed to
+// prog (which verifies it against its digest) as soon as it has arrived, before the rest of the
+// chunk; a sub-block that does not match is a strike against the holder, as wrong bytes are, and
+// the chunk is asked of the next source. The whole chunk is still verified against its CID
+// before it is returned. prog may be nil (FetchWire). A call that joins a fetch of the same CID
+// already running shares its result, not its sub-blocks.
+func (n *Node) FetchProgressive(ctx context.Context, blob digest.Digest, c chunk.Chunk, prog *chunk.Progress, fromOrigin func(context.Context) ([]byte, error)) (chunk.Verified, chunk.Source, int64, error) {
 	if c.Length <= 0 || c.Length > MaxChunkSize {
 		return chunk.Verified{}, "", 0, fmt.Errorf("fetch chunk %s of %s: length %d out of (0, %d]", c.CID, blob, c.Length, MaxChunkSize)
 	}
@@ -69,7 +81,7 @@ func (n *Node) FetchWire(ctx context.Context, blob digest.Digest, c chunk.Chunk,
 	ch := n.sf.DoChan(c.CID.KeyString(), func() (any, error) {
 		fctx, cancel := n.flightContext(ctx, 2*n.cfg.CoalesceTimeout+time.Duration(n.cfg.MaxAttempts)*n.cfg.RequestTimeout)
 		defer cancel()
-		return n.fetch(fctx, blob, c, fromOrigin)
+		return n.fetch(fctx, blob, c, fromOrigin, prog)
 	})
 	select {
 	case r := <-ch:
@@ -96,7 +108,7 @@ func (n *Node) flightContext(ctx context.Context, d time.Duration) (context.Cont
 	return n.scope.Detach(ctx, d)
 }
 
-func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error)) (fetched, error) {
+func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error), prog *chunk.Progress) (fetched, error) {
 	n.mu.Lock()
 	h := n.host
 	lb := n.blobs[blob]
@@ -115,7 +127,7 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 	fallback := func(ctx context.Context) (fetched, error) {
 		if owner := n.rendezvous(blob, c.CID); owner != n.id {
 			req := Request{Flags: FlagFetchThrough, Blob: blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
-			f, err := n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout)
+			f, err := n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout, nil)
 			if err == nil {
 				f.src = chunk.SourceCoalesced
 				n.recent.add(c.CID, f.data, f.frame, f.src)
@@ -128,7 +140,7 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 		}
 		return n.ownedFetch(ctx, h, blob, c, fromOrigin, false, true)
 	}
-	f, err := n.fromHolders(ctx, h, blob, c, fallback)
+	f, err := n.fromHolders(ctx, h, blob, c, fallback, prog)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fetched{}, fmt.Errorf("fetch chunk %s of %s: %w", c.CID, blob, ctx.Err())
@@ -154,7 +166,7 @@ func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, 
 			return fetched{data: data, src: src}, nil
 		}
 		if h != nil && !skipHolders {
-			if f, err := n.fromHolders(fctx, h, blob, c, nil); err == nil {
+			if f, err := n.fromHolders(fctx, h, blob, c, nil, nil); err == nil {
 				return f, nil
 			}
 		}
@@ -219,7 +231,9 @@ func rendezvousScore(c cid.Cid, p peer.ID) uint64 {
 // has run past the slow threshold (HedgeFactor × the cluster's p99), so a reader never waits on
 // one bad peer for much longer than the cluster normally takes. The first success wins and the
 // others are cancelled.
-func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, fallback func(context.Context) (fetched, error)) (fetched, error) {
+//
+// prog, if not nil, is handed the sub-blocks a V4 holder sends first (FetchProgressive).
+func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, fallback func(context.Context) (fetched, error), prog *chunk.Progress) (fetched, error) {
 	now := time.Now()
 	n.mu.Lock()
 	holders := n.holdersLocked(c.CID, now)
@@ -257,7 +271,7 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 		req := req
 		req.Flags |= flags
 		go func() {
-			f, err := n.request(ctx, h, p, req, n.cfg.RequestTimeout)
+			f, err := n.request(ctx, h, p, req, n.cfg.RequestTimeout, prog)
 			var st *statusError
 			f.src = chunk.SourcePeer
 			r := result{f: f, err: err}
@@ -389,7 +403,7 @@ func isBadData(err error) bool {
 // what they took on the wire), accounting the outcome to p. A zstd frame is decoded capped at
 // the chunk's length: a bomb, a truncated frame or a frame of the wrong codec fails like wrong
 // bytes (chunk.ErrCorrupt), a strike against p.
-func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Request, timeout time.Duration) (fetched, error) {
+func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Request, timeout time.Duration, prog *chunk.Progress) (fetched, error) {
 	ctx, cancel := context.WithTimeout(parent, timeout)
 	defer cancel()
 	n.mu.Lock()
@@ -398,7 +412,7 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 	ps.requestsOut++
 	n.mu.Unlock()
 	start := time.Now()
-	codec, stored, load, err := n.exchange(ctx, h, p, req)
+	codec, stored, load, wire, err := n.exchangeProgressive(ctx, h, p, req, prog)
 	var data chunk.Verified
 	if err == nil {
 		// The one decode (capped at the length asked for) and the one hash of a chunk from a peer.
@@ -455,7 +469,7 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 		n.record(p, outcomeBad)
 	}
 	if err == nil {
-		f := fetched{data: data, wire: int64(len(stored))}
+		f := fetched{data: data, wire: wire}
 		if codec == chunk.CodecZstd {
 			f.frame = stored
 		}
@@ -484,29 +498,54 @@ func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Reque
 // and their codec, not decoded (chunk.CodecNone before V3). The stream's deadline is ctx's, and
 // ctx ending resets it.
 func (n *Node) exchange(ctx context.Context, h host.Host, p peer.ID, req Request) (codec chunk.Codec, stored []byte, load int, err error) {
+	codec, stored, load, _, err = n.exchangeProgressive(ctx, h, p, req, nil)
+	return codec, stored, load, err
+}
+
+// exchangeProgressive is exchange that, in V4 and with prog's sub-block digests, asks for prog's
+// wanted sub-blocks first and hands each to prog as it arrives (prog verifies it: a mismatch
+// ends the exchange with chunk.ErrCorrupt). wire is what the chunk took on the network.
+func (n *Node) exchangeProgressive(ctx context.Context, h host.Host, p peer.ID, req Request, prog *chunk.Progress) (codec chunk.Codec, stored []byte, load int, wire int64, err error) {
 	protos := slices.Clone(chunkProtocols[:n.chunkVersion()])
 	slices.Reverse(protos)
 	s, err := h.NewStream(ctx, p, protos...)
 	if err != nil {
-		return "", nil, -1, err
+		return "", nil, -1, 0, err
 	}
 	ver := slices.Index(chunkProtocols, s.Protocol()) + 1
 	if ver < 2 {
 		req.Flags &^= FlagHaveOthers
+	}
+	var firstBytes int64
+	var onSub func(int, []byte) error
+	if first, count := prog.Wanted(); ver >= 4 && count > 0 {
+		req.SubSize, req.First, req.Count = prog.SubBlockSize(), first, count
+		onSub = func(i int, data []byte) error {
+			if i < req.First || i >= req.First+req.Count {
+				return nil // verified with the whole chunk, against its CID
+			}
+			firstBytes += int64(len(data))
+			return prog.PutSubBlock(i, data)
+		}
 	}
 	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
 	defer stop()
 	if dl, ok := ctx.Deadline(); ok {
 		_ = s.SetDeadline(dl)
 	}
-	buf, err := AppendRequest(nil, req)
+	var buf []byte
+	if ver >= 4 {
+		buf, err = AppendRequestV4(nil, req)
+	} else {
+		buf, err = AppendRequest(nil, req)
+	}
 	if err != nil {
 		_ = s.Reset()
-		return "", nil, -1, err
+		return "", nil, -1, 0, err
 	}
 	if _, err := s.Write(buf); err != nil {
 		_ = s.Reset()
-		return "", nil, -1, err
+		return "", nil, -1, 0, err
 	}
 	_ = s.CloseWrite()
 	r := bufio.NewReaderSize(s, 32<<10)
@@ -514,7 +553,9 @@ func (n *Node) exchange(ctx context.Context, h host.Host, p peer.ID, req Request
 	var msg string
 	load = -1
 	switch {
-	case ver >= 3:
+	case ver >= 4:
+		st, load, codec, stored, msg, err = ReadResponseV4(r, req, onSub)
+	case ver == 3:
 		st, load, codec, stored, msg, err = ReadResponseV3(r, req.Length)
 	case ver == 2:
 		st, load, stored, msg, err = ReadResponseV2(r, req.Length)
@@ -524,13 +565,17 @@ func (n *Node) exchange(ctx context.Context, h host.Host, p peer.ID, req Request
 	if err != nil {
 		_ = s.Reset()
 		if ctx.Err() != nil {
-			return "", nil, -1, ctx.Err()
+			return "", nil, -1, 0, ctx.Err()
 		}
-		return "", nil, -1, err
+		return "", nil, -1, 0, err
 	}
 	_ = s.Close()
 	if st != StatusOK {
-		return "", nil, load, &statusError{st, msg}
+		return "", nil, load, 0, &statusError{st, msg}
 	}
-	return codec, stored, load, nil
+	wire = int64(len(stored))
+	if codec != chunk.CodecNone {
+		wire += firstBytes // the sub-blocks sent raw before the frame
+	}
+	return codec, stored, load, wire, nil
 }

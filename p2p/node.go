@@ -45,6 +45,16 @@ type ChunkWriter interface {
 	PutChunk(ctx context.Context, blob digest.Digest, c chunk.Chunk, data chunk.Verified) error
 }
 
+// RawChunks is an optional capability of LocalChunks, found by type assertion: a held chunk's
+// bytes without ReadChunk's verification. A ChunkProtocolV4 request that wants some sub-blocks
+// first is answered from them, the chunk verified against its CID after those sub-blocks are out
+// and before the rest is sent (a copy that fails is read again through ReadChunk, which drops
+// it, and the answer ends with PartAbort), so the reader does not wait for the sender's hash of
+// the whole chunk.
+type RawChunks interface {
+	ReadChunkUnverified(ctx context.Context, c cid.Cid) ([]byte, error)
+}
+
 // OriginFunc fetches one chunk of a registered blob from this host's origin (registry). Its bytes
 // are not trusted: the node verifies them (once) before any use.
 type OriginFunc func(ctx context.Context, c chunk.Chunk) ([]byte, error)

@@ -3,18 +3,23 @@ package p2p
 import (
 	"bufio"
 	"context"
+	"errors"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/time/rate"
 
 	"github.com/shoal-p2p/shoal/chunk"
 )
 
+// errAborted: writeV4 ended the answer with PartAbort (the held copy is rotten).
+var errAborted = errors.New("answer aborted: the held copy failed verification")
+
 // floodWindow is the window over which FloodBanAfter refusals ban a peer.
 const floodWindow = 10 * time.Second
 
-// chunkHandler answers chunk requests in protocol version v (1 to 3: chunkProtocols). Every
+// chunkHandler answers chunk requests in protocol version v (1 to 4: chunkProtocols). Every
 // stream has deadlines; a peer over its request rate or concurrency gets a busy answer at once
 // (it asks another holder), and a peer that keeps going over its rate is banned. From V2 the
 // header carries this host's load and requests flagged FlagHaveOthers are super-seeded; from V3
@@ -47,7 +52,8 @@ func (n *Node) serveChunk(s network.Stream, ver int) {
 			<-n.slots
 		}
 	}()
-	st, data, msg := n.serve(s, p, ver >= 2, &req, &slot)
+	unverified := false
+	st, data, msg := n.serve(s, p, ver, &req, &slot, &unverified)
 	if st == 0xff { // unreadable request: nothing to answer
 		_ = s.Reset()
 		return
@@ -58,24 +64,41 @@ func (n *Node) serveChunk(s network.Stream, ver int) {
 		defer n.uploading.Add(-1)
 		defer func() { n.uploaded(req, p, uploadedOK) }()
 	}
-	// body is what goes on the wire: the chunk, or (V3) its zstd frame.
-	codec, body := WireRaw, data
-	if ver >= 3 && len(data) > 0 {
-		codec, body = n.wireForm(req, data)
-	}
 	n.met.servedRequests.WithLabelValues(st.String()).Inc()
 	n.mu.Lock()
 	ps := n.peerLocked(p)
 	up := ps.upLimit
 	rctx := n.scope.Context()
 	n.mu.Unlock()
+	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.RequestTimeout))
+	if ver >= 4 {
+		wire, err := n.writeV4(s, rctx, up, req, st, data, msg, unverified)
+		if errors.Is(err, errAborted) {
+			_ = s.Close()
+			return
+		}
+		if err != nil {
+			_ = s.Reset()
+			return
+		}
+		if len(data) > 0 {
+			uploadedOK = true
+			n.countServed(ps, len(data), wire)
+		}
+		_ = s.Close()
+		return
+	}
+	// body is what goes on the wire: the chunk, or (V3) its zstd frame.
+	codec, body := WireRaw, data
+	if ver >= 3 && len(data) > 0 {
+		codec, body = n.wireForm(req, data)
+	}
 	if up != nil && len(body) > 0 {
 		if err := up.WaitN(rctx, len(body)); err != nil {
 			_ = s.Reset()
 			return
 		}
 	}
-	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.RequestTimeout))
 	var hdr []byte
 	switch {
 	case ver >= 3:
@@ -95,15 +118,109 @@ func (n *Node) serveChunk(s network.Stream, ver int) {
 			return
 		}
 		uploadedOK = true
-		n.met.servedBytes.Add(float64(len(data)))
-		n.met.servedWireBytes.Add(float64(len(body)))
-		n.met.served.Add(int64(len(data)))
-		n.met.servedWire.Add(int64(len(body)))
-		n.mu.Lock()
-		ps.bytesUp += int64(len(data))
-		n.mu.Unlock()
+		n.countServed(ps, len(data), len(body))
 	}
 	_ = s.Close()
+}
+
+func (n *Node) countServed(ps *peerState, data, wire int) {
+	n.met.servedBytes.Add(float64(data))
+	n.met.servedWireBytes.Add(float64(wire))
+	n.met.served.Add(int64(data))
+	n.met.servedWire.Add(int64(wire))
+	n.mu.Lock()
+	ps.bytesUp += int64(data)
+	n.mu.Unlock()
+}
+
+// writeV4 writes a ChunkProtocolV4 response: for a chunk, the sub-blocks the request wants
+// first (raw: they go out before anything else is done with the chunk, compression included),
+// then the rest (the other sub-blocks raw, or the whole chunk as the zstd frame wireForm picks),
+// then the end mark. It returns the bytes of chunk data put on the wire. unverified: data is the
+// store's copy as read (RawChunks), verified here once the first sub-blocks are out; a copy that
+// does not match its CID ends the answer with PartAbort (the requester, which checked what it got
+// against the sub-block digests, asks elsewhere) and is dropped from the store.
+func (n *Node) writeV4(s network.Stream, ctx context.Context, up *rate.Limiter, req Request, st Status, data []byte, msg string, unverified bool) (int, error) {
+	load := int(n.uploading.Load() + n.queued.Load())
+	if st != StatusOK || len(data) == 0 {
+		_, err := s.Write(AppendResponseHeaderV4(nil, st, load, 0, msg))
+		return 0, err
+	}
+	wait := func(k int) error {
+		if up == nil || k == 0 {
+			return nil
+		}
+		return up.WaitN(ctx, k)
+	}
+	nsub := chunk.NumSubBlocks(int64(len(data)), req.SubSize)
+	var sent []bool
+	head := AppendResponseHeaderV4(nil, st, load, len(data), "")
+	wire := 0
+	if req.SubSize > 0 && req.Count > 0 {
+		sent = make([]bool, nsub)
+		first := chunk.SubBlock(int64(len(data)), req.SubSize, req.First)
+		last := chunk.SubBlock(int64(len(data)), req.SubSize, req.First+req.Count-1)
+		if err := wait(int(last.End() - first.Offset)); err != nil {
+			return 0, err
+		}
+		for i := req.First; i < req.First+req.Count; i++ {
+			r := chunk.SubBlock(int64(len(data)), req.SubSize, i)
+			if _, err := s.Write(AppendPartSub(head, i)); err != nil {
+				return 0, err
+			}
+			head = nil
+			if _, err := s.Write(data[r.Offset:r.End()]); err != nil {
+				return 0, err
+			}
+			sent[i] = true
+			wire += int(r.Length)
+		}
+	}
+	if unverified {
+		if _, err := chunk.Verify(req.CID, data); err != nil {
+			n.log.Warn("held chunk failed verification while being sent; aborting the answer", "chunk", req.CID, "err", err)
+			_, _ = n.local.ReadChunk(ctx, req.CID) // the store drops the copy that fails
+			// An abort part, then a clean close: a reset would discard the sub-blocks the
+			// requester has not read yet.
+			if _, err := s.Write([]byte{PartAbort}); err != nil {
+				return 0, err
+			}
+			return 0, errAborted
+		}
+	}
+	codec, body := n.wireForm(req, data)
+	if codec != WireRaw || req.SubSize == 0 {
+		if err := wait(len(body)); err != nil {
+			return 0, err
+		}
+		if _, err := s.Write(AppendPartWhole(head, codec, len(body))); err != nil {
+			return 0, err
+		}
+		if _, err := s.Write(body); err != nil {
+			return 0, err
+		}
+		wire += len(body)
+	} else {
+		if err := wait(len(data) - wire); err != nil {
+			return 0, err
+		}
+		for i := range nsub {
+			if sent != nil && sent[i] {
+				continue
+			}
+			r := chunk.SubBlock(int64(len(data)), req.SubSize, i)
+			if _, err := s.Write(AppendPartSub(head, i)); err != nil {
+				return 0, err
+			}
+			head = nil
+			if _, err := s.Write(data[r.Offset:r.End()]); err != nil {
+				return 0, err
+			}
+			wire += int(r.Length)
+		}
+	}
+	_, err := s.Write([]byte{PartEnd})
+	return wire, err
 }
 
 // wireForm is how a chunk goes to a V3 peer: as the zstd frame it arrived in or was last
@@ -154,7 +271,11 @@ func (n *Node) compressible(req Request) bool {
 // serve decides the answer to a request on s, which it stores in reqOut once read; status 0xff
 // means the request was unreadable. *slot is set when it took an upload slot (n.slots), which
 // the caller frees once the answer is written.
-func (n *Node) serve(s network.Stream, p peer.ID, v2 bool, reqOut *Request, slot *bool) (Status, []byte, string) {
+//
+// *unverified is set when the bytes returned are the store's copy as read, not yet verified
+// (V4 with sub-blocks wanted first and a RawChunks store): writeV4 verifies them.
+func (n *Node) serve(s network.Stream, p peer.ID, ver int, reqOut *Request, slot *bool, unverified *bool) (Status, []byte, string) {
+	v2 := ver >= 2
 	if !n.allowed(p) {
 		return StatusRefused, nil, "not allowed"
 	}
@@ -187,7 +308,11 @@ func (n *Node) serve(s network.Stream, p peer.ID, v2 bool, reqOut *Request, slot
 	default:
 		return StatusBusy, nil, "over concurrency"
 	}
-	req, err := ReadRequest(bufio.NewReaderSize(s, 512))
+	read := ReadRequest
+	if ver >= 4 {
+		read = ReadRequestV4
+	}
+	req, err := read(bufio.NewReaderSize(s, 512))
 	if err != nil {
 		n.log.Debug("bad chunk request", "peer", p, "err", err)
 		return 0xff, nil, ""
@@ -232,6 +357,12 @@ func (n *Node) serve(s network.Stream, p peer.ID, v2 bool, reqOut *Request, slot
 		}
 		ctx, cancel := context.WithTimeout(rctx, n.cfg.RequestTimeout)
 		defer cancel()
+		if rc, ok := n.local.(RawChunks); ok && ver >= 4 && req.Count > 0 {
+			if raw, err := rc.ReadChunkUnverified(ctx, req.CID); err == nil && int64(len(raw)) == req.Length {
+				*unverified = true
+				return StatusOK, raw, ""
+			}
+		}
 		data, err := n.local.ReadChunk(ctx, req.CID)
 		if err == nil {
 			return StatusOK, data.Bytes(), ""

@@ -29,13 +29,19 @@ const (
 	// chunk itself), so a compressible chunk crosses the network compressed. Requests are
 	// unchanged. Hosts serve V1 to V3 and ask for V3, then V2, then V1.
 	ChunkProtocolV3 protocol.ID = "/shoal/chunk/3"
+	// ChunkProtocolV4 is ChunkProtocolV3 with first bytes first: a request may name a run of
+	// the chunk's sub-blocks (of a size it gives) that the requester needs now, and the OK
+	// response is a sequence of parts: those sub-blocks raw, then the rest of the chunk (the
+	// other sub-blocks raw, or the whole chunk as one zstd frame where it goes compressed), then
+	// an end mark (AppendRequestV4, ReadResponseV4). Hosts serve V1 to V4 and ask for V4 first.
+	ChunkProtocolV4 protocol.ID = "/shoal/chunk/4"
 	// PresenceProtocol is a long-lived one-way stream of Presence frames from the opener.
 	PresenceProtocol protocol.ID = "/shoal/presence/1"
 )
 
 // chunkProtocols are the chunk protocol IDs by version, oldest first: chunkProtocols[v-1] is
 // version v.
-var chunkProtocols = []protocol.ID{ChunkProtocol, ChunkProtocolV2, ChunkProtocolV3}
+var chunkProtocols = []protocol.ID{ChunkProtocol, ChunkProtocolV2, ChunkProtocolV3, ChunkProtocolV4}
 
 // Hard caps on everything a peer can make us read or allocate.
 const (
@@ -49,6 +55,10 @@ const (
 	maxMsgLen     = 256
 	// maxRequestFrame bounds an encoded Request.
 	maxRequestFrame = 1 + 2*binary.MaxVarintLen64 + maxDigestLen + maxCIDLen + 2*binary.MaxVarintLen64
+	// maxRequestFrameV4 bounds an encoded V4 Request: a V1 request and the sub-block run.
+	maxRequestFrameV4 = maxRequestFrame + 3*binary.MaxVarintLen64
+	// MaxSubBlocks bounds the sub-blocks of one chunk a V4 exchange may cut it into.
+	MaxSubBlocks = 4096
 	// maxPresenceFrame bounds an encoded Presence.
 	maxPresenceFrame = 1 + 3*binary.MaxVarintLen64 + maxDigestLen + MaxBlobChunks/8
 )
@@ -87,6 +97,24 @@ type Request struct {
 	CID    cid.Cid
 	Offset int64
 	Length int64
+
+	// V4 only: the chunk is cut into sub-blocks of SubSize bytes (0: not cut, the response
+	// carries the chunk whole), and the requester needs sub-blocks First to First+Count-1 now.
+	SubSize int64
+	First   int
+	Count   int
+}
+
+// validSubRun reports whether r's sub-block fields are consistent: no run without a sub-block
+// size, a size that is a positive multiple of chunk.BlockSize cutting the chunk into at most
+// MaxSubBlocks, and a run inside the chunk.
+func (r Request) validSubRun() bool {
+	if r.SubSize == 0 {
+		return r.First == 0 && r.Count == 0
+	}
+	n := chunk.NumSubBlocks(r.Length, r.SubSize)
+	return r.SubSize > 0 && r.SubSize%chunk.BlockSize == 0 && r.SubSize <= MaxChunkSize && n >= 1 && n <= MaxSubBlocks &&
+		r.First >= 0 && r.Count >= 0 && r.First <= n && r.Count <= n-r.First
 }
 
 // Status of a Response.
@@ -157,6 +185,63 @@ func AppendRequest(b []byte, r Request) ([]byte, error) {
 	body = binary.AppendUvarint(body, uint64(r.Length))
 	b = binary.AppendUvarint(b, uint64(len(body)))
 	return append(b, body...), nil
+}
+
+// AppendRequestV4 appends r's ChunkProtocolV4 encoding: AppendRequest's fields, then the
+// sub-block size, the first sub-block wanted and how many, as uvarints, in one frame.
+func AppendRequestV4(b []byte, r Request) ([]byte, error) {
+	if !r.validSubRun() {
+		return b, fmt.Errorf("encode request for %s: sub-blocks %d+%d of %d bytes: %w", r.CID, r.First, r.Count, r.SubSize, ErrMalformed)
+	}
+	v1, err := AppendRequest(nil, r)
+	if err != nil {
+		return b, err
+	}
+	_, n := binary.Uvarint(v1)
+	body := v1[n:]
+	body = binary.AppendUvarint(body, uint64(r.SubSize))
+	body = binary.AppendUvarint(body, uint64(r.First))
+	body = binary.AppendUvarint(body, uint64(r.Count))
+	b = binary.AppendUvarint(b, uint64(len(body)))
+	return append(b, body...), nil
+}
+
+// ReadRequestV4 reads one ChunkProtocolV4 request frame.
+func ReadRequestV4(r *bufio.Reader) (Request, error) {
+	body, err := readFrame(r, maxRequestFrameV4)
+	if err != nil {
+		return Request{}, err
+	}
+	return parseRequestV4(body)
+}
+
+func parseRequestV4(body []byte) (Request, error) {
+	// The V1 fields, then three uvarints: parse from the end so that parseRequest sees exactly
+	// its own fields.
+	p := parser{b: body}
+	_ = p.byte()
+	_ = p.str(maxDigestLen)
+	_ = p.str(maxCIDLen)
+	_ = p.uvarint()
+	_ = p.uvarint()
+	if p.err != nil {
+		return Request{}, fmt.Errorf("request: %w", ErrMalformed)
+	}
+	rest := p.b
+	req, err := parseRequest(body[:len(body)-len(rest)])
+	if err != nil {
+		return Request{}, err
+	}
+	q := parser{b: rest}
+	sub, first, count := q.uvarint(), q.uvarint(), q.uvarint()
+	if q.err != nil || len(q.b) != 0 || sub > MaxChunkSize || first > MaxSubBlocks || count > MaxSubBlocks {
+		return Request{}, fmt.Errorf("request: sub-blocks: %w", ErrMalformed)
+	}
+	req.SubSize, req.First, req.Count = int64(sub), int(first), int(count)
+	if !req.validSubRun() {
+		return Request{}, fmt.Errorf("request: sub-blocks %d+%d of %d bytes for a chunk of %d: %w", first, count, sub, req.Length, ErrMalformed)
+	}
+	return req, nil
 }
 
 // ReadRequest reads one request frame.
@@ -465,4 +550,151 @@ func (p *parser) str(max int) string {
 	s := string(p.b[:n])
 	p.b = p.b[n:]
 	return s
+}
+
+// Parts of a ChunkProtocolV4 OK response, each introduced by its kind byte.
+const (
+	// PartEnd ends the response.
+	PartEnd byte = 0
+	// PartSub is one sub-block: uvarint index, then its bytes raw (their length follows from
+	// the index, the chunk's length and the request's sub-block size).
+	PartSub byte = 1
+	// PartWhole is the whole chunk: wire codec byte, uvarint stored length, then the stored
+	// bytes (the chunk raw, or a zstd frame shorter than it), as in a V3 response.
+	PartWhole byte = 2
+	// PartAbort ends the response without the rest of the chunk: the sender found its own copy
+	// rotten (it sent the first sub-blocks before hashing the whole chunk). The sub-blocks it
+	// sent were checked against their digests by the receiver; the rest is to be had elsewhere.
+	// An answer like StatusError, not a strike.
+	PartAbort byte = 3
+)
+
+// AppendResponseHeaderV4 appends the header of a ChunkProtocolV4 response: the status byte and
+// the responder's load as in V2, then for StatusOK the chunk's length (uvarint; parts follow),
+// otherwise a uvarint-prefixed message.
+func AppendResponseHeaderV4(b []byte, st Status, load int, dataLen int, msg string) []byte {
+	return AppendResponseHeaderV2(b, st, load, dataLen, msg)
+}
+
+// AppendPartSub appends the head of a PartSub for sub-block i; its bytes follow.
+func AppendPartSub(b []byte, i int) []byte {
+	return binary.AppendUvarint(append(b, PartSub), uint64(i))
+}
+
+// AppendPartWhole appends the head of a PartWhole; storedLen bytes follow.
+func AppendPartWhole(b []byte, codec byte, storedLen int) []byte {
+	return binary.AppendUvarint(append(b, PartWhole, codec), uint64(storedLen))
+}
+
+// ReadResponseV4 reads a ChunkProtocolV4 response to req. For StatusOK it reads the parts as
+// they come and calls onSub (if not nil) with each sub-block as soon as it has been read, before
+// the next part is read: an error from onSub (a sub-block that does not match its digest) ends
+// the read with that error. It returns the chunk as V3 would: raw (codec chunk.CodecNone, every
+// sub-block arrived, assembled) or the stored bytes of the whole-chunk part (a zstd frame, or
+// the chunk raw), not yet verified. The chunk's length must be req.Length; a sub-block index past
+// the chunk or repeated, a PartSub when the request named no sub-block size, a second PartWhole,
+// an unknown part or codec, or an end without the whole chunk is ErrMalformed, and bytes that end
+// early io.ErrUnexpectedEOF. A PartAbort is a StatusError answer. What it allocates is bounded by req.Length: one buffer of the chunk
+// for sub-blocks, one of at most the chunk for a whole part.
+func ReadResponseV4(r *bufio.Reader, req Request, onSub func(i int, data []byte) error) (st Status, load int, codec chunk.Codec, stored []byte, msg string, err error) {
+	want := req.Length
+	sb, err := r.ReadByte()
+	if err != nil {
+		return 0, 0, "", nil, "", err
+	}
+	st = Status(sb)
+	l, err := binary.ReadUvarint(r)
+	if err != nil {
+		return st, 0, "", nil, "", noEOF(err)
+	}
+	if l > MaxLoad {
+		return st, 0, "", nil, "", fmt.Errorf("response load %d over %d: %w", l, MaxLoad, ErrMalformed)
+	}
+	load = int(l)
+	if st != StatusOK {
+		st, _, msg, err = readResponseBody(r, st, want)
+		return st, load, "", nil, msg, err
+	}
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return st, load, "", nil, "", noEOF(err)
+	}
+	if want <= 0 || want > MaxChunkSize || n != uint64(want) || !req.validSubRun() {
+		return st, load, "", nil, "", fmt.Errorf("response of %d bytes, want %d: %w", n, want, ErrMalformed)
+	}
+	nsub := chunk.NumSubBlocks(want, req.SubSize)
+	var (
+		buf   []byte // sub-blocks, assembled
+		have  []bool
+		nhave int
+		whole []byte
+		wcod  chunk.Codec
+	)
+	for {
+		kind, err := r.ReadByte()
+		if err != nil {
+			return st, load, "", nil, "", noEOF(err)
+		}
+		switch kind {
+		case PartAbort:
+			return StatusError, load, "", nil, "holder's copy failed verification", nil
+		case PartEnd:
+			switch {
+			case whole != nil:
+				return st, load, wcod, whole, "", nil
+			case nsub > 0 && nhave == nsub:
+				return st, load, chunk.CodecNone, buf, "", nil
+			}
+			return st, load, "", nil, "", fmt.Errorf("response ended with %d of %d sub-blocks and no whole chunk: %w", nhave, nsub, ErrMalformed)
+		case PartSub:
+			i, err := binary.ReadUvarint(r)
+			if err != nil {
+				return st, load, "", nil, "", noEOF(err)
+			}
+			if nsub == 0 || i >= uint64(nsub) || have != nil && have[i] {
+				return st, load, "", nil, "", fmt.Errorf("response sub-block %d of %d (repeated or out of range): %w", i, nsub, ErrMalformed)
+			}
+			if buf == nil {
+				buf, have = make([]byte, want), make([]bool, nsub)
+			}
+			sr := chunk.SubBlock(want, req.SubSize, int(i))
+			part := buf[sr.Offset:sr.End()]
+			if _, err := io.ReadFull(r, part); err != nil {
+				return st, load, "", nil, "", noEOF(err)
+			}
+			have[i] = true
+			nhave++
+			if onSub != nil {
+				if err := onSub(int(i), part); err != nil {
+					return st, load, "", nil, "", err
+				}
+			}
+		case PartWhole:
+			if whole != nil {
+				return st, load, "", nil, "", fmt.Errorf("response with two whole chunks: %w", ErrMalformed)
+			}
+			cb, err := r.ReadByte()
+			if err != nil {
+				return st, load, "", nil, "", noEOF(err)
+			}
+			c, ok := wireCodecs[cb]
+			if !ok {
+				return st, load, "", nil, "", fmt.Errorf("response codec %d: %w", cb, ErrMalformed)
+			}
+			sn, err := binary.ReadUvarint(r)
+			if err != nil {
+				return st, load, "", nil, "", noEOF(err)
+			}
+			if c == chunk.CodecNone && sn != n || c != chunk.CodecNone && (sn == 0 || sn > n) {
+				return st, load, "", nil, "", fmt.Errorf("response of %d %s bytes for a chunk of %d: %w", sn, wireName(c), n, ErrMalformed)
+			}
+			whole = make([]byte, sn)
+			if _, err := io.ReadFull(r, whole); err != nil {
+				return st, load, "", nil, "", noEOF(err)
+			}
+			wcod = c
+		default:
+			return st, load, "", nil, "", fmt.Errorf("response part %d: %w", kind, ErrMalformed)
+		}
+	}
 }

@@ -11,7 +11,10 @@
 // passthrough is disabled (MountOptions.DisabledCapabilities = fuse.CAP_PASSTHROUGH); the mount is
 // made with mount(2) directly (DirectMount, root); blob files are opened with FOPEN_KEEP_CACHE as
 // their content never changes; a read that Ensure cannot serve within Config.ReadTimeout fails
-// with EIO. The daemon may read its own FUSE-mode images (unlike fanotify mode).
+// with EIO. The daemon may read its own FUSE-mode images (unlike fanotify mode). With a
+// Resolver that has EnsureRead (EarlyResolver, *demand.Resolver), a read that lies in one missing
+// chunk is answered with the resolver's verified bytes as soon as they are verified (for a chunk
+// from a peer, the covering sub-blocks), before the chunk is stored.
 //
 // Usage:
 //

@@ -22,6 +22,14 @@ type Resolver interface {
 	Ensure(ctx context.Context, blob digest.Digest, off, length int64) error
 }
 
+// EarlyResolver is an optional capability of a Resolver (*demand.Resolver): EnsureRead fills p
+// with the blob's bytes at off as soon as they are verified, which can be before their chunk is
+// complete and stored (filled true), or makes the range present for the BlobReader (filled
+// false).
+type EarlyResolver interface {
+	EnsureRead(ctx context.Context, blob digest.Digest, p []byte, off int64) (filled bool, err error)
+}
+
 // BlobReader reads present bytes of a blob; *chunkstore.Store is one. Bytes of the range that no
 // chunk covers must read as zeros; reading at or past the blob's end returns io.EOF.
 type BlobReader interface {
@@ -264,7 +272,16 @@ func (n *blobNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 	// is abandoned by the kernel itself.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), n.s.cfg.ReadTimeout)
 	defer cancel()
-	if err := n.s.res.Ensure(ctx, n.blob, off, want); err != nil {
+	if er, ok := n.s.res.(EarlyResolver); ok {
+		filled, err := er.EnsureRead(ctx, n.blob, dest[:want], off)
+		if err != nil {
+			n.s.log.Warn("demand read failed; reader gets EIO", "blob", n.blob, "offset", off, "length", want, "err", err)
+			return nil, syscall.EIO
+		}
+		if filled {
+			return fuse.ReadResultData(dest[:want]), 0
+		}
+	} else if err := n.s.res.Ensure(ctx, n.blob, off, want); err != nil {
 		n.s.log.Warn("demand read failed; reader gets EIO", "blob", n.blob, "offset", off, "length", want, "err", err)
 		return nil, syscall.EIO
 	}

@@ -40,6 +40,10 @@
 //     header, data and a spare page in one pipe of at most fs.pipe-max-size (1 MiB). The
 //     BlobReader's presence check is bypassed there: Ensure has just made the chunks present,
 //     and a mounted image's blobs are pinned, so they are never punched while served;
+//   - before that, with a Resolver that has EnsureRead (EarlyResolver): a request within one
+//     missing chunk is answered from the resolver's verified bytes as soon as they are verified
+//     (for a chunk from a peer, the covering sub-blocks), before the chunk is stored; a request
+//     whose bytes are present goes on to the splice;
 //   - anything else (inline data, holes, runs of several blobs, a BlobReader without backing
 //     files): per run one Ensure and one BlobReader.ReadAt (pread) into go-fuse's buffer, then
 //     one copy by the kernel into the page cache.

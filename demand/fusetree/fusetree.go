@@ -29,6 +29,13 @@ type Resolver interface {
 	Ensure(ctx context.Context, blob digest.Digest, off, length int64) error
 }
 
+// EarlyResolver is an optional capability of a Resolver (*demand.Resolver): EnsureRead fills p
+// with the blob's bytes at off as soon as they are verified, which can be before their chunk is
+// stored (filled true), or makes the range present for the BlobReader (filled false).
+type EarlyResolver interface {
+	EnsureRead(ctx context.Context, blob digest.Digest, p []byte, off int64) (filled bool, err error)
+}
+
 // BlobReader reads present bytes of a blob; *chunkstore.Store is one. Bytes that no chunk covers
 // read as zeros; reading at or past the blob's end returns io.EOF.
 type BlobReader interface {

@@ -220,6 +220,17 @@ func (s *Server) Read(cancel <-chan struct{}, input *fuse.ReadIn, buf []byte) (f
 		return nil, s.formatErr("read", input.NodeId, err)
 	}
 	if len(runs) == 1 && runs[0].dev > 0 && runs[0].len == n {
+		if er, ok := s.res.(EarlyResolver); ok && runs[0].dev <= len(s.blobs) {
+			// A read in one missing chunk is answered as soon as its bytes are verified
+			// (from a peer: the covering sub-blocks), before the chunk is stored.
+			filled, st := s.ensureRead(er, s.blobs[runs[0].dev-1], buf[:n], runs[0].devOff)
+			if !st.Ok() {
+				return nil, st
+			}
+			if filled {
+				return fuse.ReadResultData(buf[:n]), fuse.OK
+			}
+		}
 		if rr, st, ok := s.spliceRun(in, runs[0]); ok {
 			return rr, st
 		}
@@ -327,6 +338,18 @@ func (s *Server) ensure(blob digest.Digest, off, length int64) fuse.Status {
 		return fuse.EIO
 	}
 	return fuse.OK
+}
+
+// ensureRead is ensure through EnsureRead: filled says p holds the bytes; else they are present.
+func (s *Server) ensureRead(er EarlyResolver, blob digest.Digest, p []byte, off int64) (bool, fuse.Status) {
+	ctx, cancel := s.scope.Detach(s.scope.Context(), s.cfg.ReadTimeout)
+	defer cancel()
+	filled, err := er.EnsureRead(ctx, blob, p, off)
+	if err != nil {
+		s.log.Warn("demand read failed; reader gets EIO", "blob", blob, "offset", off, "length", len(p), "err", err)
+		return false, fuse.EIO
+	}
+	return filled, fuse.OK
 }
 
 // hintNext asks for read-ahead after a full-size request: that is the kernel's readahead of a

@@ -191,6 +191,7 @@ func (s storeChunks) PutChunk(ctx context.Context, blob digest.Digest, c chunk.C
 }
 
 var _ p2p.ChunkWriter = storeChunks{}
+var _ p2p.RawChunks = storeChunks{} // V4's first sub-blocks go out before the chunk is hashed
 
 var _ demand.Peers = (*p2p.Node)(nil)
 var _ demand.Availability = (*p2p.Node)(nil) // rarest-first prefetch
