@@ -214,7 +214,7 @@ type rightsMetrics struct {
 func (n *Node) initRights(reg prometheus.Registerer) error {
 	m := &rightsMetrics{
 		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "shoal_p2p_rights_denied_total", Help: "Requests for a private repository's content refused to peers without pull rights, by protocol (chunk, object, tag).",
+			Name: "shoal_p2p_rights_denied_total", Help: "Requests for a private repository's content refused to peers without pull rights, by protocol (chunk, object, tag, blob).",
 		}, []string{"protocol"}),
 		checks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_p2p_rights_checks_total", Help: "Pull tokens presented by peers and checked at the registry, by result (granted, refused, error).",
@@ -372,6 +372,21 @@ func (n *Node) authorizeObject(p peer.ID, req ObjectRequest) (st Status, msg str
 		return StatusOK, "", true
 	}
 	n.countDenied(p, repos[0], kind, truncateName(req.Name))
+	return StatusDenied, deniedMsg(repos[0]), false
+}
+
+// authorizeBlob is the hook blob.go consults before opening a blob for a BlobProtocol request:
+// a blob marked private (the mirror's, of a private repository) goes only to peers with a grant.
+func (n *Node) authorizeBlob(p peer.ID, d digest.Digest) (st Status, msg string, ok bool) {
+	rt := n.rt
+	rt.mu.Lock()
+	repos := rt.private[d]
+	granted := len(repos) == 0 || rt.grantedLocked(p, repos, time.Now())
+	rt.mu.Unlock()
+	if granted {
+		return StatusOK, "", true
+	}
+	n.countDenied(p, repos[0], "blob", d.String())
 	return StatusDenied, deniedMsg(repos[0]), false
 }
 

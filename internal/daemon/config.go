@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -47,6 +48,8 @@ type Config struct {
 	DockerConfig string   `yaml:"docker_config" flag:"docker-config" help:"Docker config.json with registry credentials (default: ~/.docker/config.json)"`
 	RegistryUser string   `yaml:"registry_username" flag:"registry-username" help:"registry user name for every registry (the password comes from registry_password_file)"`
 	RegistryPass string   `yaml:"registry_password_file" flag:"registry-password-file" help:"file holding the password of registry_username"`
+	PullRights   bool     `yaml:"pull_rights" flag:"pull-rights" help:"serve a private repository's content (its registry refuses anonymous pulls) only to peers that prove they may pull it (docs/privacy.md); false: serve every chunk to any peer"`
+	RightsTTL    string   `yaml:"rights_ttl" flag:"rights-ttl" help:"how long a peer's proven pull rights are trusted before the registry is asked again (never past its token's expiry), e.g. 5m"`
 	PeerTags     bool     `yaml:"peer_tags" flag:"peer-tags" help:"while a registry is unreachable, resolve tags from what peers say they name (not verifiable; references by digest resolve from peers without it)"`
 
 	MirrorListen   string `yaml:"mirror_listen" flag:"mirror-listen" help:"address of the node-local registry mirror for containerd's hosts.toml, e.g. 127.0.0.1:5005 (empty: off)"`
@@ -61,20 +64,22 @@ type Config struct {
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:   "/var/lib/shoal",
-		APISocket: DefaultAPISocket,
-		Listen:    []string{"/ip4/0.0.0.0/tcp/7480", "/ip4/0.0.0.0/udp/7480/quic-v1"},
-		Domain:    "shoal",
-		CacheMax:  "0",
-		CacheResv: "0",
-		Workers:   16,
-		WireZstd:  1,
-		Prefetch:  true,
-		DHT:       true,
-		Mode:      "auto",
-		MirrorMax: "10G",
-		LogFormat: "text",
-		LogLevel:  "info",
+		DataDir:    "/var/lib/shoal",
+		APISocket:  DefaultAPISocket,
+		Listen:     []string{"/ip4/0.0.0.0/tcp/7480", "/ip4/0.0.0.0/udp/7480/quic-v1"},
+		Domain:     "shoal",
+		CacheMax:   "0",
+		CacheResv:  "0",
+		Workers:    16,
+		WireZstd:   1,
+		Prefetch:   true,
+		DHT:        true,
+		Mode:       "auto",
+		MirrorMax:  "10G",
+		PullRights: true,
+		RightsTTL:  "5m",
+		LogFormat:  "text",
+		LogLevel:   "info",
 	}
 }
 
@@ -133,6 +138,9 @@ func (c *Config) Validate() error {
 			bad("mirror_listen (--mirror-listen)", "%q is not host:port, e.g. 127.0.0.1:5005", c.MirrorListen)
 		}
 	}
+	if d, err := time.ParseDuration(c.RightsTTL); err != nil || d <= 0 || d > time.Hour {
+		bad("rights_ttl (--rights-ttl)", "%q: give a duration in (0, 1h], e.g. 5m", c.RightsTTL)
+	}
 	if c.Workers < 2 || c.Workers > 1024 {
 		bad("workers (--workers)", "%d is out of range 2..1024", c.Workers)
 	}
@@ -165,6 +173,9 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// RightsTTLDuration is RightsTTL parsed (Validate has checked it).
+func (c *Config) RightsTTLDuration() time.Duration { d, _ := time.ParseDuration(c.RightsTTL); return d }
 
 // CacheReserveBytes is CacheResv parsed (Validate has checked it).
 func (c *Config) CacheReserveBytes() int64 { n, _ := units.ParseBytes(c.CacheResv); return n }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -32,11 +33,16 @@ type objectStore struct {
 
 	mu   sync.Mutex
 	tags map[string]digest.Digest // canonical host/name:tag → digest; saved in <dir>/tags.json
+	// private: kept objects of private repositories (digest → "host/name"s), saved in
+	// <dir>/private.json so that a restart marks them again before the node serves anything.
+	private map[digest.Digest][]string
+	// mark tells the node (p2p.Node.SetPrivate); set once in New before the node runs.
+	mark func(d digest.Digest, repos ...string)
 }
 
 func openObjectStore(dataDir string, log *slog.Logger) (*objectStore, error) {
 	o := &objectStore{dir: filepath.Join(dataDir, "objects"), boots: filepath.Join(dataDir, "bootstraps"), log: log,
-		tags: map[string]digest.Digest{}}
+		tags: map[string]digest.Digest{}, private: map[digest.Digest][]string{}}
 	if err := os.MkdirAll(o.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("object store: %w", err)
 	}
@@ -52,10 +58,72 @@ func openObjectStore(dataDir string, log *slog.Logger) (*objectStore, error) {
 			o.tags = map[string]digest.Digest{}
 		}
 	}
+	b, err = os.ReadFile(o.privatePath())
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("object store: %w", err)
+	default:
+		if err := json.Unmarshal(b, &o.private); err != nil {
+			// Unlike tags, the marks keep private objects from peers: without them, no kept
+			// object can be told public, so none is served until its image is added again.
+			return nil, fmt.Errorf("object store: %s is unreadable (remove it and the objects directory's other files to start afresh): %w", o.privatePath(), err)
+		}
+	}
 	return o, nil
 }
 
-func (o *objectStore) tagsPath() string { return filepath.Join(o.dir, "tags.json") }
+func (o *objectStore) tagsPath() string    { return filepath.Join(o.dir, "tags.json") }
+func (o *objectStore) privatePath() string { return filepath.Join(o.dir, "private.json") }
+
+// attach hands the kept marks to the node and sends it every mark from now on.
+func (o *objectStore) attach(mark func(d digest.Digest, repos ...string)) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.mark = mark
+	for d, repos := range o.private {
+		mark(d, repos...)
+	}
+}
+
+// setPrivate marks kept object d as content of private repository repo, or (repo "") public.
+// It is called before the object is written, so that no peer is served it unmarked. A mark for
+// a second repository adds to the first.
+func (o *objectStore) setPrivate(d digest.Digest, repo string) {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	old := o.private[d]
+	var repos []string
+	switch {
+	case repo == "" && old == nil:
+		return
+	case repo == "":
+	case slices.Contains(old, repo):
+		return
+	default:
+		repos = append(slices.Clone(old), repo)
+		slices.Sort(repos)
+	}
+	if repos == nil {
+		delete(o.private, d)
+	} else {
+		o.private[d] = repos
+	}
+	if o.mark != nil {
+		o.mark(d, repos...)
+	}
+	b, err := json.MarshalIndent(o.private, "", "  ")
+	if err == nil {
+		err = writeFileAtomic(o.privatePath(), b)
+	}
+	if err != nil {
+		// In memory the mark holds; a restart before the next successful save loses it.
+		o.log.Error("object store: saving private marks; after a restart this object may be served to peers without pull rights", "object", d, "err", err)
+	}
+}
 
 // Object returns a kept object or bootstrap (p2p.LocalObjects); the node verifies it before
 // serving it.
