@@ -350,6 +350,17 @@ func (a *authenticator) fetchToken(ctx context.Context, scopes []string) (bearer
 	// Refresh a little early so a request never leaves with a token about to lapse.
 	life -= min(life/5, 30*time.Second)
 	bt := bearerToken{value: tok, expiry: start.Add(life)}
+	// A JWT's exp claim (whole seconds, so up to a second before expires_in says) bounds it
+	// too: a token presented to a peer as pull rights (rights.go) must not have lapsed.
+	if exp := jwtExpiry(tok); !exp.IsZero() {
+		if left := exp.Sub(start); left > 0 {
+			if e := start.Add(left - min(left/5, 30*time.Second)); e.Before(bt.expiry) {
+				bt.expiry = e
+			}
+		} else {
+			bt.expiry = start
+		}
+	}
 	a.mu.Lock()
 	a.tokens[scopeKey(scopes)] = bt
 	a.mu.Unlock()

@@ -128,7 +128,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		}
 		pcfg.Rights, pcfg.RightsTTL = rights, cfg.RightsTTLDuration()
 	}
-	blobs := &mirrorBlobs{}
+	blobs := &mirrorBlobs{rights: proberOrNil(rights), log: log, public: map[digest.Digest]bool{}}
 	node, err := p2p.New(pcfg, nodeLocal{storeChunks{store}, objects, blobs})
 	if err != nil {
 		return fail(err)
@@ -142,6 +142,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		mcfg.MaxBytes = cfg.MirrorMaxBytes()
 		mcfg.DefaultUpstream = cfg.MirrorUpstream
 		mcfg.Origin = ocfg
+		mcfg.Served = blobs.served
 		mcfg.Logger = log
 		mcfg.Registerer = reg
 		m, err := mirror.New(mcfg, node)

@@ -234,9 +234,11 @@ type nodeLocal struct {
 func (n nodeLocal) Object(d digest.Digest) ([]byte, bool, error) { return n.objects.Object(d) }
 func (n nodeLocal) Tag(ref string) (digest.Digest, bool)         { return n.objects.Tag(ref) }
 
-// OpenBlob serves the registry mirror's verified blobs to peers (p2p.LocalBlobs).
+// OpenBlob serves the registry mirror's verified blobs to peers (p2p.LocalBlobs): with pull
+// rights on, only those it has served from a public repository since it started; the others
+// are "not found", and the asker goes to its upstream (docs/privacy.md).
 func (n nodeLocal) OpenBlob(d digest.Digest) (io.ReadCloser, int64, bool, error) {
-	if n.blobs == nil || n.blobs.m == nil {
+	if n.blobs == nil || n.blobs.m == nil || !n.blobs.shareable(d) {
 		return nil, 0, false, nil
 	}
 	f, size, ok, err := n.blobs.m.OpenBlob(d)
@@ -248,7 +250,50 @@ func (n nodeLocal) OpenBlob(d digest.Digest) (io.ReadCloser, int64, bool, error)
 
 // mirrorBlobs is the registry mirror as the node's local side sees it; m is set once, in New,
 // before the node runs (the mirror is built after the node, which it fetches through).
-type mirrorBlobs struct{ m *mirror.Mirror }
+type mirrorBlobs struct {
+	m *mirror.Mirror
+	// rights tells public repositories from private ones; nil: pull rights off, every blob
+	// is shared.
+	rights publicProber
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	public map[digest.Digest]bool // seen served from a public repository
+}
+
+// maxPublicBlobs bounds the mirror's public set; past it, it starts again (blobs are shared
+// again once served again).
+const maxPublicBlobs = 1 << 16
+
+func (b *mirrorBlobs) shareable(d digest.Digest) bool {
+	if b.rights == nil {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.public[d]
+}
+
+// served is the mirror's Served hook: content served from a public repository may go to peers.
+// A repository that could not be probed counts as private (fail closed).
+func (b *mirrorBlobs) served(ctx context.Context, repo string, d digest.Digest) {
+	if b.rights == nil || b.shareable(d) {
+		return
+	}
+	pub, err := b.rights.Public(ctx, repo)
+	if err != nil {
+		b.log.Debug("mirror: could not tell whether a repository is public; not sharing its blob", "repository", repo, "blob", d, "err", err)
+	}
+	if !pub {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.public) >= maxPublicBlobs {
+		clear(b.public)
+	}
+	b.public[d] = true
+}
 
 // mirrorStatser returns the mirror's counters for the stats report; nil when it is off.
 func mirrorStatser(m *mirror.Mirror) func() *mirror.Stats {
