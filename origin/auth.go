@@ -110,9 +110,12 @@ type authenticator struct {
 	helper    string
 	helperAt  time.Time
 	runHelper func(ctx context.Context, helper, host string) (credentials, error)
-	client    *http.Client // for the token server; no redirect-following quirks needed
-	ua        string
-	now       func() time.Time
+	// provider, if set, asks kubelet credential provider plugins (kubelet.go), which keep
+	// their answers for as long as the plugin says.
+	provider func(ctx context.Context) credentials
+	client   *http.Client // for the token server; no redirect-following quirks needed
+	ua       string
+	now      func() time.Time
 
 	fetching chan struct{} // one token fetch at a time
 
@@ -134,6 +137,9 @@ const helperTTL = 10 * time.Minute
 // credentials returns the credentials to present, asking the credential helper when it has one
 // and its last answer is stale. A helper that fails leaves the previous answer (or none).
 func (a *authenticator) credentials(ctx context.Context) credentials {
+	if a.provider != nil {
+		return a.provider(ctx)
+	}
 	a.mu.Lock()
 	if a.helper == "" || (!a.helperAt.IsZero() && a.now().Sub(a.helperAt) < helperTTL) {
 		c := a.creds

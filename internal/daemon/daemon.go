@@ -110,6 +110,13 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	ocfg.CAFile = cfg.RegistryCA
 	ocfg.DockerConfig = cfg.DockerConfig
 	ocfg.Logger = log
+	if cfg.KubeletCPConfig != "" {
+		kp, err := origin.LoadKubeletProviders(cfg.KubeletCPConfig, cfg.KubeletCPBinDir)
+		if err != nil {
+			return fail(err)
+		}
+		ocfg.CredentialProviders = kp
+	}
 	if cfg.RegistryUser != "" {
 		pw, err := os.ReadFile(cfg.RegistryPass)
 		if err != nil {
