@@ -123,7 +123,7 @@ type rightsHost struct {
 	rights *origin.PullRights
 }
 
-func startRightsHost(t *testing.T, reg *registrytest.Registry, user, pass string, ttl time.Duration, peers ...*Node) *rightsHost {
+func startRightsHost(t testing.TB, reg *registrytest.Registry, user, pass string, ttl time.Duration, peers ...*Node) *rightsHost {
 	t.Helper()
 	return startRightsHostWith(t, reg, user, pass, ttl, nil, peers...)
 }
@@ -136,7 +136,7 @@ func (forgedRights) PullToken(context.Context, string) (string, time.Time, error
 	return "eyJhbGciOiJFUzI1NiJ9.eyJleHAiOjE5MDAwMDAwMDB9.c2ln", time.Now().Add(time.Minute), nil
 }
 
-func startRightsHostWith(t *testing.T, reg *registrytest.Registry, user, pass string, ttl time.Duration, wrap func(Rights) Rights, peers ...*Node) *rightsHost {
+func startRightsHostWith(t testing.TB, reg *registrytest.Registry, user, pass string, ttl time.Duration, wrap func(Rights) Rights, peers ...*Node) *rightsHost {
 	t.Helper()
 	ocfg := origin.DefaultConfig()
 	ocfg.Insecure = []string{reg.Host}
@@ -161,7 +161,7 @@ func startRightsHostWith(t *testing.T, reg *registrytest.Registry, user, pass st
 // register joins blob m of repository repo (host/name), with this host's registry access as
 // its origin, and marks it private unless the registry lets anyone pull it: what the daemon
 // does for each blob of an image it adds.
-func (h *rightsHost) register(t *testing.T, m *chunk.Manifest, repo string) (private bool) {
+func (h *rightsHost) register(t testing.TB, m *chunk.Manifest, repo string) (private bool) {
 	t.Helper()
 	ref, err := origin.ParseReference(repo)
 	if err != nil {
