@@ -129,6 +129,8 @@ func TestPrivateImageRights(t *testing.T) {
 	if sb.Bytes.Origin+sb.Bytes.Peers != privData || float64(sb.Bytes.Origin) > 0.05*float64(privData) {
 		t.Errorf("B's private pull: %d bytes from its origin, %d from peers; want %d, nearly all from A", sb.Bytes.Origin, sb.Bytes.Peers, privData)
 	}
+	t.Logf("B's private pull: %d bytes from A, %d from its origin; registry served %.3fx the images' layers in all",
+		sb.Bytes.Peers, sb.Bytes.Origin, float64(reg.BlobBytes())/float64(priv.stored+pub.stored))
 	if got := float64(reg.BlobBytes()-afterA) / float64(priv.stored); got > 0.1 {
 		t.Errorf("the registry served B %.2fx the private image's data, want only its metadata and a few chunks", got)
 	}
