@@ -66,6 +66,11 @@ type Config struct {
 	// FetchTimeout bounds one shared fetch of a blob from peers and the upstream, which
 	// outlives the request that started it.
 	FetchTimeout time.Duration
+	// Served, if set, is told of each manifest by digest and blob served for a request that
+	// names its upstream, with the repository ("host/name") it was asked from: the daemon
+	// shares with peers only what it has seen served from a public repository
+	// (docs/privacy.md). It is called before the body is sent and should be quick.
+	Served func(ctx context.Context, repo string, d digest.Digest)
 	// Logger receives the mirror's logs; nil: slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the shoal_mirror_* metrics; nil registers none.
@@ -320,6 +325,9 @@ func (m *Mirror) serveContent(w http.ResponseWriter, r *http.Request, up upstrea
 		}
 	}
 	defer f.Close()
+	if m.cfg.Served != nil && up.err == nil {
+		m.cfg.Served(r.Context(), up.host+"/"+ap.name, d)
+	}
 	if manifest {
 		if size > m.cfg.Origin.MaxManifestSize {
 			apiError(w, r, http.StatusNotFound, "MANIFEST_UNKNOWN", fmt.Sprintf("%s is %d bytes, not a manifest", d, size))

@@ -110,9 +110,12 @@ type authenticator struct {
 	helper    string
 	helperAt  time.Time
 	runHelper func(ctx context.Context, helper, host string) (credentials, error)
-	client    *http.Client // for the token server; no redirect-following quirks needed
-	ua        string
-	now       func() time.Time
+	// provider, if set, asks kubelet credential provider plugins (kubelet.go), which keep
+	// their answers for as long as the plugin says.
+	provider func(ctx context.Context) credentials
+	client   *http.Client // for the token server; no redirect-following quirks needed
+	ua       string
+	now      func() time.Time
 
 	fetching chan struct{} // one token fetch at a time
 
@@ -134,6 +137,9 @@ const helperTTL = 10 * time.Minute
 // credentials returns the credentials to present, asking the credential helper when it has one
 // and its last answer is stale. A helper that fails leaves the previous answer (or none).
 func (a *authenticator) credentials(ctx context.Context) credentials {
+	if a.provider != nil {
+		return a.provider(ctx)
+	}
 	a.mu.Lock()
 	if a.helper == "" || (!a.helperAt.IsZero() && a.now().Sub(a.helperAt) < helperTTL) {
 		c := a.creds
@@ -350,6 +356,17 @@ func (a *authenticator) fetchToken(ctx context.Context, scopes []string) (bearer
 	// Refresh a little early so a request never leaves with a token about to lapse.
 	life -= min(life/5, 30*time.Second)
 	bt := bearerToken{value: tok, expiry: start.Add(life)}
+	// A JWT's exp claim (whole seconds, so up to a second before expires_in says) bounds it
+	// too: a token presented to a peer as pull rights (rights.go) must not have lapsed.
+	if exp := jwtExpiry(tok); !exp.IsZero() {
+		if left := exp.Sub(start); left > 0 {
+			if e := start.Add(left - min(left/5, 30*time.Second)); e.Before(bt.expiry) {
+				bt.expiry = e
+			}
+		} else {
+			bt.expiry = start
+		}
+	}
 	a.mu.Lock()
 	a.tokens[scopeKey(scopes)] = bt
 	a.mu.Unlock()

@@ -24,6 +24,10 @@ type Config struct {
 	// DockerConfig is the path of a Docker config.json with an "auths" section. Empty means
 	// $DOCKER_CONFIG/config.json or ~/.docker/config.json, if present. Use "-" for none.
 	DockerConfig string
+	// CredentialProviders, if set, are kubelet credential provider plugins
+	// (LoadKubeletProviders), asked for a repository's credentials when Username and the
+	// Docker config (auths, credential helpers) have none for its registry.
+	CredentialProviders *KubeletProviders
 	// Timeout bounds how long one request may make no progress: waiting for response headers or
 	// between reads of a body. A stalled request is retried.
 	Timeout time.Duration

@@ -85,6 +85,19 @@ func NewRegistry(ref Reference, cfg Config) (*Registry, error) {
 		metrics: m,
 	}
 	r.auth.helper = credHelper
+	if image := ref.Registry + "/" + ref.Repository; creds.empty() && credHelper == "" && cfg.CredentialProviders.match(image) {
+		kp := cfg.CredentialProviders
+		log.Debug("credentials from a kubelet credential provider")
+		r.auth.provider = func(ctx context.Context) credentials {
+			c, _, err := kp.credentials(ctx, image)
+			if err != nil {
+				// The plugin's error (never its output, which holds secrets) is logged; the
+				// request goes on without credentials, and the registry's refusal says so.
+				log.Warn("kubelet credential provider failed", "err", err)
+			}
+			return c
+		}
+	}
 	r.retry = retrier{retries: cfg.Retries, base: cfg.RetryBase, maxWait: cfg.RetryMax, log: log, onRetry: m.retries.Inc}
 	return r, nil
 }

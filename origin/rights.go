@@ -29,21 +29,18 @@ const maxPresentedToken = 8 << 10
 // expires (a little early, as the cache refreshes it). The token is a secret: never log it.
 func (r *Registry) PullToken(ctx context.Context) (string, time.Time, error) {
 	what := r.describe("pull token")
+	// One request that needs pull rights, with this host's credentials: it learns the scheme,
+	// fetches the token when the registry wants one, and proves the token grants the pull. A
+	// host the registry refuses has no token to present (the same answer every time, rather
+	// than a cached token that grants nothing on the second call).
+	resp, err := r.roundTrip(ctx, &request{method: http.MethodGet, url: r.tagsURL(), scopes: r.pullScope(), what: what})
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	drain(resp.Body)
 	r.auth.mu.Lock()
 	scheme := r.auth.scheme
 	r.auth.mu.Unlock()
-	if scheme == "" {
-		// Nothing asked of the registry yet: one request learns its scheme (and fetches the
-		// token, with our credentials, when it wants one).
-		resp, err := r.roundTrip(ctx, &request{method: http.MethodGet, url: r.tagsURL(), scopes: r.pullScope(), what: what})
-		if err != nil {
-			return "", time.Time{}, err
-		}
-		drain(resp.Body)
-		r.auth.mu.Lock()
-		scheme = r.auth.scheme
-		r.auth.mu.Unlock()
-	}
 	if scheme != "bearer" {
 		return "", time.Time{}, fmt.Errorf("%s: the registry authenticates with %q: %w", what, cmpOr(scheme, "nothing"), ErrNoToken)
 	}

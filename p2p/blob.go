@@ -243,6 +243,10 @@ func (n *Node) openBlobFor(s network.Stream, p peer.ID) (Status, digest.Digest, 
 		n.log.Debug("bad blob request", "peer", p, "err", err)
 		return 0xff, "", nil, 0, ""
 	}
+	if st, msg, ok := n.authorizeBlob(p, req.Digest); !ok {
+		release()
+		return st, "", nil, 0, msg
+	}
 	lb, _ := n.local.(LocalBlobs)
 	if lb == nil {
 		release()
@@ -313,6 +317,9 @@ func (n *Node) FetchBlob(ctx context.Context, d digest.Digest, max int64, w io.W
 		if errors.As(err, &se) {
 			if se.st == StatusNotFound {
 				notFound++
+			} else {
+				// A refusal (busy, no pull rights) is no strike, but the caller hears of it.
+				errs = append(errs, fmt.Errorf("blob %s from %s: %w", d, p, err))
 			}
 			continue
 		}

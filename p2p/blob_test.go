@@ -199,3 +199,28 @@ func TestFetchBlobLiarStruck(t *testing.T) {
 		return false
 	})
 }
+
+// TestFetchBlobPrivate: a mirror blob marked private is refused, StatusDenied with the
+// repository named, to a peer without a grant (a real node pair; the grant itself is exercised
+// in TestPrivateRepositoryRights), and counted; unmarked again, it is served.
+func TestFetchBlobPrivate(t *testing.T) {
+	blob := []byte("layer of a private image")
+	d := digest.FromBytes(blob)
+	holder, hs := startBlobNode(t)
+	hs.blobs[d] = blob
+	asker, _ := startBlobNode(t, holder)
+	waitFor(t, 10*time.Second, "connected", connectedTo(asker, holder.ID()))
+	holder.SetPrivate(d, "reg.example/team/private")
+	var buf bytes.Buffer
+	_, err := asker.FetchBlob(t.Context(), d, 1<<20, &buf)
+	if err == nil || buf.Len() != 0 || !strings.Contains(err.Error(), "team/private") {
+		t.Fatalf("private blob without rights: %d bytes, %v; want denied naming the repository", buf.Len(), err)
+	}
+	if s := holder.RightsStats(); s.Denied != 1 {
+		t.Errorf("denials counted: %+v, want 1", s)
+	}
+	holder.SetPrivate(d)
+	if _, err := asker.FetchBlob(t.Context(), d, 1<<20, &buf); err != nil || !bytes.Equal(buf.Bytes(), blob) {
+		t.Fatalf("public again: %q, %v", buf.Bytes(), err)
+	}
+}

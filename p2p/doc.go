@@ -167,8 +167,10 @@
 // repository whose registry refuses anonymous pulls) are served only to peers that proved pull
 // rights over RightsProtocol (rights.go): they present a registry token scoped to
 // repository:NAME:pull, checked once at the registry and kept as a grant for the token's life
-// (at most RightsTTL). Chunk, object and tag requests are checked against the grants in memory
-// (StatusDenied otherwise); a private blob's presence goes to a peer without a grant with
+// (at most RightsTTL). Chunk, object, tag and blob requests are checked against the grants in
+// memory (StatusDenied otherwise); a fetch of a private blob that peers announce masked presents
+// this host's rights first and waits briefly for their maps, and a denied chunk request presents
+// them and asks once more; a private blob's presence goes to a peer without a grant with
 // PresencePrivate and an empty bitmap, which tells a peer with rights to present them. Design
 // and threat model: docs/privacy.md.
 //

@@ -140,6 +140,7 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 		}
 		return n.ownedFetch(ctx, h, blob, c, fromOrigin, false, true)
 	}
+	n.awaitRights(ctx, blob, c)
 	f, err := n.fromHolders(ctx, h, blob, c, fallback, prog)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -404,6 +405,24 @@ func isBadData(err error) bool {
 // the chunk's length: a bomb, a truncated frame or a frame of the wrong codec fails like wrong
 // bytes (chunk.ErrCorrupt), a strike against p.
 func (n *Node) request(parent context.Context, h host.Host, p peer.ID, req Request, timeout time.Duration, prog *chunk.Progress) (fetched, error) {
+	start := time.Now()
+	f, err := n.requestOnce(parent, h, p, req, timeout, prog)
+	// A holder that has not yet seen this host's pull rights (the blob was registered a moment
+	// ago, and the presentation its masked presence started is still under way) refuses: present
+	// them now and ask once more, rather than go to the origin for every chunk until the grant
+	// arrives.
+	if isDenied(err) && parent.Err() == nil && n.presentFor(p, req.Blob, start) {
+		return n.requestOnce(parent, h, p, req, timeout, prog)
+	}
+	return f, err
+}
+
+func isDenied(err error) bool {
+	var se *statusError
+	return errors.As(err, &se) && se.st == StatusDenied
+}
+
+func (n *Node) requestOnce(parent context.Context, h host.Host, p peer.ID, req Request, timeout time.Duration, prog *chunk.Progress) (fetched, error) {
 	ctx, cancel := context.WithTimeout(parent, timeout)
 	defer cancel()
 	n.mu.Lock()

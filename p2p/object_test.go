@@ -55,7 +55,7 @@ func (s *objStore) put(b []byte) digest.Digest {
 }
 
 // startObjNode runs a node whose store keeps objects, connected to peers.
-func startObjNode(t *testing.T, mutate func(*Config), peers ...*Node) (*Node, *objStore) {
+func startObjNode(t testing.TB, mutate func(*Config), peers ...*Node) (*Node, *objStore) {
 	t.Helper()
 	st := &objStore{memStore: newMemStore(), objs: map[digest.Digest][]byte{}, tags: map[string]digest.Digest{}}
 	cfg := testConfig()

@@ -70,6 +70,7 @@ const latencySamples = 64
 type remoteBlob struct {
 	seq      uint64
 	canFetch bool
+	private  bool // sent with PresencePrivate: masked until this host holds a grant there
 	n        int
 	bits     []byte
 }

@@ -244,7 +244,7 @@ func (n *Node) applyPresence(p peer.ID, pr Presence) bool {
 		n.log.Debug("presence map size disagrees with manifest", "peer", p, "blob", pr.Blob, "chunks", pr.NChunks, "want", len(lb.m.Chunks))
 		return true
 	}
-	ps.blobs[pr.Blob] = &remoteBlob{seq: pr.Seq, canFetch: pr.Flags&PresenceCanFetch != 0, n: pr.NChunks, bits: pr.Bitmap}
+	ps.blobs[pr.Blob] = &remoteBlob{seq: pr.Seq, canFetch: pr.Flags&PresenceCanFetch != 0, private: pr.Flags&PresencePrivate != 0, n: pr.NChunks, bits: pr.Bitmap}
 	if pr.Flags&PresencePrivate != 0 {
 		n.wantRightsLocked(p, pr.Blob) // pull rights (rights.go): present ours to a holder
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,7 +17,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 
+	"github.com/shoal-p2p/shoal/chunk"
 	shoalmetrics "github.com/shoal-p2p/shoal/internal/metrics"
 )
 
@@ -183,6 +186,11 @@ type rightsState struct {
 	presented map[peer.ID]map[string]grant
 	// presenting: presentations in flight or waiting to be retried (until then).
 	presenting map[peerRepo]time.Time
+	// failed: when a failed or refused presentation may be made again by presentFor, so that
+	// a peer that refuses this host is not asked once per chunk.
+	failed map[peerRepo]time.Time
+	// now serializes presentFor's presentations per peer and repository.
+	now singleflight.Group
 	// lastDenyLog bounds the denial logs to one per peer and repository a minute.
 	lastDenyLog map[peerRepo]time.Time
 	checks      chan struct{} // registry checks in flight for peers
@@ -214,7 +222,7 @@ type rightsMetrics struct {
 func (n *Node) initRights(reg prometheus.Registerer) error {
 	m := &rightsMetrics{
 		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "shoal_p2p_rights_denied_total", Help: "Requests for a private repository's content refused to peers without pull rights, by protocol (chunk, object, tag).",
+			Name: "shoal_p2p_rights_denied_total", Help: "Requests for a private repository's content refused to peers without pull rights, by protocol (chunk, object, tag, blob).",
 		}, []string{"protocol"}),
 		checks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_p2p_rights_checks_total", Help: "Pull tokens presented by peers and checked at the registry, by result (granted, refused, error).",
@@ -232,7 +240,7 @@ func (n *Node) initRights(reg prometheus.Registerer) error {
 	n.rt = &rightsState{
 		private: map[digest.Digest][]string{}, repos: map[string]int{},
 		grants: map[peer.ID]map[string]time.Time{}, presented: map[peer.ID]map[string]grant{},
-		presenting: map[peerRepo]time.Time{}, lastDenyLog: map[peerRepo]time.Time{},
+		presenting: map[peerRepo]time.Time{}, lastDenyLog: map[peerRepo]time.Time{}, failed: map[peerRepo]time.Time{},
 		checks: make(chan struct{}, maxRightsChecks), met: m,
 	}
 	return nil
@@ -375,6 +383,21 @@ func (n *Node) authorizeObject(p peer.ID, req ObjectRequest) (st Status, msg str
 	return StatusDenied, deniedMsg(repos[0]), false
 }
 
+// authorizeBlob is the hook blob.go consults before opening a blob for a BlobProtocol request:
+// a blob marked private (the mirror's, of a private repository) goes only to peers with a grant.
+func (n *Node) authorizeBlob(p peer.ID, d digest.Digest) (st Status, msg string, ok bool) {
+	rt := n.rt
+	rt.mu.Lock()
+	repos := rt.private[d]
+	granted := len(repos) == 0 || rt.grantedLocked(p, repos, time.Now())
+	rt.mu.Unlock()
+	if granted {
+		return StatusOK, "", true
+	}
+	n.countDenied(p, repos[0], "blob", d.String())
+	return StatusDenied, deniedMsg(repos[0]), false
+}
+
 func deniedMsg(repo string) string {
 	return "no pull rights for private repository " + repo + ": present a registry token scoped to repository:" + repoName(repo) + ":pull"
 }
@@ -481,8 +504,10 @@ func (n *Node) presentRights(p peer.ID, repo string) {
 		}
 		rt.presented[p][repo] = g
 		delete(rt.presenting, k)
+		delete(rt.failed, k)
 	} else {
 		rt.presenting[k] = time.Now().Add(rightsRetry)
+		rt.failed[k] = time.Now().Add(rightsRetry)
 	}
 	rt.mu.Unlock()
 	switch {
@@ -540,6 +565,134 @@ func (n *Node) presentOnce(ctx context.Context, p peer.ID, repo string) (result 
 		return "denied", grant{}, &statusError{resp.Status, resp.Msg}
 	}
 	return "failed", grant{}, &statusError{resp.Status, resp.Msg}
+}
+
+// presentFor is the fetch path's answer to a denial by p of a chunk of blob, asked at since:
+// if blob is private here (this host has it as content of a repository it can pull), present
+// this host's rights to p now, unless a presentation to p failed within rightsRetry or one
+// granted after since. It reports whether p now holds a grant, worth asking again for. Callers
+// denied at once share one presentation.
+func (n *Node) presentFor(p peer.ID, blob digest.Digest, since time.Time) bool {
+	rt := n.rt
+	if n.cfg.Rights == nil {
+		return false
+	}
+	rt.mu.Lock()
+	repos := slices.Clone(rt.private[blob])
+	rt.mu.Unlock()
+	for _, repo := range repos {
+		k := peerRepo{p, repo}
+		v, _, _ := rt.now.Do(string(p)+"\x00"+repo, func() (any, error) {
+			now := time.Now()
+			rt.mu.Lock()
+			g, ok := rt.presented[p][repo]
+			fresh := ok && now.Before(g.until) && g.until.Add(-g.ttl).After(since)
+			backoff := now.Before(rt.failed[k])
+			rt.mu.Unlock()
+			if fresh {
+				return true, nil
+			}
+			if backoff {
+				return false, nil
+			}
+			n.presentRights(p, repo)
+			rt.mu.Lock()
+			g, ok = rt.presented[p][repo]
+			rt.mu.Unlock()
+			return ok && time.Now().Before(g.until), nil
+		})
+		if v.(bool) {
+			return true
+		}
+	}
+	return false
+}
+
+// maxRightsWait bounds how long a fetch waits, after this host's rights were granted at a
+// peer, for that peer's unmasked presence map.
+const maxRightsWait = 500 * time.Millisecond
+
+// awaitRights runs before a fetch of chunk c of blob looks for holders: if blob is private here
+// and connected peers announce it masked (they have not granted this host's rights yet, the
+// blob having just been registered), present the rights to them now and wait briefly for
+// their maps, rather than take the first chunks of an image from the origin while the
+// background presentation is under way. Once a grant is live it costs one map lookup.
+func (n *Node) awaitRights(ctx context.Context, blob digest.Digest, c chunk.Chunk) {
+	rt := n.rt
+	if n.cfg.Rights == nil {
+		return
+	}
+	start := time.Now()
+	n.mu.Lock()
+	rt.mu.Lock()
+	repos := rt.private[blob]
+	var ask []peer.ID
+	for _, ps := range n.peers {
+		if len(repos) == 0 || len(ask) >= n.cfg.MaxAttempts {
+			break
+		}
+		rb := ps.blobs[blob]
+		if !ps.connected || rb == nil || !rb.private || presentedLocked(rt, ps.id, repos, start) || start.Before(rt.failedFor(ps.id, repos)) {
+			continue
+		}
+		ask = append(ask, ps.id)
+	}
+	rt.mu.Unlock()
+	n.mu.Unlock()
+	granted := false
+	for _, p := range ask {
+		if ctx.Err() != nil {
+			return
+		}
+		granted = n.presentFor(p, blob, time.Time{}) || granted
+	}
+	if !granted {
+		return
+	}
+	wait := time.NewTimer(maxRightsWait)
+	defer wait.Stop()
+	for {
+		n.mu.Lock()
+		if len(n.holdersLocked(c.CID, time.Now())) > 0 {
+			n.mu.Unlock()
+			return
+		}
+		if n.presenceChanged == nil {
+			n.presenceChanged = make(chan struct{})
+		}
+		changed := n.presenceChanged
+		n.mu.Unlock()
+		select {
+		case <-changed:
+		case <-wait.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// presentedLocked reports whether this host holds a live grant at p for one of repos; rt.mu
+// must be held.
+func presentedLocked(rt *rightsState, p peer.ID, repos []string, now time.Time) bool {
+	for _, r := range repos {
+		if g, ok := rt.presented[p][r]; ok && now.Before(g.until) {
+			return true
+		}
+	}
+	return false
+}
+
+// failedFor is when presentations to p for repos may be made again (the latest backoff);
+// rt.mu must be held.
+func (rt *rightsState) failedFor(p peer.ID, repos []string) time.Time {
+	var t time.Time
+	for _, r := range repos {
+		if f := rt.failed[peerRepo{p, r}]; f.After(t) {
+			t = f
+		}
+	}
+	return t
 }
 
 // handleRights checks one presented token at the registry and records the grant.

@@ -123,7 +123,20 @@ type rightsHost struct {
 	rights *origin.PullRights
 }
 
-func startRightsHost(t *testing.T, reg *registrytest.Registry, user, pass string, ttl time.Duration, peers ...*Node) *rightsHost {
+func startRightsHost(t testing.TB, reg *registrytest.Registry, user, pass string, ttl time.Duration, peers ...*Node) *rightsHost {
+	t.Helper()
+	return startRightsHostWith(t, reg, user, pass, ttl, nil, peers...)
+}
+
+// forgedRights presents a token the registry did not issue (a host with no token of its own
+// that tries anyway): the holder's registry check must refuse it.
+type forgedRights struct{ Rights }
+
+func (forgedRights) PullToken(context.Context, string) (string, time.Time, error) {
+	return "eyJhbGciOiJFUzI1NiJ9.eyJleHAiOjE5MDAwMDAwMDB9.c2ln", time.Now().Add(time.Minute), nil
+}
+
+func startRightsHostWith(t testing.TB, reg *registrytest.Registry, user, pass string, ttl time.Duration, wrap func(Rights) Rights, peers ...*Node) *rightsHost {
 	t.Helper()
 	ocfg := origin.DefaultConfig()
 	ocfg.Insecure = []string{reg.Host}
@@ -137,14 +150,18 @@ func startRightsHost(t *testing.T, reg *registrytest.Registry, user, pass string
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, st := startObjNode(t, func(c *Config) { c.Rights, c.RightsTTL = pr, ttl }, peers...)
+	var rights Rights = pr
+	if wrap != nil {
+		rights = wrap(pr)
+	}
+	n, st := startObjNode(t, func(c *Config) { c.Rights, c.RightsTTL = rights, ttl }, peers...)
 	return &rightsHost{n: n, st: st, ocfg: ocfg, rights: pr}
 }
 
 // register joins blob m of repository repo (host/name), with this host's registry access as
 // its origin, and marks it private unless the registry lets anyone pull it: what the daemon
 // does for each blob of an image it adds.
-func (h *rightsHost) register(t *testing.T, m *chunk.Manifest, repo string) (private bool) {
+func (h *rightsHost) register(t testing.TB, m *chunk.Manifest, repo string) (private bool) {
 	t.Helper()
 	ref, err := origin.ParseReference(repo)
 	if err != nil {
@@ -284,8 +301,9 @@ func TestPrivateRepositoryRights(t *testing.T) {
 		t.Errorf("B fetching the private object from A: %q, %v", obj, err)
 	}
 
-	// C, without rights (its user exists but has no grant).
-	c := startRightsHost(t, reg, "carol", "pc", ttl, a.n, b.n)
+	// C, without rights (its user exists but has no grant, so its registry gives it no token):
+	// it presents a forged one.
+	c := startRightsHostWith(t, reg, "carol", "pc", ttl, func(r Rights) Rights { return forgedRights{r} }, a.n, b.n)
 	c.register(t, pubM, pubRepo)
 	if !c.register(t, privM, privRepo) {
 		t.Fatal("C probed the private repository as public")

@@ -43,13 +43,17 @@ type Config struct {
 	Mode       string `yaml:"mode" flag:"mode" help:"default mount mode: auto, fscache, fanotify, fuse or fusetree"`
 	Supervise  bool   `yaml:"supervise" flag:"supervise" help:"hold /dev/cachefiles in a small supervisor process that runs the daemon as its worker, so fscache mounts survive a daemon crash or upgrade (SIGHUP restarts the worker)"`
 
-	Insecure     []string `yaml:"insecure_registries" flag:"insecure-registry" help:"registry host[:port] reached over plain HTTP (repeatable)"`
-	RegistryCA   string   `yaml:"registry_ca" flag:"registry-ca" help:"PEM file of extra CAs trusted for registries"`
-	DockerConfig string   `yaml:"docker_config" flag:"docker-config" help:"Docker config.json with registry credentials (default: ~/.docker/config.json)"`
-	RegistryUser string   `yaml:"registry_username" flag:"registry-username" help:"registry user name for every registry (the password comes from registry_password_file)"`
-	RegistryPass string   `yaml:"registry_password_file" flag:"registry-password-file" help:"file holding the password of registry_username"`
-	ObjectKeep   string   `yaml:"object_retention" flag:"object-retention" help:"how long manifests, chunk manifests and bootstraps no registered image uses stay under <data>/objects and <data>/bootstraps for peers and restarts, e.g. 24h (0: forever)"`
-	PeerTags     bool     `yaml:"peer_tags" flag:"peer-tags" help:"while a registry is unreachable, resolve tags from what peers say they name (not verifiable; references by digest resolve from peers without it)"`
+	Insecure        []string `yaml:"insecure_registries" flag:"insecure-registry" help:"registry host[:port] reached over plain HTTP (repeatable)"`
+	RegistryCA      string   `yaml:"registry_ca" flag:"registry-ca" help:"PEM file of extra CAs trusted for registries"`
+	DockerConfig    string   `yaml:"docker_config" flag:"docker-config" help:"Docker config.json with registry credentials (default: ~/.docker/config.json)"`
+	RegistryUser    string   `yaml:"registry_username" flag:"registry-username" help:"registry user name for every registry (the password comes from registry_password_file)"`
+	RegistryPass    string   `yaml:"registry_password_file" flag:"registry-password-file" help:"file holding the password of registry_username"`
+	KubeletCPConfig string   `yaml:"kubelet_credential_provider_config" flag:"kubelet-credential-provider-config" help:"the kubelet's CredentialProviderConfig file (its --image-credential-provider-config): credential provider plugins asked for registries that Docker config and registry_username give no credentials for"`
+	KubeletCPBinDir string   `yaml:"kubelet_credential_provider_bin_dir" flag:"kubelet-credential-provider-bin-dir" help:"directory of the credential provider plugins (the kubelet's --image-credential-provider-bin-dir)"`
+	PullRights      bool     `yaml:"pull_rights" flag:"pull-rights" help:"serve a private repository's content (its registry refuses anonymous pulls) only to peers that prove they may pull it (docs/privacy.md); false: serve every chunk to any peer"`
+	RightsTTL       string   `yaml:"rights_ttl" flag:"rights-ttl" help:"how long a peer's proven pull rights are trusted before the registry is asked again (never past its token's expiry), e.g. 5m"`
+	ObjectKeep      string   `yaml:"object_retention" flag:"object-retention" help:"how long manifests, chunk manifests and bootstraps no registered image uses stay under <data>/objects and <data>/bootstraps for peers and restarts, e.g. 24h (0: forever)"`
+	PeerTags        bool     `yaml:"peer_tags" flag:"peer-tags" help:"while a registry is unreachable, resolve tags from what peers say they name (not verifiable; references by digest resolve from peers without it)"`
 
 	MirrorListen   string   `yaml:"mirror_listen" flag:"mirror-listen" help:"address of the node-local registry mirror for containerd's hosts.toml, e.g. 127.0.0.1:5005 (empty: off)"`
 	MirrorMax      string   `yaml:"mirror_max" flag:"mirror-max" help:"cap on the blobs the registry mirror keeps under <data>/mirror, e.g. 20G (0: no cap); least recently used are removed"`
@@ -77,6 +81,8 @@ func DefaultConfig() Config {
 		Mode:       "auto",
 		MirrorMax:  "10G",
 		ObjectKeep: "24h",
+		PullRights: true,
+		RightsTTL:  "5m",
 		LogFormat:  "text",
 		LogLevel:   "info",
 	}
@@ -140,6 +146,9 @@ func (c *Config) Validate() error {
 			bad("mirror_listen (--mirror-listen)", "%q is not host:port, e.g. 127.0.0.1:5005", c.MirrorListen)
 		}
 	}
+	if d, err := time.ParseDuration(c.RightsTTL); err != nil || d <= 0 || d > time.Hour {
+		bad("rights_ttl (--rights-ttl)", "%q: give a duration in (0, 1h], e.g. 5m", c.RightsTTL)
+	}
 	if c.Workers < 2 || c.Workers > 1024 {
 		bad("workers (--workers)", "%d is out of range 2..1024", c.Workers)
 	}
@@ -165,6 +174,13 @@ func (c *Config) Validate() error {
 			bad("registry_password_file (--registry-password-file)", "%v", err)
 		}
 	}
+	if (c.KubeletCPConfig == "") != (c.KubeletCPBinDir == "") {
+		bad("kubelet_credential_provider_config (--kubelet-credential-provider-config)", "and kubelet_credential_provider_bin_dir (--kubelet-credential-provider-bin-dir) go together")
+	} else if c.KubeletCPConfig != "" {
+		if _, err := os.Stat(c.KubeletCPConfig); err != nil {
+			bad("kubelet_credential_provider_config (--kubelet-credential-provider-config)", "%v", err)
+		}
+	}
 	if c.PSKFile != "" {
 		if _, err := os.Stat(c.PSKFile); err != nil {
 			bad("psk_file (--psk-file)", "%v", err)
@@ -172,6 +188,9 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// RightsTTLDuration is RightsTTL parsed (Validate has checked it).
+func (c *Config) RightsTTLDuration() time.Duration { d, _ := time.ParseDuration(c.RightsTTL); return d }
 
 // CacheReserveBytes is CacheResv parsed (Validate has checked it).
 func (c *Config) CacheReserveBytes() int64 { n, _ := units.ParseBytes(c.CacheResv); return n }

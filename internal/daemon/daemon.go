@@ -113,6 +113,13 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	ocfg.DockerConfig = cfg.DockerConfig
 	ocfg.Logger = log
 	ocfg.Registerer = reg // shoal_origin_*: what this host asks of registries
+	if cfg.KubeletCPConfig != "" {
+		kp, err := origin.LoadKubeletProviders(cfg.KubeletCPConfig, cfg.KubeletCPBinDir)
+		if err != nil {
+			return fail(err)
+		}
+		ocfg.CredentialProviders = kp
+	}
 	if cfg.RegistryUser != "" {
 		pw, err := os.ReadFile(cfg.RegistryPass)
 		if err != nil {
@@ -121,13 +128,25 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		ocfg.Username, ocfg.Password = cfg.RegistryUser, strings.TrimRight(string(pw), "\r\n")
 	}
 
-	blobs := &mirrorBlobs{}
+	// Pull rights (docs/privacy.md): the same registry access as the loader's, so that the token
+	// this host presents is the one its own pulls use, and a peer's is checked at the registry
+	// this host pulled the repository from.
+	var rights *origin.PullRights
+	if cfg.PullRights {
+		if rights, err = origin.NewPullRights(ocfg); err != nil {
+			return fail(err)
+		}
+		pcfg.Rights, pcfg.RightsTTL = rights, cfg.RightsTTLDuration()
+	}
+	blobs := &mirrorBlobs{rights: proberOrNil(rights), log: log, public: map[digest.Digest]bool{}}
 	pcfg.BlobThrough = cfg.MirrorListen != ""
 	node, err := p2p.New(pcfg, nodeLocal{storeChunks{store}, objects, blobs})
 	if err != nil {
 		return fail(err)
 	}
 	d.node = node
+	// The kept objects' marks reach the node before it serves anything (Run starts it).
+	objects.attach(node.SetPrivate)
 	if cfg.MirrorListen != "" {
 		mcfg := mirror.DefaultConfig()
 		mcfg.Dir = filepath.Join(cfg.DataDir, "mirror")
@@ -135,6 +154,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		mcfg.DefaultUpstream = cfg.MirrorUpstream
 		mcfg.PeerUpstreams = cfg.MirrorPeerUps
 		mcfg.Origin = ocfg
+		mcfg.Served = blobs.served
 		mcfg.Logger = log
 		mcfg.Registerer = reg
 		m, err := mirror.New(mcfg, node)
@@ -156,13 +176,13 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	handover := os.Getenv(EnvHandover)
 	fdeps := frontendDeps{dataDir: cfg.DataDir, domain: cfg.Domain, handover: handover, workers: cfg.Workers,
 		log: log, metrics: reg, resolver: d.resolver, store: store}
-	d.svc = newService(serviceConfig{DataDir: cfg.DataDir, Mode: cfg.Mode, Prefetch: cfg.Prefetch, Supervised: handover != ""},
+	d.svc = newService(serviceConfig{DataDir: cfg.DataDir, Mode: cfg.Mode, Prefetch: cfg.Prefetch, Supervised: handover != "", PullRights: cfg.PullRights},
 		serviceDeps{
 			Store:    store,
 			Resolver: d.resolver,
 			Node:     node,
 			Loader: originLoader{cfg: ocfg, dir: filepath.Join(cfg.DataDir, "bootstraps"),
-				objects: objects, peers: node, peerTags: cfg.PeerTags, log: log},
+				objects: objects, peers: node, peerTags: cfg.PeerTags, rights: proberOrNil(rights), log: log},
 			Frontend: func(ctx context.Context, m mount.Mode, images bootstrapLookup) (frontend, error) {
 				deps := fdeps
 				deps.bootstraps = images
@@ -180,6 +200,14 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 			Log:          log,
 		})
 	return d, nil
+}
+
+// proberOrNil keeps a nil *origin.PullRights a nil interface.
+func proberOrNil(r *origin.PullRights) publicProber {
+	if r == nil {
+		return nil
+	}
+	return r
 }
 
 // storeChunks is the chunk store as package p2p sees it: what it serves, and where chunks it

@@ -13,7 +13,10 @@
 //     with the store, the resolver and the swarm (and unregisters it from them and the frontends),
 //     reference-counted across images, undone when a step fails.
 //   - loader.go: an image from its origin (registry or local layout), its bootstrap fetched and
-//     verified.
+//     verified, and whether its repository is private (origin.PullRights.Public, asked before
+//     anything is kept): pull rights, docs/privacy.md. daemon.go sets the same PullRights as
+//     the node's Rights; registry.go marks private blobs (p2p.Node.SetPrivate) before the swarm
+//     has them, objects.go kept objects (saved in objects/private.json).
 //   - frontend.go: the frontend interface, the switch that builds one per mount mode, and the set
 //     that starts each on first use without holding any lock across the construction;
 //     frontend_fscache.go, frontend_fanotify.go, frontend_fuse.go: one mode each. A new mode is

@@ -235,6 +235,7 @@ func (r *fakeResolver) Stats() demand.Stats {
 
 type fakeNode struct {
 	mu        sync.Mutex
+	private   map[digest.Digest][]string
 	blobs     map[digest.Digest]p2p.OriginFunc
 	announced map[digest.Digest]int
 	failReg   map[digest.Digest]error
@@ -265,6 +266,25 @@ func (n *fakeNode) Announce(blob digest.Digest, chunks ...chunk.Chunk) error {
 	return nil
 }
 
+func (n *fakeNode) SetPrivate(d digest.Digest, repos ...string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.private == nil {
+		n.private = map[digest.Digest][]string{}
+	}
+	if len(repos) == 0 {
+		delete(n.private, d)
+		return
+	}
+	n.private[d] = repos
+}
+
+func (n *fakeNode) privateTo(d digest.Digest) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.private[d]
+}
+
 func (n *fakeNode) Forget(blob digest.Digest) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -290,6 +310,9 @@ func (n *fakeNode) origin(blob digest.Digest) string {
 func (n *fakeNode) ID() peer.ID            { return peer.ID("fake-peer") }
 func (n *fakeNode) Addrs() []ma.Multiaddr  { return nil }
 func (n *fakeNode) Served() (int64, int64) { return 0, 0 }
+func (n *fakeNode) RightsStats() p2p.RightsStats {
+	return p2p.RightsStats{}
+}
 func (n *fakeNode) Peers() []p2p.PeerStats {
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -42,8 +42,18 @@ type originLoader struct {
 	objects  *objectStore // nil: nothing kept (tests)
 	peers    objectPeers  // nil: no fallback
 	peerTags bool         // --peer-tags
-	log      *slog.Logger
+	// rights tells private repositories from public ones (origin.PullRights); nil: every image
+	// is public (pull_rights off, tests).
+	rights publicProber
+	log    *slog.Logger
 }
+
+// publicProber says whether a repository ("host/name") can be pulled anonymously.
+type publicProber interface {
+	Public(ctx context.Context, repo string) (bool, error)
+}
+
+var _ publicProber = (*origin.PullRights)(nil)
 
 var _ imageLoader = originLoader{}
 
@@ -52,12 +62,13 @@ func (l originLoader) Load(ctx context.Context, ref string) (*image, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &fetcher{l: l, src: src}
+	f := l.newFetcher(ctx, src)
 	mb, err := f.resolve(ctx, ref)
 	if err != nil {
-		return nil, err
+		return nil, missingCredentials(err, f.repo)
 	}
-	return l.load(ctx, ref, f, mb)
+	im, err := l.load(ctx, ref, f, mb)
+	return im, missingCredentials(err, f.repo)
 }
 
 func (l originLoader) Reload(ctx context.Context, ref string, manifest []byte) (*image, error) {
@@ -65,7 +76,37 @@ func (l originLoader) Reload(ctx context.Context, ref string, manifest []byte) (
 	if err != nil {
 		return nil, err
 	}
-	return l.load(ctx, ref, &fetcher{l: l, src: src}, manifest)
+	f := l.newFetcher(ctx, src)
+	im, err := l.load(ctx, ref, f, manifest)
+	return im, missingCredentials(err, f.repo)
+}
+
+// missingCredentials says what to do about a registry's refusal: a private image that peers
+// hold is not theirs to give to a host the registry would refuse (docs/privacy.md).
+func missingCredentials(err error, repo string) error {
+	if err == nil || repo == "" || !errors.Is(err, origin.ErrUnauthorized) {
+		return err
+	}
+	return fmt.Errorf("%w (this host has no credentials that may pull %s, and peers share a private repository's content only with hosts that may: "+
+		"give credentials in docker_config, a credential helper, kubelet_credential_provider_config or registry_username)", err, repo)
+}
+
+// newFetcher starts one load from src, having asked whether its repository is private: before
+// anything is fetched, so that every object is marked before it is kept (and servable).
+func (l originLoader) newFetcher(ctx context.Context, src origin.Source) *fetcher {
+	f := &fetcher{l: l, src: src}
+	reg, ok := src.(*origin.Registry)
+	if !ok || l.rights == nil {
+		return f
+	}
+	f.repo = origin.Repository(reg.Reference())
+	pub, err := l.rights.Public(ctx, f.repo)
+	if err != nil {
+		// Fail closed: a repository that could not be probed is private until it is.
+		l.logger().Warn("could not tell whether a repository is public; treating it as private", "repository", f.repo, "err", err)
+	}
+	f.private = !pub
+	return f
 }
 
 func (l originLoader) load(ctx context.Context, ref string, f *fetcher, mb []byte) (*image, error) {
@@ -79,11 +120,12 @@ func (l originLoader) load(ctx context.Context, ref string, f *fetcher, mb []byt
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
 	f.keep(im.Digest, mb)
+	f.mark(im.Bootstrap.Digest)
 	boot, err := l.fetchBootstrap(ctx, f, im)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: bootstrap: %w", ref, err)
 	}
-	return &image{Ref: ref, Image: im, Manifest: mb, BootPath: boot, origin: f.src}, nil
+	return &image{Ref: ref, Image: im, Manifest: mb, BootPath: boot, origin: f.src, Repo: f.repo, Private: f.private}, nil
 }
 
 func (l originLoader) logger() *slog.Logger {
@@ -129,6 +171,10 @@ type fetcher struct {
 	src        origin.Source
 	down       error // the origin's failure, once seen
 	peersFirst bool  // peers hold the image: ask them before the origin
+	// repo is the registry repository loaded from ("" for a local layout); private, that the
+	// objects kept are marked as its content.
+	repo    string
+	private bool
 }
 
 // fromPeersFirst returns object d from peers that hold the image, if peersFirst and one answers
@@ -147,12 +193,26 @@ func (f *fetcher) fromPeersFirst(ctx context.Context, d digest.Digest, max int64
 	return b
 }
 
+// mark records whether kept object d is private content of f.repo: before it is kept, so that
+// a peer is never served it unmarked.
+func (f *fetcher) mark(d digest.Digest) {
+	if f.repo == "" {
+		return
+	}
+	repo := ""
+	if f.private {
+		repo = f.repo
+	}
+	f.l.objects.setPrivate(d, repo)
+}
+
 // fallBack reports whether err means the origin cannot be reached and peers may be asked.
 func (f *fetcher) fallBack(ctx context.Context, err error) bool {
 	return f.l.peers != nil && ctx.Err() == nil && errors.Is(err, origin.ErrUnavailable)
 }
 
 func (f *fetcher) keep(d digest.Digest, b []byte) {
+	f.mark(d)
 	if err := f.l.objects.put(d, b); err != nil {
 		f.l.logger().Warn("keeping an object", "object", d, "err", err)
 	}
@@ -162,6 +222,7 @@ func (f *fetcher) keep(d digest.Digest, b []byte) {
 // origin unreachable) from peers. Whatever it returns matches d and is kept.
 func (f *fetcher) object(ctx context.Context, d digest.Digest, max int64, fromOrigin func(context.Context) ([]byte, error)) ([]byte, error) {
 	if b, ok := f.l.objects.get(d, max); ok {
+		f.mark(d)
 		return b, nil
 	}
 	if b := f.fromPeersFirst(ctx, d, max); b != nil {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -34,11 +35,16 @@ type objectStore struct {
 
 	mu   sync.Mutex
 	tags map[string]digest.Digest // canonical host/name:tag → digest; saved in <dir>/tags.json
+	// private: kept objects of private repositories (digest → "host/name"s), saved in
+	// <dir>/private.json so that a restart marks them again before the node serves anything.
+	private map[digest.Digest][]string
+	// mark tells the node (p2p.Node.SetPrivate); set once in New before the node runs.
+	mark func(d digest.Digest, repos ...string)
 }
 
 func openObjectStore(dataDir string, log *slog.Logger) (*objectStore, error) {
 	o := &objectStore{dir: filepath.Join(dataDir, "objects"), boots: filepath.Join(dataDir, "bootstraps"), log: log,
-		tags: map[string]digest.Digest{}}
+		tags: map[string]digest.Digest{}, private: map[digest.Digest][]string{}}
 	if err := os.MkdirAll(o.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("object store: %w", err)
 	}
@@ -54,10 +60,72 @@ func openObjectStore(dataDir string, log *slog.Logger) (*objectStore, error) {
 			o.tags = map[string]digest.Digest{}
 		}
 	}
+	b, err = os.ReadFile(o.privatePath())
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("object store: %w", err)
+	default:
+		if err := json.Unmarshal(b, &o.private); err != nil {
+			// Unlike tags, the marks keep private objects from peers: without them, no kept
+			// object can be told public, so none is served until its image is added again.
+			return nil, fmt.Errorf("object store: %s is unreadable (remove it and the objects directory's other files to start afresh): %w", o.privatePath(), err)
+		}
+	}
 	return o, nil
 }
 
-func (o *objectStore) tagsPath() string { return filepath.Join(o.dir, "tags.json") }
+func (o *objectStore) tagsPath() string    { return filepath.Join(o.dir, "tags.json") }
+func (o *objectStore) privatePath() string { return filepath.Join(o.dir, "private.json") }
+
+// attach hands the kept marks to the node and sends it every mark from now on.
+func (o *objectStore) attach(mark func(d digest.Digest, repos ...string)) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.mark = mark
+	for d, repos := range o.private {
+		mark(d, repos...)
+	}
+}
+
+// setPrivate marks kept object d as content of private repository repo, or (repo "") public.
+// It is called before the object is written, so that no peer is served it unmarked. A mark for
+// a second repository adds to the first.
+func (o *objectStore) setPrivate(d digest.Digest, repo string) {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	old := o.private[d]
+	var repos []string
+	switch {
+	case repo == "" && old == nil:
+		return
+	case repo == "":
+	case slices.Contains(old, repo):
+		return
+	default:
+		repos = append(slices.Clone(old), repo)
+		slices.Sort(repos)
+	}
+	if repos == nil {
+		delete(o.private, d)
+	} else {
+		o.private[d] = repos
+	}
+	if o.mark != nil {
+		o.mark(d, repos...)
+	}
+	b, err := json.MarshalIndent(o.private, "", "  ")
+	if err == nil {
+		err = writeFileAtomic(o.privatePath(), b)
+	}
+	if err != nil {
+		// In memory the mark holds; a restart before the next successful save loses it.
+		o.log.Error("object store: saving private marks; after a restart this object may be served to peers without pull rights", "object", d, "err", err)
+	}
+}
 
 // Object returns a kept object or bootstrap (p2p.LocalObjects); the node verifies it before
 // serving it.
@@ -173,9 +241,11 @@ type nodeLocal struct {
 func (n nodeLocal) Object(d digest.Digest) ([]byte, bool, error) { return n.objects.Object(d) }
 func (n nodeLocal) Tag(ref string) (digest.Digest, bool)         { return n.objects.Tag(ref) }
 
-// OpenBlob serves the registry mirror's verified blobs to peers (p2p.LocalBlobs).
+// OpenBlob serves the registry mirror's verified blobs to peers (p2p.LocalBlobs): with pull
+// rights on, only those it has served from a public repository since it started; the others
+// are "not found", and the asker goes to its upstream (docs/privacy.md).
 func (n nodeLocal) OpenBlob(d digest.Digest) (io.ReadCloser, int64, bool, error) {
-	if n.blobs == nil || n.blobs.m == nil {
+	if n.blobs == nil || n.blobs.m == nil || !n.blobs.shareable(d) {
 		return nil, 0, false, nil
 	}
 	f, size, ok, err := n.blobs.m.OpenBlob(d)
@@ -200,7 +270,50 @@ func (n nodeLocal) FetchBlobFor(ctx context.Context, d digest.Digest, manifest b
 
 // mirrorBlobs is the registry mirror as the node's local side sees it; m is set once, in New,
 // before the node runs (the mirror is built after the node, which it fetches through).
-type mirrorBlobs struct{ m *mirror.Mirror }
+type mirrorBlobs struct {
+	m *mirror.Mirror
+	// rights tells public repositories from private ones; nil: pull rights off, every blob
+	// is shared.
+	rights publicProber
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	public map[digest.Digest]bool // seen served from a public repository
+}
+
+// maxPublicBlobs bounds the mirror's public set; past it, it starts again (blobs are shared
+// again once served again).
+const maxPublicBlobs = 1 << 16
+
+func (b *mirrorBlobs) shareable(d digest.Digest) bool {
+	if b.rights == nil {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.public[d]
+}
+
+// served is the mirror's Served hook: content served from a public repository may go to peers.
+// A repository that could not be probed counts as private (fail closed).
+func (b *mirrorBlobs) served(ctx context.Context, repo string, d digest.Digest) {
+	if b.rights == nil || b.shareable(d) {
+		return
+	}
+	pub, err := b.rights.Public(ctx, repo)
+	if err != nil {
+		b.log.Debug("mirror: could not tell whether a repository is public; not sharing its blob", "repository", repo, "blob", d, "err", err)
+	}
+	if !pub {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.public) >= maxPublicBlobs {
+		clear(b.public)
+	}
+	b.public[d] = true
+}
 
 // mirrorStatser returns the mirror's counters for the stats report; nil when it is off.
 func mirrorStatser(m *mirror.Mirror) func() *mirror.Stats {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -25,7 +26,12 @@ type image struct {
 	Image    *bootstrap.Image
 	Manifest []byte // the OCI manifest, kept so a restart needs no origin
 	BootPath string // the bootstrap, local and verified
-	origin   rangeReader
+	// Repo is the image's repository ("host/name", origin.Repository) and Private says that its
+	// registry refuses anonymous pulls (or could not be asked): its blobs are served only to
+	// peers that prove pull rights to Repo (docs/privacy.md). Local layouts are public.
+	Repo    string
+	Private bool
+	origin  rangeReader
 }
 
 // rangeReader reads blob bytes from an image's origin (origin.Source).
@@ -65,6 +71,8 @@ type swarm interface {
 	RegisterBlob(m *chunk.Manifest, origin p2p.OriginFunc) error
 	Announce(blob digest.Digest, chunks ...chunk.Chunk) error
 	Forget(blob digest.Digest)
+	// SetPrivate marks a blob as content of private repositories (none: public).
+	SetPrivate(d digest.Digest, repos ...string)
 }
 
 // registry owns the images this host knows, their blobs and their mounts. It is the one place a
@@ -159,6 +167,14 @@ func (r *registry) Add(ctx context.Context, im *image) (*image, error) {
 	}
 	r.mu.Unlock()
 
+	// Privacy first: a blob is never registered with the swarm (announced, served) before it is
+	// marked. A blob that another registered image has too is private only if every image
+	// holding it is (content of a public image is public), and then to each one's repository.
+	privacy := r.privacy(im, blobs)
+	for _, b := range blobs {
+		r.swarm.SetPrivate(b.Digest, privacy[b.Digest]...)
+	}
+
 	origins := make([]demand.OriginFunc, len(blobs))
 	for i, b := range blobs {
 		origins[i] = originFunc(im.origin, b.Digest)
@@ -174,6 +190,7 @@ func (r *registry) Add(ctx context.Context, im *image) (*image, error) {
 			for _, done := range blobs[:i] {
 				r.undo(done.Manifest, prev[done.Digest])
 			}
+			r.restorePrivacy(blobs)
 			return nil, fmt.Errorf("image %s: blob %s: joining its swarm: %w", im.Ref, b.Digest, err)
 		}
 	}
@@ -203,6 +220,74 @@ func (r *registry) Add(ctx context.Context, im *image) (*image, error) {
 		}
 	}
 	return im, nil
+}
+
+// privacy returns, for each of blobs, the private repositories it is content of once im is
+// registered (nil: public), from im and the registered images other than im's digest.
+func (r *registry) privacy(im *image, blobs []bootstrap.Blob) map[digest.Digest][]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	images := []*image{im}
+	for d, other := range r.images {
+		if d != im.digest() {
+			images = append(images, other)
+		}
+	}
+	return blobPrivacy(images, blobs)
+}
+
+// blobPrivacy computes privacy over a set of images: a blob is public if any image of them that
+// holds it is public, else private to the repositories of those that hold it.
+func blobPrivacy(images []*image, blobs []bootstrap.Blob) map[digest.Digest][]string {
+	out := make(map[digest.Digest][]string, len(blobs))
+	for _, b := range blobs {
+		public := false
+		var repos []string
+		for _, im := range images {
+			if !im.holds(b.Digest) {
+				continue
+			}
+			if !im.Private {
+				public = true
+				break
+			}
+			if !slices.Contains(repos, im.Repo) {
+				repos = append(repos, im.Repo)
+			}
+		}
+		if !public {
+			sort.Strings(repos)
+			out[b.Digest] = repos
+		}
+	}
+	return out
+}
+
+func (im *image) holds(d digest.Digest) bool {
+	for _, b := range im.Image.Blobs {
+		if b.Digest == d {
+			return true
+		}
+	}
+	return false
+}
+
+// restorePrivacy marks blobs as the registered images make them, after a failed Add: the
+// blobs of no registered image stay private to the failed image's repository (they are
+// registered with the swarm no more, and nothing of theirs is served).
+func (r *registry) restorePrivacy(blobs []bootstrap.Blob) {
+	r.mu.Lock()
+	images := make([]*image, 0, len(r.images))
+	for _, im := range r.images {
+		images = append(images, im)
+	}
+	r.mu.Unlock()
+	privacy := blobPrivacy(images, blobs)
+	for _, b := range blobs {
+		if repos, ok := privacy[b.Digest]; !ok || len(repos) > 0 {
+			r.swarm.SetPrivate(b.Digest, repos...)
+		}
+	}
 }
 
 // undo reverses one blob's registration by a failed Add: back to its previous origin, or out of
@@ -278,11 +363,30 @@ func (r *registry) Remove(ref string) (*image, error) {
 			}
 		}
 	}
+	var kept []bootstrap.Blob
+	for _, b := range im.blobs() {
+		if r.blobs[b.Digest] != nil {
+			kept = append(kept, b)
+		}
+	}
+	images := make([]*image, 0, len(r.images))
+	for _, other := range r.images {
+		images = append(images, other)
+	}
 	r.mu.Unlock()
 	for _, b := range unused { // the reverse of Add's order
 		r.forget(b)
 		r.swarm.Forget(b)
 		r.resolver.RemoveBlob(b)
+		// Its chunks stay in the store, but a chunk of no registered blob is served to no peer
+		// (p2p.Config.Rights): the mark can go.
+		r.swarm.SetPrivate(b)
+	}
+	// A blob the removed image shared with others may now be private to fewer repositories,
+	// or still public.
+	privacy := blobPrivacy(images, kept)
+	for _, b := range kept {
+		r.swarm.SetPrivate(b.Digest, privacy[b.Digest]...)
 	}
 	return im, nil
 }

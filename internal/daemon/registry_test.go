@@ -182,3 +182,52 @@ func errorsContain(err error, parts ...string) bool {
 	}
 	return true
 }
+
+// TestRegistryPrivacy: a private image's blobs are marked private to its repository before the
+// swarm has them; a blob a public image also holds is public; two private images' shared blob
+// is private to both repositories; removing an image recomputes what is left, and a blob no
+// image holds loses its mark (the swarm no longer serves it at all).
+func TestRegistryPrivacy(t *testing.T) {
+	ctx := context.Background()
+	f := newRegistryFixture()
+	x, y, z := testBlob("x", 3), testBlob("y", 2), testBlob("z", 1)
+	a, b, c := testImage("a", x, y), testImage("b", y, z), testImage("c", z)
+	a.Repo, a.Private = "reg/team/a", true
+	b.Repo, b.Private = "reg/team/b", true
+	c.Repo = "reg/pub/c"
+	f.node.failReg[x.Digest] = errors.New("marked?")
+	if _, err := f.reg.Add(ctx, a); err == nil {
+		t.Fatal("the node's refusal did not fail the add")
+	}
+	if got := f.node.privateTo(x.Digest); len(got) != 1 || got[0] != "reg/team/a" {
+		t.Errorf("x of a failed add: private to %v, want still reg/team/a (nothing of it is served)", got)
+	}
+	delete(f.node.failReg, x.Digest)
+	for _, im := range []*image{a, b} {
+		if _, err := f.reg.Add(ctx, im); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := func(d digest.Digest, what string, repos ...string) {
+		t.Helper()
+		if got := f.node.privateTo(d); strings.Join(got, ",") != strings.Join(repos, ",") {
+			t.Errorf("%s: private to %v, want %v", what, got, repos)
+		}
+	}
+	want(x.Digest, "x (a only)", "reg/team/a")
+	want(y.Digest, "y (a and b)", "reg/team/a", "reg/team/b")
+	want(z.Digest, "z (b only)", "reg/team/b")
+	if _, err := f.reg.Add(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	want(z.Digest, "z once public image c holds it")
+	if _, err := f.reg.Remove("c"); err != nil {
+		t.Fatal(err)
+	}
+	want(z.Digest, "z after removing c", "reg/team/b")
+	if _, err := f.reg.Remove("a"); err != nil {
+		t.Fatal(err)
+	}
+	want(x.Digest, "x, of no image")
+	want(y.Digest, "y after removing a", "reg/team/b")
+}

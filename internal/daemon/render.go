@@ -58,6 +58,12 @@ func RenderStats(w io.Writer, r StatsReport) {
 		maxs = "cap " + units.Bytes(r.Cache.MaxBytes)
 	}
 	fmt.Fprintf(w, "cache %s in %d blobs (%s), evicted %s\n", units.Bytes(r.Cache.PresentBytes), r.Cache.Blobs, maxs, units.Bytes(r.Cache.EvictedBytes))
+	if rr := r.Rights; rr.Enabled {
+		fmt.Fprintf(w, "pull rights: refused to peers without rights %d   peers' tokens granted %d, refused %d   ours granted %d, refused %d\n",
+			rr.Denied, rr.Granted, rr.Refused, rr.PresentedOK, rr.PresentedDenied)
+	} else {
+		fmt.Fprintln(w, "pull rights: off (every chunk is served to any peer)")
+	}
 
 	fmt.Fprintln(w, "\nIMAGES")
 	if len(r.Images) == 0 {

@@ -16,6 +16,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 func sampleReport() StatsReport {
 	return StatsReport{
 		PeerID:         "12D3KooWLZ3zdwc9trZmGaxCpNhyhhQTwwvZXyG5QMS8nz6ZxR6N",
+		Rights:         RightsReport{Enabled: true, Denied: 4, Granted: 2, Refused: 1, PresentedOK: 3},
 		Bytes:          ByteTotals{Local: 5 << 20, Dedup: 1 << 20, Peers: 60 << 20, Origin: 20 << 20, ServedToPeers: 33 << 20},
 		Chunks:         ChunkTotals{Dedup: 1, Peers: 60, Origin: 20, ServedToPeers: 33},
 		WireBytes:      WireTotals{Peers: 21 << 20, Origin: 7 << 20, ServedToPeers: 11 << 20},
@@ -81,7 +82,8 @@ func TestStatsJSONSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string][]string{
-		"":                       {"peerID", "bytes", "chunks", "wireBytes", "originOffload", "verifyFailures", "verifyFailuresBySource", "fetchFailures", "bans", "cache", "latency", "images", "peers", "uptimeSeconds"},
+		"":                       {"peerID", "bytes", "chunks", "wireBytes", "originOffload", "verifyFailures", "verifyFailuresBySource", "fetchFailures", "bans", "cache", "latency", "images", "peers", "uptimeSeconds", "rights"},
+		"rights":                 {"enabled", "denied", "granted", "refused", "presentedOK", "presentedDenied"},
 		"bytes":                  {"local", "dedup", "peers", "origin", "servedToPeers"},
 		"chunks":                 {"dedup", "peers", "origin", "servedToPeers"},
 		"wireBytes":              {"peers", "origin"},

@@ -69,6 +69,7 @@ type serviceConfig struct {
 	Mode       string // default mount mode
 	Prefetch   bool   // prefetch the rest of an image once mounted
 	Supervised bool   // a worker of the cachefiles supervisor: fscache mounts outlive it
+	PullRights bool   // pull_rights: reported in stats
 }
 
 // serviceDeps are the parts the service works with: the daemon's real ones, or fakes.

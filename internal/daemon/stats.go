@@ -23,6 +23,8 @@ type hostPeers interface {
 	Peers() []p2p.PeerStats
 	// Served is the chunk data uploaded to peers, and what it took on the network.
 	Served() (data, wire int64)
+	// RightsStats counts the pull-rights exchange.
+	RightsStats() p2p.RightsStats
 }
 
 // storeCounters is what the reports read of the chunk store.
@@ -75,6 +77,9 @@ func (s *service) Stats() StatsReport {
 	if s.mirrorStats != nil {
 		rep.Mirror = s.mirrorStats()
 	}
+	rr := s.peers.RightsStats()
+	rep.Rights = RightsReport{Enabled: s.cfg.PullRights, Denied: rr.Denied, Granted: rr.Granted, Refused: rr.Refused,
+		PresentedOK: rr.PresentedOK, PresentedDenied: rr.PresentedDenied}
 	src := func(s chunk.Source) demand.SourceStats { return rs.Sources[s] }
 	rep.Bytes.Local = src(chunk.SourceLocal).Bytes
 	rep.Bytes.Dedup, rep.Chunks.Dedup = src(chunk.SourceDedup).Bytes, src(chunk.SourceDedup).Chunks

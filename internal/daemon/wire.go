@@ -87,6 +87,19 @@ type StatsReport struct {
 	// Mirror is the registry mirror's counters (upstream bytes, peer bytes, local hits); absent
 	// when --mirror-listen is off.
 	Mirror *mirror.Stats `json:"mirror,omitempty"`
+	// Rights counts the pull-rights exchange with peers (docs/privacy.md).
+	Rights RightsReport `json:"rights"`
+}
+
+// RightsReport counts the pull-rights exchange: requests refused to peers without rights,
+// peers' tokens checked here, and this host's tokens presented to peers.
+type RightsReport struct {
+	Enabled         bool  `json:"enabled"`
+	Denied          int64 `json:"denied"`
+	Granted         int64 `json:"granted"`
+	Refused         int64 `json:"refused"`
+	PresentedOK     int64 `json:"presentedOK"`
+	PresentedDenied int64 `json:"presentedDenied"`
 }
 
 // VerifyBySource is verification failures by where the bytes came from.

@@ -165,6 +165,9 @@ func (r *Registry) SetTokenLife(d time.Duration) {
 	r.life = d
 }
 
+// Admin returns the credentials of the user that may push and pull everything.
+func (r *Registry) Admin() (user, password string) { return admin, r.adminPwd }
+
 // BlobBytes is how many blob bytes the registry has served (GET .../blobs/...).
 func (r *Registry) BlobBytes() int64 { return r.blobBytes.Load() }
 
