@@ -261,9 +261,22 @@ func (n nodeLocal) FetchBlobFor(ctx context.Context, d digest.Digest, manifest b
 	if n.blobs == nil || n.blobs.m == nil {
 		return fmt.Errorf("no registry mirror here: %w", p2p.ErrObjectNotFound)
 	}
+	// With pull rights on, this host fetches for peers only from public repositories: with its
+	// own credentials it would hand a private repository's blob to a peer that never proved it
+	// may pull it, and OpenBlob would refuse to serve it anyway. The asker fetches a private
+	// blob from its own upstream, with its own credentials (docs/privacy.md).
+	full := upstream + "/" + repo
+	if b := n.blobs; b.rights != nil {
+		if pub, err := b.rights.Public(ctx, full); !pub {
+			return fmt.Errorf("repository %s is not public here (%v): a peer fetches its blobs from its own upstream: %w", full, err, p2p.ErrObjectNotFound)
+		}
+	}
 	err := n.blobs.m.FetchForPeer(ctx, d, manifest, upstream, repo, max)
 	if errors.Is(err, origin.ErrNotFound) {
 		return fmt.Errorf("%w: %w", err, p2p.ErrObjectNotFound)
+	}
+	if err == nil {
+		n.blobs.served(ctx, full, d) // fetched from a public repository: peers may have it
 	}
 	return err
 }
