@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -135,6 +137,10 @@ type Config struct {
 	// chunkVersion, if not 0, is the newest chunk protocol version this host serves and asks
 	// for: tests run a real node of an earlier release's protocol (2 is ChunkProtocolV2).
 	chunkVersion int
+	// hostFunc, if set, makes the libp2p host instead of newHost: the cluster simulator
+	// (clustersim_test.go) runs real nodes on hosts of go-libp2p's mock network. The host it
+	// returns has no connection gater, so bans there close connections but do not refuse new ones.
+	hostFunc func(key crypto.PrivKey) (host.Host, error)
 }
 
 // DefaultConfig returns settings for a daemon on a LAN.

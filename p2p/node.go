@@ -239,7 +239,13 @@ func (n *Node) Run(ctx context.Context) error {
 	defer stop()
 	life := n.scope.Context()
 
-	h, err := n.newHost()
+	var h host.Host
+	var err error
+	if n.cfg.hostFunc != nil {
+		h, err = n.cfg.hostFunc(n.key)
+	} else {
+		h, err = n.newHost()
+	}
 	if err != nil {
 		n.scope.Close()
 		return err
