@@ -336,6 +336,7 @@ type simOutcome struct {
 	origin                    float64 // origin bytes ÷ image
 	hedges, fallbacks         float64
 	wall                      time.Duration
+	missingMaps               int // presence maps not received when the clock started
 	errs                      []error
 }
 
@@ -400,14 +401,21 @@ func (sc *simCluster) run(t testing.TB, img *simImage, s simScenario, seed uint6
 		readers = live[1:]
 	}
 	// Presence of the new blob reaches every neighbour before the clock starts.
-	waitFor(t, 2*time.Minute, "presence of the new blob", func() bool {
+	// Presence of the new blob reaches the neighbours before the clock starts; a frame lost on
+	// the way (seen on the mock network under heavy load: the stream is gone and the writer
+	// learns it only at its next frame) is repaired by the next one, so the run starts anyway
+	// after a while and says how many maps were missing.
+	missing := 0
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		missing = 0
 		for _, n := range live {
-			if !n.knowsBlobEverywhere(m.Blob) {
-				return false
-			}
+			k, _ := n.blobMissing(m.Blob)
+			missing += k
 		}
-		return true
-	})
+		if missing == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
 	lb := time.Duration(imgBytes / sc.hostRate * float64(time.Second))
 	if org != nil {
 		lb = max(lb, time.Duration(imgBytes/(s.origin*sc.hostRate)*float64(time.Second)))
@@ -448,7 +456,7 @@ func (sc *simCluster) run(t testing.TB, img *simImage, s simScenario, seed uint6
 		})
 	}
 	wg.Wait()
-	out := simOutcome{hosts: len(live), wall: time.Since(start), lowerBound: lb}
+	out := simOutcome{hosts: len(live), wall: time.Since(start), lowerBound: lb, missingMaps: missing}
 	var times []float64
 	for i, n := range readers {
 		if n.left.Load() {
@@ -623,6 +631,7 @@ func BenchmarkClusterSim(b *testing.B) {
 		return def
 	}
 	for range b.N {
+		fmt.Printf("machine: %d cores, load %s", runtime.NumCPU(), loadavg())
 		fmt.Println(simTableHeader)
 		for _, s := range strings.Split(sizes, ",") {
 			hosts, err := strconv.Atoi(strings.TrimSpace(s))
@@ -632,9 +641,9 @@ func BenchmarkClusterSim(b *testing.B) {
 			p := simParams{
 				hosts:     hosts,
 				degree:    env("SHOAL_CLUSTERSIM_DEGREE", 8),
-				chunks:    env("SHOAL_CLUSTERSIM_CHUNKS", 64),
+				chunks:    env("SHOAL_CLUSTERSIM_CHUNKS", 32),
 				chunkSize: int64(env("SHOAL_CLUSTERSIM_CHUNK_KIB", 8)) << 10,
-				hostRate:  float64(env("SHOAL_CLUSTERSIM_HOST_KIBS", 64) << 10),
+				hostRate:  float64(env("SHOAL_CLUSTERSIM_HOST_KIBS", 16) << 10),
 				origin:    float64(env("SHOAL_CLUSTERSIM_ORIGIN_LINKS", 4)),
 			}
 			b.Run(fmt.Sprintf("hosts=%d", hosts), func(b *testing.B) {
@@ -644,6 +653,9 @@ func BenchmarkClusterSim(b *testing.B) {
 				}
 				fmt.Printf("(%d hosts: %s)\n", hosts, simMemory())
 				for k, o := range outs {
+					if o.missingMaps > 0 {
+						fmt.Printf("(%s: %d presence maps missing when the clock started)\n", simScenarios(p)[k].name, o.missingMaps)
+					}
 					if err := errors.Join(o.errs...); err != nil {
 						fmt.Printf("(%s: %d of %d completed; first: %v)\n", simScenarios(p)[k].name, o.completed, o.readers, o.errs[0])
 					}
@@ -653,14 +665,24 @@ func BenchmarkClusterSim(b *testing.B) {
 	}
 }
 
-// knowsBlobEverywhere reports whether every connected peer of n has sent n a presence map of blob.
-func (n *simNode) knowsBlobEverywhere(blob digest.Digest) bool {
+// blobMissing is how many connected peers of n have not sent n a presence map of blob, and one.
+func (n *simNode) blobMissing(blob digest.Digest) (int, peer.ID) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	k, one := 0, peer.ID("")
 	for _, ps := range n.peers {
 		if ps.connected && ps.blobs[blob] == nil {
-			return false
+			k++
+			one = ps.id
 		}
 	}
-	return true
+	return k, one
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown\n"
+	}
+	return string(b)
 }
