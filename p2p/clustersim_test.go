@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"net"
 	"os"
 	"runtime"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -174,6 +176,25 @@ func waitBytes(ctx context.Context, lim *rate.Limiter, n int) error {
 type shapedHost struct {
 	host.Host
 	up, down *rate.Limiter
+	sc       *simCluster
+}
+
+// ensureLink lets this host dial p: mocknet dials only over links, and a real cluster network
+// routes between any two hosts (connect on demand, e.g. to a rendezvous owner).
+func (h *shapedHost) ensureLink(p peer.ID) {
+	if h.Network().Connectedness(p) == network.Connected {
+		return
+	}
+	h.sc.linkMu.Lock()
+	defer h.sc.linkMu.Unlock()
+	if len(h.sc.mn.LinksBetweenPeers(h.ID(), p)) == 0 {
+		_, _ = h.sc.mn.LinkPeers(h.ID(), p)
+	}
+}
+
+func (h *shapedHost) Connect(ctx context.Context, ai peer.AddrInfo) error {
+	h.ensureLink(ai.ID)
+	return h.Host.Connect(ctx, ai)
 }
 
 func shapedProtocol(p protocol.ID) bool { return slices.Contains(chunkProtocols, p) }
@@ -186,6 +207,7 @@ func (h *shapedHost) wrap(s network.Stream) network.Stream {
 }
 
 func (h *shapedHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
+	h.ensureLink(p)
 	s, err := h.Host.NewStream(ctx, p, pids...)
 	if err != nil {
 		return nil, err
@@ -236,13 +258,17 @@ type simNode struct {
 
 type simCluster struct {
 	mn       mocknet.Mocknet
+	linkMu   sync.Mutex
 	nodes    []*simNode
 	hostRate float64
 }
 
 // startSimCluster starts size real nodes on a mock network and connects each to degree random
 // others (so a host has about 2 × degree connections).
-func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint64, mutate func(*Config)) *simCluster {
+//
+// members: every host runs membership (memberlist over its in-memory MockNetwork: gossip is not
+// shaped, like presence), joining through host 0 and a random earlier host.
+func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint64, members bool, mutate func(*Config)) *simCluster {
 	t.Helper()
 	mn := mocknet.New()
 	t.Cleanup(func() { _ = mn.Close() })
@@ -251,6 +277,9 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 	var wg sync.WaitGroup
 	errs := make([]error, size)
 	sc.nodes = make([]*simNode, size)
+	var mlNet memberlist.MockNetwork
+	var mlAddrs []string
+	jrng := rand.New(rand.NewPCG(seed, 6))
 	for i := range size {
 		cfg := DefaultConfig()
 		cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"} // unused: the mock host listens nowhere
@@ -263,7 +292,24 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 				return nil, err
 			}
 			burst := simPiece
-			return &shapedHost{Host: h, up: rate.NewLimiter(rate.Limit(hostRate), burst), down: rate.NewLimiter(rate.Limit(hostRate), burst)}, nil
+			return &shapedHost{Host: h, sc: sc, up: rate.NewLimiter(rate.Limit(hostRate), burst), down: rate.NewLimiter(rate.Limit(hostRate), burst)}, nil
+		}
+		if members {
+			mc := &MembershipConfig{probeInterval: 5 * time.Second, RejoinInterval: time.Hour}
+			if len(mlAddrs) > 0 {
+				mc.Join = []string{mlAddrs[0], mlAddrs[jrng.IntN(len(mlAddrs))]}
+			}
+			// Nodes start one after another (Run makes the transport before Ready), so the
+			// MockNetwork, which has no lock, is not used concurrently while it grows.
+			mc.transport = func(name string) memberlist.Transport {
+				tr := mlNet.NewTransport(name)
+				ip, port, err := tr.FinalAdvertiseAddr("", 0)
+				if err == nil {
+					mlAddrs = append(mlAddrs, net.JoinHostPort(ip.String(), strconv.Itoa(port)))
+				}
+				return tr
+			}
+			cfg.Membership = mc
 		}
 		if mutate != nil {
 			mutate(&cfg)
@@ -293,6 +339,16 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 		cw.Wait()
 		wg.Wait()
 	})
+	if members {
+		waitFor(t, 5*time.Minute, "every host to know every other through membership", func() bool {
+			for _, n := range sc.nodes {
+				if n.Members() < size-1 {
+					return false
+				}
+			}
+			return true
+		})
+	}
 	rng := rand.New(rand.NewPCG(seed, 5))
 	linked := map[[2]int]bool{}
 	for i := range size {
@@ -340,7 +396,11 @@ type simOutcome struct {
 	errs                      []error
 }
 
-func (o simOutcome) row(sc simScenario, degree int) string {
+func (o simOutcome) row(sc simScenario, p simParams) string {
+	owners := "connected"
+	if p.members {
+		owners = "members"
+	}
 	orig := "-"
 	if !sc.seeded {
 		orig = fmt.Sprintf("%.3f", o.origin)
@@ -349,13 +409,13 @@ func (o simOutcome) row(sc simScenario, degree int) string {
 	if sc.seeded {
 		seed = fmt.Sprintf("%.2f", o.seedUp)
 	}
-	return fmt.Sprintf("| %d | %d | %s | %d/%d | %.2f | %.2f | %.2f | %.2f | %s | %s | %.0f / %.0f | %v | %v |",
-		o.hosts, 2*degree, sc.name, o.completed, o.readers, o.p50, o.p99, o.last, o.maxUp, seed, orig,
+	return fmt.Sprintf("| %d | %d | %s | %s | %d/%d | %.2f | %.2f | %.2f | %.2f | %s | %s | %.0f / %.0f | %v | %v |",
+		o.hosts, 2*p.degree, owners, sc.name, o.completed, o.readers, o.p50, o.p99, o.last, o.maxUp, seed, orig,
 		o.hedges, o.fallbacks, o.lowerBound.Round(10*time.Millisecond), o.wall.Round(100*time.Millisecond))
 }
 
-const simTableHeader = "| hosts | links per host (mean) | start | completed | p50 ÷ bound | p99 ÷ bound | last ÷ bound | most uploaded ÷ image | seed uploaded ÷ image | origin ÷ image | hedges / to owner or origin | lower bound | wall |\n" +
-	"|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+const simTableHeader = "| hosts | links per host at start | owners among | start | completed | p50 ÷ bound | p99 ÷ bound | last ÷ bound | most uploaded ÷ image | seed uploaded ÷ image | origin ÷ image | hedges / to owner or origin | lower bound | wall |\n" +
+	"|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 
 // run reads img on every host of the cluster (but the seed) at once and measures it.
 func (sc *simCluster) run(t testing.TB, img *simImage, s simScenario, seed uint64) simOutcome {
@@ -565,6 +625,7 @@ type simParams struct {
 	chunkSize             int64
 	hostRate              float64 // bytes per second each way
 	origin                float64 // origin egress in host links
+	members               bool    // membership (rendezvous owners among all members)
 }
 
 func simScenarios(p simParams) []simScenario {
@@ -578,14 +639,14 @@ func simScenarios(p simParams) []simScenario {
 // simulate runs every scenario on one cluster (each on an image of its own) and returns the
 // outcomes with their table rows.
 func simulate(t testing.TB, p simParams, mutate func(*Config)) ([]simOutcome, []string) {
-	sc := startSimCluster(t, p.hosts, p.degree, p.hostRate, uint64(p.hosts), mutate)
+	sc := startSimCluster(t, p.hosts, p.degree, p.hostRate, uint64(p.hosts), p.members, mutate)
 	var outs []simOutcome
 	var rows []string
 	for k, s := range simScenarios(p) {
 		img := newSimImage(t, p.chunks, p.chunkSize, uint64(p.hosts*10+k))
 		o := sc.run(t, img, s, uint64(p.hosts*100+k))
 		outs = append(outs, o)
-		rows = append(rows, o.row(s, p.degree))
+		rows = append(rows, o.row(s, p))
 	}
 	return outs, rows
 }
@@ -603,13 +664,17 @@ func simMemory() string {
 // scenario; the figures (origin and upload per image, completion against the bandwidth lower
 // bound) are logged and, at 100 to 1000 hosts, recorded by BenchmarkClusterSim.
 func TestClusterSim(t *testing.T) {
-	p := simParams{hosts: 24, degree: 4, chunks: 32, chunkSize: 8 << 10, hostRate: 256 << 10, origin: 4}
-	outs, rows := simulate(t, p, nil)
-	t.Log("\n" + simTableHeader + "\n" + strings.Join(rows, "\n") + "\n" + simMemory())
-	for k, o := range outs {
-		if err := errors.Join(o.errs...); err != nil {
-			t.Errorf("%s: %d of %d hosts completed: %v", simScenarios(p)[k].name, o.completed, o.readers, err)
-		}
+	for _, members := range []bool{false, true} {
+		t.Run(fmt.Sprintf("members=%v", members), func(t *testing.T) {
+			p := simParams{hosts: 24, degree: 4, chunks: 32, chunkSize: 8 << 10, hostRate: 256 << 10, origin: 4, members: members}
+			outs, rows := simulate(t, p, nil)
+			t.Log("\n" + simTableHeader + "\n" + strings.Join(rows, "\n") + "\n" + simMemory())
+			for k, o := range outs {
+				if err := errors.Join(o.errs...); err != nil {
+					t.Errorf("%s: %d of %d hosts completed: %v", simScenarios(p)[k].name, o.completed, o.readers, err)
+				}
+			}
+		})
 	}
 }
 
@@ -630,6 +695,10 @@ func BenchmarkClusterSim(b *testing.B) {
 		}
 		return def
 	}
+	owners := os.Getenv("SHOAL_CLUSTERSIM_OWNERS")
+	if owners == "" {
+		owners = "connected,members"
+	}
 	for range b.N {
 		fmt.Printf("machine: %d cores, load %s", runtime.NumCPU(), loadavg())
 		fmt.Println(simTableHeader)
@@ -638,31 +707,42 @@ func BenchmarkClusterSim(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			p := simParams{
-				hosts:     hosts,
-				degree:    env("SHOAL_CLUSTERSIM_DEGREE", 8),
-				chunks:    env("SHOAL_CLUSTERSIM_CHUNKS", 32),
-				chunkSize: int64(env("SHOAL_CLUSTERSIM_CHUNK_KIB", 8)) << 10,
-				hostRate:  float64(env("SHOAL_CLUSTERSIM_HOST_KIBS", 16) << 10),
-				origin:    float64(env("SHOAL_CLUSTERSIM_ORIGIN_LINKS", 4)),
+			for _, own := range strings.Split(owners, ",") {
+				p := simParams{
+					hosts:     hosts,
+					degree:    env("SHOAL_CLUSTERSIM_DEGREE", 8),
+					chunks:    env("SHOAL_CLUSTERSIM_CHUNKS", 32),
+					chunkSize: int64(env("SHOAL_CLUSTERSIM_CHUNK_KIB", 8)) << 10,
+					hostRate:  float64(env("SHOAL_CLUSTERSIM_HOST_KIBS", 16) << 10),
+					origin:    float64(env("SHOAL_CLUSTERSIM_ORIGIN_LINKS", 4)),
+					members:   own == "members",
+				}
+				b.Run(fmt.Sprintf("hosts=%d/owners=%s", hosts, own), func(b *testing.B) {
+					outs, rows := simulate(b, p, nil)
+					for _, r := range rows {
+						fmt.Println(r)
+					}
+					fmt.Printf("(%d hosts, owners among %s: %s)\n", hosts, own, simMemory())
+					for k, o := range outs {
+						if o.missingMaps > 0 {
+							fmt.Printf("(%s: %d presence maps missing when the clock started)\n", simScenarios(p)[k].name, o.missingMaps)
+						}
+						if err := errors.Join(o.errs...); err != nil {
+							fmt.Printf("(%s: %d of %d completed; first: %v)\n", simScenarios(p)[k].name, o.completed, o.readers, o.errs[0])
+						}
+					}
+				})
 			}
-			b.Run(fmt.Sprintf("hosts=%d", hosts), func(b *testing.B) {
-				outs, rows := simulate(b, p, nil)
-				for _, r := range rows {
-					fmt.Println(r)
-				}
-				fmt.Printf("(%d hosts: %s)\n", hosts, simMemory())
-				for k, o := range outs {
-					if o.missingMaps > 0 {
-						fmt.Printf("(%s: %d presence maps missing when the clock started)\n", simScenarios(p)[k].name, o.missingMaps)
-					}
-					if err := errors.Join(o.errs...); err != nil {
-						fmt.Printf("(%s: %d of %d completed; first: %v)\n", simScenarios(p)[k].name, o.completed, o.readers, o.errs[0])
-					}
-				}
-			})
 		}
 	}
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown\n"
+	}
+	return string(b)
 }
 
 // blobMissing is how many connected peers of n have not sent n a presence map of blob, and one.
@@ -677,12 +757,4 @@ func (n *simNode) blobMissing(blob digest.Digest) (int, peer.ID) {
 		}
 	}
 	return k, one
-}
-
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown\n"
-	}
-	return string(b)
 }

@@ -131,6 +131,11 @@ type Config struct {
 	// sharing within it.
 	RightsTTL time.Duration
 
+	// Membership, if set, makes every host know every other through gossip (members.go), so
+	// that rendezvous owners are chosen among all members, not only connected peers, and hosts
+	// with different connections still agree on them. Nil: owners among connected peers.
+	Membership *MembershipConfig
+
 	// Registerer receives the shoal_p2p_* metrics (nil: not registered).
 	Registerer prometheus.Registerer
 

@@ -26,6 +26,7 @@ type metrics struct {
 	presenceIn     prometheus.Counter
 	presenceOut    prometheus.Counter
 	peers          prometheus.GaugeFunc
+	memberDials    *prometheus.CounterVec // dials of rendezvous owners known through membership, by result
 
 	// Wire bytes: what chunk transfers took on the network (compressed or raw), beside the
 	// data bytes above.
@@ -87,6 +88,9 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 		presenceOut: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "shoal_p2p_presence_sent_total", Help: "Presence maps sent to peers.",
 		}),
+		memberDials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_p2p_member_dials_total", Help: "Connections opened on demand to rendezvous owners known through membership, by result (ok, failed).",
+		}, []string{"result"}),
 		peers: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "shoal_p2p_connected_peers", Help: "Peers with an open connection.",
 		}, connected),
@@ -95,7 +99,7 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 	// node's lifetime (Close unregisters them), not shared with another node.
 	unregister, err := shoalmetrics.RegisterOwned(reg, m.fetches, m.fetchBytes, m.fetchSeconds, m.servedRequests, m.servedBytes,
 		m.fetchWireBytes, m.servedWireBytes, m.compressSeconds,
-		m.peerFailures, m.hedges, m.hedgeFallback, m.holderWaits, m.standing, m.bans, m.presenceIn, m.presenceOut, m.peers)
+		m.peerFailures, m.hedges, m.hedgeFallback, m.holderWaits, m.standing, m.bans, m.presenceIn, m.presenceOut, m.peers, m.memberDials)
 	if err != nil {
 		return nil, nil, fmt.Errorf("p2p: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/shoal-p2p/shoal/internal/scope"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/ipfs/go-cid"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -119,8 +120,12 @@ type Node struct {
 	presenceChanged chan struct{}
 	host            host.Host
 	dht             *dht.IpfsDHT
-	started         bool
-	kick            chan struct{} // wakes the DHT loop when a blob is registered
+	// ml is the membership gossip (nil: Config.Membership unset) and members the other hosts it
+	// knows, by peer ID (nil without membership).
+	ml      *memberlist.Memberlist
+	members map[peer.ID]*member
+	started bool
+	kick    chan struct{} // wakes the DHT loop when a blob is registered
 	// lost has one channel per redial loop, woken when a peer disconnects: a peer that restarts
 	// (a daemon upgrade) is dialled again within a second or so, not after RedialInterval.
 	lost []chan struct{}
@@ -164,6 +169,9 @@ func New(cfg Config, local LocalChunks) (*Node, error) {
 		ready: make(chan struct{}),
 		done:  make(chan struct{}),
 		scope: scope.New(),
+	}
+	if cfg.Membership != nil {
+		n.members = map[peer.ID]*member{}
 	}
 	if cfg.UploadSlots > 0 {
 		n.slots = make(chan struct{}, cfg.UploadSlots)
@@ -268,6 +276,12 @@ func (n *Node) Run(ctx context.Context) error {
 		n.shutdown(h)
 		return err
 	}
+	if n.cfg.Membership != nil {
+		if err := n.startMembership(life); err != nil {
+			n.shutdown(h)
+			return err
+		}
+	}
 	if n.cfg.Rights != nil {
 		n.scope.Go(n.rightsLoop)
 	}
@@ -320,6 +334,7 @@ func (n *Node) RegisterBlob(m *chunk.Manifest, origin OriginFunc) error {
 		return fmt.Errorf("p2p: register blob: nil manifest or over %d chunks", MaxBlobChunks)
 	}
 	n.mu.Lock()
+	couldFetch := n.canFetchLocked()
 	lb := n.blobs[m.Blob]
 	if lb == nil {
 		lb = &localBlob{m: m, have: make([]byte, (len(m.Chunks)+7)/8)}
@@ -330,7 +345,11 @@ func (n *Node) RegisterBlob(m *chunk.Manifest, origin OriginFunc) error {
 	}
 	lb.origin = origin
 	n.markDirtyLocked(m.Blob)
+	metaChanged := couldFetch != n.canFetchLocked()
 	n.mu.Unlock()
+	if metaChanged {
+		n.updateMeta()
+	}
 	select {
 	case n.kick <- struct{}{}:
 	default:
