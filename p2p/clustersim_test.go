@@ -277,9 +277,12 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 	var wg sync.WaitGroup
 	errs := make([]error, size)
 	sc.nodes = make([]*simNode, size)
+	// memberlist's MockNetwork has no lock: every transport is made (named by its node's peer
+	// ID) before any node runs, so the network's maps are only read while members gossip.
 	var mlNet memberlist.MockNetwork
-	var mlAddrs []string
-	jrng := rand.New(rand.NewPCG(seed, 6))
+	transports := map[string]memberlist.Transport{}
+	mcs := make([]*MembershipConfig, size)
+	ctxs := make([]context.Context, size)
 	for i := range size {
 		cfg := DefaultConfig()
 		cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"} // unused: the mock host listens nowhere
@@ -295,21 +298,9 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 			return &shapedHost{Host: h, sc: sc, up: rate.NewLimiter(rate.Limit(hostRate), burst), down: rate.NewLimiter(rate.Limit(hostRate), burst)}, nil
 		}
 		if members {
-			mc := &MembershipConfig{probeInterval: 5 * time.Second, RejoinInterval: time.Hour}
-			if len(mlAddrs) > 0 {
-				mc.Join = []string{mlAddrs[0], mlAddrs[jrng.IntN(len(mlAddrs))]}
-			}
-			// Nodes start one after another (Run makes the transport before Ready), so the
-			// MockNetwork, which has no lock, is not used concurrently while it grows.
-			mc.transport = func(name string) memberlist.Transport {
-				tr := mlNet.NewTransport(name)
-				ip, port, err := tr.FinalAdvertiseAddr("", 0)
-				if err == nil {
-					mlAddrs = append(mlAddrs, net.JoinHostPort(ip.String(), strconv.Itoa(port)))
-				}
-				return tr
-			}
-			cfg.Membership = mc
+			mcs[i] = &MembershipConfig{probeInterval: 5 * time.Second, RejoinInterval: time.Hour,
+				transport: func(name string) memberlist.Transport { return transports[name] }}
+			cfg.Membership = mcs[i]
 		}
 		if mutate != nil {
 			mutate(&cfg)
@@ -321,9 +312,27 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 		}
 		st.node = n
 		ctx, cancel := context.WithCancel(context.Background())
-		sn := &simNode{Node: n, store: st, cancel: cancel}
-		sc.nodes[i] = sn
-		wg.Go(func() { errs[i] = n.Run(ctx) })
+		ctxs[i] = ctx
+		sc.nodes[i] = &simNode{Node: n, store: st, cancel: cancel}
+	}
+	if members {
+		jrng := rand.New(rand.NewPCG(seed, 6))
+		var addrs []string
+		for i, n := range sc.nodes {
+			tr := mlNet.NewTransport(n.ID().String())
+			transports[n.ID().String()] = tr
+			ip, port, err := tr.FinalAdvertiseAddr("", 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i > 0 { // join through host 0 and a random earlier host
+				mcs[i].Join = []string{addrs[0], addrs[jrng.IntN(len(addrs))]}
+			}
+			addrs = append(addrs, net.JoinHostPort(ip.String(), strconv.Itoa(port)))
+		}
+	}
+	for i, n := range sc.nodes {
+		wg.Go(func() { errs[i] = n.Run(ctxs[i]) })
 		select {
 		case <-n.Ready():
 		case <-n.done:
@@ -658,8 +667,9 @@ func simMemory() string {
 	return fmt.Sprintf("heap in use %d MiB, %d goroutines", ms.HeapInuse>>20, runtime.NumGoroutine())
 }
 
-// TestClusterSim: 24 real nodes on a mock network, each connected to about 8 others, read a
-// 32-chunk image: cold from a rate-limited origin, seeded from one host with no origin, and cold
+// TestClusterSim: 24 real nodes (12 under the race detector) on a mock network, each connected
+// to about 8 others (6), read a 32-chunk image (16), with owners among connected peers and
+// among members: cold from a rate-limited origin, seeded from one host with no origin, and cold
 // with a tenth of the hosts leaving mid-transfer. Every host that stays completes, whatever the
 // scenario; the figures (origin and upload per image, completion against the bandwidth lower
 // bound) are logged and, at 100 to 1000 hosts, recorded by BenchmarkClusterSim.
@@ -667,6 +677,10 @@ func TestClusterSim(t *testing.T) {
 	for _, members := range []bool{false, true} {
 		t.Run(fmt.Sprintf("members=%v", members), func(t *testing.T) {
 			p := simParams{hosts: 24, degree: 4, chunks: 32, chunkSize: 8 << 10, hostRate: 256 << 10, origin: 4, members: members}
+			if raceEnabled || testing.Short() {
+				// The race detector makes every host several times slower on shared cores.
+				p.hosts, p.degree, p.chunks = 12, 3, 16
+			}
 			outs, rows := simulate(t, p, nil)
 			t.Log("\n" + simTableHeader + "\n" + strings.Join(rows, "\n") + "\n" + simMemory())
 			for k, o := range outs {
