@@ -349,7 +349,14 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 		wg.Wait()
 	})
 	if members {
-		waitFor(t, 5*time.Minute, "every host to know every other through membership", func() bool {
+		began := time.Now()
+		defer func() {
+			if !t.Failed() {
+				t.Logf("%d hosts: membership converged in %v", size, time.Since(began).Round(time.Second))
+			}
+		}()
+		// A loaded machine slows memberlist's gossip rounds for every host at once.
+		waitFor(t, 2*time.Minute+time.Duration(size)*time.Second, "every host to know every other through membership", func() bool {
 			for _, n := range sc.nodes {
 				if n.Members() < size-1 {
 					return false
