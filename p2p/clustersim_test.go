@@ -406,7 +406,7 @@ type simOutcome struct {
 	maxUp                     float64 // the most one host uploaded ÷ image
 	seedUp                    float64
 	origin                    float64 // origin bytes ÷ image
-	hedges, fallbacks         float64
+	hedges, fallbacks, bans   float64
 	wall                      time.Duration
 	missingMaps               int // presence maps not received when the clock started
 	errs                      []error
@@ -425,13 +425,13 @@ func (o simOutcome) row(sc simScenario, p simParams) string {
 	if sc.seeded {
 		seed = fmt.Sprintf("%.2f", o.seedUp)
 	}
-	return fmt.Sprintf("| %d | %d | %s | %s | %d/%d | %.2f | %.2f | %.2f | %.2f | %s | %s | %.0f / %.0f | %v | %v |",
+	return fmt.Sprintf("| %d | %d | %s | %s | %d/%d | %.2f | %.2f | %.2f | %.2f | %s | %s | %.0f / %.0f | %.0f | %v | %v |",
 		o.hosts, 2*p.degree, owners, sc.name, o.completed, o.readers, o.p50, o.p99, o.last, o.maxUp, seed, orig,
-		o.hedges, o.fallbacks, o.lowerBound.Round(10*time.Millisecond), o.wall.Round(100*time.Millisecond))
+		o.hedges, o.fallbacks, o.bans, o.lowerBound.Round(10*time.Millisecond), o.wall.Round(100*time.Millisecond))
 }
 
-const simTableHeader = "| hosts | links per host at start | owners among | start | completed | p50 ÷ bound | p99 ÷ bound | last ÷ bound | most uploaded ÷ image | seed uploaded ÷ image | origin ÷ image | hedges / to owner or origin | lower bound | wall |\n" +
-	"|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+const simTableHeader = "| hosts | links per host at start | owners among | start | completed | p50 ÷ bound | p99 ÷ bound | last ÷ bound | most uploaded ÷ image | seed uploaded ÷ image | origin ÷ image | hedges / to owner or origin | bans | lower bound | wall |\n" +
+	"|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 
 // run reads img on every host of the cluster (but the seed) at once and measures it.
 func (sc *simCluster) run(t testing.TB, img *simImage, s simScenario, seed uint64) simOutcome {
@@ -497,9 +497,10 @@ func (sc *simCluster) run(t testing.TB, img *simImage, s simScenario, seed uint6
 		lb = max(lb, time.Duration(imgBytes/(s.origin*sc.hostRate)*float64(time.Second)))
 	}
 	upBefore := make([]int64, len(live))
-	var hedges0, fall0 float64
+	var hedges0, fall0, bans0 float64
 	for i, n := range live {
 		upBefore[i] = n.met.served.Load()
+		bans0 += testutil.ToFloat64(n.met.bans)
 		hedges0 += testutil.ToFloat64(n.met.hedges)
 		fall0 += testutil.ToFloat64(n.met.hedgeFallback)
 	}
@@ -558,7 +559,9 @@ func (sc *simCluster) run(t testing.TB, img *simImage, s simScenario, seed uint6
 		}
 		out.hedges += testutil.ToFloat64(n.met.hedges)
 		out.fallbacks += testutil.ToFloat64(n.met.hedgeFallback)
+		out.bans += testutil.ToFloat64(n.met.bans)
 	}
+	out.bans -= bans0
 	out.hedges -= hedges0
 	out.fallbacks -= fall0
 	slices.Sort(times)
