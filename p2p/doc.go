@@ -182,11 +182,13 @@
 // Membership (Config.Membership, members.go) is what fixes that: every host runs
 // hashicorp/memberlist (SWIM gossip over its own UDP and TCP port, encrypted with SecretKey or
 // the PSK), named by its peer ID, with metadata of a version byte, whether it can fetch from an
-// origin, and up to 8 of its libp2p listen addresses (which go to the peerstore). The
-// rendezvous candidates are then every member that can fetch, connected or not, plus the
-// connected fetchers; an owner this host is not connected to is dialled on demand (within
-// dialTimeout, so a member that has just died costs a dial, not CoalesceTimeout) and stays
-// connected like any peer, so it sends presence maps and is a holder candidate from then on.
+// origin (fixed for its life: MembershipConfig.NoOrigin) and up to 8 of its libp2p listen
+// addresses (which go to the peerstore). The rendezvous candidates are then every member that
+// can fetch, connected or not, plus the connected fetchers (a member that has not registered
+// the blob answers a fetch-through with not found, and the asker goes to its own origin). An
+// owner this host is not connected to is dialled on demand (within dialTimeout, so a member
+// that has just died costs a dial, not CoalesceTimeout) and stays connected like any peer, so
+// it sends presence maps and is a holder candidate from then on.
 // Hosts agree on owners once their member lists agree, which memberlist reaches within a few
 // gossip rounds (about log(N) × GossipInterval) of a join or leave. Member metadata is
 // decoded defensively (decodeMemberMeta, fuzzed); it carries no chunk state, which stays in

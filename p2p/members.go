@@ -36,6 +36,11 @@ type MembershipConfig struct {
 	// join and claim to be a member (see the package doc for what that costs).
 	SecretKey []byte
 
+	// NoOrigin says this host never fetches from an origin (registry): others then never pick
+	// it as a rendezvous owner. The flag is fixed for the host's life, so members agree on the
+	// candidates without waiting for metadata updates when an image is registered.
+	NoOrigin bool
+
 	// transport, if set, makes the transport that replaces memberlist's UDP/TCP one, for the
 	// member name given (tests and the cluster simulator use memberlist's in-memory
 	// MockNetwork); probeInterval, if set, is memberlist's ProbeInterval.
@@ -110,9 +115,9 @@ type memberDelegate struct{ n *Node }
 
 func (d memberDelegate) NodeMeta(limit int) []byte {
 	d.n.mu.Lock()
-	canFetch := d.n.canFetchLocked()
 	h := d.n.host
 	d.n.mu.Unlock()
+	canFetch := !d.n.cfg.Membership.NoOrigin
 	var addrs []ma.Multiaddr
 	if h != nil {
 		addrs = h.Addrs()
@@ -162,16 +167,6 @@ func (n *Node) memberUp(mn *memberlist.Node) {
 	if h != nil && len(m.addrs) > 0 {
 		h.Peerstore().AddAddrs(p, m.addrs, peerstore.RecentlyConnectedAddrTTL)
 	}
-}
-
-// canFetchLocked reports whether any registered blob has an origin here; n.mu must be held.
-func (n *Node) canFetchLocked() bool {
-	for _, lb := range n.blobs {
-		if lb.origin != nil {
-			return true
-		}
-	}
-	return false
 }
 
 // startMembership creates the memberlist and joins; it leaves and shuts down when ctx ends.
@@ -234,16 +229,6 @@ func (n *Node) startMembership(ctx context.Context) error {
 		}
 	})
 	return nil
-}
-
-// updateMeta tells the members this host's metadata changed (it can now fetch from an origin).
-func (n *Node) updateMeta() {
-	n.mu.Lock()
-	ml := n.ml
-	n.mu.Unlock()
-	if ml != nil {
-		n.goFn(func() { _ = ml.UpdateNode(time.Second) })
-	}
 }
 
 // Members is how many other hosts membership knows (0 without membership).

@@ -334,7 +334,6 @@ func (n *Node) RegisterBlob(m *chunk.Manifest, origin OriginFunc) error {
 		return fmt.Errorf("p2p: register blob: nil manifest or over %d chunks", MaxBlobChunks)
 	}
 	n.mu.Lock()
-	couldFetch := n.canFetchLocked()
 	lb := n.blobs[m.Blob]
 	if lb == nil {
 		lb = &localBlob{m: m, have: make([]byte, (len(m.Chunks)+7)/8)}
@@ -345,11 +344,7 @@ func (n *Node) RegisterBlob(m *chunk.Manifest, origin OriginFunc) error {
 	}
 	lb.origin = origin
 	n.markDirtyLocked(m.Blob)
-	metaChanged := couldFetch != n.canFetchLocked()
 	n.mu.Unlock()
-	if metaChanged {
-		n.updateMeta()
-	}
 	select {
 	case n.kick <- struct{}{}:
 	default:
