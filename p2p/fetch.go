@@ -129,6 +129,18 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 			if ctx.Err() != nil {
 				return fetched{}, err
 			}
+			var st *statusError
+			if errors.As(err, &st) && st.st == StatusBusy {
+				// The owner holds the chunk and its upload slots stayed full: the chunk is in
+				// the cluster, so its holders (the owner and whoever it served, which are
+				// announcing it) are asked again before the origin is.
+				n.met.ownerBusy.Inc()
+				if f, err := n.fromHolders(ctx, h, blob, c, nil); err == nil {
+					return f, nil
+				} else if ctx.Err() != nil {
+					return fetched{}, err
+				}
+			}
 			n.log.Debug("fetch-through failed, going to the origin", "chunk", c.CID, "peer", owner, "err", err)
 		}
 		return n.ownedFetch(ctx, h, blob, c, fromOrigin, false, true)

@@ -27,6 +27,7 @@ type metrics struct {
 	presenceOut    prometheus.Counter
 	peers          prometheus.GaugeFunc
 	memberDials    *prometheus.CounterVec // dials of rendezvous owners known through membership, by result
+	ownerBusy      prometheus.Counter     // fetch-throughs the owner answered busy (it holds the chunk)
 
 	// Wire bytes: what chunk transfers took on the network (compressed or raw), beside the
 	// data bytes above.
@@ -91,6 +92,9 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 		memberDials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_p2p_member_dials_total", Help: "Connections opened on demand to rendezvous owners known through membership, by result (ok, failed).",
 		}, []string{"result"}),
+		ownerBusy: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_p2p_owner_busy_total", Help: "Fetch-through requests the rendezvous owner answered busy (it holds the chunk, every upload slot stayed full); the holders are asked again before the origin.",
+		}),
 		peers: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "shoal_p2p_connected_peers", Help: "Peers with an open connection.",
 		}, connected),
@@ -99,7 +103,7 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 	// node's lifetime (Close unregisters them), not shared with another node.
 	unregister, err := shoalmetrics.RegisterOwned(reg, m.fetches, m.fetchBytes, m.fetchSeconds, m.servedRequests, m.servedBytes,
 		m.fetchWireBytes, m.servedWireBytes, m.compressSeconds,
-		m.peerFailures, m.hedges, m.hedgeFallback, m.holderWaits, m.standing, m.bans, m.presenceIn, m.presenceOut, m.peers, m.memberDials)
+		m.peerFailures, m.hedges, m.hedgeFallback, m.holderWaits, m.standing, m.bans, m.presenceIn, m.presenceOut, m.peers, m.memberDials, m.ownerBusy)
 	if err != nil {
 		return nil, nil, fmt.Errorf("p2p: %w", err)
 	}
