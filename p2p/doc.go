@@ -188,7 +188,12 @@
 // the blob answers a fetch-through with not found, and the asker goes to its own origin). An
 // owner this host is not connected to is dialled on demand (within dialTimeout, so a member
 // that has just died costs a dial, not CoalesceTimeout) and stays connected like any peer, so
-// it sends presence maps and is a holder candidate from then on.
+// it sends presence maps and is a holder candidate from then on. An owner is one host that
+// every reader without a holder asks at once: once it holds the chunk, their fetch-throughs
+// queue for its upload slots, and one answered busy asks the holders again (the owner and
+// those it served are announcing the chunk) before going to its own origin. In the simulator
+// at 100 hosts this took the origin from 11.75 images to 9.6 with membership alone and 1.8
+// with both.
 // Hosts agree on owners once their member lists agree, which memberlist reaches within a few
 // gossip rounds (about log(N) × GossipInterval) of a join or leave. Member metadata is
 // decoded defensively (decodeMemberMeta, fuzzed); it carries no chunk state, which stays in
