@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -134,12 +136,21 @@ type Config struct {
 	// sharing within it.
 	RightsTTL time.Duration
 
+	// Membership, if set, makes every host know every other through gossip (members.go), so
+	// that rendezvous owners are chosen among all members, not only connected peers, and hosts
+	// with different connections still agree on them. Nil: owners among connected peers.
+	Membership *MembershipConfig
+
 	// Registerer receives the shoal_p2p_* metrics (nil: not registered).
 	Registerer prometheus.Registerer
 
 	// chunkVersion, if not 0, is the newest chunk protocol version this host serves and asks
 	// for: tests run a real node of an earlier release's protocol (2 is ChunkProtocolV2).
 	chunkVersion int
+	// hostFunc, if set, makes the libp2p host instead of newHost: the cluster simulator
+	// (clustersim_test.go) runs real nodes on hosts of go-libp2p's mock network. The host it
+	// returns has no connection gater, so bans there close connections but do not refuse new ones.
+	hostFunc func(key crypto.PrivKey) (host.Host, error)
 }
 
 // DefaultConfig returns settings for a daemon on a LAN.

@@ -220,4 +220,44 @@
 // are being stored. If the owner fails or leaves, the asker goes to its own origin after
 // CoalesceTimeout at most. Hosts agree on the owner without talking as long as they agree on the
 // swarm, so a cluster reading one image pulls each chunk from the origin about once.
+//
+// That holds in a full mesh only. With connection limits each host sees a few dozen peers, and
+// hosts that see different peers pick different owners: in the cluster simulator
+// (clustersim_test.go) 24 hosts with about 8 connections each pulled 3 images from the origin
+// for one, 100 hosts with 16 each 11.75 (BENCHMARKS.md, "Cluster simulator").
+//
+// Membership (Config.Membership, members.go) is what fixes that: every host runs
+// hashicorp/memberlist (SWIM gossip over its own UDP and TCP port, encrypted with SecretKey or
+// the PSK), named by its peer ID, with metadata of a version byte, whether it can fetch from an
+// origin (fixed for its life: MembershipConfig.NoOrigin) and up to 8 of its libp2p listen
+// addresses (which go to the peerstore). The rendezvous candidates are then every member that
+// can fetch, connected or not, plus the connected fetchers (a member that has not registered
+// the blob answers a fetch-through with not found, and the asker goes to its own origin). An
+// owner this host is not connected to is dialled on demand (within dialTimeout, so a member
+// that has just died costs a dial, not CoalesceTimeout) and stays connected like any peer, so
+// it sends presence maps and is a holder candidate from then on. An owner is one host that
+// every reader without a holder asks at once: once it holds the chunk, their fetch-throughs
+// queue for its upload slots, and one answered busy asks the holders again (the owner and
+// those it served are announcing the chunk) before going to its own origin. In the simulator
+// at 100 hosts this took the origin from 11.75 images to 9.6 with membership alone and 1.8
+// with both.
+// Hosts agree on owners once their member lists agree, which memberlist reaches within a few
+// gossip rounds (about log(N) × GossipInterval) of a join or leave. Member metadata is
+// decoded defensively (decodeMemberMeta, fuzzed); it carries no chunk state, which stays in
+// presence maps between connected hosts.
+//
+// Churn: a host that stops gracefully leaves (a leave broadcast: others drop it at once); one
+// that dies is suspected after failed probes and dropped after memberlist's suspicion timeout
+// (seconds). Until then hosts may still pick it: their fetch-through dial or request fails and
+// they go to their own origin, so churn costs origin bytes for the dead host's share of chunks
+// for that window, never availability. Only the chunks a host joining or leaving wins or won
+// change owner (rendezvous hashing). Partitions: each side marks the other dead and picks owners
+// among its own members, so the origin serves each chunk about once per side; when the
+// partition heals the sides merge again through MembershipConfig.Join, retried every
+// RejoinInterval (memberlist itself does not contact members it has declared dead). A member
+// list that disagrees (during convergence, or a member some hosts cannot reach) costs origin
+// bytes in the same way and nothing else. Without a SecretKey or PSK anyone who can reach the
+// port can join and claim a peer ID: a false member that wins a chunk makes askers' dials or
+// requests fail (libp2p authenticates the peer ID it dials), and they fall back to their own
+// origin, so the cost is origin offload, not integrity (every chunk is still verified).
 package p2p

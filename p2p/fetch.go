@@ -15,6 +15,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 
@@ -127,7 +128,11 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 	fallback := func(ctx context.Context) (fetched, error) {
 		if owner := n.rendezvous(blob, c.CID); owner != n.id {
 			req := Request{Flags: FlagFetchThrough, Blob: blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
-			f, err := n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout, nil)
+			var f fetched
+			err := n.dialMember(ctx, h, owner)
+			if err == nil {
+				f, err = n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout, nil)
+			}
 			if err == nil {
 				f.src = chunk.SourceCoalesced
 				n.recent.add(c.CID, f.data, f.frame, f.src)
@@ -135,6 +140,18 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 			}
 			if ctx.Err() != nil {
 				return fetched{}, err
+			}
+			var st *statusError
+			if errors.As(err, &st) && st.st == StatusBusy {
+				// The owner holds the chunk and its upload slots stayed full: the chunk is in
+				// the cluster, so its holders (the owner and whoever it served, which are
+				// announcing it) are asked again before the origin is.
+				n.met.ownerBusy.Inc()
+				if f, err := n.fromHolders(ctx, h, blob, c, nil, prog); err == nil {
+					return f, nil
+				} else if ctx.Err() != nil {
+					return fetched{}, err
+				}
 			}
 			n.log.Debug("fetch-through failed, going to the origin", "chunk", c.CID, "peer", owner, "err", err)
 		}
@@ -205,9 +222,19 @@ func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, 
 // hash(CID, peer) over this host and the connected peers that can fetch blob. Every host with
 // the same view picks the same one, with no coordination; a host joining or leaving moves only
 // the chunks it wins or won.
+//
+// With membership (Config.Membership) the candidates are also every member that says it can
+// fetch from an origin, connected or not: hosts that see different peers then still agree, as
+// long as their member lists agree, and the asker connects to the owner on demand.
 func (n *Node) rendezvous(blob digest.Digest, c cid.Cid) peer.ID {
+	now := time.Now()
 	n.mu.Lock()
-	cands := n.fetchersLocked(blob, time.Now())
+	cands := n.fetchersLocked(blob, now)
+	for p, m := range n.members {
+		if ps := n.peers[p]; m.canFetch && (ps == nil || !ps.banned(now)) {
+			cands = append(cands, p)
+		}
+	}
 	n.mu.Unlock()
 	best, bestScore := n.id, rendezvousScore(c, n.id)
 	for _, p := range cands {
@@ -216,6 +243,23 @@ func (n *Node) rendezvous(blob digest.Digest, c cid.Cid) peer.ID {
 		}
 	}
 	return best
+}
+
+// dialMember connects to p (a member this host is not connected to: a rendezvous owner chosen
+// through membership) within dialTimeout, so that an owner that has left but is still listed
+// costs a dial, not CoalesceTimeout.
+func (n *Node) dialMember(ctx context.Context, h host.Host, p peer.ID) error {
+	if h.Network().Connectedness(p) == network.Connected {
+		return nil
+	}
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	if err := h.Connect(dctx, peer.AddrInfo{ID: p}); err != nil {
+		n.met.memberDials.WithLabelValues("failed").Inc()
+		return fmt.Errorf("dialling rendezvous owner %s: %w", p, err)
+	}
+	n.met.memberDials.WithLabelValues("ok").Inc()
+	return nil
 }
 
 func rendezvousScore(c cid.Cid, p peer.ID) uint64 {

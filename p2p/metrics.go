@@ -29,6 +29,8 @@ type metrics struct {
 	// Upload slots (Config.UploadSlots): how many there are, how many are taken and how many
 	// requests wait for one; busy near slots with a queue means this host's uplink is the limit.
 	slots, slotsBusy, slotsQueued prometheus.GaugeFunc
+	memberDials                   *prometheus.CounterVec // dials of rendezvous owners known through membership, by result
+	ownerBusy                     prometheus.Counter     // fetch-throughs the owner answered busy (it holds the chunk)
 
 	// Wire bytes: what chunk transfers took on the network (compressed or raw), beside the
 	// data bytes above.
@@ -95,6 +97,12 @@ func newMetrics(reg prometheus.Registerer, g nodeGauges) (*metrics, func(), erro
 		presenceOut: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "shoal_p2p_presence_sent_total", Help: "Presence maps sent to peers.",
 		}),
+		memberDials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_p2p_member_dials_total", Help: "Connections opened on demand to rendezvous owners known through membership, by result (ok, failed).",
+		}, []string{"result"}),
+		ownerBusy: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_p2p_owner_busy_total", Help: "Fetch-through requests the rendezvous owner answered busy (it holds the chunk, every upload slot stayed full); the holders are asked again before the origin.",
+		}),
 		peers: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "shoal_p2p_connected_peers", Help: "Peers with an open connection.",
 		}, g.connected),
@@ -113,7 +121,7 @@ func newMetrics(reg prometheus.Registerer, g nodeGauges) (*metrics, func(), erro
 	unregister, err := shoalmetrics.RegisterOwned(reg, m.fetches, m.fetchBytes, m.fetchSeconds, m.servedRequests, m.servedBytes,
 		m.fetchWireBytes, m.servedWireBytes, m.compressSeconds,
 		m.peerFailures, m.hedges, m.hedgeFallback, m.holderWaits, m.standing, m.bans, m.presenceIn, m.presenceOut, m.peers,
-		m.slots, m.slotsBusy, m.slotsQueued)
+		m.slots, m.slotsBusy, m.slotsQueued, m.memberDials, m.ownerBusy)
 	if err != nil {
 		return nil, nil, fmt.Errorf("p2p: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/shoal-p2p/shoal/internal/scope"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/ipfs/go-cid"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -129,8 +130,12 @@ type Node struct {
 	presenceChanged chan struct{}
 	host            host.Host
 	dht             *dht.IpfsDHT
-	started         bool
-	kick            chan struct{} // wakes the DHT loop when a blob is registered
+	// ml is the membership gossip (nil: Config.Membership unset) and members the other hosts it
+	// knows, by peer ID (nil without membership).
+	ml      *memberlist.Memberlist
+	members map[peer.ID]*member
+	started bool
+	kick    chan struct{} // wakes the DHT loop when a blob is registered
 	// lost has one channel per redial loop, woken when a peer disconnects: a peer that restarts
 	// (a daemon upgrade) is dialled again within a second or so, not after RedialInterval.
 	lost []chan struct{}
@@ -174,6 +179,9 @@ func New(cfg Config, local LocalChunks) (*Node, error) {
 		ready: make(chan struct{}),
 		done:  make(chan struct{}),
 		scope: scope.New(),
+	}
+	if cfg.Membership != nil {
+		n.members = map[peer.ID]*member{}
 	}
 	if cfg.UploadSlots > 0 {
 		n.slots = make(chan struct{}, cfg.UploadSlots)
@@ -254,7 +262,13 @@ func (n *Node) Run(ctx context.Context) error {
 	defer stop()
 	life := n.scope.Context()
 
-	h, err := n.newHost()
+	var h host.Host
+	var err error
+	if n.cfg.hostFunc != nil {
+		h, err = n.cfg.hostFunc(n.key)
+	} else {
+		h, err = n.newHost()
+	}
 	if err != nil {
 		n.scope.Close()
 		return err
@@ -279,6 +293,12 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.startDiscovery(life, h); err != nil {
 		n.shutdown(h)
 		return err
+	}
+	if n.cfg.Membership != nil {
+		if err := n.startMembership(life); err != nil {
+			n.shutdown(h)
+			return err
+		}
 	}
 	if n.cfg.Rights != nil {
 		n.scope.Go(n.rightsLoop)
