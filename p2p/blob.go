@@ -216,10 +216,13 @@ func (n *Node) sendBlob(s network.Stream, p peer.ID, d digest.Digest, rc io.Read
 	_ = s.Close()
 }
 
-// openBlobFor decides the answer to a blob request; status 0xff: unreadable request.
-func (n *Node) openBlobFor(s network.Stream, p peer.ID) (Status, digest.Digest, io.ReadCloser, int64, string) {
+// admitBlobStream lets a peer's blob stream in (allowlist, request rate, concurrency): a
+// transfer holds one of the peer's request slots to its end, so a peer cannot open more blob
+// streams (each with two 1 MiB buffers) than it may have requests in flight. release gives the
+// slot back; nil, the stream is refused with st and msg.
+func (n *Node) admitBlobStream(p peer.ID) (release func(), st Status, msg string) {
 	if !n.allowed(p) {
-		return StatusRefused, "", nil, 0, "not allowed"
+		return nil, StatusRefused, "not allowed"
 	}
 	n.mu.Lock()
 	ps := n.peerLocked(p)
@@ -227,16 +230,22 @@ func (n *Node) openBlobFor(s network.Stream, p peer.ID) (Status, digest.Digest, 
 	ok := ps.reqLimit.Allow()
 	n.mu.Unlock()
 	if !ok {
-		return StatusBusy, "", nil, 0, "over request rate"
+		return nil, StatusBusy, "over request rate"
 	}
-	// A transfer holds one of the peer's request slots to its end, so a peer cannot open more
-	// blob streams (each with two 1 MiB buffers) than it may have requests in flight.
 	select {
 	case ps.sem <- struct{}{}:
 	default:
-		return StatusBusy, "", nil, 0, "over concurrency"
+		return nil, StatusBusy, "over concurrency"
 	}
-	release := func() { <-ps.sem }
+	return func() { <-ps.sem }, 0, ""
+}
+
+// openBlobFor decides the answer to a blob request; status 0xff: unreadable request.
+func (n *Node) openBlobFor(s network.Stream, p peer.ID) (Status, digest.Digest, io.ReadCloser, int64, string) {
+	release, st, msg := n.admitBlobStream(p)
+	if release == nil {
+		return st, "", nil, 0, msg
+	}
 	req, err := ReadBlobRequest(bufio.NewReaderSize(s, 256))
 	if err != nil {
 		release()

@@ -257,23 +257,10 @@ func (n *Node) handleBlobThrough(s network.Stream) {
 // openBlobThroughFor decides the answer to a blob-through request, fetching the blob first if
 // this host does not keep it; status 0xff: unreadable request or an asker that left.
 func (n *Node) openBlobThroughFor(s network.Stream, p peer.ID) (Status, digest.Digest, io.ReadCloser, int64, string) {
-	if !n.allowed(p) {
-		return StatusRefused, "", nil, 0, "not allowed"
+	release, st, msg := n.admitBlobStream(p)
+	if release == nil {
+		return st, "", nil, 0, msg
 	}
-	n.mu.Lock()
-	ps := n.peerLocked(p)
-	ps.requestsIn++
-	ok := ps.reqLimit.Allow()
-	n.mu.Unlock()
-	if !ok {
-		return StatusBusy, "", nil, 0, "over request rate"
-	}
-	select {
-	case ps.sem <- struct{}{}:
-	default:
-		return StatusBusy, "", nil, 0, "over concurrency"
-	}
-	release := func() { <-ps.sem }
 	req, err := ReadBlobThroughRequest(bufio.NewReaderSize(s, 1024))
 	if err != nil {
 		release()
