@@ -136,7 +136,17 @@ func TestCompressedChunkTransfer(t *testing.T) {
 	if rawWire != rawData {
 		t.Errorf("chunks stored raw took %d wire bytes for %d: want them sent as they are", rawWire, rawData)
 	}
-	served, servedWire := testutil.ToFloat64(a.met.servedBytes), testutil.ToFloat64(a.met.servedWireBytes)
+	// a counts a chunk served once its answer is written, which can be a moment after b has
+	// read it: wait for the counts to settle before comparing them.
+	var served, servedWire float64
+	settled := func() bool {
+		served, servedWire = testutil.ToFloat64(a.met.servedBytes), testutil.ToFloat64(a.met.servedWireBytes)
+		return served == float64(zdata+rawData) && servedWire == float64(zwire+rawWire)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !settled() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if served != float64(zdata+rawData) || servedWire != float64(zwire+rawWire) {
 		t.Errorf("a counted %v bytes served in %v on the wire, want %d in %d", served, servedWire, zdata+rawData, zwire+rawWire)
 	}
