@@ -124,7 +124,11 @@ func readBlobResponseHeader(r *bufio.Reader, max int64) (Status, int64, string, 
 // handleBlob answers one blob request under the per-peer limits of chunk requests. It hashes
 // what it reads and holds back the last slice until the whole blob matched: a blob rotted on
 // disk ends in a reset, never in bytes the asker would strike us for.
-func (n *Node) handleBlob(s network.Stream) {
+func (n *Node) handleBlob(s network.Stream) { n.serveBlobStream(s, "blob_", n.openBlobFor) }
+
+// serveBlobStream answers one blob or blob-through stream: open decides the answer (status
+// 0xff: reset the stream), label prefixes the served metric's status.
+func (n *Node) serveBlobStream(s network.Stream, label string, open func(network.Stream, peer.ID) (Status, digest.Digest, io.ReadCloser, int64, string)) {
 	done, ok := n.scope.Track()
 	if !ok {
 		_ = s.Reset()
@@ -133,7 +137,7 @@ func (n *Node) handleBlob(s network.Stream) {
 	defer done()
 	p := s.Conn().RemotePeer()
 	_ = s.SetDeadline(time.Now().Add(n.cfg.RequestTimeout))
-	st, d, rc, size, msg := n.openBlobFor(s, p)
+	st, d, rc, size, msg := open(s, p)
 	if st == 0xff {
 		_ = s.Reset()
 		return
@@ -141,7 +145,9 @@ func (n *Node) handleBlob(s network.Stream) {
 	if rc != nil {
 		defer rc.Close()
 	}
-	n.objm.served.WithLabelValues("blob_" + st.String()).Inc()
+	n.objm.served.WithLabelValues(label + st.String()).Inc()
+	// open may have taken a while (a blob-through fetch): the header gets a whole timeout.
+	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.RequestTimeout))
 	if _, err := s.Write(AppendResponseHeader(nil, st, int(size), msg)); err != nil {
 		_ = s.Reset()
 		return
@@ -333,23 +339,7 @@ func (n *Node) FetchBlob(ctx context.Context, d digest.Digest, max int64, w io.W
 			continue
 		}
 		err = fmt.Errorf("blob %s from %s: %w", d, p, err)
-		switch {
-		case ctx.Err() != nil:
-		case errors.Is(err, chunk.ErrCorrupt):
-			n.objm.failures.WithLabelValues("corrupt").Inc()
-			n.strike(p, err)
-		case isBadData(err):
-			n.objm.failures.WithLabelValues("malformed").Inc()
-			n.strike(p, err)
-		case errors.Is(err, context.DeadlineExceeded):
-			n.objm.failures.WithLabelValues("stall").Inc()
-			n.record(p, outcomeBad)
-		case errors.Is(err, errBlobBrokenOff):
-			n.objm.failures.WithLabelValues("broken_off").Inc()
-			n.record(p, outcomeBad)
-		default:
-			n.objm.failures.WithLabelValues("error").Inc()
-		}
+		n.judgeBlobFailure(ctx, p, err)
 		if wrote > 0 {
 			n.objm.fetches.WithLabelValues("blob_failed").Inc()
 			return p.String(), err
@@ -361,6 +351,29 @@ func (n *Node) FetchBlob(ctx context.Context, d digest.Digest, max int64, w io.W
 		return "", fmt.Errorf("fetch blob %s: none of %d peers has it: %w", d, notFound, ErrObjectNotFound)
 	}
 	return "", fmt.Errorf("fetch blob %s: %d of %d peers do not have it: %w: %w", d, notFound, len(cands), ErrObjectNotFound, errors.Join(errs...))
+}
+
+// judgeBlobFailure counts a failed blob transfer from p (not a status answer) and holds it
+// against p: wrong or malformed bytes are strikes, a stall or a transfer broken off counts
+// against its standing. Nothing is held against p once ctx has ended (the asker left).
+func (n *Node) judgeBlobFailure(ctx context.Context, p peer.ID, err error) {
+	switch {
+	case ctx.Err() != nil:
+	case errors.Is(err, chunk.ErrCorrupt):
+		n.objm.failures.WithLabelValues("corrupt").Inc()
+		n.strike(p, err)
+	case isBadData(err):
+		n.objm.failures.WithLabelValues("malformed").Inc()
+		n.strike(p, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		n.objm.failures.WithLabelValues("stall").Inc()
+		n.record(p, outcomeBad)
+	case errors.Is(err, errBlobBrokenOff):
+		n.objm.failures.WithLabelValues("broken_off").Inc()
+		n.record(p, outcomeBad)
+	default:
+		n.objm.failures.WithLabelValues("error").Inc()
+	}
 }
 
 // blobExchange runs one blob request on a new stream and copies the body to w, verified. It

@@ -14,8 +14,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/opencontainers/go-digest"
-
-	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // BlobThroughProtocol asks the cluster's rendezvous owner of a blob (BlobOwner) to fetch it
@@ -203,20 +201,8 @@ func (n *Node) FetchBlobThrough(ctx context.Context, d digest.Digest, manifest b
 	}
 	n.objm.fetches.WithLabelValues("blob_through_failed").Inc()
 	err = fmt.Errorf("blob %s through %s: %w", d, owner, err)
-	var se *statusError
-	switch {
-	case errors.As(err, &se), ctx.Err() != nil:
-	case errors.Is(err, chunk.ErrCorrupt):
-		n.objm.failures.WithLabelValues("corrupt").Inc()
-		n.strike(owner, err)
-	case isBadData(err):
-		n.objm.failures.WithLabelValues("malformed").Inc()
-		n.strike(owner, err)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, errBlobBrokenOff):
-		n.objm.failures.WithLabelValues("stall").Inc()
-		n.record(owner, outcomeBad)
-	default:
-		n.objm.failures.WithLabelValues("error").Inc()
+	if se := (*statusError)(nil); !errors.As(err, &se) {
+		n.judgeBlobFailure(ctx, owner, err)
 	}
 	return owner.String(), true, err
 }
@@ -225,33 +211,7 @@ func (n *Node) FetchBlobThrough(ctx context.Context, d digest.Digest, manifest b
 // fetching it through BlobFetcher (sending StatusWait meanwhile), under the per-peer limits of
 // blob requests.
 func (n *Node) handleBlobThrough(s network.Stream) {
-	done, ok := n.scope.Track()
-	if !ok {
-		_ = s.Reset()
-		return
-	}
-	defer done()
-	p := s.Conn().RemotePeer()
-	_ = s.SetDeadline(time.Now().Add(n.cfg.RequestTimeout))
-	st, d, rc, size, msg := n.openBlobThroughFor(s, p)
-	if st == 0xff {
-		_ = s.Reset()
-		return
-	}
-	if rc != nil {
-		defer rc.Close()
-	}
-	n.objm.served.WithLabelValues("blob_through_" + st.String()).Inc()
-	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.RequestTimeout))
-	if _, err := s.Write(AppendResponseHeader(nil, st, int(size), msg)); err != nil {
-		_ = s.Reset()
-		return
-	}
-	if st != StatusOK {
-		_ = s.Close()
-		return
-	}
-	n.sendBlob(s, p, d, rc, size)
+	n.serveBlobStream(s, "blob_through_", n.openBlobThroughFor)
 }
 
 // openBlobThroughFor decides the answer to a blob-through request, fetching the blob first if
