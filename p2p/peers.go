@@ -421,10 +421,7 @@ func (n *Node) awaitNewHolder(ctx context.Context, c cid.Cid, known []peer.ID) [
 			n.met.holderWaits.WithLabelValues("announced").Inc()
 			return more
 		}
-		if n.presenceChanged == nil {
-			n.presenceChanged = make(chan struct{})
-		}
-		changed := n.presenceChanged
+		changed := n.presenceChangedLocked()
 		n.mu.Unlock()
 		select {
 		case <-changed:

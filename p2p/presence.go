@@ -211,6 +211,15 @@ func (n *Node) handlePresence(s network.Stream) {
 	}
 }
 
+// presenceChangedLocked returns a channel closed at the next change of any peer's presence map;
+// n.mu is held.
+func (n *Node) presenceChangedLocked() <-chan struct{} {
+	if n.presenceChanged == nil {
+		n.presenceChanged = make(chan struct{})
+	}
+	return n.presenceChanged
+}
+
 // applyPresence records pr from p; false if p is banned.
 func (n *Node) applyPresence(p peer.ID, pr Presence) bool {
 	n.mu.Lock()

@@ -657,10 +657,7 @@ func (n *Node) awaitRights(ctx context.Context, blob digest.Digest, c chunk.Chun
 			n.mu.Unlock()
 			return
 		}
-		if n.presenceChanged == nil {
-			n.presenceChanged = make(chan struct{})
-		}
-		changed := n.presenceChanged
+		changed := n.presenceChangedLocked()
 		n.mu.Unlock()
 		select {
 		case <-changed:

@@ -156,6 +156,19 @@ func (n *Node) writeV4(s network.Stream, ctx context.Context, up *rate.Limiter, 
 	var sent []bool
 	head := AppendResponseHeaderV4(nil, st, load, len(data), "")
 	wire := 0
+	// writeSub sends sub-block i as a part (behind the header, for the first part written).
+	writeSub := func(i int) error {
+		r := chunk.SubBlock(int64(len(data)), req.SubSize, i)
+		if _, err := s.Write(AppendPartSub(head, i)); err != nil {
+			return err
+		}
+		head = nil
+		if _, err := s.Write(data[r.Offset:r.End()]); err != nil {
+			return err
+		}
+		wire += int(r.Length)
+		return nil
+	}
 	if req.SubSize > 0 && req.Count > 0 {
 		sent = make([]bool, nsub)
 		first := chunk.SubBlock(int64(len(data)), req.SubSize, req.First)
@@ -164,16 +177,10 @@ func (n *Node) writeV4(s network.Stream, ctx context.Context, up *rate.Limiter, 
 			return 0, err
 		}
 		for i := req.First; i < req.First+req.Count; i++ {
-			r := chunk.SubBlock(int64(len(data)), req.SubSize, i)
-			if _, err := s.Write(AppendPartSub(head, i)); err != nil {
-				return 0, err
-			}
-			head = nil
-			if _, err := s.Write(data[r.Offset:r.End()]); err != nil {
+			if err := writeSub(i); err != nil {
 				return 0, err
 			}
 			sent[i] = true
-			wire += int(r.Length)
 		}
 	}
 	if unverified {
@@ -208,15 +215,9 @@ func (n *Node) writeV4(s network.Stream, ctx context.Context, up *rate.Limiter, 
 			if sent != nil && sent[i] {
 				continue
 			}
-			r := chunk.SubBlock(int64(len(data)), req.SubSize, i)
-			if _, err := s.Write(AppendPartSub(head, i)); err != nil {
+			if err := writeSub(i); err != nil {
 				return 0, err
 			}
-			head = nil
-			if _, err := s.Write(data[r.Offset:r.End()]); err != nil {
-				return 0, err
-			}
-			wire += int(r.Length)
 		}
 	}
 	_, err := s.Write([]byte{PartEnd})
