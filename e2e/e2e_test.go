@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-p2p/shoal/origin"
 )
 
 var shoalBin string
@@ -259,17 +261,18 @@ func (c *cluster) stats(d *daemonProc) stats {
 	return s
 }
 
-func (c *cluster) originBytes() int64 {
-	resp, err := http.Get("http://" + c.origin + "/shoal/stats")
+func (c *cluster) originBytes() int64 { return c.originStats().BytesServed }
+
+// originStats is the embedded origin's counters (GET /shoal/stats).
+func (c *cluster) originStats() origin.Stats {
+	resp, err := http.Get("http://" + c.origin + origin.StatsPath)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var s struct {
-		BytesServed int64 `json:"bytesServed"`
-	}
+	var s origin.Stats
 	json.NewDecoder(resp.Body).Decode(&s)
-	return s.BytesServed
+	return s
 }
 
 // checkTree compares every file under root with the source and reads random odd ranges.

@@ -281,6 +281,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	h.SetStreamHandler(PresenceProtocol, n.handlePresence)
 	h.SetStreamHandler(ObjectProtocol, n.handleObject)
+	h.SetStreamHandler(ObjectThroughProtocol, n.handleObject)
 	h.SetStreamHandler(RightsProtocol, n.handleRights)
 	h.SetStreamHandler(BlobProtocol, n.handleBlob)
 	if n.cfg.BlobThrough {

@@ -40,6 +40,11 @@ const (
 	// ("host/name:tag") to at its registry. The answer cannot be verified: the asker uses it
 	// only when its operator allows (the daemon's --peer-tags).
 	ObjectTag byte = 2
+	// ObjectThrough, on ObjectThroughProtocol only, asks for the object whose digest is Name of
+	// a host the asker chose as its rendezvous owner (ObjectOwner): if the responder does not
+	// hold it but is loading an image that names it, it fetches it from its origin, once for
+	// itself and every peer that asks (objectthrough.go).
+	ObjectThrough byte = 3
 )
 
 const (
@@ -73,7 +78,7 @@ type LocalObjects interface {
 
 // ObjectRequest asks for one object.
 type ObjectRequest struct {
-	Kind byte   // ObjectByDigest or ObjectTag
+	Kind byte   // ObjectByDigest, ObjectTag or ObjectThrough
 	Name string // the digest, or the reference
 	// Max is the largest answer the asker takes; the responder refuses a larger object rather
 	// than send bytes that would be thrown away.
@@ -83,7 +88,7 @@ type ObjectRequest struct {
 // AppendObjectRequest appends r's encoding: uvarint frame length, kind, uvarint-prefixed name,
 // uvarint max.
 func AppendObjectRequest(b []byte, r ObjectRequest) ([]byte, error) {
-	if (r.Kind != ObjectByDigest && r.Kind != ObjectTag) || r.Name == "" || len(r.Name) > maxObjectName || r.Max <= 0 || r.Max > MaxObjectSize {
+	if !validObjectKind(r.Kind) || r.Name == "" || len(r.Name) > maxObjectName || r.Max <= 0 || r.Max > MaxObjectSize {
 		return b, fmt.Errorf("encode object request for %q: %w", truncateName(r.Name), ErrMalformed)
 	}
 	body := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(r.Name))
@@ -92,6 +97,10 @@ func AppendObjectRequest(b []byte, r ObjectRequest) ([]byte, error) {
 	body = binary.AppendUvarint(body, uint64(r.Max))
 	b = binary.AppendUvarint(b, uint64(len(body)))
 	return append(b, body...), nil
+}
+
+func validObjectKind(k byte) bool {
+	return k == ObjectByDigest || k == ObjectTag || k == ObjectThrough
 }
 
 // ReadObjectRequest reads one object request frame.
@@ -112,7 +121,7 @@ func parseObjectRequest(body []byte) (ObjectRequest, error) {
 	if p.err != nil || len(p.b) != 0 {
 		return ObjectRequest{}, fmt.Errorf("object request: %w", ErrMalformed)
 	}
-	if req.Kind != ObjectByDigest && req.Kind != ObjectTag {
+	if !validObjectKind(req.Kind) {
 		return ObjectRequest{}, fmt.Errorf("object request: kind %d: %w", req.Kind, ErrMalformed)
 	}
 	if req.Name == "" || mx == 0 || mx > MaxObjectSize {
@@ -177,7 +186,7 @@ type objectMetrics struct {
 func (n *Node) initObjects(reg prometheus.Registerer) error {
 	m := &objectMetrics{
 		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "shoal_p2p_object_fetches_total", Help: "Objects (manifests, bootstraps) and tags asked of peers, by result (ok, not_found, failed).",
+			Name: "shoal_p2p_object_fetches_total", Help: "Objects (manifests, bootstraps) and tags asked of peers, by result (ok, not_found, failed; through_ok, through_not_found, through_failed: of an object's rendezvous owner; blob_through_ok, ...: of a blob's).",
 		}, []string{"result"}),
 		served: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_p2p_object_served_total", Help: "Object requests answered to peers, by status.",
@@ -286,6 +295,9 @@ func (n *Node) serveObject(s network.Stream, p peer.ID) (Status, []byte, string)
 		return StatusNotFound, nil, "not a sha256 digest"
 	}
 	data, ok, err := lo.Object(d)
+	if err == nil && !ok && req.Kind == ObjectThrough {
+		data, ok, err = n.fetchObjectFor(d, req.Max)
+	}
 	switch {
 	case err != nil:
 		n.log.Warn("reading a kept object", "object", d, "peer", p, "err", err)
@@ -509,7 +521,11 @@ func (n *Node) objectExchange(ctx context.Context, h host.Host, p peer.ID, req O
 	if err != nil {
 		return nil, err
 	}
-	s, err := h.NewStream(ctx, p, ObjectProtocol)
+	proto := ObjectProtocol
+	if req.Kind == ObjectThrough {
+		proto = ObjectThroughProtocol
+	}
+	s, err := h.NewStream(ctx, p, proto)
 	if err != nil {
 		return nil, err
 	}

@@ -140,7 +140,8 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 	blobs := &mirrorBlobs{rights: proberOrNil(rights), log: log, public: map[digest.Digest]bool{}}
 	pcfg.BlobThrough = cfg.MirrorListen != ""
-	node, err := p2p.New(pcfg, nodeLocal{storeChunks{store}, objects, blobs})
+	flights := newMetaFlights()
+	node, err := p2p.New(pcfg, nodeLocal{storeChunks{store}, objects, blobs, flights})
 	if err != nil {
 		return fail(err)
 	}
@@ -182,7 +183,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 			Resolver: d.resolver,
 			Node:     node,
 			Loader: originLoader{cfg: ocfg, dir: filepath.Join(cfg.DataDir, "bootstraps"),
-				objects: objects, peers: node, peerTags: cfg.PeerTags, rights: proberOrNil(rights), log: log},
+				objects: objects, peers: node, peerTags: cfg.PeerTags, rights: proberOrNil(rights), flights: flights, log: log},
 			Frontend: func(ctx context.Context, m mount.Mode, images bootstrapLookup) (frontend, error) {
 				deps := fdeps
 				deps.bootstraps = images

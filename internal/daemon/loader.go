@@ -45,7 +45,10 @@ type originLoader struct {
 	// rights tells private repositories from public ones (origin.PullRights); nil: every image
 	// is public (pull_rights off, tests).
 	rights publicProber
-	log    *slog.Logger
+	// flights share metadata fetches with peers that load the image at the same moment
+	// (objectflight.go); nil: none (tests).
+	flights *metaFlights
+	log     *slog.Logger
 }
 
 // publicProber says whether a repository ("host/name") can be pulled anonymously.
@@ -58,6 +61,7 @@ var _ publicProber = (*origin.PullRights)(nil)
 var _ imageLoader = originLoader{}
 
 func (l originLoader) Load(ctx context.Context, ref string) (*image, error) {
+	defer l.flights.beginLoad()()
 	src, err := origin.Open(ref, l.cfg)
 	if err != nil {
 		return nil, err
@@ -72,6 +76,7 @@ func (l originLoader) Load(ctx context.Context, ref string) (*image, error) {
 }
 
 func (l originLoader) Reload(ctx context.Context, ref string, manifest []byte) (*image, error) {
+	defer l.flights.beginLoad()()
 	src, err := origin.Open(ref, l.cfg)
 	if err != nil {
 		return nil, err
@@ -111,6 +116,7 @@ func (l originLoader) newFetcher(ctx context.Context, src origin.Source) *fetche
 
 func (l originLoader) load(ctx context.Context, ref string, f *fetcher, mb []byte) (*image, error) {
 	f.peersFirst = l.metadataFromPeers(mb)
+	defer f.expect(mb)()
 	im, err := bootstrap.ParseImage(mb, func(desc ocispec.Descriptor) ([]byte, error) {
 		return f.object(ctx, desc.Digest, bootstrap.MaxMetadataSize, func(ctx context.Context) ([]byte, error) {
 			return fetchAll(ctx, f.src, desc.Digest, bootstrap.MaxMetadataSize)
@@ -158,6 +164,74 @@ func (l originLoader) metadataFromPeers(mb []byte) bool {
 		}
 	}
 	return false
+}
+
+// expect makes the image's metadata objects (every layer of manifest mb but its data blobs)
+// known to the metadata flights until release, marked private or public first, so that a peer
+// that loads the image at the same moment and asks this host as an object's owner shares this
+// host's origin fetch of it.
+func (f *fetcher) expect(mb []byte) (release func()) {
+	if f.l.flights == nil {
+		return func() {}
+	}
+	var m ocispec.Manifest
+	if json.Unmarshal(mb, &m) != nil {
+		return func() {} // ParseImage says what is wrong with it
+	}
+	var rels []func()
+	for _, l := range m.Layers {
+		if l.MediaType == bootstrap.MediaTypeBlob || l.Digest.Validate() != nil || l.Digest.Algorithm() != digest.SHA256 ||
+			l.Size <= 0 || l.Size > p2p.MaxObjectSize {
+			continue
+		}
+		d, size := l.Digest, l.Size
+		f.mark(d)
+		rels = append(rels, f.l.flights.expect(d, size, func(ctx context.Context) ([]byte, error) {
+			return fetchAll(ctx, f.src, d, size)
+		}))
+	}
+	return func() {
+		for _, r := range rels {
+			r()
+		}
+	}
+}
+
+// fromOrigin returns object d, at most max bytes, from the origin: through the metadata flight
+// when d is one of the image's metadata objects (shared with peers that ask this host as its
+// owner), after asking d's owner when that is another host; else by fetch.
+func (f *fetcher) fromOrigin(ctx context.Context, d digest.Digest, max int64, fetch func(context.Context) ([]byte, error)) ([]byte, error) {
+	if b := f.fromOwner(ctx, d, max); b != nil {
+		return b, nil
+	}
+	b, known, err := f.l.flights.get(ctx, d)
+	switch {
+	case known:
+		return b, err
+	case fetch == nil:
+		return nil, fmt.Errorf("object %s: not one of the image's metadata objects", d)
+	}
+	return fetch(ctx)
+}
+
+// fromOwner returns metadata object d from its rendezvous owner (p2p.ObjectThroughProtocol), if
+// another host owns it and answers with the right bytes; otherwise nil, and the caller fetches
+// it from the origin. A private image's objects are not asked for: the owner would serve them
+// only to a host that has presented pull rights, which a host does only once it has the image.
+func (f *fetcher) fromOwner(ctx context.Context, d digest.Digest, max int64) []byte {
+	if f.l.peers == nil || f.l.flights == nil || f.peersFirst || f.private || max > p2p.MaxObjectSize || !f.l.flights.knows(d) {
+		return nil
+	}
+	b, owner, delegated, err := f.l.peers.FetchObjectThrough(ctx, d, max)
+	if !delegated {
+		return nil // this host owns it
+	}
+	if err != nil {
+		f.l.logger().Debug("object not from its owner; fetching it from the origin", "object", d, "owner", owner, "err", err)
+		return nil
+	}
+	f.l.logger().Debug("object from its owner", "object", d, "owner", owner, "bytes", len(b))
+	return b
 }
 
 // peerObjectWait bounds asking peers for an object before the origin, while it is reachable.
@@ -230,7 +304,7 @@ func (f *fetcher) object(ctx context.Context, d digest.Digest, max int64, fromOr
 		return b, nil
 	}
 	if f.down == nil {
-		b, err := fromOrigin(ctx)
+		b, err := f.fromOrigin(ctx, d, max, fromOrigin)
 		if err == nil {
 			f.keep(d, b)
 			return b, nil
@@ -361,6 +435,18 @@ func (l originLoader) fetchBootstrap(ctx context.Context, f *fetcher, im *bootst
 	var rc io.Reader
 	if b := f.fromPeersFirst(ctx, desc.Digest, desc.Size); b != nil {
 		rc = bytes.NewReader(b) // checked below against the digest, as the origin's would be
+	}
+	if rc == nil && f.down == nil && f.l.flights.knows(desc.Digest) {
+		// Through its owner or this host's flight, shared with peers loading the image.
+		b, err := f.fromOrigin(ctx, desc.Digest, desc.Size, nil)
+		switch {
+		case err == nil:
+			rc = bytes.NewReader(b)
+		case !f.fallBack(ctx, err):
+			return "", err
+		default:
+			f.down = err
+		}
 	}
 	if rc == nil && f.down == nil {
 		orc, err := f.src.Open(ctx, desc.Digest)

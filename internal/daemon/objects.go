@@ -227,6 +227,9 @@ type objectPeers interface {
 	ResolveTag(ctx context.Context, ref string) (digest.Digest, peer.ID, error)
 	// BlobPeers counts the connected peers that registered blob: they hold its image's objects.
 	BlobPeers(blob digest.Digest) int
+	// FetchObjectThrough asks object d's rendezvous owner, if another host, for it
+	// (p2p.ObjectThroughProtocol): hosts loading one image at once fetch its metadata once.
+	FetchObjectThrough(ctx context.Context, d digest.Digest, max int64) (data []byte, owner peer.ID, delegated bool, err error)
 }
 
 var _ objectPeers = (*p2p.Node)(nil)
@@ -236,6 +239,7 @@ type nodeLocal struct {
 	storeChunks
 	objects *objectStore
 	blobs   *mirrorBlobs
+	flights *metaFlights // the loader's metadata fetches, shared with peers that ask
 }
 
 func (n nodeLocal) Object(d digest.Digest) ([]byte, bool, error) { return n.objects.Object(d) }
