@@ -163,6 +163,21 @@
 // which digest a peer's registry gave for a tag: a peer's word, not verifiable, which the daemon
 // uses only with --peer-tags. One request per stream, as for chunks.
 //
+// Metadata through its owner: hosts that load one image in the same instant (a deployment
+// starting everywhere) find no peer that has registered it, so FetchObject has nobody to ask,
+// and each would fetch the chunk manifests and bootstrap (megabytes for a large tree) from the
+// origin. Instead each asks an object's rendezvous owner (ObjectOwner: the highest hash(digest,
+// peer) over this host and the connected peers that speak ObjectThroughProtocol,
+// /shoal/object/2) with the request kind ObjectThrough (FetchObjectThrough). The owner answers
+// from what it keeps, or else through ObjectFetcher: if it is loading an image that names the
+// object, from the one origin fetch it shares between its own load and every asker (it waits up
+// to a second for a running load to reach the object, and answers "not found" at once when it
+// loads nothing). The asker checks the digest as always (a wrong answer is a strike), and on
+// "not found", a refusal or any failure fetches the object from its own origin. /shoal/object/2
+// is ObjectProtocol plus that kind; a host that speaks only /shoal/object/1 is never chosen as
+// an owner, so old and new hosts mix. Private images' objects are not asked for this way (the
+// owner serves them only to hosts that have presented rights, which a loading host has not).
+//
 // Pull rights: with Config.Rights set, blobs and objects marked SetPrivate (content of a
 // repository whose registry refuses anonymous pulls) are served only to peers that proved pull
 // rights over RightsProtocol (rights.go): they present a registry token scoped to

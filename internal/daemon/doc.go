@@ -16,7 +16,9 @@
 //     verified, and whether its repository is private (origin.PullRights.Public, asked before
 //     anything is kept): pull rights, docs/privacy.md. daemon.go sets the same PullRights as
 //     the node's Rights; registry.go marks private blobs (p2p.Node.SetPrivate) before the swarm
-//     has them, objects.go kept objects (saved in objects/private.json).
+//     has them, objects.go kept objects (saved in objects/private.json). objectflight.go: the
+//     metadata flights a load shares with peers that ask this host as an object's owner, so
+//     hosts loading one image at once fetch its chunk manifests and bootstrap once.
 //   - frontend.go: the frontend interface, the switch that builds one per mount mode, and the set
 //     that starts each on first use without holding any lock across the construction;
 //     frontend_fscache.go, frontend_fanotify.go, frontend_fuse.go: one mode each. A new mode is

@@ -95,8 +95,11 @@ func (m *metaFlights) expect(d digest.Digest, max int64, fetch func(context.Cont
 	return func() {
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		if o.refs--; o.refs == 0 && m.known[d] == o {
-			delete(m.known, d) // a running flight still ends for whoever waits on it
+		// known[d] may be a later entry than o (a failed flight is replaced): it has o's refs.
+		if cur := m.known[d]; cur != nil {
+			if cur.refs--; cur.refs == 0 {
+				delete(m.known, d) // a running flight still ends for whoever waits on it
+			}
 		}
 	}
 }
