@@ -9,6 +9,11 @@
 #
 #   scripts/bench-compress-cluster.sh                    # /usr/local/go (~270 MiB), 1 and 8 hosts
 #   TREE=/usr/local/go/src HOSTS=4 LEVELS= scripts/bench-compress-cluster.sh
+#   COMPS=zstd LEVELS= SHOAL_VS=/tmp/shoal-main scripts/bench-compress-cluster.sh
+#
+# COMPS: the images' compressions (default "zstd none"). SHOAL_VS: a second shoal binary (an
+# earlier build); every row then runs with it too, right after, daemons and origin alike (the
+# images are built once, by SHOAL).
 #
 # Needs no root: nothing is mounted.
 set -euo pipefail
@@ -17,6 +22,8 @@ SHOAL=${SHOAL:-$PWD/bin/shoal}
 TREE=${TREE:-/usr/local/go}
 HOSTS=${HOSTS:-8}
 LEVELS=${LEVELS-3 9} # zstd levels besides the default (1), one host each
+COMPS=${COMPS:-zstd none}
+SHOAL_VS=${SHOAL_VS:-}
 if [ ! -d "$TREE" ]; then echo "bench-compress-cluster: no tree at $TREE; skipped"; exit 0; fi
 for t in jq zstd gzip; do
 	command -v $t >/dev/null || { echo "bench-compress-cluster: needs $t; skipped"; exit 0; }
@@ -45,16 +52,17 @@ zs=$(zstd -3 -q -c "$WORK/layer.tar" | wc -c)
 tarb=$(stat -c %s "$WORK/layer.tar")
 rm "$WORK/layer.tar"
 echo "ordinary layer: tar $(mib "$tarb") MiB, gzip -1 $(mib "$gz") MiB, zstd -3 $(mib "$zs") MiB"
-for comp in zstd none; do
+for comp in $COMPS; do
 	"$SHOAL" image build --quiet "$TREE" "$WORK/img-$comp" --compression "$comp" >/dev/null
 done
 for level in $LEVELS; do
 	"$SHOAL" image build --quiet "$TREE" "$WORK/img-zstd$level" --compression zstd --compression-level "$level" >/dev/null
 done
 
-# run COMP N: N hosts prefetch the COMP image together; prints origin bytes summed over hosts.
+# run COMP N [BIN]: N hosts prefetch the COMP image together with BIN (default SHOAL); prints
+# origin bytes summed over hosts.
 run() {
-	local comp=$1 n=$2 peers=() pids=()
+	local comp=$1 n=$2 SHOAL=${3:-$SHOAL} peers=() pids=()
 	ORIGIN=127.0.0.1:$(free_port 5377)
 	"$SHOAL" origin serve "$WORK/img-$comp" --listen "$ORIGIN" --stats-interval 0 >"$WORK/origin.log" 2>&1 &
 	PIDS+=($!)
@@ -89,13 +97,17 @@ run() {
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 	PIDS=()
 	# per-host ordinary pull for the same hosts: n x gzip, n x zstd
-	awk -v comp="$comp" -v n="$n" -v o="$origin" -v d="$data" -v gz="$gz" -v zs="$zs" -v t0="$t0" -v t1="$t1" 'BEGIN {
-		printf "%-6s %5d %9.1f %9.1f %10.3f %10.3f %12.1f %12.1f %7.1f\n", comp, n, d / 1048576, o / 1048576, o / zs, o / (n * gz), n * gz / 1048576, n * zs / 1048576, t1 - t0 }'
+	awk -v comp="$comp$4" -v n="$n" -v o="$origin" -v d="$data" -v gz="$gz" -v zs="$zs" -v t0="$t0" -v t1="$t1" 'BEGIN {
+		printf "%-'"$w"'s %5d %9.1f %9.1f %10.3f %10.3f %12.1f %12.1f %7.1f\n", comp, n, d / 1048576, o / 1048576, o / zs, o / (n * gz), n * gz / 1048576, n * zs / 1048576, t1 - t0 }'
 }
 
-printf '%-6s %5s %9s %9s %10s %10s %12s %12s %7s\n' image hosts data-MiB origin-MiB origin/zstd3 origin/pulls gzip-pulls zstd-pulls secs
+w=6; [ -n "$SHOAL_VS" ] && w=11
+printf "%-${w}s %5s %9s %9s %10s %10s %12s %12s %7s\n" image hosts data-MiB origin-MiB origin/zstd3 origin/pulls gzip-pulls zstd-pulls secs
 for n in 1 "$HOSTS"; do
-	for comp in zstd none; do run "$comp" "$n"; done
+	for comp in $COMPS; do
+		run "$comp" "$n"
+		if [ -n "$SHOAL_VS" ]; then run "$comp" "$n" "$SHOAL_VS" " (vs)"; fi
+	done
 done
 for level in $LEVELS; do run "zstd$level" 1; done
 echo "origin/zstd3: origin bytes ÷ one zstd -3 layer; origin/pulls: ÷ what HOSTS ordinary gzip -1 pulls would move"
