@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // wireStats is the part of `shoal stats --json` about bytes on the network.
@@ -87,6 +88,20 @@ func TestCompressedImages(t *testing.T) {
 		}
 		return s
 	}
+	// A reader is answered from a chunk's first verified sub-blocks, before the chunk is stored
+	// and counted (the first-byte path): wait until host d has counted want bytes of data since
+	// base (every byte of the image, once its tree has been read), or 20 s.
+	settle := func(d *daemonProc, base wireStats, want int64) wireStats {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			s := wire(d)
+			got := s.Bytes.Origin + s.Bytes.Peers + s.Bytes.Dedup - (base.Bytes.Origin + base.Bytes.Peers + base.Bytes.Dedup)
+			if got >= want || time.Now().After(deadline) {
+				return s
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 	for i, name := range []string{"zimg", "plain"} {
 		// Two fresh hosts per image: nothing local yet.
 		h1 := c.startDaemon(2*i+1, nil)
@@ -98,8 +113,8 @@ func TestCompressedImages(t *testing.T) {
 		mp1, mp2 := filepath.Join(c.dir, name+"-mnt1"), filepath.Join(c.dir, name+"-mnt2")
 		c.mountOrSkip(c.daemons[0], "fuse", mp1)
 		c.checkTree(mp1)
+		a1 := settle(c.daemons[0], w1, images[name])
 		served := c.originBytes() - before
-		a1 := wire(c.daemons[0])
 		data, onWire := a1.Bytes.Origin-w1.Bytes.Origin, a1.WireBytes.Origin-w1.WireBytes.Origin
 		t.Logf("%s: %d bytes of data, %d on the wire from the origin, origin served %d", name, data, onWire, served)
 		// The origin also served the manifest, the chunk manifest and the bootstrap.
@@ -116,7 +131,7 @@ func TestCompressedImages(t *testing.T) {
 		c.mountOrSkip(c.daemons[1], "fuse", mp2)
 		c.randomReads(mp2, 3)
 		c.checkTree(mp2)
-		a2 := wire(c.daemons[1])
+		a2 := settle(c.daemons[1], w2, images[name])
 		peerData, peerWire := a2.Bytes.Peers-w2.Bytes.Peers, a2.WireBytes.Peers-w2.WireBytes.Peers
 		t.Logf("%s host 2: %d bytes of data from its peer, %d on the wire", name, peerData, peerWire)
 		if peerData == 0 {
@@ -141,7 +156,7 @@ func TestCompressedImages(t *testing.T) {
 		mp3 := filepath.Join(c.dir, "plain-on-zimg-host")
 		c.mountOrSkip(c.daemons[0], "fuse", mp3)
 		c.checkTree(mp3)
-		a3 := wire(c.daemons[0])
+		a3 := settle(c.daemons[0], a1, images["plain"])
 		if dedup := a3.Bytes.Dedup - a1.Bytes.Dedup; dedup != images["plain"] || a3.WireBytes.Origin != a1.WireBytes.Origin {
 			t.Errorf("uncompressed image on the compressed one's host: %d bytes dedup of %d, %d more on the wire", dedup, images["plain"], a3.WireBytes.Origin-a1.WireBytes.Origin)
 		}

@@ -97,7 +97,7 @@ run() {
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 	PIDS=()
 	# per-host ordinary pull for the same hosts: n x gzip, n x zstd
-	awk -v comp="$comp$4" -v n="$n" -v o="$origin" -v d="$data" -v gz="$gz" -v zs="$zs" -v t0="$t0" -v t1="$t1" 'BEGIN {
+	awk -v comp="$comp${4:-}" -v n="$n" -v o="$origin" -v d="$data" -v gz="$gz" -v zs="$zs" -v t0="$t0" -v t1="$t1" 'BEGIN {
 		printf "%-'"$w"'s %5d %9.1f %9.1f %10.3f %10.3f %12.1f %12.1f %7.1f\n", comp, n, d / 1048576, o / 1048576, o / zs, o / (n * gz), n * gz / 1048576, n * zs / 1048576, t1 - t0 }'
 }
 
