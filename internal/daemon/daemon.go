@@ -25,6 +25,7 @@ import (
 	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/demand"
 	"github.com/shoal-p2p/shoal/internal/memtrim"
+	"github.com/shoal-p2p/shoal/criproxy"
 	"github.com/shoal-p2p/shoal/mirror"
 	"github.com/shoal-p2p/shoal/mount"
 	"github.com/shoal-p2p/shoal/origin"
@@ -42,6 +43,7 @@ type Daemon struct {
 	resolver *demand.Resolver
 	svc      *service
 	mirror   *mirror.Mirror // nil unless --mirror-listen
+	cri      *criproxy.Proxy // nil unless --cri-listen
 	objects  *objectStore   // <data>/objects and <data>/bootstraps
 }
 
@@ -119,6 +121,15 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 			return fail(err)
 		}
 		ocfg.CredentialProviders = kp
+	}
+	// Pods' image pull secrets, from the CRI proxy: kept even with the proxy off (none come).
+	if ocfg.PullSecrets, err = origin.NewPullSecrets(cfg.PullSecretLifetime()); err != nil {
+		return fail(err)
+	}
+	if cfg.CRIListen != "" {
+		if d.cri, err = criproxy.New(criproxy.Config{Upstream: cfg.CRIUpstream, Logger: log, Registerer: reg}, ocfg.PullSecrets); err != nil {
+			return fail(err)
+		}
 	}
 	if cfg.RegistryUser != "" {
 		pw, err := os.ReadFile(cfg.RegistryPass)
@@ -326,6 +337,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		d.log.Info("registry mirror listening", "addr", ln.Addr().String())
 		g.Go(func() error { return d.mirror.Serve(gctx, ln) })
+	}
+	if d.cri != nil {
+		ln, err := criproxy.Listen(d.cfg.CRIListen)
+		if err != nil {
+			cancel()
+			_ = g.Wait()
+			return err
+		}
+		defer os.Remove(d.cfg.CRIListen)
+		g.Go(func() error { return d.cri.Serve(gctx, ln) })
 	}
 	d.log.Info("shoal daemon started", "data", d.cfg.DataDir, "api", d.cfg.APISocket, "peer_id", d.node.ID())
 	err = g.Wait()

@@ -88,7 +88,8 @@ func missingCredentials(err error, repo string) error {
 		return err
 	}
 	return fmt.Errorf("%w (this host has no credentials that may pull %s, and peers share a private repository's content only with hosts that may: "+
-		"give credentials in docker_config, a credential helper, kubelet_credential_provider_config or registry_username)", err, repo)
+		"give credentials in docker_config, a credential helper, kubelet_credential_provider_config or registry_username, "+
+		"or have the kubelet pull through this daemon's CRI proxy (cri_listen, the kubelet's --image-service-endpoint) so that pods' image pull secrets reach it)", err, repo)
 }
 
 // newFetcher starts one load from src, having asked whether its repository is private: before
