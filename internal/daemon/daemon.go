@@ -23,9 +23,9 @@ import (
 
 	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
+	"github.com/shoal-p2p/shoal/criproxy"
 	"github.com/shoal-p2p/shoal/demand"
 	"github.com/shoal-p2p/shoal/internal/memtrim"
-	"github.com/shoal-p2p/shoal/criproxy"
 	"github.com/shoal-p2p/shoal/mirror"
 	"github.com/shoal-p2p/shoal/mount"
 	"github.com/shoal-p2p/shoal/origin"
@@ -42,9 +42,9 @@ type Daemon struct {
 	node     *p2p.Node
 	resolver *demand.Resolver
 	svc      *service
-	mirror   *mirror.Mirror // nil unless --mirror-listen
+	mirror   *mirror.Mirror  // nil unless --mirror-listen
 	cri      *criproxy.Proxy // nil unless --cri-listen
-	objects  *objectStore   // <data>/objects and <data>/bootstraps
+	objects  *objectStore    // <data>/objects and <data>/bootstraps
 }
 
 // New builds the daemon's parts from a validated Config. It opens the chunk store (which
@@ -149,7 +149,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		}
 		pcfg.Rights, pcfg.RightsTTL = rights, cfg.RightsTTLDuration()
 	}
-	blobs := &mirrorBlobs{rights: proberOrNil(rights), log: log, public: map[digest.Digest]bool{}}
+	blobs := &mirrorBlobs{rights: proberOrNil(rights), log: log, public: map[digest.Digest]bool{}, private: map[digest.Digest]bool{}}
 	pcfg.BlobThrough = cfg.MirrorListen != ""
 	node, err := p2p.New(pcfg, nodeLocal{storeChunks{store}, objects, blobs})
 	if err != nil {
@@ -158,6 +158,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	d.node = node
 	// The kept objects' marks reach the node before it serves anything (Run starts it).
 	objects.attach(node.SetPrivate)
+	blobs.mark, blobs.repos = node.SetPrivate, node.PrivateRepos
 	if cfg.MirrorListen != "" {
 		mcfg := mirror.DefaultConfig()
 		mcfg.Dir = filepath.Join(cfg.DataDir, "mirror")
@@ -165,7 +166,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		mcfg.DefaultUpstream = cfg.MirrorUpstream
 		mcfg.PeerUpstreams = cfg.MirrorPeerUps
 		mcfg.Origin = ocfg
-		mcfg.Served = blobs.served
+		mcfg.Served, mcfg.Fetching = blobs.served, blobs.fetching
 		mcfg.Logger = log
 		mcfg.Registerer = reg
 		m, err := mirror.New(mcfg, node)
