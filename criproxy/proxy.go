@@ -133,7 +133,7 @@ func (p *Proxy) Serve(ctx context.Context, l net.Listener) error {
 		l.Close()
 		return fmt.Errorf("cri proxy: upstream %s: %w", p.cfg.Upstream, err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	srv := grpc.NewServer(grpc.ForceServerCodec(rawCodec{}), grpc.MaxRecvMsgSize(maxMsgSize), grpc.MaxSendMsgSize(maxMsgSize),
 		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error { return p.forward(conn, ss) }))
 	errc := make(chan error, 1)
@@ -141,8 +141,10 @@ func (p *Proxy) Serve(ctx context.Context, l net.Listener) error {
 	p.log.Info("CRI image service proxy listening", "addr", l.Addr().String(), "upstream", p.cfg.Upstream)
 	select {
 	case <-ctx.Done():
-		srv.Stop() // cancels the calls in flight (a pull in progress fails; the kubelet retries it)
-		<-errc
+		srv.Stop()                     // cancels the calls in flight (a pull in progress fails; the kubelet retries it)
+		if err := <-errc; err != nil { // nil once stopped
+			return fmt.Errorf("cri proxy: %w", err)
+		}
 		return nil
 	case err := <-errc:
 		return fmt.Errorf("cri proxy: %w", err)
