@@ -275,7 +275,11 @@ func (a *authenticator) challenged(resp *http.Response, scopes []string, sent st
 				return true
 			}
 			// Retry unless these very credentials were just refused.
-			return (a.creds.Username != "" || a.helper != "" || a.secret != nil || a.provider != nil) && !strings.HasPrefix(sent, "Basic ")
+			have := a.creds.Username != "" || a.helper != "" || a.provider != nil
+			if a.secret != nil && !have {
+				_, _, have = a.secret()
+			}
+			return have && !strings.HasPrefix(sent, "Basic ")
 		}
 	}
 	return false

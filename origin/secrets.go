@@ -82,6 +82,11 @@ func (s *PullSecrets) Set(repo string, a Auth) (undo func(), err error) {
 		e.expiry = exp
 	}
 	s.mu.Lock()
+	for r, old := range s.m { // expired ones go, so that repositories pulled once do not pile up
+		if !now.Before(old.expiry) {
+			delete(s.m, r)
+		}
+	}
 	prev := s.m[repo]
 	s.m[repo] = e
 	s.mu.Unlock()

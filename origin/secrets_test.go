@@ -119,3 +119,37 @@ func TestPullSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestPullSecretsBasic: a registry with Basic authentication takes a pull secret's user and
+// password too (the distribution registry with htpasswd).
+func TestPullSecretsBasic(t *testing.T) {
+	env := startDistribution(t, authBasic)
+	im := makeLayout(t, t.TempDir(), 14, "v1")
+	admin := testConfig(env.host)
+	admin.Username, admin.Password = testUser, testPass
+	ctx := t.Context()
+	ref := env.host + "/team/app:v1"
+	if _, err := Push(ctx, im.dir, ref, admin, PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ps, _ := NewPullSecrets(time.Hour)
+	cfg := testConfig(env.host)
+	cfg.PullSecrets = ps
+	resolve := func() error {
+		src, err := Open(ref, cfg)
+		if err != nil {
+			return err
+		}
+		_, _, err = src.Resolve(ctx)
+		return err
+	}
+	if err := resolve(); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("without the secret: %v, want unauthorized", err)
+	}
+	if _, err := ps.Set(env.host+"/team/app", Auth{Username: testUser, Password: testPass}); err != nil {
+		t.Fatal(err)
+	}
+	if err := resolve(); err != nil {
+		t.Errorf("with the pull secret: %v", err)
+	}
+}
