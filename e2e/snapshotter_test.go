@@ -77,7 +77,14 @@ func busyboxImage(t *testing.T, host string) (string, []string) {
 // data files; it prints /data/hello.txt) as ref, HOST:PORT/NAME:TAG on a plain-HTTP registry.
 func pushBusybox(t *testing.T, ref string) {
 	t.Helper()
-	host := strings.SplitN(ref, "/", 2)[0]
+	cfg := origin.DefaultConfig()
+	cfg.Insecure, cfg.DockerConfig = []string{strings.SplitN(ref, "/", 2)[0]}, "-"
+	pushBusyboxWith(t, ref, cfg)
+}
+
+// pushBusyboxWith is pushBusybox with cfg's registry settings (credentials).
+func pushBusyboxWith(t *testing.T, ref string, cfg origin.Config) {
+	t.Helper()
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		t.Skip("no static busybox (apt-get install busybox-static)")
@@ -98,8 +105,6 @@ func pushBusybox(t *testing.T, ref string) {
 	w.Index([]ocispec.Descriptor{w.Put(converttest.Image{Platform: origin.HostPlatform(),
 		Layers: []converttest.Layer{{Compression: "gzip", Tar: converttest.Tar(t, entries)}},
 		Config: ocispec.ImageConfig{Cmd: []string{"/bin/cat", "/data/hello.txt"}, Env: []string{"PATH=/bin"}}})}, false)
-	cfg := origin.DefaultConfig()
-	cfg.Insecure, cfg.DockerConfig = []string{host}, "-"
 	if _, err := origin.PushIndex(context.Background(), ld, ref, nil, cfg, origin.PushOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -180,6 +185,7 @@ type stack struct {
 	cluster  *cluster
 	mode     string   // the snapshotter's --mode ("": its default, auto)
 	peers    []string // the daemon's --peer addresses
+	criSock  string   // the daemon's CRI proxy ("": none)
 }
 
 // stackOpts are newStackWith's settings; the zero value of each is newStack's.
@@ -192,6 +198,10 @@ type stackOpts struct {
 	// 127.0.0.1): stacks that stand for separate hosts each take their own 127.0.0.N.
 	listenIP string
 	peers    []string // the daemon's --peer multiaddrs (other stacks' daemon.addr)
+	// daemonArgs are more flags for the daemon; criProxy has it serve its CRI proxy at
+	// stack.criSock, forwarding to this stack's containerd.
+	daemonArgs []string
+	criProxy   bool
 }
 
 // newStack starts the three. binDir holds containerd 2.x's binaries ("" for Debian's 1.6);
@@ -206,8 +216,13 @@ func newStack(t *testing.T, host, binDir, pause string) *stack {
 func newStackWith(t *testing.T, o stackOpts) *stack {
 	host, binDir, pause := o.host, o.binDir, o.pause
 	dir := t.TempDir()
-	c := &cluster{t: t, dir: dir, origin: host, listenIP: o.listenIP}
-	s := &stack{t: t, dir: dir, host: host, daemon: c.startDaemon(1, o.peers), cluster: c, mode: o.mode, peers: o.peers,
+	c := &cluster{t: t, dir: dir, origin: host, listenIP: o.listenIP, extra: o.daemonArgs}
+	criSock := ""
+	if o.criProxy {
+		criSock = filepath.Join(dir, "cri.sock")
+		c.extra = append(c.extra, "--cri-listen", criSock, "--cri-upstream", filepath.Join(dir, "containerd.sock"))
+	}
+	s := &stack{t: t, dir: dir, host: host, daemon: c.startDaemon(1, o.peers), cluster: c, mode: o.mode, peers: o.peers, criSock: criSock,
 		sock: filepath.Join(dir, "containerd.sock"), snSock: filepath.Join(dir, "sn.sock"), snRoot: filepath.Join(dir, "sn")}
 	s.startSnapshotter()
 	version, ctrd := 2, "containerd"

@@ -71,6 +71,11 @@ type Config struct {
 	// shares with peers only what it has seen served from a public repository
 	// (docs/privacy.md). It is called before the body is sent and should be quick.
 	Served func(ctx context.Context, repo string, d digest.Digest)
+	// Fetching, if set, is told of each manifest by digest and blob about to be fetched for a
+	// request that names its upstream, with its repository, before peers are asked: the daemon
+	// marks a private repository's content so that this host presents its pull rights to the
+	// peers that hold it (docs/privacy.md).
+	Fetching func(ctx context.Context, repo string, d digest.Digest)
 	// Logger receives the mirror's logs; nil: slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the shoal_mirror_* metrics; nil registers none.
@@ -407,6 +412,9 @@ var errNotDelegated = errors.New("this host owns the blob")
 func (m *Mirror) fetchNow(ctx context.Context, up upstream, repo string, d digest.Digest, manifest bool) error {
 	max := m.maxSize(manifest)
 	if m.peers != nil {
+		if m.cfg.Fetching != nil && up.err == nil {
+			m.cfg.Fetching(ctx, up.host+"/"+repo, d)
+		}
 		var from string
 		n, err := m.store.ingest(d, max, func(w io.Writer) error {
 			var err error

@@ -23,9 +23,14 @@ type credentials struct {
 	Username, Password string
 	// IdentityToken is an OAuth2 refresh token (Docker config "identitytoken").
 	IdentityToken string
+	// RegistryToken is a Bearer token for the registry itself (a CRI pull's registry_token),
+	// sent as it is instead of one from the token server.
+	RegistryToken string
 }
 
-func (c credentials) empty() bool { return c.Username == "" && c.IdentityToken == "" }
+func (c credentials) empty() bool {
+	return c.Username == "" && c.IdentityToken == "" && c.RegistryToken == ""
+}
 
 // dockerConfig is the part of ~/.docker/config.json that Shoal reads.
 type dockerConfig struct {
@@ -110,8 +115,11 @@ type authenticator struct {
 	helper    string
 	helperAt  time.Time
 	runHelper func(ctx context.Context, helper, host string) (credentials, error)
+	// secret, if set, gives the credentials a pod's image pull secret brought for this
+	// repository (secrets.go), with their expiry; asked first.
+	secret func() (credentials, time.Time, bool)
 	// provider, if set, asks kubelet credential provider plugins (kubelet.go), which keep
-	// their answers for as long as the plugin says.
+	// their answers for as long as the plugin says; asked when no pull secret is kept.
 	provider func(ctx context.Context) credentials
 	client   *http.Client // for the token server; no redirect-following quirks needed
 	ua       string
@@ -134,11 +142,20 @@ func newAuthenticator(host string, creds credentials, client *http.Client, ua st
 // helperTTL is how long credentials from a helper are used before it is asked again.
 const helperTTL = 10 * time.Minute
 
-// credentials returns the credentials to present, asking the credential helper when it has one
-// and its last answer is stale. A helper that fails leaves the previous answer (or none).
+// credentials returns the credentials to present, in this order (docs/privacy.md): a pod's
+// image pull secret for this repository, kubelet credential provider plugins, then this host's
+// own (Config.Username, the Docker config's auths, its credential helper, asked when its last
+// answer is stale; a helper that fails leaves the previous answer, or none).
 func (a *authenticator) credentials(ctx context.Context) credentials {
+	if a.secret != nil {
+		if c, _, ok := a.secret(); ok {
+			return c
+		}
+	}
 	if a.provider != nil {
-		return a.provider(ctx)
+		if c := a.provider(ctx); !c.empty() {
+			return c
+		}
 	}
 	a.mu.Lock()
 	if a.helper == "" || (!a.helperAt.IsZero() && a.now().Sub(a.helperAt) < helperTTL) {
@@ -210,6 +227,12 @@ func (a *authenticator) authorize(ctx context.Context, req *http.Request, scopes
 		}
 		h = "Basic " + base64.StdEncoding.EncodeToString([]byte(creds.Username+":"+creds.Password))
 	case "bearer":
+		if a.secret != nil {
+			if c, _, found := a.secret(); found && c.RegistryToken != "" {
+				h = "Bearer " + c.RegistryToken
+				break
+			}
+		}
 		if !ok || !a.now().Before(tok.expiry) {
 			var err error
 			if tok, err = a.token(ctx, scopes); err != nil {
@@ -252,7 +275,11 @@ func (a *authenticator) challenged(resp *http.Response, scopes []string, sent st
 				return true
 			}
 			// Retry unless these very credentials were just refused.
-			return (a.creds.Username != "" || a.helper != "") && !strings.HasPrefix(sent, "Basic ")
+			have := a.creds.Username != "" || a.helper != "" || a.provider != nil
+			if a.secret != nil && !have {
+				_, _, have = a.secret()
+			}
+			return have && !strings.HasPrefix(sent, "Basic ")
 		}
 	}
 	return false
@@ -267,6 +294,12 @@ func (a *authenticator) token(ctx context.Context, scopes []string) (bearerToken
 		return bearerToken{}, context.Cause(ctx)
 	}
 	defer func() { <-a.fetching }()
+	// A pull secret's registry token is the token, for whatever scope it grants.
+	if a.secret != nil {
+		if c, exp, ok := a.secret(); ok && c.RegistryToken != "" {
+			return bearerToken{value: c.RegistryToken, expiry: exp}, nil
+		}
+	}
 	a.mu.Lock()
 	tok, ok := a.tokens[scopeKey(scopes)]
 	a.mu.Unlock()

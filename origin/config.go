@@ -18,15 +18,19 @@ type Config struct {
 	Insecure []string
 	// CAFile is a PEM bundle of extra certificate authorities trusted for HTTPS registries.
 	CAFile string
-	// Username and Password are credentials for every registry this Source talks to. When empty,
-	// DockerConfig is consulted.
+	// Username and Password are credentials for every registry this Source talks to, after
+	// PullSecrets and CredentialProviders. When empty, DockerConfig is consulted.
 	Username, Password string
 	// DockerConfig is the path of a Docker config.json with an "auths" section. Empty means
 	// $DOCKER_CONFIG/config.json or ~/.docker/config.json, if present. Use "-" for none.
 	DockerConfig string
+	// PullSecrets, if set, holds credentials that pods' image pull secrets brought for
+	// repositories (through the CRI proxy, package criproxy): asked first, for the repository
+	// itself only.
+	PullSecrets *PullSecrets
 	// CredentialProviders, if set, are kubelet credential provider plugins
-	// (LoadKubeletProviders), asked for a repository's credentials when Username and the
-	// Docker config (auths, credential helpers) have none for its registry.
+	// (LoadKubeletProviders), asked for a repository's credentials when no pull secret is kept
+	// for it, before Username and the Docker config (auths, credential helpers).
 	CredentialProviders *KubeletProviders
 	// Timeout bounds how long one request may make no progress: waiting for response headers or
 	// between reads of a body. A stalled request is retried.

@@ -3,8 +3,10 @@
 // server (`shoal origin serve`) and image push (`shoal image push`).
 //
 // It owns the wire side of origins: references, authentication (anonymous, Basic, Bearer tokens
-// from WWW-Authenticate, refreshed as they expire; credentials from Config, a Docker config.json,
-// or the Docker credential helper it names, asked again every 10 minutes), TLS, retries with backoff and jitter, stall
+// from WWW-Authenticate, refreshed as they expire; credentials, in this order: a pod's image
+// pull secret for the repository (PullSecrets, fed by the CRI proxy), kubelet credential provider
+// plugins (KubeletProviders), Config's user, a Docker config.json, or the Docker credential helper
+// it names, asked again every 10 minutes), TLS, retries with backoff and jitter, stall
 // timeouts, a per-origin concurrency limit, and digest checks of whole manifests and blobs. It
 // does not know chunks: callers verify the bytes of a range against its chunk CID
 // (chunk.Verify). It must not import the packages that use it (demand, p2p, mount) and

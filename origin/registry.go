@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -85,7 +86,13 @@ func NewRegistry(ref Reference, cfg Config) (*Registry, error) {
 		metrics: m,
 	}
 	r.auth.helper = credHelper
-	if image := ref.Registry + "/" + ref.Repository; creds.empty() && credHelper == "" && cfg.CredentialProviders.match(image) {
+	image := ref.Registry + "/" + ref.Repository
+	if ps := cfg.PullSecrets; ps != nil {
+		r.auth.secret = func() (credentials, time.Time, bool) { return ps.get(image) }
+	}
+	// A provider that matches is asked before this host's own credentials (docs/privacy.md); a
+	// provider with no answer for the image leaves them.
+	if cfg.CredentialProviders.match(image) {
 		kp := cfg.CredentialProviders
 		log.Debug("credentials from a kubelet credential provider")
 		r.auth.provider = func(ctx context.Context) credentials {

@@ -227,6 +227,11 @@ func (n *Node) openBlobThroughFor(s network.Stream, p peer.ID) (Status, digest.D
 		n.log.Debug("bad blob-through request", "peer", p, "err", err)
 		return 0xff, "", nil, 0, ""
 	}
+	// A private blob (the mirror's, of a private repository) goes only to peers with a grant.
+	if st, msg, ok := n.authorizeBlob(p, req.Digest); !ok {
+		release()
+		return st, "", nil, 0, msg
+	}
 	lb, _ := n.local.(LocalBlobs)
 	bf, _ := n.local.(BlobFetcher)
 	if lb == nil || bf == nil || !n.cfg.BlobThrough {

@@ -185,7 +185,8 @@
 // (at most RightsTTL). Chunk, object, tag and blob requests are checked against the grants in
 // memory (StatusDenied otherwise); a fetch of a private blob that peers announce masked presents
 // this host's rights first and waits briefly for their maps, and a denied chunk request presents
-// them and asks once more; a private blob's presence goes to a peer without a grant with
+// them and asks once more (so does a denied BlobProtocol request, for a digest marked private
+// here too: the registry mirror's); a private blob's presence goes to a peer without a grant with
 // PresencePrivate and an empty bitmap, which tells a peer with rights to present them. Design
 // and threat model: docs/privacy.md.
 //

@@ -301,6 +301,15 @@ func (n *Node) SetPrivate(d digest.Digest, repos ...string) {
 	}
 }
 
+// PrivateRepos returns the private repositories d is marked as content of (SetPrivate); none
+// for public or unmarked content.
+func (n *Node) PrivateRepos(d digest.Digest) []string {
+	rt := n.rt
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return slices.Clone(rt.private[d])
+}
+
 // grantedLocked reports whether p holds a live grant for one of repos; rt.mu must be held.
 func (rt *rightsState) grantedLocked(p peer.ID, repos []string, now time.Time) bool {
 	g := rt.grants[p]

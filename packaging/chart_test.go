@@ -183,6 +183,7 @@ func TestChartRenders(t *testing.T) {
 		"--set", "registry.caSecret=registry-ca",
 		"--set", "daemon.insecureRegistries[0]=registry.local:5000",
 		"--set", "containerd.configVersion=3",
+		"--set", "criProxy.enabled=true",
 	))
 	want = append(want, "ServiceMonitor/shoal")
 	sort.Strings(want)
@@ -276,7 +277,8 @@ func TestChartRenders(t *testing.T) {
 		}
 		if name == "every option" {
 			if cfg.Mode != "fscache" || cfg.PeerDNS != "shoal.example.com" || len(cfg.Peers) != 1 || cfg.MirrorListen != "127.0.0.1:5005" ||
-				cfg.PSKFile == "" || cfg.DockerConfig == "" || cfg.RegistryPass == "" || cfg.RegistryCA == "" || !slices.Equal(cfg.Insecure, []string{"registry.local:5000"}) {
+				cfg.PSKFile == "" || cfg.DockerConfig == "" || cfg.RegistryPass == "" || cfg.RegistryCA == "" || !slices.Equal(cfg.Insecure, []string{"registry.local:5000"}) ||
+				cfg.CRIListen != "/run/shoal/cri.sock" || cfg.CRIUpstream != "/run/containerd/containerd.sock" || cfg.PullSecretTTL != "24h" {
 				t.Errorf("every option: the values did not reach the daemon's config: %+v", cfg)
 			}
 			secrets := map[string]bool{}
@@ -289,6 +291,13 @@ func TestChartRenders(t *testing.T) {
 				if !secrets[s] {
 					t.Errorf("every option: secret %s is not mounted (%v)", s, secrets)
 				}
+			}
+			runContainerd := false
+			for _, v := range p.Volumes {
+				runContainerd = runContainerd || v.HostPath != nil && v.HostPath.Path == "/run/containerd"
+			}
+			if !runContainerd {
+				t.Errorf("every option: containerd's socket directory is not mounted for the CRI proxy")
 			}
 			if e := byName["daemon"].Env; len(e) != 1 || e[0].Name != "SHOAL_REGISTRY_USERNAME" {
 				t.Errorf("every option: daemon env %v, want SHOAL_REGISTRY_USERNAME from the secret", e)

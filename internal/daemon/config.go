@@ -48,8 +48,11 @@ type Config struct {
 	DockerConfig    string   `yaml:"docker_config" flag:"docker-config" help:"Docker config.json with registry credentials (default: ~/.docker/config.json)"`
 	RegistryUser    string   `yaml:"registry_username" flag:"registry-username" help:"registry user name for every registry (the password comes from registry_password_file)"`
 	RegistryPass    string   `yaml:"registry_password_file" flag:"registry-password-file" help:"file holding the password of registry_username"`
-	KubeletCPConfig string   `yaml:"kubelet_credential_provider_config" flag:"kubelet-credential-provider-config" help:"the kubelet's CredentialProviderConfig file (its --image-credential-provider-config): credential provider plugins asked for registries that Docker config and registry_username give no credentials for"`
+	KubeletCPConfig string   `yaml:"kubelet_credential_provider_config" flag:"kubelet-credential-provider-config" help:"the kubelet's CredentialProviderConfig file (its --image-credential-provider-config): credential provider plugins, asked before registry_username and Docker config for the images they match"`
 	KubeletCPBinDir string   `yaml:"kubelet_credential_provider_bin_dir" flag:"kubelet-credential-provider-bin-dir" help:"directory of the credential provider plugins (the kubelet's --image-credential-provider-bin-dir)"`
+	CRIListen       string   `yaml:"cri_listen" flag:"cri-listen" help:"unix socket of the CRI image-service proxy, for the kubelet's --image-service-endpoint: it forwards every call to cri_upstream and keeps the credentials of pods' image pull secrets for this daemon (empty: off)"`
+	CRIUpstream     string   `yaml:"cri_upstream" flag:"cri-upstream" help:"containerd's CRI socket, where the CRI proxy forwards calls"`
+	PullSecretTTL   string   `yaml:"pull_secret_ttl" flag:"pull-secret-ttl" help:"how long the credentials a pod's image pull secret brought (through the CRI proxy) are kept after its last pull of the repository, e.g. 24h"`
 	PullRights      bool     `yaml:"pull_rights" flag:"pull-rights" help:"serve a private repository's content (its registry refuses anonymous pulls) only to peers that prove they may pull it (docs/privacy.md); false: serve every chunk to any peer"`
 	RightsTTL       string   `yaml:"rights_ttl" flag:"rights-ttl" help:"how long a peer's proven pull rights are trusted before the registry is asked again (never past its token's expiry), e.g. 5m"`
 	ObjectKeep      string   `yaml:"object_retention" flag:"object-retention" help:"how long manifests, chunk manifests and bootstraps no registered image uses stay under <data>/objects and <data>/bootstraps for peers and restarts, e.g. 24h (0: forever)"`
@@ -68,23 +71,25 @@ type Config struct {
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:    "/var/lib/shoal",
-		APISocket:  DefaultAPISocket,
-		Listen:     []string{"/ip4/0.0.0.0/tcp/7480", "/ip4/0.0.0.0/udp/7480/quic-v1"},
-		Domain:     "shoal",
-		CacheMax:   "0",
-		CacheResv:  "0",
-		Workers:    16,
-		WireZstd:   1,
-		Prefetch:   true,
-		DHT:        true,
-		Mode:       "auto",
-		MirrorMax:  "10G",
-		ObjectKeep: "24h",
-		PullRights: true,
-		RightsTTL:  "5m",
-		LogFormat:  "text",
-		LogLevel:   "info",
+		DataDir:       "/var/lib/shoal",
+		APISocket:     DefaultAPISocket,
+		Listen:        []string{"/ip4/0.0.0.0/tcp/7480", "/ip4/0.0.0.0/udp/7480/quic-v1"},
+		Domain:        "shoal",
+		CacheMax:      "0",
+		CacheResv:     "0",
+		Workers:       16,
+		WireZstd:      1,
+		Prefetch:      true,
+		DHT:           true,
+		Mode:          "auto",
+		MirrorMax:     "10G",
+		ObjectKeep:    "24h",
+		PullRights:    true,
+		RightsTTL:     "5m",
+		CRIUpstream:   "/run/containerd/containerd.sock",
+		PullSecretTTL: "24h",
+		LogFormat:     "text",
+		LogLevel:      "info",
 	}
 }
 
@@ -149,6 +154,17 @@ func (c *Config) Validate() error {
 	if d, err := time.ParseDuration(c.RightsTTL); err != nil || d <= 0 || d > time.Hour {
 		bad("rights_ttl (--rights-ttl)", "%q: give a duration in (0, 1h], e.g. 5m", c.RightsTTL)
 	}
+	if c.CRIListen != "" {
+		if !filepath.IsAbs(c.CRIListen) || len(c.CRIListen) > 107 {
+			bad("cri_listen (--cri-listen)", "%q: give the absolute path of a unix socket (at most 107 bytes), e.g. /run/shoal/cri.sock", c.CRIListen)
+		}
+		if strings.TrimPrefix(c.CRIUpstream, "unix://") == "" {
+			bad("cri_upstream (--cri-upstream)", "must be containerd's CRI socket, e.g. /run/containerd/containerd.sock")
+		}
+	}
+	if d, err := time.ParseDuration(c.PullSecretTTL); err != nil || d < time.Minute {
+		bad("pull_secret_ttl (--pull-secret-ttl)", "%q: give a duration of at least 1m, e.g. 24h", c.PullSecretTTL)
+	}
 	if c.Workers < 2 || c.Workers > 1024 {
 		bad("workers (--workers)", "%d is out of range 2..1024", c.Workers)
 	}
@@ -187,6 +203,12 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// PullSecretLifetime is PullSecretTTL parsed (Validate has checked it).
+func (c *Config) PullSecretLifetime() time.Duration {
+	d, _ := time.ParseDuration(c.PullSecretTTL)
+	return d
 }
 
 // RightsTTLDuration is RightsTTL parsed (Validate has checked it).

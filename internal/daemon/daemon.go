@@ -23,6 +23,7 @@ import (
 
 	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunkstore"
+	"github.com/shoal-p2p/shoal/criproxy"
 	"github.com/shoal-p2p/shoal/demand"
 	"github.com/shoal-p2p/shoal/internal/memtrim"
 	"github.com/shoal-p2p/shoal/mirror"
@@ -41,8 +42,9 @@ type Daemon struct {
 	node     *p2p.Node
 	resolver *demand.Resolver
 	svc      *service
-	mirror   *mirror.Mirror // nil unless --mirror-listen
-	objects  *objectStore   // <data>/objects and <data>/bootstraps
+	mirror   *mirror.Mirror  // nil unless --mirror-listen
+	cri      *criproxy.Proxy // nil unless --cri-listen
+	objects  *objectStore    // <data>/objects and <data>/bootstraps
 }
 
 // New builds the daemon's parts from a validated Config. It opens the chunk store (which
@@ -120,6 +122,15 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		}
 		ocfg.CredentialProviders = kp
 	}
+	// Pods' image pull secrets, from the CRI proxy: kept even with the proxy off (none come).
+	if ocfg.PullSecrets, err = origin.NewPullSecrets(cfg.PullSecretLifetime()); err != nil {
+		return fail(err)
+	}
+	if cfg.CRIListen != "" {
+		if d.cri, err = criproxy.New(criproxy.Config{Upstream: cfg.CRIUpstream, Logger: log, Registerer: reg}, ocfg.PullSecrets); err != nil {
+			return fail(err)
+		}
+	}
 	if cfg.RegistryUser != "" {
 		pw, err := os.ReadFile(cfg.RegistryPass)
 		if err != nil {
@@ -138,7 +149,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		}
 		pcfg.Rights, pcfg.RightsTTL = rights, cfg.RightsTTLDuration()
 	}
-	blobs := &mirrorBlobs{rights: proberOrNil(rights), log: log, public: map[digest.Digest]bool{}}
+	blobs := &mirrorBlobs{rights: proberOrNil(rights), log: log, public: map[digest.Digest]bool{}, private: map[digest.Digest]bool{}}
 	pcfg.BlobThrough = cfg.MirrorListen != ""
 	flights := newMetaFlights()
 	node, err := p2p.New(pcfg, nodeLocal{storeChunks{store}, objects, blobs, flights})
@@ -148,6 +159,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	d.node = node
 	// The kept objects' marks reach the node before it serves anything (Run starts it).
 	objects.attach(node.SetPrivate)
+	blobs.mark, blobs.repos = node.SetPrivate, node.PrivateRepos
 	if cfg.MirrorListen != "" {
 		mcfg := mirror.DefaultConfig()
 		mcfg.Dir = filepath.Join(cfg.DataDir, "mirror")
@@ -155,7 +167,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		mcfg.DefaultUpstream = cfg.MirrorUpstream
 		mcfg.PeerUpstreams = cfg.MirrorPeerUps
 		mcfg.Origin = ocfg
-		mcfg.Served = blobs.served
+		mcfg.Served, mcfg.Fetching = blobs.served, blobs.fetching
 		mcfg.Logger = log
 		mcfg.Registerer = reg
 		m, err := mirror.New(mcfg, node)
@@ -327,6 +339,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		d.log.Info("registry mirror listening", "addr", ln.Addr().String())
 		g.Go(func() error { return d.mirror.Serve(gctx, ln) })
+	}
+	if d.cri != nil {
+		ln, err := criproxy.Listen(d.cfg.CRIListen)
+		if err != nil {
+			cancel()
+			_ = g.Wait()
+			return err
+		}
+		defer os.Remove(d.cfg.CRIListen)
+		g.Go(func() error { return d.cri.Serve(gctx, ln) })
 	}
 	d.log.Info("shoal daemon started", "data", d.cfg.DataDir, "api", d.cfg.APISocket, "peer_id", d.node.ID())
 	err = g.Wait()

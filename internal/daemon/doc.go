@@ -16,9 +16,13 @@
 //     verified, and whether its repository is private (origin.PullRights.Public, asked before
 //     anything is kept): pull rights, docs/privacy.md. daemon.go sets the same PullRights as
 //     the node's Rights; registry.go marks private blobs (p2p.Node.SetPrivate) before the swarm
-//     has them, objects.go kept objects (saved in objects/private.json). objectflight.go: the
-//     metadata flights a load shares with peers that ask this host as an object's owner, so
-//     hosts loading one image at once fetch its chunk manifests and bootstrap once.
+//     has them, objects.go kept objects (saved in objects/private.json); a reload at start
+//     marks them again, the index the image was resolved through included. Pods' image pull
+//     secrets reach origin.PullSecrets (ocfg.PullSecrets, shared by the loader, PullRights and
+//     the mirror) through the CRI proxy (package criproxy, --cri-listen), built in New and
+//     served in Run. objectflight.go: the metadata flights a load shares with peers that ask
+//     this host as an object's owner, so hosts loading one image at once fetch its chunk
+//     manifests and bootstrap once.
 //   - frontend.go: the frontend interface, the switch that builds one per mount mode, and the set
 //     that starts each on first use without holding any lock across the construction;
 //     frontend_fscache.go, frontend_fanotify.go, frontend_fuse.go: one mode each. A new mode is
@@ -30,7 +34,9 @@
 //   - objects.go: kept objects for peers and restarts (swept hourly by Run once no registered
 //     image has used them for --object-retention), and nodeLocal, what the p2p node serves
 //     (chunks, objects, the registry mirror's blobs, and its fetches for peers as a blob's
-//     owner: FetchBlobFor, on with --mirror-listen). The mirror (package mirror,
+//     owner: FetchBlobFor, on with --mirror-listen). mirrorBlobs marks the mirror's blobs of
+//     private repositories with the node (before they are fetched and when they are served),
+//     which serves them only to peers with a grant. The mirror (package mirror,
 //     --mirror-listen) is built in New after the node, which it fetches through, and served in
 //     Run.
 //   - api.go (HTTP only), wire.go (the JSON types, shared with the CLI), client.go (the CLI's

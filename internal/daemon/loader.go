@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -83,7 +84,41 @@ func (l originLoader) Reload(ctx context.Context, ref string, manifest []byte) (
 	}
 	f := l.newFetcher(ctx, src)
 	im, err := l.load(ctx, ref, f, manifest)
+	if err == nil {
+		f.markIndex(ref, im.Image.Digest)
+	}
 	return im, missingCredentials(err, f.repo)
+}
+
+// markIndex marks, on a reload (a restart), the kept index the image was resolved through, as
+// Load's resolve marked it: the state keeps only the manifest, so the index is the one the
+// reference names by digest, or that its tag named at the registry last, if it is kept and
+// lists the manifest. Without it an index would keep the privacy of an earlier run (a
+// repository made private since would have its index served to any peer).
+func (f *fetcher) markIndex(ref string, manifest digest.Digest) {
+	rr, err := origin.ParseReference(ref)
+	if err != nil || f.l.objects == nil {
+		return
+	}
+	root := rr.Digest
+	if root == "" {
+		var ok bool
+		if root, ok = f.l.objects.Tag(tagKey(rr)); !ok {
+			return
+		}
+	}
+	if root == manifest {
+		return
+	}
+	b, ok := f.l.objects.get(root, f.l.cfg.MaxManifestSize)
+	if !ok || !isIndexJSON(b) {
+		return
+	}
+	var idx ocispec.Index
+	if json.Unmarshal(b, &idx) != nil || !slices.ContainsFunc(idx.Manifests, func(d ocispec.Descriptor) bool { return d.Digest == manifest }) {
+		return
+	}
+	f.mark(root)
 }
 
 // missingCredentials says what to do about a registry's refusal: a private image that peers
@@ -93,7 +128,8 @@ func missingCredentials(err error, repo string) error {
 		return err
 	}
 	return fmt.Errorf("%w (this host has no credentials that may pull %s, and peers share a private repository's content only with hosts that may: "+
-		"give credentials in docker_config, a credential helper, kubelet_credential_provider_config or registry_username)", err, repo)
+		"give credentials in docker_config, a credential helper, kubelet_credential_provider_config or registry_username, "+
+		"or have the kubelet pull through this daemon's CRI proxy (cri_listen, the kubelet's --image-service-endpoint) so that pods' image pull secrets reach it)", err, repo)
 }
 
 // newFetcher starts one load from src, having asked whether its repository is private: before

@@ -246,8 +246,9 @@ func (n nodeLocal) Object(d digest.Digest) ([]byte, bool, error) { return n.obje
 func (n nodeLocal) Tag(ref string) (digest.Digest, bool)         { return n.objects.Tag(ref) }
 
 // OpenBlob serves the registry mirror's verified blobs to peers (p2p.LocalBlobs): with pull
-// rights on, only those it has served from a public repository since it started; the others
-// are "not found", and the asker goes to its upstream (docs/privacy.md).
+// rights on, only those it has served from a public repository, or from a private one (marked
+// with the node, which serves them only to peers with a grant for it), since it started; the
+// others are "not found", and the asker goes to its upstream (docs/privacy.md).
 func (n nodeLocal) OpenBlob(d digest.Digest) (io.ReadCloser, int64, bool, error) {
 	if n.blobs == nil || n.blobs.m == nil || !n.blobs.shareable(d) {
 		return nil, 0, false, nil
@@ -285,21 +286,28 @@ func (n nodeLocal) FetchBlobFor(ctx context.Context, d digest.Digest, manifest b
 	return err
 }
 
-// mirrorBlobs is the registry mirror as the node's local side sees it; m is set once, in New,
-// before the node runs (the mirror is built after the node, which it fetches through).
+// mirrorBlobs is the registry mirror as the node's local side sees it; m, mark and repos are set
+// once, in New, before the node runs (the mirror is built after the node, which it fetches
+// through).
 type mirrorBlobs struct {
 	m *mirror.Mirror
 	// rights tells public repositories from private ones; nil: pull rights off, every blob
 	// is shared.
 	rights publicProber
-	log    *slog.Logger
+	// mark and repos are the node's private marks (p2p.Node.SetPrivate, PrivateRepos).
+	mark  func(d digest.Digest, repos ...string)
+	repos func(d digest.Digest) []string
+	log   *slog.Logger
 
-	mu     sync.Mutex
-	public map[digest.Digest]bool // seen served from a public repository
+	markMu  sync.Mutex // one change of a digest's marks at a time (read, then set)
+	mu      sync.Mutex
+	public  map[digest.Digest]bool // seen served from a public repository
+	private map[digest.Digest]bool // marked private with the node by this mirror
 }
 
 // maxPublicBlobs bounds the mirror's public set; past it, it starts again (blobs are shared
-// again once served again).
+// again once served again). It bounds the private set too: past it, further private blobs
+// are not shared (fail closed).
 const maxPublicBlobs = 1 << 16
 
 func (b *mirrorBlobs) shareable(d digest.Digest) bool {
@@ -308,28 +316,79 @@ func (b *mirrorBlobs) shareable(d digest.Digest) bool {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.public[d]
+	return b.public[d] || b.private[d]
 }
 
-// served is the mirror's Served hook: content served from a public repository may go to peers.
-// A repository that could not be probed counts as private (fail closed).
+// served is the mirror's Served hook: content served from a public repository may go to any
+// peer; from a private one (or one that could not be probed: fail closed), to peers that prove
+// pull rights to it, by the rule of chunks (p2p/rights.go).
 func (b *mirrorBlobs) served(ctx context.Context, repo string, d digest.Digest) {
-	if b.rights == nil || b.shareable(d) {
+	if b.rights == nil {
+		return
+	}
+	b.mu.Lock()
+	known := b.public[d]
+	b.mu.Unlock()
+	if known {
 		return
 	}
 	pub, err := b.rights.Public(ctx, repo)
 	if err != nil {
-		b.log.Debug("mirror: could not tell whether a repository is public; not sharing its blob", "repository", repo, "blob", d, "err", err)
+		b.log.Debug("mirror: could not tell whether a repository is public; sharing its blob only with peers that may pull it", "repository", repo, "blob", d, "err", err)
 	}
 	if !pub {
+		b.markPrivate(d, repo)
 		return
 	}
+	b.markMu.Lock()
+	defer b.markMu.Unlock()
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if len(b.public) >= maxPublicBlobs {
 		clear(b.public)
 	}
 	b.public[d] = true
+	wasPrivate := b.private[d]
+	delete(b.private, d)
+	b.mu.Unlock()
+	if wasPrivate && b.mark != nil {
+		b.mark(d) // anyone may pull these bytes
+	}
+}
+
+// fetching is the mirror's Fetching hook: a blob about to be fetched for a private repository
+// is marked private to it first, so that the node presents this host's rights to the peers
+// that hold it (and deny it until then).
+func (b *mirrorBlobs) fetching(ctx context.Context, repo string, d digest.Digest) {
+	if b.rights == nil {
+		return
+	}
+	if pub, _ := b.rights.Public(ctx, repo); !pub {
+		b.markPrivate(d, repo)
+	}
+}
+
+// markPrivate adds repo to d's private marks with the node, then lets d be shared (the node
+// serves it only to peers with a grant for one of its repositories).
+func (b *mirrorBlobs) markPrivate(d digest.Digest, repo string) {
+	if b.mark == nil {
+		return
+	}
+	b.markMu.Lock()
+	defer b.markMu.Unlock()
+	b.mu.Lock()
+	full := len(b.private) >= maxPublicBlobs && !b.private[d]
+	public := b.public[d]
+	b.mu.Unlock()
+	if full || public {
+		return
+	}
+	repos := b.repos(d)
+	if !slices.Contains(repos, repo) {
+		b.mark(d, append(repos, repo)...)
+	}
+	b.mu.Lock()
+	b.private[d] = true
+	b.mu.Unlock()
 }
 
 // mirrorStatser returns the mirror's counters for the stats report; nil when it is off.

@@ -176,9 +176,20 @@ func (r *Registry) TokensIssued() int64 { return r.tokens.Load() }
 
 // serveToken issues an ES256 JWT with the access the rules give: pull of public repositories
 // for anyone (anonymous requests too), pull of granted repositories for their users, and
-// everything for the admin. Bad credentials get a 401.
+// everything for the admin. Bad credentials get a 401. Both flows of the distribution token
+// spec are served: GET with Basic credentials, and the OAuth2 POST (grant_type=password, as
+// containerd uses with a user name and password).
 func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 	user, pass, hasAuth := req.BasicAuth()
+	scopes := req.URL.Query()["scope"]
+	if req.Method == http.MethodPost {
+		if err := req.ParseForm(); err != nil || req.PostForm.Get("grant_type") != "password" {
+			http.Error(w, "unsupported grant", http.StatusBadRequest)
+			return
+		}
+		user, pass, hasAuth = req.PostForm.Get("username"), req.PostForm.Get("password"), true
+		scopes = req.PostForm["scope"]
+	}
 	r.mu.Lock()
 	if hasAuth && (r.users[user] == "" || r.users[user] != pass) {
 		r.mu.Unlock()
@@ -194,7 +205,7 @@ func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 		Actions []string `json:"actions"`
 	}
 	acc := []access{}
-	for _, s := range req.URL.Query()["scope"] {
+	for _, s := range scopes {
 		for _, one := range strings.Split(s, " ") {
 			parts := strings.Split(one, ":")
 			if len(parts) != 3 || parts[0] != "repository" {
@@ -227,7 +238,7 @@ func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]any{"token": tok, "expires_in": int64(life / time.Second), "issued_at": now.UTC().Format(time.RFC3339)})
+	_ = json.NewEncoder(w).Encode(map[string]any{"token": tok, "access_token": tok, "expires_in": int64(life / time.Second), "issued_at": now.UTC().Format(time.RFC3339)})
 }
 
 func (r *Registry) sign(claims map[string]any) (string, error) {
