@@ -13,6 +13,7 @@ import (
 	"strconv"
 
 	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/chunk/zchunk"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -180,6 +181,9 @@ func ParseImage(manifestJSON []byte, fetch FetchFunc) (*Image, error) {
 		}
 		cm, err := chunk.ParseManifest(data)
 		if err != nil {
+			return nil, err
+		}
+		if _, err := zchunk.DictOf(cm); err != nil { // checked (and parsed, once) before any chunk needs it
 			return nil, err
 		}
 		if cm.Blob != b.Digest || cm.StoredBlobSize() != b.Size {

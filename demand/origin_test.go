@@ -111,7 +111,7 @@ func TestStoredOriginRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := &rangeOrigin{stored: sb.stored}
-	r.AddBlob(sb.m, StoredOrigin(o, sb.m.Blob))
+	r.AddBlob(sb.m, StoredOrigin(o, sb.m))
 	if err := r.Ensure(context.Background(), sb.m.Blob, 0, sb.m.BlobSize); err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestHostileStoredOrigin(t *testing.T) {
 			}
 			defer r.Close()
 			o := &rangeOrigin{stored: hostile}
-			r.AddBlob(sb.m, StoredOrigin(o, sb.m.Blob))
+			r.AddBlob(sb.m, StoredOrigin(o, sb.m))
 			err = r.Ensure(context.Background(), sb.m.Blob, target.Offset, 100)
 			if !errors.Is(err, chunk.ErrCorrupt) || !strings.Contains(err.Error(), target.CID.String()) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err %v: want ErrCorrupt naming chunk %s and saying %q", err, target.CID, tc.want)
