@@ -2,7 +2,8 @@
 # Origin bytes for a cluster to make a tree local, compressed Shoal image against the ordinary
 # image layer (issue 14's benchmark): the same tree as a tar layer with `gzip -1` and `zstd -3`
 # (what `docker pull` would move per host), and as a Shoal image built with --compression zstd
-# and none, served by a real `shoal origin serve`. HOSTS real daemons (127.0.0.1, each peered with
+# (with its default trained dictionary), zstd-nodict (--dict-size 0: the image format before
+# dictionaries) and none, served by a real `shoal origin serve`. HOSTS real daemons (127.0.0.1, each peered with
 # the ones started before it) run `shoal prefetch --wait` of the image at the same time; the
 # origin's bytes are what it counted sending (GET /shoal/stats: manifests, chunk manifests,
 # bootstrap and chunk ranges). One host alone is the first row.
@@ -45,12 +46,31 @@ zs=$(zstd -3 -q -c "$WORK/layer.tar" | wc -c)
 tarb=$(stat -c %s "$WORK/layer.tar")
 rm "$WORK/layer.tar"
 echo "ordinary layer: tar $(mib "$tarb") MiB, gzip -1 $(mib "$gz") MiB, zstd -3 $(mib "$zs") MiB"
-for comp in zstd none; do
-	"$SHOAL" image build --quiet "$TREE" "$WORK/img-$comp" --compression "$comp" >/dev/null
+IMAGES=${IMAGES-zstd zstd-nodict none}
+for comp in $IMAGES; do
+	case $comp in
+	zstd-nodict) args=(--compression zstd --dict-size 0) ;;
+	*) args=(--compression "$comp") ;;
+	esac
+	"$SHOAL" image build --quiet "$TREE" "$WORK/img-$comp" "${args[@]}" | grep -E 'took|dictionary' | sed "s/^ */build $comp: /"
 done
 for level in $LEVELS; do
 	"$SHOAL" image build --quiet "$TREE" "$WORK/img-zstd$level" --compression zstd --compression-level "$level" >/dev/null
+	"$SHOAL" image build --quiet "$TREE" "$WORK/img-zstd${level}-nodict" --compression zstd --compression-level "$level" --dict-size 0 >/dev/null
 done
+# What the origin serves besides chunk frames, per image: the chunk manifests (with the
+# dictionary, if any) and the bootstrap; chunks-MiB is the stored chunk bytes (every chunk once).
+meta() {
+	"$SHOAL" image inspect --json "$WORK/img-$1" | jq -r --arg d "$WORK/img-$1/blobs/sha256/" '
+		[.bootstrap.size, ([.blobs[].chunkManifest | ltrimstr("sha256:")] | join(" ")), ([.blobs[].chunks[] | (.storedLength // .length)] | add)] | @tsv' |
+		while IFS=$'\t' read -r boot cms stored; do
+			cm=0
+			for c in $cms; do cm=$((cm + $(stat -c %s "$WORK/img-$1/blobs/sha256/$c"))); done
+			printf '%-13s chunks %8.2f MiB  chunk manifests %6.2f MiB  bootstrap %5.2f MiB\n' "$1" \
+				"$(awk -v b="$stored" 'BEGIN{print b/1048576}')" "$(awk -v b="$cm" 'BEGIN{print b/1048576}')" "$(awk -v b="$boot" 'BEGIN{print b/1048576}')"
+		done
+}
+for comp in $IMAGES; do meta "$comp"; done
 
 # run COMP N: N hosts prefetch the COMP image together; prints origin bytes summed over hosts.
 run() {
@@ -90,12 +110,12 @@ run() {
 	PIDS=()
 	# per-host ordinary pull for the same hosts: n x gzip, n x zstd
 	awk -v comp="$comp" -v n="$n" -v o="$origin" -v d="$data" -v gz="$gz" -v zs="$zs" -v t0="$t0" -v t1="$t1" 'BEGIN {
-		printf "%-6s %5d %9.1f %9.1f %10.3f %10.3f %12.1f %12.1f %7.1f\n", comp, n, d / 1048576, o / 1048576, o / zs, o / (n * gz), n * gz / 1048576, n * zs / 1048576, t1 - t0 }'
+		printf "%-13s %5d %9.1f %9.1f %10.3f %10.3f %12.1f %12.1f %7.1f\n", comp, n, d / 1048576, o / 1048576, o / zs, o / (n * gz), n * gz / 1048576, n * zs / 1048576, t1 - t0 }'
 }
 
-printf '%-6s %5s %9s %9s %10s %10s %12s %12s %7s\n' image hosts data-MiB origin-MiB origin/zstd3 origin/pulls gzip-pulls zstd-pulls secs
-for n in 1 "$HOSTS"; do
-	for comp in zstd none; do run "$comp" "$n"; done
+printf '%-13s %5s %9s %9s %10s %10s %12s %12s %7s\n' image hosts data-MiB origin-MiB origin/zstd3 origin/pulls gzip-pulls zstd-pulls secs
+for n in $(printf '%s\n' 1 "$HOSTS" | sort -un); do
+	for comp in $IMAGES; do run "$comp" "$n"; done
 done
-for level in $LEVELS; do run "zstd$level" 1; done
+for level in $LEVELS; do run "zstd$level" 1; run "zstd${level}-nodict" 1; done
 echo "origin/zstd3: origin bytes ÷ one zstd -3 layer; origin/pulls: ÷ what HOSTS ordinary gzip -1 pulls would move"
