@@ -49,7 +49,7 @@ type BuildOptions struct {
 	// (chunk.CodecZstdDict, the dictionary in the chunk manifest); 0: none. The CLI's default
 	// is zchunk.DefaultDictSize.
 	DictSize int
-	Progress         io.Writer // progress lines, nil for none
+	Progress io.Writer // progress lines, nil for none
 }
 
 // BuildResult summarises a build.
