@@ -160,7 +160,7 @@ func TestParseDict(t *testing.T) {
 	if _, err := Train(sourceFiles(2, 4096), 16<<10, 1); !errors.Is(err, ErrNoDict) {
 		t.Errorf("8 KiB of sample for a 16 KiB dictionary: err %v, want ErrNoDict", err)
 	}
-	if _, err := Train([][]byte{random(t, 1 << 20)}, 16<<10, 1); !errors.Is(err, ErrNoDict) {
+	if _, err := Train([][]byte{random(t, 1<<20)}, 16<<10, 1); !errors.Is(err, ErrNoDict) {
 		t.Errorf("random sample: err %v, want ErrNoDict", err)
 	}
 	m := &chunk.Manifest{Dict: d.Bytes()}
