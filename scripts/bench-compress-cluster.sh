@@ -3,7 +3,9 @@
 # image layer (issue 14's benchmark): the same tree as a tar layer with `gzip -1` and `zstd -3`
 # (what `docker pull` would move per host), and as a Shoal image built with --compression zstd
 # (with its default trained dictionary), zstd-nodict (--dict-size 0: the image format before
-# dictionaries) and none, served by a real `shoal origin serve`. HOSTS real daemons (127.0.0.1, each peered with
+# dictionaries) and none, and with SHOAL_BEFORE=<an older shoal binary> the image that binary
+# builds (before: --compression zstd, its defaults), all served by a real `shoal origin serve`
+# and read by $SHOAL's daemons. HOSTS real daemons (127.0.0.1, each peered with
 # the ones started before it) run `shoal prefetch --wait` of the image at the same time; the
 # origin's bytes are what it counted sending (GET /shoal/stats: manifests, chunk manifests,
 # bootstrap and chunk ranges). One host alone is the first row.
@@ -47,28 +49,31 @@ tarb=$(stat -c %s "$WORK/layer.tar")
 rm "$WORK/layer.tar"
 echo "ordinary layer: tar $(mib "$tarb") MiB, gzip -1 $(mib "$gz") MiB, zstd -3 $(mib "$zs") MiB"
 IMAGES=${IMAGES-zstd zstd-nodict none}
+if [ -n "${SHOAL_BEFORE:-}" ]; then IMAGES="before $IMAGES"; fi
 for comp in $IMAGES; do
+	bin=$SHOAL
 	case $comp in
 	zstd-nodict) args=(--compression zstd --dict-size 0) ;;
+	before) bin=$SHOAL_BEFORE args=(--compression zstd) ;;
 	*) args=(--compression "$comp") ;;
 	esac
-	"$SHOAL" image build --quiet "$TREE" "$WORK/img-$comp" "${args[@]}" | grep -E 'took|dictionary' | sed "s/^ */build $comp: /"
+	"$bin" image build --quiet "$TREE" "$WORK/img-$comp" "${args[@]}" | grep -E 'took|dictionary' | sed "s/^ */build $comp: /"
 done
 for level in $LEVELS; do
 	"$SHOAL" image build --quiet "$TREE" "$WORK/img-zstd$level" --compression zstd --compression-level "$level" >/dev/null
 	"$SHOAL" image build --quiet "$TREE" "$WORK/img-zstd${level}-nodict" --compression zstd --compression-level "$level" --dict-size 0 >/dev/null
 done
-# What the origin serves besides chunk frames, per image: the chunk manifests (with the
-# dictionary, if any) and the bootstrap; chunks-MiB is the stored chunk bytes (every chunk once).
+# What the origin serves besides chunk frames, per image, from its OCI manifest: the plain chunk
+# manifests (with the dictionary, if any) and bootstrap, and their compressed forms, of which a
+# new daemon fetches only the latter; chunks-MiB is the stored chunk bytes (every chunk once).
 meta() {
-	"$SHOAL" image inspect --json "$WORK/img-$1" | jq -r --arg d "$WORK/img-$1/blobs/sha256/" '
-		[.bootstrap.size, ([.blobs[].chunkManifest | ltrimstr("sha256:")] | join(" ")), ([.blobs[].chunks[] | (.storedLength // .length)] | add)] | @tsv' |
-		while IFS=$'\t' read -r boot cms stored; do
-			cm=0
-			for c in $cms; do cm=$((cm + $(stat -c %s "$WORK/img-$1/blobs/sha256/$c"))); done
-			printf '%-13s chunks %8.2f MiB  chunk manifests %6.2f MiB  bootstrap %5.2f MiB\n' "$1" \
-				"$(awk -v b="$stored" 'BEGIN{print b/1048576}')" "$(awk -v b="$cm" 'BEGIN{print b/1048576}')" "$(awk -v b="$boot" 'BEGIN{print b/1048576}')"
-		done
+	local d=$WORK/img-$1 man stored
+	man=$(jq -r '.manifests[0].digest | ltrimstr("sha256:")' "$d/index.json")
+	stored=$("$SHOAL" image inspect --json "$d" | jq '[.blobs[].chunks[] | (.storedLength // .length)] | add')
+	jq -r --arg s "$stored" --arg n "$1" '
+		def mib(t): ([.layers[] | select(.mediaType | endswith(t)) | .size] | add // 0) / 1048576;
+		"\($n)\tchunks \($s | tonumber / 1048576 * 100 | round / 100) MiB; chunk manifests \(mib("chunks+json") * 100 | round / 100) MiB (compressed \(mib("chunks+json+zstd") * 100 | round / 100));" +
+		" bootstrap \(mib("erofs.bootstrap") * 100 | round / 100) MiB (compressed \(mib("erofs.bootstrap+zstd") * 100 | round / 100))"' "$d/blobs/sha256/$man"
 }
 for comp in $IMAGES; do meta "$comp"; done
 

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -231,6 +234,66 @@ func BenchmarkDecodeDict(b *testing.B) {
 			for b.Loop() {
 				if _, err := DecodeWith(c, z, tc.d); err != nil {
 					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkDecodeTree: the decode step of a cold read from the origin, over real source files:
+// up to 2000 files of the Go distribution's src (each a chunk, cut at 1 MiB), stored at level 1
+// without and with a dictionary trained on every 8th file's start (as an image build's
+// sample). Each iteration decodes every chunk once; bytes/s is of chunk bytes. The tree is
+// $SHOAL_BENCH_SRC, default /usr/local/go/src; skipped without it.
+func BenchmarkDecodeTree(b *testing.B) {
+	root := os.Getenv("SHOAL_BENCH_SRC")
+	if root == "" {
+		root = "/usr/local/go/src"
+	}
+	var files [][]byte
+	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || len(files) >= 2000 || !d.Type().IsRegular() {
+			return nil
+		}
+		if data, err := os.ReadFile(p); err == nil && len(data) > 0 {
+			files = append(files, data[:min(len(data), 1<<20)])
+		}
+		return nil
+	})
+	if len(files) < 100 {
+		b.Skipf("%s: %d files", root, len(files))
+	}
+	var samples [][]byte
+	for i := 0; i < len(files); i += 8 {
+		samples = append(samples, files[i][:min(len(files[i]), DictSamplePiece)])
+	}
+	d := mustTrain(b, samples, DefaultDictSize, 1)
+	plain := mustEncoder(b, 1)
+	withDict, _ := plain.WithDict(d)
+	for _, tc := range []struct {
+		name string
+		e    *Encoder
+		d    *Dict
+	}{{"none", plain, nil}, {"dict", withDict, d}} {
+		var total, stored int64
+		cs := make([]chunk.Chunk, len(files))
+		zs := make([][]byte, len(files))
+		for i, f := range files {
+			var codec chunk.Codec
+			zs[i], codec = tc.e.Encode(nil, f)
+			cs[i] = chunk.Chunk{Length: int64(len(f)), Codec: codec}
+			total += int64(len(f))
+			stored += int64(len(zs[i]))
+		}
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(total)
+			b.ReportMetric(float64(stored)/float64(total), "stored/data")
+			b.ReportMetric(float64(total)/float64(len(files)), "bytes/chunk")
+			for b.Loop() {
+				for i := range cs {
+					if _, err := DecodeWith(cs[i], zs[i], tc.d); err != nil {
+						b.Fatal(err)
+					}
 				}
 			}
 		})
