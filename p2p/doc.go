@@ -92,8 +92,8 @@
 // blob's trained dictionary (chunk.CodecZstdDict) is compressed again without it (WireZstd), so
 // the wire and its version are as they were and an older peer decodes every frame; a frame that
 // names a dictionary is refused. The receiver decodes with chunk/zchunk, capped at the chunk's
-// length, and then verifies the CID: a bomb, a truncated frame, bytes that are not a zstd frame, an unknown
-// codec or another chunk's frame is a strike like corrupt bytes. Wire bytes (frames) and data
+// length, and then verifies the CID: a bomb, a truncated frame, bytes that are not a zstd frame,
+// an unknown codec or another chunk's frame is a strike like corrupt bytes. Wire bytes (frames) and data
 // bytes are counted apart (shoal_p2p_*_wire_bytes_total, FetchWire, Served). The recent buffer
 // (recent.go) holds chunks and frames for recentMaxAge (10 s) at most, within recentMaxBytes,
 // and is empty once the host is idle.
