@@ -193,6 +193,7 @@ func (b *BlobWriter) Seal() (digest.Digest, *chunk.Manifest, error) {
 		Chunking: chunk.ChunkingEROFS, ChunkSize: b.chunkSize, SubBlockSize: b.sub, Chunks: b.chunks}
 	if b.enc != nil {
 		m.SchemaVersion, m.StoredSize = chunk.ManifestSchemaStored, b.storedOff
+		m.Dict = dictOf(b.enc, m.Chunks)
 	}
 	if m.Chunks == nil {
 		m.Chunks = []chunk.Chunk{}
@@ -266,6 +267,7 @@ func EncodeBlob(r io.ReaderAt, m *chunk.Manifest, path string, enc *zchunk.Encod
 	if err == nil {
 		out.StoredSize = off
 		out.Blob = digest.NewDigest(digest.SHA256, h)
+		out.Dict = dictOf(enc, out.Chunks)
 		err = out.Validate()
 	}
 	if err != nil {
@@ -273,6 +275,20 @@ func EncodeBlob(r io.ReaderAt, m *chunk.Manifest, path string, enc *zchunk.Encod
 		return nil, err
 	}
 	return &out, nil
+}
+
+// dictOf is the dictionary a manifest of chunks encoded by enc carries: enc's, if any chunk's
+// frame uses it (else the manifest has none to pay for).
+func dictOf(enc *zchunk.Encoder, chunks []chunk.Chunk) []byte {
+	if enc.Dict() == nil {
+		return nil
+	}
+	for _, c := range chunks {
+		if c.Codec == chunk.CodecZstdDict {
+			return enc.Dict().Bytes()
+		}
+	}
+	return nil
 }
 
 // ErrRead is wrapped by Chunker errors that come from reading a file's content (not from the

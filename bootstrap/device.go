@@ -17,12 +17,15 @@ func DeviceReader(stored io.ReaderAt, m *chunk.Manifest) io.ReaderAt {
 	if m.SchemaVersion != chunk.ManifestSchemaStored {
 		return stored
 	}
-	return &deviceReader{r: stored, m: m}
+	d, err := zchunk.DictOf(m)
+	return &deviceReader{r: stored, m: m, dict: d, dictErr: err}
 }
 
 type deviceReader struct {
-	r io.ReaderAt
-	m *chunk.Manifest
+	r       io.ReaderAt
+	m       *chunk.Manifest
+	dict    *zchunk.Dict // m's dictionary, nil if it has none
+	dictErr error
 }
 
 func (d *deviceReader) ReadAt(p []byte, off int64) (int, error) {
@@ -32,6 +35,9 @@ func (d *deviceReader) ReadAt(p []byte, off int64) (int, error) {
 	if off >= d.m.BlobSize {
 		return 0, io.EOF
 	}
+	if d.dictErr != nil {
+		return 0, d.dictErr
+	}
 	n := int(min(int64(len(p)), d.m.BlobSize-off))
 	clear(p[:n])
 	for _, c := range d.m.ChunksIn(off, int64(n)) {
@@ -40,7 +46,7 @@ func (d *deviceReader) ReadAt(p []byte, off int64) (int, error) {
 		if k, err := d.r.ReadAt(buf, s.Offset); int64(k) < s.Length {
 			return 0, fmt.Errorf("blob %s: chunk %s stored at %d: %w", d.m.Blob, c.CID, s.Offset, orUnexpectedEOF(err))
 		}
-		v, err := zchunk.DecodeVerified(c, buf)
+		v, err := zchunk.DecodeVerifiedWith(c, buf, d.dict)
 		if err != nil {
 			return 0, fmt.Errorf("blob %s: %w", d.m.Blob, err)
 		}

@@ -13,6 +13,7 @@ import (
 	"strconv"
 
 	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/chunk/zchunk"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -73,6 +74,9 @@ type Blob struct {
 	Manifest *chunk.Manifest
 	// ManifestDigest is the digest of the chunk manifest's JSON as stored in the layout.
 	ManifestDigest digest.Digest
+	// ManifestZstd is the digest of the chunk manifest's compressed form
+	// (MediaTypeChunksZstd), "" if the image has none.
+	ManifestZstd digest.Digest
 }
 
 // Image is a Shoal image as described by its OCI manifest.
@@ -80,7 +84,10 @@ type Image struct {
 	// Digest of the OCI manifest: the image's identity.
 	Digest    digest.Digest
 	Bootstrap Descriptor
-	Blobs     []Blob // in device order
+	// BootstrapZstd is the bootstrap's compressed form (MediaTypeBootstrapZstd), zero if the
+	// image has none; DecompressMeta turns it into the bootstrap.
+	BootstrapZstd Descriptor
+	Blobs         []Blob // in device order
 }
 
 // Descriptor names a piece of content.
@@ -129,6 +136,7 @@ func ParseImage(manifestJSON []byte, fetch FetchFunc) (*Image, error) {
 		return nil, fmt.Errorf("image manifest %s: artifactType %q is not a Shoal image (%s)", im.Digest, m.ArtifactType, ArtifactType)
 	}
 	chunkLayers := map[digest.Digest]ocispec.Descriptor{}
+	compressed := map[digest.Digest]ocispec.Descriptor{} // by the plain object's digest
 	var boots int
 	for i, l := range m.Layers {
 		if err := l.Digest.Validate(); err != nil {
@@ -153,10 +161,17 @@ func ParseImage(manifestJSON []byte, fetch FetchFunc) (*Image, error) {
 				return nil, fmt.Errorf("image manifest %s: chunk manifest %s: bad %s annotation: %w", im.Digest, l.Digest, AnnotationBlob, err)
 			}
 			chunkLayers[b] = l
+		case MediaTypeChunksZstd, MediaTypeBootstrapZstd:
+			if d := digest.Digest(l.Annotations[AnnotationUncompressed]); d.Validate() == nil {
+				compressed[d] = l
+			}
 		}
 	}
 	if boots != 1 {
 		return nil, fmt.Errorf("image manifest %s: %d bootstrap layers, want 1", im.Digest, boots)
+	}
+	if z, ok := compressed[im.Bootstrap.Digest]; ok && z.MediaType == MediaTypeBootstrapZstd && z.Size <= im.Bootstrap.Size {
+		im.BootstrapZstd = Descriptor{Digest: z.Digest, Size: z.Size}
 	}
 	sort.Slice(im.Blobs, func(i, j int) bool { return im.Blobs[i].Device < im.Blobs[j].Device })
 	for i := range im.Blobs {
@@ -171,7 +186,11 @@ func ParseImage(manifestJSON []byte, fetch FetchFunc) (*Image, error) {
 		if l.Size > MaxMetadataSize {
 			return nil, fmt.Errorf("image manifest %s: chunk manifest %s is %d bytes, more than %d", im.Digest, l.Digest, l.Size, MaxMetadataSize)
 		}
-		data, err := fetch(l)
+		var z *ocispec.Descriptor
+		if zl, ok := compressed[l.Digest]; ok && zl.MediaType == MediaTypeChunksZstd && zl.Size <= l.Size {
+			z = &zl
+		}
+		data, err := fetchMeta(fetch, l, z)
 		if err != nil {
 			return nil, fmt.Errorf("fetching chunk manifest %s: %w", l.Digest, err)
 		}
@@ -182,10 +201,16 @@ func ParseImage(manifestJSON []byte, fetch FetchFunc) (*Image, error) {
 		if err != nil {
 			return nil, err
 		}
+		if _, err := zchunk.DictOf(cm); err != nil { // checked (and parsed, once) before any chunk needs it
+			return nil, err
+		}
 		if cm.Blob != b.Digest || cm.StoredBlobSize() != b.Size {
 			return nil, fmt.Errorf("chunk manifest %s describes %s (%d bytes), layer is %s (%d bytes)", l.Digest, cm.Blob, cm.StoredBlobSize(), b.Digest, b.Size)
 		}
 		b.Manifest, b.ManifestDigest = cm, l.Digest
+		if z != nil {
+			b.ManifestZstd = z.Digest
+		}
 	}
 	return im, nil
 }
@@ -402,7 +427,24 @@ func (w *LayoutWriter) WriteImage(spec ImageSpec) (ocispec.Descriptor, []byte, e
 			return ocispec.Descriptor{}, nil, err
 		}
 		chunkLayers = append(chunkLayers, role(cd, RoleChunks, AnnotationBlob, b.Digest.String()))
+		if z := compressMeta(mj); z != nil {
+			zd, err := w.PutBytes(z, MediaTypeChunksZstd)
+			if err != nil {
+				return ocispec.Descriptor{}, nil, err
+			}
+			// Role chunks: to a snapshotter, old or new, metadata it only records as present.
+			chunkLayers = append(chunkLayers, role(zd, RoleChunks, AnnotationBlob, b.Digest.String(), AnnotationUncompressed, cd.Digest.String()))
+		}
 	}
+	if bb, err := readLimited(w.l.BlobPath(boot.Digest), MaxMetadataSize); err == nil {
+		if z := compressMeta(bb); z != nil {
+			zd, err := w.PutBytes(z, MediaTypeBootstrapZstd)
+			if err != nil {
+				return ocispec.Descriptor{}, nil, err
+			}
+			chunkLayers = append(chunkLayers, role(zd, RoleChunks, AnnotationUncompressed, boot.Digest.String()))
+		}
+	} // a bootstrap over MaxMetadataSize goes plain only
 	boot.MediaType = MediaTypeBootstrap
 	layers := append(append(blobs, chunkLayers...), role(boot, RoleBootstrap))
 	cfg, err := RunnableConfig(spec.SourceConfig, layers, spec.Platform)

@@ -10,7 +10,11 @@
 // Length stay the chunk's place in the uncompressed blob (the EROFS device and the store's
 // backing file), the CID stays the hash of the uncompressed bytes, Blob and StoredBlobSize name
 // the blob as stored (the OCI layer). Chunks of schema 1 have no stored range and no codec, so
-// Stored is their own range and schema 1 manifests encode as they always have.
+// Stored is their own range and schema 1 manifests encode as they always have. A schema 2
+// manifest may carry a zstd dictionary (Manifest.Dict, at most MaxDictSize, base64 in the
+// JSON) for its chunks of CodecZstdDict: inside the manifest, so the manifest's digest names it
+// and a reader has it once per blob; readers that predate it refuse those chunks as an unknown
+// codec (images built with --dict-size 0 have none).
 //
 // Sub-blocks (subblock.go): a manifest may give each chunk longer than its SubBlockSize
 // (DefaultSubBlockSize, 64 KiB, from `shoal image build` and convert) the sha256 of each of the

@@ -37,7 +37,14 @@ type Codec string
 const (
 	CodecNone Codec = ""     // stored as they are
 	CodecZstd Codec = "zstd" // one zstd frame, no dictionary (package chunk/zchunk)
+	// CodecZstdDict is one zstd frame made with the manifest's dictionary (Manifest.Dict), whose
+	// ID the frame names. Readers that predate it refuse such chunks as an unknown codec.
+	CodecZstdDict Codec = "zstd-dict"
 )
+
+// MaxDictSize bounds a manifest's zstd dictionary (Manifest.Dict): what a reader holds in memory
+// per blob, and what a small image pays for it in metadata.
+const MaxDictSize = 1 << 20
 
 // Chunking says how a blob was cut into chunks.
 const (
@@ -139,8 +146,14 @@ type Manifest struct {
 	// 0 if none do (manifests made before sub-blocks, and those built without them). Readers
 	// that do not know it ignore it and the sub-block digests: the chunks and their CIDs are
 	// the same either way.
-	SubBlockSize int64   `json:"subBlockSize,omitempty"`
-	Chunks       []Chunk `json:"chunks"`
+	SubBlockSize int64 `json:"subBlockSize,omitempty"`
+	// Dict is the zstd dictionary (the format of `zstd --train`, at most MaxDictSize bytes)
+	// that chunks of CodecZstdDict are compressed with, trained at build time from a sample of
+	// the blob's chunks; nil when none is (schema 1, and images built without one). It travels
+	// inside the manifest (base64 in the JSON), so the manifest's digest names it: a reader gets
+	// it with the manifest, once per blob, verified like the rest.
+	Dict   []byte  `json:"dict,omitempty"`
+	Chunks []Chunk `json:"chunks"`
 }
 
 // StoredBlobSize is the size of the blob as stored: the OCI layer's size, what Blob is the digest
@@ -228,6 +241,9 @@ func (m *Manifest) Validate() error {
 	if err := m.validateSubBlockSize(); err != nil {
 		return err
 	}
+	if len(m.Dict) > MaxDictSize || len(m.Dict) > 0 && !stored {
+		return fmt.Errorf("chunk manifest for %s: dictionary of %d bytes in schema %d (at most %d, schema %d only)", m.Blob, len(m.Dict), m.SchemaVersion, MaxDictSize, ManifestSchemaStored)
+	}
 	var prev, prevStored int64
 	for i, c := range m.Chunks {
 		if err := m.validateStored(i, c, stored, prevStored); err != nil {
@@ -269,8 +285,10 @@ func (m *Manifest) validateStored(i int, c Chunk, stored bool, prevStored int64)
 		return nil
 	}
 	switch {
-	case c.Codec != CodecNone && c.Codec != CodecZstd:
+	case c.Codec != CodecNone && c.Codec != CodecZstd && c.Codec != CodecZstdDict:
 		return fmt.Errorf("chunk manifest for %s: chunk %d: unknown codec %q", m.Blob, i, c.Codec)
+	case c.Codec == CodecZstdDict && len(m.Dict) == 0:
+		return fmt.Errorf("chunk manifest for %s: chunk %d: codec %s, but the manifest has no dictionary", m.Blob, i, c.Codec)
 	case c.StoredLength <= 0 || c.StoredOffset < 0:
 		return fmt.Errorf("chunk manifest for %s: chunk %d: stored range [%d,+%d) is empty or negative", m.Blob, i, c.StoredOffset, c.StoredLength)
 	case c.Codec == CodecNone && c.StoredLength != c.Length:

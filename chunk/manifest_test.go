@@ -217,6 +217,8 @@ func TestStoredManifest(t *testing.T) {
 		{"past stored size", func(m *Manifest) { m.StoredSize-- }},
 		{"negative stored size", func(m *Manifest) { m.StoredSize = -1 }},
 		{"huge stored offset", func(m *Manifest) { m.Chunks[5].StoredOffset = 1<<63 - 10 }},
+		{"dictionary codec without a dictionary", func(m *Manifest) { m.Chunks[1].Codec = CodecZstdDict }},
+		{"dictionary over the cap", func(m *Manifest) { m.Dict = make([]byte, MaxDictSize+1) }},
 	}
 	for _, c := range bad {
 		m := *good
@@ -225,6 +227,20 @@ func TestStoredManifest(t *testing.T) {
 		if err := m.Validate(); err == nil {
 			t.Errorf("%s: accepted", c.name)
 		}
+	}
+	// A dictionary travels in the manifest and comes back byte for byte.
+	withDict := *good
+	withDict.Chunks = append([]Chunk(nil), good.Chunks...)
+	withDict.Chunks[1].Codec, withDict.Dict = CodecZstdDict, []byte("a zstd dictionary's bytes")
+	db, err := json.Marshal(&withDict)
+	must(t, err)
+	dback, err := ParseManifest(db)
+	must(t, err)
+	if !bytes.Equal(dback.Dict, withDict.Dict) || dback.Chunks[1].Codec != CodecZstdDict {
+		t.Fatalf("dictionary after the round trip: %q, codec %q", dback.Dict, dback.Chunks[1].Codec)
+	}
+	if gb, _ := json.Marshal(good); bytes.Contains(gb, []byte(`"dict"`)) {
+		t.Fatal("a manifest without a dictionary grew the field")
 	}
 	// Schema 1 carries no stored ranges, and encodes as it always has.
 	old := testManifest(t, blob, BlockSize)
@@ -240,6 +256,7 @@ func TestStoredManifest(t *testing.T) {
 		"stored range": func(m *Manifest) { m.Chunks[1].StoredOffset, m.Chunks[1].StoredLength = 0, BlockSize },
 		"codec":        func(m *Manifest) { m.Chunks[1].Codec = CodecZstd },
 		"stored size":  func(m *Manifest) { m.StoredSize = 10 },
+		"dictionary":   func(m *Manifest) { m.Dict = []byte("d") },
 	} {
 		m := *old
 		m.Chunks = append([]Chunk(nil), old.Chunks...)

@@ -52,6 +52,11 @@ type Options struct {
 	// A compressed blob has a schema 2 chunk manifest; layer media types do not change.
 	Compression      string
 	CompressionLevel int
+	// DictSize, with zstd, trains a zstd dictionary of about this many bytes per blob on a
+	// sample of its chunks and compresses them with it (bootstrap.BuildOptions.DictSize); 0:
+	// none. The layer is then written uncompressed first and encoded once the dictionary is
+	// trained (the source is read once; the blob is written twice).
+	DictSize int
 
 	enc *zchunk.Encoder // from Compression, made by Convert
 }
@@ -69,6 +74,9 @@ func (o *Options) Validate() error {
 	}
 	if _, err := bootstrap.ChunkEncoder(o.Compression, o.CompressionLevel); err != nil {
 		return err
+	}
+	if o.DictSize != 0 && (o.DictSize < zchunk.MinDictSize || o.DictSize > chunk.MaxDictSize) {
+		return fmt.Errorf("dictionary size %d: want 0 or %d to %d", o.DictSize, zchunk.MinDictSize, chunk.MaxDictSize)
 	}
 	return nil
 }
@@ -336,7 +344,7 @@ func convertImage(ctx context.Context, src Source, lw *bootstrap.LayoutWriter, s
 	stopProgress := prog.run()
 	for i, l := range m.Layers {
 		g.Go(func() error {
-			d, err := convertLayer(gctx, src, filepath.Join(stage, fmt.Sprintf("%.16s-%d.blob", desc.Digest.Encoded(), i)), i, l, cfg.RootFS.DiffIDs[i], opts.ChunkSize, opts.enc, prog)
+			d, err := convertLayer(gctx, src, filepath.Join(stage, fmt.Sprintf("%.16s-%d.blob", desc.Digest.Encoded(), i)), i, l, cfg.RootFS.DiffIDs[i], opts.ChunkSize, opts.enc, opts.DictSize, prog)
 			if err != nil {
 				return fmt.Errorf("layer %d of %d (%s): %w", i+1, len(m.Layers), l.Digest, err)
 			}
@@ -434,14 +442,20 @@ func convertImage(ctx context.Context, src Source, lw *bootstrap.LayoutWriter, s
 	return im, nil
 }
 
-// convertLayer streams one source layer into its own data blob.
-func convertLayer(ctx context.Context, src Source, blobPath string, i int, l ocispec.Descriptor, diffID digest.Digest, chunkSize int64, enc *zchunk.Encoder, prog *progress) (*layerDiff, error) {
+// convertLayer streams one source layer into its own data blob. With a dictionary size, the
+// blob is written uncompressed, a dictionary trained on a sample of its chunks, and the blob
+// encoded with it (trainAndEncode).
+func convertLayer(ctx context.Context, src Source, blobPath string, i int, l ocispec.Descriptor, diffID digest.Digest, chunkSize int64, enc *zchunk.Encoder, dictSize int, prog *progress) (*layerDiff, error) {
 	rc, err := src.Open(ctx, l.Digest)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	bw, err := bootstrap.NewStoredBlobWriter(blobPath, i+1, chunkSize, enc)
+	writeEnc := enc
+	if enc != nil && dictSize != 0 {
+		writeEnc = nil
+	}
+	bw, err := bootstrap.NewStoredBlobWriter(blobPath, i+1, chunkSize, writeEnc)
 	if err != nil {
 		return nil, err
 	}
@@ -463,12 +477,56 @@ func convertLayer(ctx context.Context, src Source, blobPath string, i int, l oci
 		return d, nil
 	}
 	d.blob, d.manifest, err = bw.Finish()
+	if err == nil && writeEnc != enc {
+		d.blob, d.manifest, err = trainAndEncode(blobPath, d.manifest, enc, dictSize)
+	}
 	if err != nil {
 		os.Remove(blobPath)
 		return nil, err
 	}
 	d.blobPath = blobPath
 	return d, nil
+}
+
+// trainAndEncode replaces the uncompressed blob at path (m, schema 1) by its stored form:
+// a dictionary trained on the start of evenly spaced chunks (bootstrap.Sampler), then every
+// chunk encoded with it (bootstrap.EncodeBlob).
+func trainAndEncode(path string, m *chunk.Manifest, enc *zchunk.Encoder, dictSize int) (digest.Digest, *chunk.Manifest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", nil, err
+	}
+	defer f.Close()
+	var total int64
+	for _, c := range m.Chunks {
+		total += min(c.Length, zchunk.DictSamplePiece)
+	}
+	s := bootstrap.NewSampler(total)
+	buf := make([]byte, zchunk.DictSamplePiece)
+	for _, c := range m.Chunks {
+		if !s.Want() {
+			continue
+		}
+		n := min(c.Length, zchunk.DictSamplePiece)
+		if _, err := f.ReadAt(buf[:n], c.Offset); err != nil {
+			return "", nil, fmt.Errorf("blob %s: sampling for a dictionary: %w", m.Blob, err)
+		}
+		s.Add(buf[:n])
+	}
+	denc, err := bootstrap.WithTrainedDict(enc, s.Samples(), dictSize)
+	if err != nil {
+		return "", nil, err
+	}
+	tmp := path + ".stored"
+	sm, err := bootstrap.EncodeBlob(f, m, tmp, denc)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return "", nil, err
+	}
+	return sm.Blob, sm, nil
 }
 
 func readBlob(ctx context.Context, src Source, d digest.Digest, limit int64) ([]byte, error) {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/shoal-p2p/shoal/bootstrap"
 	"github.com/shoal-p2p/shoal/chunk"
+	"github.com/shoal-p2p/shoal/chunk/zchunk"
 	"github.com/shoal-p2p/shoal/convert/converttest"
 	"github.com/shoal-p2p/shoal/origin"
 )
@@ -186,18 +187,26 @@ func TestConvertMatchesOCIApply(t *testing.T) {
 		name        string
 		docker      bool
 		compression string
-	}{{"oci", false, ""}, {"docker", true, ""}, {"oci-zstd", false, bootstrap.CompressionZstd}} {
+		dict        int
+	}{{"oci", false, "", 0}, {"docker", true, "", 0}, {"oci-zstd", false, bootstrap.CompressionZstd, 0}, {"oci-zstd-dict", false, bootstrap.CompressionZstd, zchunk.MinDictSize}} {
 		docker := tc.docker
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			w := converttest.NewWriter(t, dir)
 			w.Index([]ocispec.Descriptor{w.Put(converttest.Image{Platform: origin.HostPlatform(), Layers: layers, Docker: docker, Config: runConfig})}, false)
 			var progress bytes.Buffer
-			c := convertLayout(t, layoutSource(t, dir), Options{ChunkSize: 64 << 10, Progress: &progress, Compression: tc.compression})
+			c := convertLayout(t, layoutSource(t, dir), Options{ChunkSize: 64 << 10, Progress: &progress, Compression: tc.compression, DictSize: tc.dict})
+			dicts := 0
 			for _, b := range c.image.Blobs {
 				if zstd := b.Manifest.SchemaVersion == chunk.ManifestSchemaStored; zstd != (tc.compression != "") {
 					t.Errorf("blob %s: schema %d with compression %q", b.Digest, b.Manifest.SchemaVersion, tc.compression)
 				}
+				if len(b.Manifest.Dict) > 0 {
+					dicts++
+				}
+			}
+			if (dicts > 0) != (tc.dict > 0) {
+				t.Errorf("%d blobs with a dictionary, asked for one of %d bytes", dicts, tc.dict)
 			}
 			got := converttest.Snapshot(t, c.mount(t))
 			if d := converttest.Diff(want, got, 15); len(d) > 0 {

@@ -20,18 +20,25 @@ type RangeReader interface {
 // one) is read and decoded, the output capped at the chunk's length (zchunk.Decode). The bytes
 // are not verified here: whoever receives them verifies them once (the resolver without a
 // cluster, package p2p with one). Bytes that do not decode are an error wrapping
-// chunk.ErrCorrupt, asked for again like bytes that do not match their CID.
-func StoredOrigin(src RangeReader, blob digest.Digest) OriginFunc {
+// chunk.ErrCorrupt, asked for again like bytes that do not match their CID. Chunks of
+// chunk.CodecZstdDict are decoded with m's dictionary (zchunk.DictOf, parsed once per blob); a
+// frame naming another dictionary is refused like any bytes that do not decode.
+func StoredOrigin(src RangeReader, m *chunk.Manifest) OriginFunc {
+	blob := m.Blob
+	dict, dictErr := zchunk.DictOf(m)
 	return func(ctx context.Context, c chunk.Chunk) ([]byte, error) {
 		if src == nil {
 			return nil, fmt.Errorf("blob %s: no origin", blob)
+		}
+		if dictErr != nil {
+			return nil, dictErr
 		}
 		s := c.Stored()
 		stored, err := src.ReadRange(ctx, blob, s.Offset, s.Length)
 		if err != nil {
 			return nil, err
 		}
-		data, err := zchunk.Decode(c, stored)
+		data, err := zchunk.DecodeWith(c, stored, dict)
 		if err != nil {
 			return nil, fmt.Errorf("from origin, blob %s stored at [%d,%d): %w", blob, s.Offset, s.End(), err)
 		}

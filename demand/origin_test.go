@@ -43,11 +43,20 @@ func newStoredBlob(t testing.TB, chunks int) storedBlob {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := *plain.m
+	return encodeStoredBlob(t, plain.m, data, enc)
+}
+
+// encodeStoredBlob stores the chunks of data (which plain describes) through enc.
+func encodeStoredBlob(t testing.TB, plain *chunk.Manifest, data []byte, enc *zchunk.Encoder) storedBlob {
+	t.Helper()
+	m := *plain
+	if d := enc.Dict(); d != nil {
+		m.Dict = d.Bytes()
+	}
 	m.SchemaVersion = chunk.ManifestSchemaStored
 	m.Chunks = nil
 	var stored []byte
-	for _, c := range plain.m.Chunks {
+	for _, c := range plain.Chunks {
 		c.CID = chunk.CID(data[c.Offset:c.End()])
 		off := int64(len(stored))
 		stored, c.Codec = enc.Encode(stored, data[c.Offset:c.End()])
@@ -111,7 +120,7 @@ func TestStoredOriginRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := &rangeOrigin{stored: sb.stored}
-	r.AddBlob(sb.m, StoredOrigin(o, sb.m.Blob))
+	r.AddBlob(sb.m, StoredOrigin(o, sb.m))
 	if err := r.Ensure(context.Background(), sb.m.Blob, 0, sb.m.BlobSize); err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +184,7 @@ func TestHostileStoredOrigin(t *testing.T) {
 			}
 			defer r.Close()
 			o := &rangeOrigin{stored: hostile}
-			r.AddBlob(sb.m, StoredOrigin(o, sb.m.Blob))
+			r.AddBlob(sb.m, StoredOrigin(o, sb.m))
 			err = r.Ensure(context.Background(), sb.m.Blob, target.Offset, 100)
 			if !errors.Is(err, chunk.ErrCorrupt) || !strings.Contains(err.Error(), target.CID.String()) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err %v: want ErrCorrupt naming chunk %s and saying %q", err, target.CID, tc.want)
@@ -195,6 +204,108 @@ func TestHostileStoredOrigin(t *testing.T) {
 			}
 			if got := readBacking(t, s, sb.m.Blob, target.Offset, target.Length); !bytes.Equal(got, sb.data[target.Offset:target.End()]) {
 				t.Fatal("chunk differs after recovery")
+			}
+		})
+	}
+}
+
+// newDictStoredBlob is newStoredBlob with its text chunks compressed with a dictionary trained
+// on them (chunk.CodecZstdDict).
+func newDictStoredBlob(t testing.TB, chunks int) storedBlob {
+	t.Helper()
+	sb := newStoredBlob(t, chunks)
+	var samples [][]byte
+	for _, c := range sb.m.Chunks {
+		samples = append(samples, sb.data[c.Offset:c.End()])
+	}
+	d, err := zchunk.Train(samples, zchunk.MinDictSize, zchunk.DefaultLevel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := zchunk.NewEncoder(zchunk.DefaultLevel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if enc, err = enc.WithDict(d); err != nil {
+		t.Fatal(err)
+	}
+	plain := *sb.m
+	plain.SchemaVersion, plain.StoredSize = chunk.ManifestSchemaVersion, 0
+	plain.Chunks = nil
+	for _, c := range sb.m.Chunks {
+		c.StoredOffset, c.StoredLength, c.Codec = 0, 0, chunk.CodecNone
+		plain.Chunks = append(plain.Chunks, c)
+	}
+	return encodeStoredBlob(t, &plain, sb.data, enc)
+}
+
+// TestHostileStoredOriginDict: a blob whose chunks use the image's dictionary reads from the
+// origin byte-identical; an origin that sends, for such a chunk, a frame made with another
+// dictionary, a frame without one, or a frame naming the dictionary's ID but made with other
+// bytes is refused as corrupt (naming the chunk), nothing is stored, and the read succeeds once
+// the origin sends the right bytes.
+func TestHostileStoredOriginDict(t *testing.T) {
+	sb := newDictStoredBlob(t, 4)
+	target := sb.m.Chunks[2]
+	if target.Codec != chunk.CodecZstdDict || len(sb.m.Dict) == 0 {
+		t.Fatalf("chunk 2's codec %q, dictionary of %d bytes", target.Codec, len(sb.m.Dict))
+	}
+	want := sb.data[target.Offset:target.End()]
+	d, err := zchunk.ParseDict(sb.m.Dict)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherDict, err := zstd.NewWriter(nil, zstd.WithEncoderDictRaw(d.ID()+1, want), zstd.WithEncoderCRC(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	near := append([]byte(nil), want...)
+	near[len(near)/2] ^= 1
+	sameID, err := zstd.NewWriter(nil, zstd.WithEncoderDictRaw(d.ID(), near), zstd.WithEncoderCRC(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, _ := zstd.NewWriter(nil, zstd.WithEncoderCRC(false))
+	cases := []struct {
+		name, want string
+		frame      []byte
+	}{
+		{"another dictionary", "names dictionary", otherDict.EncodeAll(want, nil)},
+		{"no dictionary", "names dictionary 0", plain.EncodeAll(want[:target.StoredLength/2], nil)},
+		{"same ID, other bytes", "from origin", sameID.EncodeAll(want, nil)}, // the decoder or the CID
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			hostile := append([]byte(nil), sb.stored...)
+			copy(hostile[target.StoredOffset:], padFrame(t, tc.frame, target.StoredLength))
+			s := openStore(t)
+			if err := s.AddBlob(context.Background(), sb.m); err != nil {
+				t.Fatal(err)
+			}
+			r, err := New(s, nil, DefaultConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			o := &rangeOrigin{stored: hostile}
+			r.AddBlob(sb.m, StoredOrigin(o, sb.m))
+			err = r.Ensure(context.Background(), sb.m.Blob, target.Offset, 100)
+			if !errors.Is(err, chunk.ErrCorrupt) || !strings.Contains(err.Error(), target.CID.String()) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err %v: want ErrCorrupt naming chunk %s and saying %q", err, target.CID, tc.want)
+			}
+			if storetest.Has(t, s, sb.m.Blob, target) {
+				t.Fatal("hostile chunk marked present")
+			}
+			o.mu.Lock()
+			o.stored = sb.stored
+			o.mu.Unlock()
+			if err := r.Ensure(context.Background(), sb.m.Blob, 0, sb.m.BlobSize); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range sb.m.Chunks {
+				if got := readBacking(t, s, sb.m.Blob, c.Offset, c.Length); !bytes.Equal(got, sb.data[c.Offset:c.End()]) {
+					t.Fatalf("chunk at %d differs after recovery", c.Offset)
+				}
 			}
 		})
 	}

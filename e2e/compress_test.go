@@ -23,8 +23,9 @@ type wireStats struct {
 }
 
 // TestCompressedImages: the same tree (source-like text, random data, empty and odd sizes) built
-// with zstd chunks and uncompressed is served by one origin; two peered hosts mount each image
-// in a real file-backed mode and read it back byte-identical. The compressed image takes fewer
+// with zstd chunks (with a trained dictionary) and uncompressed is served by one origin; two
+// peered hosts mount each image (host 1 in fuse mode, host 2 in fusetree mode) and read it back
+// byte-identical. The compressed image takes fewer
 // bytes from the origin than it has data (the wire stats say so too) and from host 1 to host 2
 // (peers send compressed chunks), and the uncompressed one
 // (an image as built before compression) still mounts and reads the same. Both have the same
@@ -59,13 +60,27 @@ func TestCompressedImages(t *testing.T) {
 	for _, name := range []string{"zimg", "plain"} {
 		dir := filepath.Join(c.dir, name)
 		compression := map[string]string{"zimg": "zstd", "plain": "none"}[name]
-		run(t, "image", "build", c.src, dir, "--quiet", "--compression", compression)
+		// A small dictionary, so that this small tree's sample trains one (128 KiB, the
+		// default, needs 512 KiB of compressible sample).
+		run(t, "image", "build", c.src, dir, "--quiet", "--compression", compression, "--dict-size", "4K")
 		var inspect struct {
 			DataBytes   int64 `json:"dataBytes"`
 			StoredBytes int64 `json:"storedBytes"`
+			Blobs       []struct {
+				Chunks []struct {
+					Codec string `json:"codec"`
+				} `json:"chunks"`
+			} `json:"blobs"`
 		}
 		if err := json.Unmarshal([]byte(run(t, "image", "inspect", dir, "--json")), &inspect); err != nil {
 			t.Fatal(err)
+		}
+		codecs := map[string]int{}
+		for _, ch := range inspect.Blobs[0].Chunks {
+			codecs[ch.Codec]++
+		}
+		if name == "zimg" && (codecs["zstd-dict"] == 0 || codecs[""] == 0) {
+			t.Fatalf("compressed image's chunk codecs %v: want frames with the dictionary and raw chunks", codecs)
 		}
 		images[name], stored[name] = inspect.DataBytes, inspect.StoredBytes
 		serve = append(serve, name+"="+dir)
@@ -127,8 +142,8 @@ func TestCompressedImages(t *testing.T) {
 		if name == "plain" && onWire != data {
 			t.Errorf("uncompressed image: %d on the wire for %d of data", onWire, data)
 		}
-		// Host 2 reads from host 1, byte-identical.
-		c.mountOrSkip(c.daemons[1], "fuse", mp2)
+		// Host 2 reads from host 1, byte-identical, in the other FUSE mode.
+		c.mountOrSkip(c.daemons[1], "fusetree", mp2)
 		c.randomReads(mp2, 3)
 		c.checkTree(mp2)
 		a2 := settle(c.daemons[1], w2, images[name])

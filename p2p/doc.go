@@ -88,9 +88,12 @@
 // found that it pays; a chunk stored raw, or of an uncompressed image, goes raw): the frame the
 // chunk arrived in if the recent buffer still has it, else one it compresses now at
 // WireCompression (level 1 by default) and keeps there, so a swarm asking for a chunk costs one
-// compression. The receiver decodes with chunk/zchunk, capped at the chunk's length, and then
-// verifies the CID: a bomb, a truncated frame, bytes that are not a zstd frame, an unknown
-// codec or another chunk's frame is a strike like corrupt bytes. Wire bytes (frames) and data
+// compression. Frames on the wire never use a dictionary: a chunk its image stores with the
+// blob's trained dictionary (chunk.CodecZstdDict) is compressed again without it (WireZstd), so
+// the wire and its version are as they were and an older peer decodes every frame; a frame that
+// names a dictionary is refused. The receiver decodes with chunk/zchunk, capped at the chunk's
+// length, and then verifies the CID: a bomb, a truncated frame, bytes that are not a zstd frame,
+// an unknown codec or another chunk's frame is a strike like corrupt bytes. Wire bytes (frames) and data
 // bytes are counted apart (shoal_p2p_*_wire_bytes_total, FetchWire, Served). The recent buffer
 // (recent.go) holds chunks and frames for recentMaxAge (10 s) at most, within recentMaxBytes,
 // and is empty once the host is idle.

@@ -251,23 +251,27 @@ func (n *Node) wireForm(req Request, data []byte) (codec byte, body []byte) {
 }
 
 // compressible reports whether the manifest of the requested chunk (in the blob named, else in
-// any registered blob that holds its CID) stores it zstd-compressed: the image build found that
-// compression pays for it. A chunk stored raw, or of no blob known here, is sent raw.
+// any registered blob that holds its CID) stores it zstd-compressed, with or without the blob's
+// dictionary: the image build found that compression pays for it. A chunk stored raw, or of no
+// blob known here, is sent raw. Frames on the wire never use a dictionary (WireZstd): a chunk
+// stored with one is compressed again without it.
 func (n *Node) compressible(req Request) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if lb := n.blobs[req.Blob]; lb != nil {
 		if i := chunkIndex(lb.m, chunk.Chunk{Offset: req.Offset, CID: req.CID}); i >= 0 {
-			return lb.m.Chunks[i].Codec == chunk.CodecZstd
+			return zstdStored(lb.m.Chunks[i].Codec)
 		}
 	}
 	for _, ref := range n.cids[req.CID] {
-		if lb := n.blobs[ref.blob]; lb != nil && lb.m.Chunks[ref.idx].Codec == chunk.CodecZstd {
+		if lb := n.blobs[ref.blob]; lb != nil && zstdStored(lb.m.Chunks[ref.idx].Codec) {
 			return true
 		}
 	}
 	return false
 }
+
+func zstdStored(c chunk.Codec) bool { return c == chunk.CodecZstd || c == chunk.CodecZstdDict }
 
 // serve decides the answer to a request on s, which it stores in reqOut once read; status 0xff
 // means the request was unreadable. *slot is set when it took an upload slot (n.slots), which

@@ -2,18 +2,21 @@
 # Origin bytes for a cluster to make a tree local, compressed Shoal image against the ordinary
 # image layer (issue 14's benchmark): the same tree as a tar layer with `gzip -1` and `zstd -3`
 # (what `docker pull` would move per host), and as a Shoal image built with --compression zstd
-# and none, served by a real `shoal origin serve`. HOSTS real daemons (127.0.0.1, each peered with
+# (with its default trained dictionary), zstd-nodict (--dict-size 0: the image format before
+# dictionaries) and none, and with SHOAL_BEFORE=<an older shoal binary> the image that binary
+# builds (before: --compression zstd, its defaults), all served by a real `shoal origin serve`
+# and read by $SHOAL's daemons. HOSTS real daemons (127.0.0.1, each peered with
 # the ones started before it) run `shoal prefetch --wait` of the image at the same time; the
 # origin's bytes are what it counted sending (GET /shoal/stats: manifests, chunk manifests,
 # bootstrap and chunk ranges). One host alone is the first row.
 #
 #   scripts/bench-compress-cluster.sh                    # /usr/local/go (~270 MiB), 1 and 8 hosts
 #   TREE=/usr/local/go/src HOSTS=4 LEVELS= scripts/bench-compress-cluster.sh
-#   COMPS=zstd LEVELS= SHOAL_VS=/tmp/shoal-main scripts/bench-compress-cluster.sh
+#   IMAGES=zstd LEVELS= SHOAL_VS=/tmp/shoal-main scripts/bench-compress-cluster.sh
 #
-# COMPS: the images' compressions (default "zstd none"). SHOAL_VS: a second shoal binary (an
-# earlier build); every row then runs with it too, right after, daemons and origin alike (the
-# images are built once, by SHOAL).
+# IMAGES: which of the images to run (default "zstd zstd-nodict none"). SHOAL_VS: a second shoal
+# binary (an earlier build): every row then runs again right after with its daemons and origin
+# (the images are built by SHOAL; an older binary must be able to read them: use zstd-nodict).
 #
 # Needs no root: nothing is mounted.
 set -euo pipefail
@@ -22,7 +25,6 @@ SHOAL=${SHOAL:-$PWD/bin/shoal}
 TREE=${TREE:-/usr/local/go}
 HOSTS=${HOSTS:-8}
 LEVELS=${LEVELS-3 9} # zstd levels besides the default (1), one host each
-COMPS=${COMPS:-zstd none}
 SHOAL_VS=${SHOAL_VS:-}
 if [ ! -d "$TREE" ]; then echo "bench-compress-cluster: no tree at $TREE; skipped"; exit 0; fi
 for t in jq zstd gzip; do
@@ -52,16 +54,37 @@ zs=$(zstd -3 -q -c "$WORK/layer.tar" | wc -c)
 tarb=$(stat -c %s "$WORK/layer.tar")
 rm "$WORK/layer.tar"
 echo "ordinary layer: tar $(mib "$tarb") MiB, gzip -1 $(mib "$gz") MiB, zstd -3 $(mib "$zs") MiB"
-for comp in $COMPS; do
-	"$SHOAL" image build --quiet "$TREE" "$WORK/img-$comp" --compression "$comp" >/dev/null
+IMAGES=${IMAGES-zstd zstd-nodict none}
+if [ -n "${SHOAL_BEFORE:-}" ]; then IMAGES="before $IMAGES"; fi
+for comp in $IMAGES; do
+	bin=$SHOAL
+	case $comp in
+	zstd-nodict) args=(--compression zstd --dict-size 0) ;;
+	before) bin=$SHOAL_BEFORE args=(--compression zstd) ;;
+	*) args=(--compression "$comp") ;;
+	esac
+	"$bin" image build --quiet "$TREE" "$WORK/img-$comp" "${args[@]}" | grep -E 'took|dictionary' | sed "s/^ */build $comp: /"
 done
 for level in $LEVELS; do
 	"$SHOAL" image build --quiet "$TREE" "$WORK/img-zstd$level" --compression zstd --compression-level "$level" >/dev/null
+	"$SHOAL" image build --quiet "$TREE" "$WORK/img-zstd${level}-nodict" --compression zstd --compression-level "$level" --dict-size 0 >/dev/null
 done
+# What the origin serves besides chunk frames, per image, from its OCI manifest: the plain chunk
+# manifests (with the dictionary, if any) and bootstrap, and their compressed forms, of which a
+# new daemon fetches only the latter; chunks-MiB is the stored chunk bytes (every chunk once).
+meta() {
+	local d=$WORK/img-$1 man stored
+	man=$(jq -r '.manifests[0].digest | ltrimstr("sha256:")' "$d/index.json")
+	stored=$("$SHOAL" image inspect --json "$d" | jq '[.blobs[].chunks[] | (.storedLength // .length)] | add')
+	jq -r --arg s "$stored" --arg n "$1" '
+		def mib(t): ([.layers[] | select(.mediaType | endswith(t)) | .size] | add // 0) / 1048576;
+		"\($n)\tchunks \($s | tonumber / 1048576 * 100 | round / 100) MiB; chunk manifests \(mib("chunks+json") * 100 | round / 100) MiB (compressed \(mib("chunks+json+zstd") * 100 | round / 100));" +
+		" bootstrap \(mib("erofs.bootstrap") * 100 | round / 100) MiB (compressed \(mib("erofs.bootstrap+zstd") * 100 | round / 100))"' "$d/blobs/sha256/$man"
+}
+for comp in $IMAGES; do meta "$comp"; done
 
-# run COMP N [BIN]: N hosts prefetch the COMP image together with BIN (default SHOAL); prints
-# origin bytes summed over hosts.
-run() {
+# run COMP N: N hosts prefetch the COMP image together; prints origin bytes summed over hosts.
+run() { # comp n [bin label]
 	local comp=$1 n=$2 SHOAL=${3:-$SHOAL} peers=() pids=()
 	ORIGIN=127.0.0.1:$(free_port 5377)
 	"$SHOAL" origin serve "$WORK/img-$comp" --listen "$ORIGIN" --stats-interval 0 >"$WORK/origin.log" 2>&1 &
@@ -98,16 +121,15 @@ run() {
 	PIDS=()
 	# per-host ordinary pull for the same hosts: n x gzip, n x zstd
 	awk -v comp="$comp${4:-}" -v n="$n" -v o="$origin" -v d="$data" -v gz="$gz" -v zs="$zs" -v t0="$t0" -v t1="$t1" 'BEGIN {
-		printf "%-'"$w"'s %5d %9.1f %9.1f %10.3f %10.3f %12.1f %12.1f %7.1f\n", comp, n, d / 1048576, o / 1048576, o / zs, o / (n * gz), n * gz / 1048576, n * zs / 1048576, t1 - t0 }'
+		printf "%-18s %5d %9.1f %9.1f %10.3f %10.3f %12.1f %12.1f %7.1f\n", comp, n, d / 1048576, o / 1048576, o / zs, o / (n * gz), n * gz / 1048576, n * zs / 1048576, t1 - t0 }'
 }
 
-w=6; [ -n "$SHOAL_VS" ] && w=11
-printf "%-${w}s %5s %9s %9s %10s %10s %12s %12s %7s\n" image hosts data-MiB origin-MiB origin/zstd3 origin/pulls gzip-pulls zstd-pulls secs
-for n in 1 "$HOSTS"; do
-	for comp in $COMPS; do
+printf '%-18s %5s %9s %9s %10s %10s %12s %12s %7s\n' image hosts data-MiB origin-MiB origin/zstd3 origin/pulls gzip-pulls zstd-pulls secs
+for n in $(printf '%s\n' 1 "$HOSTS" | sort -un); do
+	for comp in $IMAGES; do
 		run "$comp" "$n"
 		if [ -n "$SHOAL_VS" ]; then run "$comp" "$n" "$SHOAL_VS" " (vs)"; fi
 	done
 done
-for level in $LEVELS; do run "zstd$level" 1; done
+for level in $LEVELS; do run "zstd$level" 1; run "zstd${level}-nodict" 1; done
 echo "origin/zstd3: origin bytes ÷ one zstd -3 layer; origin/pulls: ÷ what HOSTS ordinary gzip -1 pulls would move"

@@ -30,6 +30,7 @@ const MaxChunkSize = 16 << 20
 type Encoder struct {
 	level int
 	enc   *zstd.Encoder
+	dict  *Dict // nil: frames without a dictionary (chunk.CodecZstd)
 }
 
 // NewEncoder returns an encoder for a zstd level from MinLevel to MaxLevel (the encoder's four
@@ -58,7 +59,8 @@ func (e *Encoder) Level() int { return e.level }
 func Pays(n, length int) bool { return n < length-length/16 }
 
 // Encode appends the stored form of data to dst and says which codec it is: a zstd frame where
-// that pays (Pays), else data itself with chunk.CodecNone. Data that looks incompressible
+// that pays (Pays), chunk.CodecZstdDict if the encoder has a dictionary (WithDict), else data
+// itself with chunk.CodecNone. Data that looks incompressible
 // (Incompressible) is stored raw without being encoded: zstd would spend as long on it as on
 // text and then not pay.
 func (e *Encoder) Encode(dst, data []byte) ([]byte, chunk.Codec) {
@@ -66,11 +68,15 @@ func (e *Encoder) Encode(dst, data []byte) ([]byte, chunk.Codec) {
 		return append(dst, data...), chunk.CodecNone
 	}
 	z := e.enc.EncodeAll(data, dst[len(dst):])
+	codec := chunk.CodecZstd
+	if e.dict != nil {
+		codec = chunk.CodecZstdDict
+	}
 	if Pays(len(z), len(data)) {
 		if len(z) > 0 && cap(dst) > len(dst) && &z[0] == &dst[:len(dst)+1][len(dst)] {
-			return dst[:len(dst)+len(z)], chunk.CodecZstd // encoded in place, after dst
+			return dst[:len(dst)+len(z)], codec // encoded in place, after dst
 		}
-		return append(dst, z...), chunk.CodecZstd
+		return append(dst, z...), codec
 	}
 	return append(dst, data...), chunk.CodecNone
 }
@@ -161,8 +167,15 @@ func decoder() (*zstd.Decoder, error) {
 // Decode returns the bytes of chunk c from its stored form: stored itself for chunk.CodecNone,
 // the zstd frame decoded for chunk.CodecZstd. The output is exactly c.Length bytes or an error
 // wrapping chunk.ErrCorrupt; decoding never writes past c.Length bytes. It does not verify the
-// CID (DecodeVerified does).
-func Decode(c chunk.Chunk, stored []byte) ([]byte, error) {
+// CID (DecodeVerified does). A chunk of chunk.CodecZstdDict needs its manifest's dictionary
+// (DecodeWith).
+func Decode(c chunk.Chunk, stored []byte) ([]byte, error) { return DecodeWith(c, stored, nil) }
+
+// DecodeWith is Decode with the dictionary of c's manifest (DictOf; nil if it has none). A
+// frame must name exactly the dictionary its codec says: none for chunk.CodecZstd, d's ID for
+// chunk.CodecZstdDict; any other frame is refused before it is decoded, so bytes made with
+// another image's dictionary (or sent to confuse) never reach the decoder.
+func DecodeWith(c chunk.Chunk, stored []byte, d *Dict) ([]byte, error) {
 	if c.Length <= 0 || c.Length > MaxChunkSize {
 		return nil, fmt.Errorf("chunk %s: length %d out of (0, %d]: %w", c.CID, c.Length, MaxChunkSize, chunk.ErrCorrupt)
 	}
@@ -172,12 +185,29 @@ func Decode(c chunk.Chunk, stored []byte) ([]byte, error) {
 			return nil, fmt.Errorf("chunk %s: %d raw bytes, want %d: %w", c.CID, len(stored), c.Length, chunk.ErrCorrupt)
 		}
 		return stored, nil
-	case chunk.CodecZstd:
-		d, err := decoder()
+	case chunk.CodecZstd, chunk.CodecZstdDict:
+		var want uint32
+		if c.Codec == chunk.CodecZstdDict {
+			if d == nil {
+				return nil, fmt.Errorf("chunk %s: codec %s without its manifest's dictionary: %w", c.CID, c.Codec, chunk.ErrCorrupt)
+			}
+			want = d.id
+		}
+		got, err := frameDictID(stored)
+		if err != nil {
+			return nil, fmt.Errorf("chunk %s: zstd frame of %d bytes: header: %v: %w", c.CID, len(stored), err, chunk.ErrCorrupt)
+		}
+		if got != want {
+			return nil, fmt.Errorf("chunk %s: zstd frame names dictionary %d, its codec %q wants %d: %w", c.CID, got, c.Codec, want, chunk.ErrCorrupt)
+		}
+		dec, err := decoder()
+		if c.Codec == chunk.CodecZstdDict {
+			dec, err = d.decoder()
+		}
 		if err != nil {
 			return nil, fmt.Errorf("zstd decoder: %w", err)
 		}
-		out, err := d.DecodeAll(stored, make([]byte, 0, c.Length))
+		out, err := dec.DecodeAll(stored, make([]byte, 0, c.Length))
 		if err != nil {
 			if errors.Is(err, zstd.ErrDecoderSizeExceeded) {
 				err = fmt.Errorf("decodes to more than %d bytes", c.Length)
@@ -194,7 +224,12 @@ func Decode(c chunk.Chunk, stored []byte) ([]byte, error) {
 
 // DecodeVerified decodes chunk c's stored bytes (Decode) and verifies them against c.CID.
 func DecodeVerified(c chunk.Chunk, stored []byte) (chunk.Verified, error) {
-	data, err := Decode(c, stored)
+	return DecodeVerifiedWith(c, stored, nil)
+}
+
+// DecodeVerifiedWith is DecodeVerified with the dictionary of c's manifest (DecodeWith).
+func DecodeVerifiedWith(c chunk.Chunk, stored []byte, d *Dict) (chunk.Verified, error) {
+	data, err := DecodeWith(c, stored, d)
 	if err != nil {
 		return chunk.Verified{}, err
 	}

@@ -37,6 +37,7 @@ func runImageConvert(ctx context.Context, args []string) error {
 	workDir := fs.String("work-dir", "", "directory for the converted image before it is pushed (default the system temp dir)")
 	quiet := fs.Bool("quiet", false, "print only the result")
 	compression, level := compressionFlags(fs)
+	dict := dictFlag(fs)
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -53,7 +54,11 @@ func runImageConvert(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("--chunk-size: %w", err)
 	}
-	opts := convert.Options{ChunkSize: size, AllPlatforms: *all, Compression: *compression, CompressionLevel: compressionLevel(*compression, *level)}
+	dictSize, err := dictBytes(*compression, *dict)
+	if err != nil {
+		return err
+	}
+	opts := convert.Options{ChunkSize: size, AllPlatforms: *all, Compression: *compression, CompressionLevel: compressionLevel(*compression, *level), DictSize: dictSize}
 	for _, p := range platforms {
 		pl, err := origin.ParsePlatform(p)
 		if err != nil {

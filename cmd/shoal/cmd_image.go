@@ -29,6 +29,7 @@ func runImageBuild(ctx context.Context, args []string) error {
 	quiet := fs.Bool("quiet", false, "print only the summary")
 	engine := fs.String("engine", bootstrap.EngineGo, "what writes the EROFS image: go (Shoal's writer) or mkfs (mkfs.erofs)")
 	compression, level := compressionFlags(fs)
+	dict := dictFlag(fs)
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -36,6 +37,10 @@ func runImageBuild(ctx context.Context, args []string) error {
 	if len(pos) != 2 {
 		fs.Usage()
 		return errUsage
+	}
+	dictSize, err := dictBytes(*compression, *dict)
+	if err != nil {
+		return err
 	}
 	size, err := units.ParseBytes(*chunk)
 	if err != nil {
@@ -46,7 +51,7 @@ func runImageBuild(ctx context.Context, args []string) error {
 		progress = nil
 	}
 	res, err := bootstrap.Build(ctx, pos[0], pos[1], bootstrap.BuildOptions{ChunkSize: size, Ref: *ref, Progress: progress, Engine: *engine,
-		Compression: *compression, CompressionLevel: compressionLevel(*compression, *level)})
+		Compression: *compression, CompressionLevel: compressionLevel(*compression, *level), DictSize: dictSize})
 	if err != nil {
 		return err
 	}
@@ -60,6 +65,11 @@ func runImageBuild(ctx context.Context, args []string) error {
 		fmt.Printf("  blobs      %d (%s)\n", len(res.Image.Blobs), units.Bytes(res.BlobBytes))
 	}
 	fmt.Printf("  chunks     %d of %s (%s)\n", res.Chunks, units.Bytes(size), units.Bytes(res.ChunkBytes))
+	for _, b := range res.Image.Blobs {
+		if len(b.Manifest.Dict) > 0 {
+			fmt.Printf("  dictionary %s (blob %d)\n", units.Bytes(int64(len(b.Manifest.Dict))), b.Device)
+		}
+	}
 	fmt.Printf("  dedup      %s saved\n", units.Bytes(res.DedupSaved))
 	fmt.Printf("  took       %v (%s)\n", res.Elapsed.Round(time.Millisecond), *engine)
 	return nil
@@ -70,6 +80,27 @@ func compressionFlags(fs *flag.FlagSet) (compression *string, level *int) {
 	compression = fs.String("compression", bootstrap.CompressionZstd, "chunk compression in the data blobs: zstd (each chunk where it pays) or none")
 	level = fs.Int("compression-level", zchunk.DefaultLevel, "zstd level, 1 (fastest) to 22 (smallest)")
 	return compression, level
+}
+
+// dictFlag adds --dict-size (image build, image convert).
+func dictFlag(fs *flag.FlagSet) *string {
+	return fs.String("dict-size", "128K", // zchunk.DefaultDictSize
+		"zstd dictionary trained per blob on a sample of its chunks, up to 1M (suffix K, M); 0 turns it off")
+}
+
+// dictBytes is the dictionary size to pass on: 0 without compression.
+func dictBytes(compression, s string) (int, error) {
+	n, err := units.ParseBytes(s)
+	if err != nil {
+		return 0, fmt.Errorf("--dict-size: %w", err)
+	}
+	if compression == bootstrap.CompressionNone {
+		return 0, nil
+	}
+	if n != 0 && (n < zchunk.MinDictSize || n > chunk.MaxDictSize) {
+		return 0, fmt.Errorf("--dict-size %s: want 0 or %s to %s", s, units.Bytes(zchunk.MinDictSize), units.Bytes(chunk.MaxDictSize))
+	}
+	return int(n), nil
 }
 
 // compressionLevel is the level to pass on: none with the default level is no level at all.

@@ -469,7 +469,11 @@ func (l originLoader) fetchBootstrap(ctx context.Context, f *fetcher, im *bootst
 		return "", err
 	}
 	var rc io.Reader
-	if b := f.fromPeersFirst(ctx, desc.Digest, desc.Size); b != nil {
+	b := l.bootstrapZstd(ctx, f, im) // decoded and checked already, and checked again below
+	if b == nil {
+		b = f.fromPeersFirst(ctx, desc.Digest, desc.Size)
+	}
+	if b != nil {
 		rc = bytes.NewReader(b) // checked below against the digest, as the origin's would be
 	}
 	if rc == nil && f.down == nil && f.l.flights.knows(desc.Digest) {
@@ -544,6 +548,27 @@ func (l originLoader) fetchBootstrap(ctx context.Context, f *fetcher, im *bootst
 		return "", fmt.Errorf("bootstrap %s: %w", desc.Digest, err)
 	}
 	return path, os.Rename(tmp.Name(), path)
+}
+
+// bootstrapZstd returns the bootstrap from its compressed form (kept, from peers or from the
+// origin, as other image objects), decoded and checked against the bootstrap's digest and size;
+// nil if the image has none or it cannot be had, and the plain bootstrap is fetched instead.
+func (l originLoader) bootstrapZstd(ctx context.Context, f *fetcher, im *bootstrap.Image) []byte {
+	z := im.BootstrapZstd
+	if z.Digest == "" || z.Size > bootstrap.MaxMetadataSize {
+		return nil
+	}
+	zb, err := f.object(ctx, z.Digest, z.Size, func(ctx context.Context) ([]byte, error) {
+		return fetchAll(ctx, f.src, z.Digest, z.Size)
+	})
+	if err == nil {
+		var b []byte
+		if b, err = bootstrap.DecompressMeta(zb, im.Bootstrap); err == nil {
+			return b
+		}
+	}
+	l.logger().Warn("compressed bootstrap unusable; fetching it plain", "bootstrap", im.Bootstrap.Digest, "compressed", z.Digest, "err", err)
+	return nil
 }
 
 func fetchAll(ctx context.Context, src origin.Source, d digest.Digest, limit int64) ([]byte, error) {

@@ -474,9 +474,15 @@ func objectsInUse(ims []*image) map[digest.Digest]bool {
 	for _, im := range ims {
 		use[im.Image.Digest] = true
 		use[im.Image.Bootstrap.Digest] = true
+		if d := im.Image.BootstrapZstd.Digest; d != "" {
+			use[d] = true
+		}
 		for _, b := range im.Image.Blobs {
 			if b.ManifestDigest != "" {
 				use[b.ManifestDigest] = true
+			}
+			if b.ManifestZstd != "" {
+				use[b.ManifestZstd] = true
 			}
 		}
 	}

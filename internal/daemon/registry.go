@@ -177,7 +177,7 @@ func (r *registry) Add(ctx context.Context, im *image) (*image, error) {
 
 	origins := make([]demand.OriginFunc, len(blobs))
 	for i, b := range blobs {
-		origins[i] = originFunc(im.origin, b.Digest)
+		origins[i] = originFunc(im.origin, b.Manifest)
 		r.resolver.AddBlob(b.Manifest, origins[i])
 		if err := r.swarm.RegisterBlob(b.Manifest, p2p.OriginFunc(origins[i])); err != nil {
 			// The swarm refused this blob: give the resolver back what it had, then undo the
@@ -307,9 +307,9 @@ func (r *registry) undo(m *chunk.Manifest, old demand.OriginFunc) {
 }
 
 // originFunc reads each chunk's stored range (compressed or not) and decodes it, capped at the
-// chunk's length (demand.StoredOrigin).
-func originFunc(src rangeReader, blob digest.Digest) demand.OriginFunc {
-	return demand.StoredOrigin(src, blob) // a nil src stays nil: "no origin"
+// chunk's length, with the manifest's dictionary if it has one (demand.StoredOrigin).
+func originFunc(src rangeReader, m *chunk.Manifest) demand.OriginFunc {
+	return demand.StoredOrigin(src, m) // a nil src stays nil: "no origin"
 }
 
 func (r *registry) presentChunks(m *chunk.Manifest) []chunk.Chunk {
