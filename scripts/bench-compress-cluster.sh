@@ -14,7 +14,8 @@
 #   TREE=/usr/local/go/src HOSTS=4 LEVELS= scripts/bench-compress-cluster.sh
 #   IMAGES=zstd LEVELS= SHOAL_VS=/tmp/shoal-main scripts/bench-compress-cluster.sh
 #
-# IMAGES: which of the images to run (default "zstd zstd-nodict none"). SHOAL_VS: a second shoal
+# IMAGES: which of the images to run (default "zstd zstd-nodict none"; zstdN: level N with the
+# dictionary, at every host count, unlike LEVELS). SHOAL_VS: a second shoal
 # binary (an earlier build): every row then runs again right after with its daemons and origin
 # (the images are built by SHOAL; an older binary must be able to read them: use zstd-nodict).
 #
@@ -60,6 +61,7 @@ for comp in $IMAGES; do
 	bin=$SHOAL
 	case $comp in
 	zstd-nodict) args=(--compression zstd --dict-size 0) ;;
+	zstd[0-9]*) args=(--compression zstd --compression-level "${comp#zstd}") ;; # e.g. zstd9: level 9, with the dictionary
 	before) bin=$SHOAL_BEFORE args=(--compression zstd) ;;
 	*) args=(--compression "$comp") ;;
 	esac
