@@ -65,6 +65,12 @@ type Config struct {
 	Workers int
 	// PrefetchWorkers bounds the prefetch share of Workers; demand reads always keep the rest.
 	PrefetchWorkers int
+	// PrefetchWriteBehind is how many chunks a prefetch may hold fetched and still being
+	// written and synced by the store, beside its PrefetchWorkers fetches: a chunk's store
+	// write (pwrite and a share of an fdatasync, milliseconds on a slow disk) does not hold a
+	// fetch slot, so the network stays busy while the disk syncs. It bounds a prefetch's chunk
+	// buffers to (PrefetchWorkers + PrefetchWriteBehind) chunks. 0: each fetch waits for its write.
+	PrefetchWriteBehind int
 	// FetchTimeout bounds one chunk fetch, all sources included.
 	FetchTimeout time.Duration
 	// CorruptAttempts is how many times a chunk whose bytes did not match its CID is asked for
@@ -80,7 +86,7 @@ type Config struct {
 
 // DefaultConfig returns the settings the daemon uses unless told otherwise.
 func DefaultConfig() Config {
-	return Config{Workers: 16, PrefetchWorkers: 4, FetchTimeout: 2 * time.Minute, CorruptAttempts: 3,
+	return Config{Workers: 16, PrefetchWorkers: 4, PrefetchWriteBehind: 12, FetchTimeout: 2 * time.Minute, CorruptAttempts: 3,
 		PrefetchAttempts: 4, PrefetchRetryBase: time.Second}
 }
 
@@ -91,6 +97,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("demand: Workers %d out of range 1..1024", c.Workers)
 	case c.PrefetchWorkers < 1 || c.PrefetchWorkers >= c.Workers && c.Workers > 1:
 		return fmt.Errorf("demand: PrefetchWorkers %d must be at least 1 and less than Workers (%d), so demand reads always have a worker", c.PrefetchWorkers, c.Workers)
+	case c.PrefetchWriteBehind < 0 || c.PrefetchWriteBehind > 1024:
+		return fmt.Errorf("demand: PrefetchWriteBehind %d out of range 0..1024", c.PrefetchWriteBehind)
 	case c.FetchTimeout <= 0:
 		return fmt.Errorf("demand: FetchTimeout must be positive")
 	case c.CorruptAttempts < 1 || c.CorruptAttempts > 10:
@@ -451,7 +459,12 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 	if err != nil {
 		return err
 	}
-	defer release()
+	released := false
+	defer func() {
+		if !released {
+			release()
+		}
+	}()
 	start := time.Now()
 	data, src, peerWire, err := r.fetchBytes(fctx, b, c, prog)
 	r.countCorrupt(err)
@@ -473,6 +486,11 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 		r.stats.fail()
 		return fmt.Errorf("demand: chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.m.Blob, err)
 	}
+	// The fetch slot is for the network: the store's write and sync run without it, so the
+	// next fetch starts while this one syncs (a prefetch bounds how many wait here:
+	// PrefetchWriteBehind).
+	release()
+	released = true
 	if err := r.store.Put(fctx, b.m.Blob, c, data); err != nil {
 		r.met.failures.Inc()
 		r.stats.fail()
