@@ -24,8 +24,13 @@
 //
 // Put is the only way chunk data enters the store, in every mount mode: the fscache frontend's
 // kernel reads the store's own backing files, so nothing is copied a second time. A chunk costs
-// one pwrite (from a pooled page-aligned buffer: one copy), a share of one fdatasync and one
-// index batch (group commit), and no hash: the caller's chunk.Verified says it was verified.
+// one pwrite (from a pooled page-aligned buffer: one copy, none where the caller's buffer is
+// page-aligned and whole blocks), a share of one fdatasync and one index batch (group commit), and
+// no hash: the caller's chunk.Verified says it was verified. The pwrite is direct I/O
+// (Config.DirectWrites, O_DIRECT on a second descriptor of the file) where the filesystem allows
+// it: no page-cache copy for the writer and no writeback for the fdatasync, about 0.13 ms of CPU
+// per MiB against 2-2.5 ms buffered on the benchmark VM; the first read of a chunk after its
+// write then goes to the disk.
 //
 // # Presence
 //

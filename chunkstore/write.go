@@ -2,6 +2,7 @@ package chunkstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"unsafe"
@@ -64,7 +65,14 @@ func (s *Store) Put(ctx context.Context, blob digest.Digest, c chunk.Chunk, v ch
 		}
 		defer s.files.put(f)
 		buf, put := alignedCopy(v.Bytes())
-		err = pwriteFull(f.fd, buf, c.Offset)
+		fd := f.fd
+		if dfd := s.files.direct(f); dfd >= 0 {
+			fd = dfd // page-aligned buffer, 4 KiB-aligned offset and length: what O_DIRECT needs
+		}
+		err = pwriteFull(fd, buf, c.Offset)
+		if errors.Is(err, unix.EINVAL) && fd != f.fd {
+			err = pwriteFull(f.fd, buf, c.Offset) // a device with larger blocks than 4 KiB
+		}
 		put()
 		if err != nil {
 			// Give back whatever blocks the failed write allocated.
