@@ -42,8 +42,9 @@ type Config struct {
 	// SyncBatch is the most writes one group commit (one fdatasync per file, one index
 	// transaction) takes.
 	SyncBatch int
-	// DirectWrites writes chunks with direct I/O (O_DIRECT), not through the page cache, where
-	// the filesystem allows it (else, as on tmpfs, through the page cache). A buffered write of
+	// DirectWrites makes PutCold (a background prefetch's writes; Put always goes through the
+	// page cache, for the reads that follow it) write with direct I/O (O_DIRECT), where the
+	// filesystem allows it (else, as on tmpfs, through the page cache). A buffered write of
 	// a chunk costs the writer the kernel's page-cache allocation and copy, 2-2.5 ms of CPU per
 	// MiB on the benchmark machine (a VM), and the fdatasync after it the writeback; a direct
 	// write costs about 0.13 ms/MiB and the fdatasync only the metadata (BENCHMARKS.md, one

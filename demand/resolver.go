@@ -34,6 +34,13 @@ type Store interface {
 	ReadChunk(ctx context.Context, id cid.Cid) (chunk.Verified, error)
 }
 
+// ColdStore is an optional capability of Store (package chunkstore's Store): Put for a chunk
+// nobody is about to read, which the store may write around the page cache. A prefetch's chunks
+// go through it; a chunk a reader waits for goes through Put, so the reads after it hit the cache.
+type ColdStore interface {
+	PutCold(ctx context.Context, blob digest.Digest, c chunk.Chunk, v chunk.Verified) error
+}
+
 // Peers fetches a chunk from the cluster (package p2p's Node): holders first, then the peer
 // chosen to fetch it from the origin for everyone, then fromOrigin itself (whose bytes it
 // verifies), and says where the bytes came from and, for bytes from a peer, what they took on
@@ -491,7 +498,11 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 	// PrefetchWriteBehind).
 	release()
 	released = true
-	if err := r.store.Put(fctx, b.m.Blob, c, data); err != nil {
+	put := r.store.Put
+	if cs, ok := r.store.(ColdStore); ok && prefetch {
+		put = cs.PutCold // nobody is waiting to read it: around the page cache
+	}
+	if err := put(fctx, b.m.Blob, c, data); err != nil {
 		r.met.failures.Inc()
 		r.stats.fail()
 		return fmt.Errorf("demand: storing chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.m.Blob, err)

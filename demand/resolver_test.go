@@ -372,6 +372,11 @@ func (s *slowPutStore) Put(ctx context.Context, blob digest.Digest, c chunk.Chun
 	return s.Store.Put(ctx, blob, c, v)
 }
 
+// PutCold (a prefetch's writes) is as slow.
+func (s *slowPutStore) PutCold(ctx context.Context, blob digest.Digest, c chunk.Chunk, v chunk.Verified) error {
+	return s.Put(ctx, blob, c, v)
+}
+
 // TestPrefetchWriteBehind: while the store is still writing and syncing the chunks a prefetch
 // fetched, the prefetch goes on fetching, up to PrefetchWriteBehind chunks ahead of the store,
 // and no further; when the store catches up, every chunk is present.
