@@ -15,11 +15,17 @@ type fdCache struct {
 	m    map[string]*openFile
 	lru  list.List // of *openFile, front = most recent
 	open func(path string) (int, error)
+	// openDirect opens a file for direct I/O (O_DIRECT) beside its ordinary descriptor; nil:
+	// writes go through the page cache.
+	openDirect func(path string) (int, error)
 }
 
 type openFile struct {
-	path    string
-	fd      int
+	path string
+	fd   int
+	// dfd is the file opened with O_DIRECT for chunk writes: dfdUnopened until first asked for,
+	// dfdNone where the filesystem refuses direct I/O (tmpfs) or the store does not use it.
+	dfd     int
 	refs    int
 	elem    *list.Element // nil once dropped from the cache
 	dropped bool
@@ -52,7 +58,7 @@ func (c *fdCache) get(path string) (*openFile, error) {
 		c.lru.MoveToFront(f.elem)
 		return f, nil
 	}
-	f := &openFile{path: path, fd: fd, refs: 1}
+	f := &openFile{path: path, fd: fd, dfd: dfdUnopened, refs: 1}
 	f.elem = c.lru.PushFront(f)
 	c.m[path] = f
 	c.shrinkLocked()
@@ -76,9 +82,43 @@ func (c *fdCache) dropLocked(f *openFile) {
 	f.dropped = true
 	delete(c.m, f.path)
 	if f.refs == 0 {
-		unix.Close(f.fd)
-		f.fd = -1
+		f.close()
 	}
+}
+
+const (
+	dfdUnopened = -1
+	dfdNone     = -2
+)
+
+// close closes both descriptors of a file nobody uses any more.
+func (f *openFile) close() {
+	unix.Close(f.fd)
+	f.fd = -1
+	if f.dfd >= 0 {
+		unix.Close(f.dfd)
+	}
+	f.dfd = dfdNone
+}
+
+// direct returns f's O_DIRECT descriptor, opening it on first use, or -1 where direct I/O is
+// off or the filesystem refuses it (the caller then writes through f.fd). The caller holds a
+// reference on f.
+func (c *fdCache) direct(f *openFile) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f.dfd == dfdUnopened {
+		f.dfd = dfdNone
+		if c.openDirect != nil && f.fd >= 0 {
+			if fd, err := c.openDirect(f.path); err == nil {
+				f.dfd = fd
+			}
+		}
+	}
+	if f.dfd < 0 {
+		return -1
+	}
+	return f.dfd
 }
 
 func (c *fdCache) put(f *openFile) {
@@ -86,8 +126,7 @@ func (c *fdCache) put(f *openFile) {
 	defer c.mu.Unlock()
 	f.refs--
 	if f.refs == 0 && f.dropped && f.fd >= 0 {
-		unix.Close(f.fd)
-		f.fd = -1
+		f.close()
 	}
 	c.shrinkLocked()
 }

@@ -177,6 +177,11 @@ func Open(dir string, cfg Config) (*Store, error) {
 	s.files = newFDCache(cfg.MaxOpenFiles, func(p string) (int, error) {
 		return unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	})
+	if cfg.DirectWrites { // for PutCold
+		s.files.openDirect = func(p string) (int, error) {
+			return unix.Open(p, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+		}
+	}
 	if err := s.prepareDirs(); err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package chunkstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"unsafe"
@@ -35,6 +36,18 @@ func (s *Store) WriteChunk(ctx context.Context, blob digest.Digest, c chunk.Chun
 // This is the only way chunk data enters the store, in every mount mode: in fscache mode the
 // kernel's backing files are the store's, so the kernel reads what Put wrote.
 func (s *Store) Put(ctx context.Context, blob digest.Digest, c chunk.Chunk, v chunk.Verified) error {
+	return s.put(ctx, blob, c, v, false)
+}
+
+// PutCold is Put for a chunk nobody is about to read (a background prefetch): where
+// Config.DirectWrites allows, it is written with direct I/O, around the page cache, which costs
+// the writer no page-cache copy and the fdatasync no writeback; its first read then goes to the
+// disk. A chunk a reader waits for goes through Put, so the reads that follow find it cached.
+func (s *Store) PutCold(ctx context.Context, blob digest.Digest, c chunk.Chunk, v chunk.Verified) error {
+	return s.put(ctx, blob, c, v, s.cfg.DirectWrites)
+}
+
+func (s *Store) put(ctx context.Context, blob digest.Digest, c chunk.Chunk, v chunk.Verified, direct bool) error {
 	if err := s.enter(); err != nil {
 		return err
 	}
@@ -64,7 +77,14 @@ func (s *Store) Put(ctx context.Context, blob digest.Digest, c chunk.Chunk, v ch
 		}
 		defer s.files.put(f)
 		buf, put := alignedCopy(v.Bytes())
-		err = pwriteFull(f.fd, buf, c.Offset)
+		fd := f.fd
+		if dfd := s.files.direct(f); direct && dfd >= 0 {
+			fd = dfd // page-aligned buffer, 4 KiB-aligned offset and length: what O_DIRECT needs
+		}
+		err = pwriteFull(fd, buf, c.Offset)
+		if errors.Is(err, unix.EINVAL) && fd != f.fd {
+			err = pwriteFull(f.fd, buf, c.Offset) // a device with larger blocks than 4 KiB
+		}
 		put()
 		if err != nil {
 			// Give back whatever blocks the failed write allocated.

@@ -15,7 +15,11 @@
 // verified against its CID before it is stored; bytes of a range that no chunk covers are not
 // file data and stay holes (zeros);
 // at most Config.Workers fetches run at once, prefetch at most PrefetchWorkers of them, and
-// prefetch waits while demand reads are queued.
+// prefetch waits while demand reads are queued. A fetch slot covers the network, not the store's
+// write and fdatasync that follow: a prefetch keeps up to PrefetchWriteBehind more chunks in
+// memory while the store writes them, so the next fetches run while the disk syncs. A
+// prefetch's chunks are written with the store's PutCold where it has one (ColdStore: around the
+// page cache), a demand read's with Put (the reads after it find the pages cached).
 //
 // Demand reads are recorded per blob in first-touch order (ReadOrder); the daemon keeps the first
 // run's order and passes it to later Prefetch calls, so a host warming an image fetches what the

@@ -217,14 +217,16 @@ func prefetchOrder(m *chunk.Manifest, missing []chunk.Chunk, first []chunk.Range
 	return order, nFirst
 }
 
-// prefetchRound fetches chunks with PrefetchWorkers workers and returns the chunks that failed,
-// with their errors. Only ctx ending stops it early (its error is returned then).
+// prefetchRound fetches chunks with PrefetchWorkers + PrefetchWriteBehind workers (at most
+// PrefetchWorkers of them fetching, the others' chunks being written and synced) and returns the
+// chunks that failed, with their errors. Only ctx ending stops it early (its error is returned
+// then).
 func (r *Resolver) prefetchRound(ctx context.Context, b *blobEntry, chunks []chunk.Chunk, lim *rate.Limiter, report func(int64)) (map[chunk.Chunk]error, error) {
 	work := make(chan chunk.Chunk)
 	var mu sync.Mutex
 	errs := map[chunk.Chunk]error{}
 	var wg sync.WaitGroup
-	for range r.cfg.PrefetchWorkers {
+	for range r.cfg.PrefetchWorkers + r.cfg.PrefetchWriteBehind {
 		wg.Go(func() {
 			for c := range work {
 				if err := r.ensureChunk(ctx, b, c, true); err != nil {

@@ -34,6 +34,13 @@ type Store interface {
 	ReadChunk(ctx context.Context, id cid.Cid) (chunk.Verified, error)
 }
 
+// ColdStore is an optional capability of Store (package chunkstore's Store): Put for a chunk
+// nobody is about to read, which the store may write around the page cache. A prefetch's chunks
+// go through it; a chunk a reader waits for goes through Put, so the reads after it hit the cache.
+type ColdStore interface {
+	PutCold(ctx context.Context, blob digest.Digest, c chunk.Chunk, v chunk.Verified) error
+}
+
 // Peers fetches a chunk from the cluster (package p2p's Node): holders first, then the peer
 // chosen to fetch it from the origin for everyone, then fromOrigin itself (whose bytes it
 // verifies), and says where the bytes came from and, for bytes from a peer, what they took on
@@ -65,6 +72,12 @@ type Config struct {
 	Workers int
 	// PrefetchWorkers bounds the prefetch share of Workers; demand reads always keep the rest.
 	PrefetchWorkers int
+	// PrefetchWriteBehind is how many chunks a prefetch may hold fetched and still being
+	// written and synced by the store, beside its PrefetchWorkers fetches: a chunk's store
+	// write (pwrite and a share of an fdatasync, milliseconds on a slow disk) does not hold a
+	// fetch slot, so the network stays busy while the disk syncs. It bounds a prefetch's chunk
+	// buffers to (PrefetchWorkers + PrefetchWriteBehind) chunks. 0: each fetch waits for its write.
+	PrefetchWriteBehind int
 	// FetchTimeout bounds one chunk fetch, all sources included.
 	FetchTimeout time.Duration
 	// CorruptAttempts is how many times a chunk whose bytes did not match its CID is asked for
@@ -80,7 +93,7 @@ type Config struct {
 
 // DefaultConfig returns the settings the daemon uses unless told otherwise.
 func DefaultConfig() Config {
-	return Config{Workers: 16, PrefetchWorkers: 4, FetchTimeout: 2 * time.Minute, CorruptAttempts: 3,
+	return Config{Workers: 16, PrefetchWorkers: 4, PrefetchWriteBehind: 12, FetchTimeout: 2 * time.Minute, CorruptAttempts: 3,
 		PrefetchAttempts: 4, PrefetchRetryBase: time.Second}
 }
 
@@ -91,6 +104,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("demand: Workers %d out of range 1..1024", c.Workers)
 	case c.PrefetchWorkers < 1 || c.PrefetchWorkers >= c.Workers && c.Workers > 1:
 		return fmt.Errorf("demand: PrefetchWorkers %d must be at least 1 and less than Workers (%d), so demand reads always have a worker", c.PrefetchWorkers, c.Workers)
+	case c.PrefetchWriteBehind < 0 || c.PrefetchWriteBehind > 1024:
+		return fmt.Errorf("demand: PrefetchWriteBehind %d out of range 0..1024", c.PrefetchWriteBehind)
 	case c.FetchTimeout <= 0:
 		return fmt.Errorf("demand: FetchTimeout must be positive")
 	case c.CorruptAttempts < 1 || c.CorruptAttempts > 10:
@@ -451,7 +466,12 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 	if err != nil {
 		return err
 	}
-	defer release()
+	released := false
+	defer func() {
+		if !released {
+			release()
+		}
+	}()
 	start := time.Now()
 	data, src, peerWire, err := r.fetchBytes(fctx, b, c, prog)
 	r.countCorrupt(err)
@@ -473,7 +493,16 @@ func (r *Resolver) fetchChunk(fctx context.Context, b *blobEntry, c chunk.Chunk,
 		r.stats.fail()
 		return fmt.Errorf("demand: chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.m.Blob, err)
 	}
-	if err := r.store.Put(fctx, b.m.Blob, c, data); err != nil {
+	// The fetch slot is for the network: the store's write and sync run without it, so the
+	// next fetch starts while this one syncs (a prefetch bounds how many wait here:
+	// PrefetchWriteBehind).
+	release()
+	released = true
+	put := r.store.Put
+	if cs, ok := r.store.(ColdStore); ok && prefetch {
+		put = cs.PutCold // nobody is waiting to read it: around the page cache
+	}
+	if err := put(fctx, b.m.Blob, c, data); err != nil {
 		r.met.failures.Inc()
 		r.stats.fail()
 		return fmt.Errorf("demand: storing chunk %s at %d of blob %s: %w", c.CID, c.Offset, b.m.Blob, err)

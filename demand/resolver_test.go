@@ -293,6 +293,7 @@ func TestPrefetchCompletesPriorityFirst(t *testing.T) {
 	o := &orderOrigin{countingOrigin: &countingOrigin{data: tb.data}}
 	cfg := DefaultConfig()
 	cfg.PrefetchWorkers = 1 // one worker: the dispatch order is the fetch order
+	cfg.PrefetchWriteBehind = 0
 	r := newResolverCfg(t, s, cfg, tb, o.fetch)
 	// Chunk 3 is present already; chunks 9 and 5 are the priority ranges (5 twice).
 	if err := r.Ensure(context.Background(), tb.m.Blob, tb.m.Chunks[3].Offset, 1); err != nil {
@@ -351,6 +352,63 @@ func TestPrefetchKeepsToTheRate(t *testing.T) {
 	}
 	if o.bytes.Load() != n {
 		t.Fatalf("origin served %d bytes, want %d", o.bytes.Load(), n)
+	}
+}
+
+// slowPutStore is a real store whose Put waits until gate is closed: a disk whose syncs are slow.
+type slowPutStore struct {
+	*chunkstore.Store
+	gate chan struct{}
+	puts atomic.Int64 // Puts waiting or done
+}
+
+func (s *slowPutStore) Put(ctx context.Context, blob digest.Digest, c chunk.Chunk, v chunk.Verified) error {
+	s.puts.Add(1)
+	select {
+	case <-s.gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return s.Store.Put(ctx, blob, c, v)
+}
+
+// PutCold (a prefetch's writes) is as slow.
+func (s *slowPutStore) PutCold(ctx context.Context, blob digest.Digest, c chunk.Chunk, v chunk.Verified) error {
+	return s.Put(ctx, blob, c, v)
+}
+
+// TestPrefetchWriteBehind: while the store is still writing and syncing the chunks a prefetch
+// fetched, the prefetch goes on fetching, up to PrefetchWriteBehind chunks ahead of the store,
+// and no further; when the store catches up, every chunk is present.
+func TestPrefetchWriteBehind(t *testing.T) {
+	tb := newTestBlob(t, 12)
+	st := &slowPutStore{Store: openStore(t), gate: make(chan struct{})}
+	o := &countingOrigin{data: tb.data}
+	cfg := DefaultConfig()
+	cfg.Workers, cfg.PrefetchWorkers, cfg.PrefetchWriteBehind = 4, 1, 3
+	r, err := New(st, nil, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	if err := st.AddBlob(context.Background(), tb.m); err != nil {
+		t.Fatal(err)
+	}
+	r.AddBlob(tb.m, o.fetch)
+	pre := make(chan error, 1)
+	go func() { _, err := r.Prefetch(context.Background(), tb.m.Blob, nil, nil, nil); pre <- err }()
+	// One fetch slot, three more chunks held for the store: four fetched while no Put finishes.
+	waitUntil(t, func() bool { return o.calls.Load() >= 4 && st.puts.Load() >= 4 })
+	time.Sleep(50 * time.Millisecond) // room for a fifth fetch, which must not happen
+	if got := o.calls.Load(); got != 4 {
+		t.Fatalf("%d chunks fetched while the store wrote none, want 4 (1 fetching + 3 behind)", got)
+	}
+	close(st.gate)
+	if err := <-pre; err != nil {
+		t.Fatal(err)
+	}
+	if missing, _ := st.Missing(tb.m.Blob, 0, tb.m.BlobSize); len(missing) != 0 {
+		t.Fatalf("%d chunks missing after prefetch", len(missing))
 	}
 }
 

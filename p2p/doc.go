@@ -95,8 +95,12 @@
 // length, and then verifies the CID: a bomb, a truncated frame, bytes that are not a zstd frame,
 // an unknown codec or another chunk's frame is a strike like corrupt bytes. Wire bytes (frames) and data
 // bytes are counted apart (shoal_p2p_*_wire_bytes_total, FetchWire, Served). The recent buffer
-// (recent.go) holds chunks and frames for recentMaxAge (10 s) at most, within recentMaxBytes,
+// (recent.go) holds a fetched chunk's bytes until it is announced (stored: the store serves it
+// from then on), and frames for recentMaxAge (10 s) at most, all within recentMaxBytes,
 // and is empty once the host is idle.
+//
+// Streams: every yamux stream opens with a 4 MiB receive window (host.go, streamMuxer), not
+// yamux's 256 KiB, so a chunk's answer crosses without waiting on window updates.
 //
 // Per chunk from a peer, on the receiving side: one copy out of the stream into a buffer of the
 // stored length, one zstd decode into a buffer of exactly the chunk's length (none for a raw

@@ -394,6 +394,9 @@ func (n *Node) Forget(blob digest.Digest) {
 // Announce tells peers this host now holds chunks of blob (written to the store and verified).
 // Peers learn of it within milliseconds on a LAN.
 func (n *Node) Announce(blob digest.Digest, chunks ...chunk.Chunk) error {
+	for _, c := range chunks {
+		n.recent.dropData(c.CID) // the store serves it now
+	}
 	return n.setHave(blob, true, chunks)
 }
 

@@ -20,8 +20,9 @@ const (
 	recentMaxAge = 10 * time.Second
 )
 
-// recentChunks keeps the last chunks this host fetched, and the wire frames of chunks it
-// fetched or served compressed, first in first out, up to recentMaxBytes and for recentMaxAge.
+// recentChunks keeps the chunks this host fetched until it stores them (Announce lets their
+// bytes go), and the wire frames of chunks it fetched or served compressed, first in first out,
+// up to recentMaxBytes and for recentMaxAge.
 // Between Fetch returning and the caller storing and announcing a chunk, a peer sent here by the
 // rendezvous hash would otherwise find nothing and go to the origin itself; and a chunk that
 // arrived as a zstd frame (or was compressed here for one peer) is sent to the next peer as that
@@ -99,6 +100,24 @@ func (r *recentChunks) popLocked() {
 	}
 }
 
+// dropData lets go of a chunk's bytes once the local store holds it (Announce): from then on the
+// store serves it, so the buffer keeps only its wire form. A receiver streaming an image then holds
+// the chunks between fetch and store, not the last recentMaxBytes of them: its heap stays a few
+// chunks deep instead of growing by 64 MiB and faulting in fresh pages for every chunk.
+func (r *recentChunks) dropData(c cid.Cid) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.data[c]
+	if e == nil || e.data.IsZero() {
+		return
+	}
+	r.bytes -= int(e.data.Len())
+	e.data, e.src = chunk.Verified{}, ""
+	if e.frame == nil && !e.raw {
+		delete(r.data, c) // its place in order is skipped when reached
+	}
+}
+
 // get returns a recent chunk's bytes and source, or the zero Verified.
 func (r *recentChunks) get(c cid.Cid) (chunk.Verified, chunk.Source) {
 	r.mu.Lock()
@@ -143,7 +162,7 @@ func (r *recentChunks) expire(now time.Time, maxAge time.Duration) int {
 func (r *recentChunks) size() (entries, bytes int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.order), r.bytes
+	return len(r.data), r.bytes
 }
 
 // drainRecent ages the recent buffer out until ctx ends (a goroutine of the node's scope).

@@ -12,8 +12,10 @@
 #   OLD_REF=32d59ba SIZE_MB=256 READS=60 scripts/bench-first-byte.sh
 #   GAP=0 scripts/bench-first-byte.sh      # back to back: a read may share the CPU with the last one's tail
 #
-# Needs root (FUSE and EROFS mounts). The holder's store is in the page cache (it has just made
-# the image local); the reader's side is cold (a fresh daemon, a fresh mount).
+# Needs root (FUSE and EROFS mounts). The holder has just made the image local; since
+# chunkstore's DirectWrites (2026-12-04) its chunks are on disk, not in its page cache, unless its
+# filesystem refuses O_DIRECT, so each first read also costs the holder a disk read. The reader's
+# side is cold (a fresh daemon, a fresh mount).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "bench-first-byte: needs root (mounts); skipped"; exit 0; fi

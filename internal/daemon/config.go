@@ -38,6 +38,7 @@ type Config struct {
 	CacheMax   string `yaml:"cache_max" flag:"cache-max" help:"cap on cached chunk bytes, e.g. 50G (0: no cap); least recently used unpinned data is evicted"`
 	CacheResv  string `yaml:"cache_reserve" flag:"cache-reserve" help:"free space kept on the cache filesystem for the index, e.g. 64M (0: a sixteenth of the filesystem, 4M to 64M); chunks are evicted or refused before it is used"`
 	Workers    int    `yaml:"workers" flag:"workers" help:"chunk fetches in flight at once"`
+	DirectIO   bool   `yaml:"direct_writes" flag:"direct-writes" help:"write prefetched chunks to the cache with direct I/O, around the page cache (less CPU per byte; the first read of such a chunk goes to the disk); chunks a reader waits for always go through the page cache"`
 	Prefetch   bool   `yaml:"prefetch" flag:"prefetch" help:"after mounting an image, fetch the rest of it in the background"`
 	PrefetchBW string `yaml:"prefetch_rate" flag:"prefetch-rate" help:"bandwidth cap of background prefetch per second, e.g. 100M (0: none)"`
 	Mode       string `yaml:"mode" flag:"mode" help:"default mount mode: auto, fscache, fanotify, fuse or fusetree"`
@@ -78,6 +79,7 @@ func DefaultConfig() Config {
 		CacheMax:      "0",
 		CacheResv:     "0",
 		Workers:       16,
+		DirectIO:      true,
 		WireZstd:      1,
 		Prefetch:      true,
 		DHT:           true,

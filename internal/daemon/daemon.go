@@ -68,6 +68,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	scfg.Domain = cfg.Domain
 	scfg.MaxBytes = cfg.CacheMaxBytes()
 	scfg.ReserveBytes = cfg.CacheReserveBytes()
+	scfg.DirectWrites = cfg.DirectIO
 	scfg.Logger = log
 	scfg.Registerer = reg
 	store, err := chunkstore.Open(cfg.DataDir, scfg)
