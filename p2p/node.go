@@ -290,6 +290,12 @@ func (n *Node) Run(ctx context.Context) error {
 	n.host = h
 	n.mu.Unlock()
 	n.scope.Go(n.drainRecent)
+	if n.cfg.IdentityListen != "" {
+		if err := n.serveIdentity(life, h); err != nil {
+			n.shutdown(h)
+			return err
+		}
+	}
 	if err := n.startDiscovery(life, h); err != nil {
 		n.shutdown(h)
 		return err

@@ -83,6 +83,8 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	pcfg.IdentityKeyPath = filepath.Join(cfg.DataDir, "identity.key")
 	pcfg.StaticPeers = cfg.Peers
 	pcfg.DNSAddr = cfg.PeerDNS
+	pcfg.DiscoverDNS = cfg.Discover
+	pcfg.IdentityListen = cfg.Identity
 	pcfg.MDNS = cfg.MDNS
 	pcfg.DHT = cfg.DHT
 	pcfg.WireCompression = cfg.WireZstd
