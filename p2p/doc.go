@@ -33,7 +33,9 @@
 // # Design
 //
 // Discovery: static peers (redialled every RedialInterval, and within about a second after a
-// disconnection, so a peer that restarts is back before readers miss it), a /dnsaddr name (re-resolved), mDNS on the LAN, and a
+// disconnection, so a peer that restarts is back before readers miss it), a /dnsaddr name (re-resolved),
+// a DNS name of every host's IP (DiscoverDNS: a Kubernetes headless Service; each IP's identity
+// endpoint, IdentityListen, says its peer ID and addresses, identity.go), mDNS on the LAN, and a
 // Kademlia DHT in LAN mode under the /shoal prefix, which never meets the public IPFS DHT. The DHT
 // holds one provider record per blob and host (BlobCID), never one per chunk; hosts that share a
 // blob find each other through it and connect.
