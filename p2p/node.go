@@ -139,6 +139,8 @@ type Node struct {
 	// lost has one channel per redial loop, woken when a peer disconnects: a peer that restarts
 	// (a daemon upgrade) is dialled again within a second or so, not after RedialInterval.
 	lost []chan struct{}
+	// preheater warms images for peers (PreheatProtocol); nil: refused.
+	preheater Preheater
 	// resolver resolves DNSAddr; nil: the system's (tests inject a mock).
 	resolver *madns.Resolver
 	ready    chan struct{}
@@ -283,6 +285,7 @@ func (n *Node) Run(ctx context.Context) error {
 	h.SetStreamHandler(ObjectProtocol, n.handleObject)
 	h.SetStreamHandler(RightsProtocol, n.handleRights)
 	h.SetStreamHandler(BlobProtocol, n.handleBlob)
+	h.SetStreamHandler(PreheatProtocol, n.handlePreheat)
 	if n.cfg.BlobThrough {
 		h.SetStreamHandler(BlobThroughProtocol, n.handleBlobThrough)
 	}
