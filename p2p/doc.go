@@ -32,6 +32,10 @@
 //
 // # Design
 //
+// Preheat (preheat.go, PreheatProtocol): a host asks a peer to warm an image, or how far it got;
+// the peer's Preheater (the daemon) prefetches it by its own fetch path, so a cluster-wide
+// preheat (`shoal prefetch --cluster`) keeps the origin-once rule of every other fetch.
+//
 // Discovery: static peers (redialled every RedialInterval, and within about a second after a
 // disconnection, so a peer that restarts is back before readers miss it), a /dnsaddr name (re-resolved),
 // a DNS name of every host's IP (DiscoverDNS: a Kubernetes headless Service; each IP's identity

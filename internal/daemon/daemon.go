@@ -198,9 +198,11 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 			},
 			CleanStale:   func(mp string) { unmountStale(log, mp) },
 			PrefetchRate: cfg.PrefetchRate(),
+			Preheat:      node,
 			Mirror:       mirrorStatser(d.mirror),
 			Log:          log,
 		})
+	node.SetPreheater(d.svc) // peers' cluster prefetches (Run starts the node)
 	return d, nil
 }
 
