@@ -209,7 +209,12 @@
 // registry and repository; the owner's mirror fetches the blob once from there (BlobFetcher,
 // shared with its own clients and every other asker, and never itself asking a peer, so two
 // owners cannot wait on each other), sending a StatusWait byte at least every RequestTimeout/3
-// meanwhile, then streams it as on BlobProtocol. The asker verifies the whole blob as from any
+// meanwhile, then streams it as on BlobProtocol. With GrowingBlobs (the mirror's downloads
+// read as they land, when the upstream announced the size) the owner answers as soon as its
+// download has begun and sends the bytes as they arrive, so the asker's copy overlaps the
+// owner's download; the owner still holds the last slice back until its whole copy matched the
+// digest, and a download that stalls for RequestTimeout breaks the stream off (no StatusWait
+// can go inside a body). The asker verifies the whole blob as from any
 // holder: wrong bytes are a strike against the owner, a stall or a broken stream counts against
 // its standing, and on any failure the asker's mirror goes to the upstream itself. Hosts that see
 // the same peers agree on the owner, so hosts pulling one image at the same moment cause one
