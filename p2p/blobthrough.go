@@ -249,26 +249,26 @@ func (n *Node) openBlobThroughFor(s network.Stream, p peer.ID) (Status, digest.D
 	}
 	rc, size, ok, err := lb.OpenBlob(req.Digest)
 	if err == nil && !ok {
-		grc, gsize, err := n.fetchBlobFor(s, p, bf, req)
+		grc, gsize, ferr := n.fetchBlobFor(s, p, bf, req)
 		if grc != nil {
 			if gsize > req.Max {
 				release()
 				grc.Close()
 				return StatusError, "", nil, 0, fmt.Sprintf("blob is %d bytes, over the %d asked for", gsize, req.Max)
 			}
-			n.objm.served.WithLabelValues("blob_through_streamed").Inc()
+			n.log.Debug("streaming a blob to a peer while it downloads", "blob", req.Digest, "peer", p, "bytes", gsize)
 			return StatusOK, req.Digest, &releasingReader{ReadCloser: grc, release: release}, gsize, ""
 		}
-		if err != nil {
+		if ferr != nil {
 			release()
-			if errors.Is(err, errAskerLeft) {
+			if errors.Is(ferr, errAskerLeft) {
 				return 0xff, "", nil, 0, ""
 			}
-			n.log.Debug("fetch-through of a blob", "blob", req.Digest, "peer", p, "upstream", req.Upstream, "err", err)
-			if errors.Is(err, ErrObjectNotFound) {
-				return StatusNotFound, "", nil, 0, truncateName(err.Error())
+			n.log.Debug("fetch-through of a blob", "blob", req.Digest, "peer", p, "upstream", req.Upstream, "err", ferr)
+			if errors.Is(ferr, ErrObjectNotFound) {
+				return StatusNotFound, "", nil, 0, truncateName(ferr.Error())
 			}
-			return StatusError, "", nil, 0, truncateName(err.Error())
+			return StatusError, "", nil, 0, truncateName(ferr.Error())
 		}
 		rc, size, ok, err = lb.OpenBlob(req.Digest)
 	}
