@@ -49,7 +49,6 @@ type clusterPrefetcher struct {
 	jobs   []*clusterJob
 	nextID int
 	closed bool
-	cancel []context.CancelFunc
 	wg     sync.WaitGroup
 }
 
@@ -60,6 +59,7 @@ type clusterJob struct {
 	started time.Time
 	hosts   []*clusterHost
 	state   string // running, done, failed
+	cancel  context.CancelFunc
 }
 
 type clusterHost struct {
@@ -138,7 +138,7 @@ func (c *clusterPrefetcher) Start(ctx context.Context, ref string, percent int) 
 		}
 	}
 	jctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), clusterTimeout)
-	c.cancel = append(c.cancel, cancel)
+	job.cancel = cancel
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -283,8 +283,8 @@ func (c *clusterPrefetcher) Reports() []ClusterPrefetchReport {
 func (c *clusterPrefetcher) Close() {
 	c.mu.Lock()
 	c.closed = true
-	for _, cancel := range c.cancel {
-		cancel()
+	for _, j := range c.jobs { // a job dropped from the list had ended
+		j.cancel()
 	}
 	c.mu.Unlock()
 	c.wg.Wait()
