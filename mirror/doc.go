@@ -46,10 +46,18 @@
 // exchange (which needs its own check to judge the peer). Serving reads the file (sendfile when
 // the connection allows).
 //
+// Streaming through the owner (stream.go): while this host downloads a blob from the upstream
+// whose size the upstream announced, OpenGrowing reads it as it lands in the temporary file, so
+// a peer that asked this host as the blob's owner receives its bytes during the download, not
+// after it. Those bytes are not served to containerd by anyone before they are verified: the
+// owner's p2p exchange hashes what it sends and holds the last slice back until the whole copy
+// matched, the asker writes them to its own temporary file and checks the digest (above), and a
+// download that fails or does not match ends the readers with an error.
+//
 // Over Config.MaxBytes, the least recently used files are removed; a client already reading one
 // finishes (the open file outlives its name).
 //
 // Files: path.go (request paths and the upstream host, fuzzed), store.go (verified content on
-// disk), mirror.go (the handler and the fetch path), metrics.go (shoal_mirror_* series, and
+// disk), stream.go (downloads read as they land), mirror.go (the handler and the fetch path), metrics.go (shoal_mirror_* series, and
 // Stats for `shoal stats`).
 package mirror

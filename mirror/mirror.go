@@ -149,6 +149,7 @@ type Mirror struct {
 	mu         sync.Mutex
 	registries map[string]*origin.Registry // host/repository → client, keeping its tokens
 	cancels    map[*int]context.CancelFunc // shared fetches in progress, ended by Close
+	growing    map[digest.Digest]*growing  // upstream downloads peers may read as they land
 	closed     bool
 
 	requests, localHits, upstreamBytes, peerBytes, peerRejected, served, throughBytes, forPeers atomic.Int64
@@ -170,7 +171,7 @@ func New(cfg Config, peers Peers) (*Mirror, error) {
 		log = slog.Default()
 	}
 	m := &Mirror{cfg: cfg, store: st, peers: peers, log: log.With("subsystem", "mirror"),
-		registries: map[string]*origin.Registry{}, cancels: map[*int]context.CancelFunc{}}
+		registries: map[string]*origin.Registry{}, cancels: map[*int]context.CancelFunc{}, growing: map[digest.Digest]*growing{}}
 	if m.unregister, err = m.registerMetrics(cfg.Registerer); err != nil {
 		return nil, fmt.Errorf("mirror: %w", err)
 	}
@@ -535,7 +536,29 @@ func (m *Mirror) fromUpstream(ctx context.Context, up upstream, repo string, d d
 			return err
 		}
 		defer rc.Close()
-		n, err := m.store.ingest(d, max, func(w io.Writer) error { _, err := io.Copy(w, rc); return err })
+		size := int64(-1)
+		if s, ok := rc.(sizer); ok {
+			size = s.Size()
+		}
+		var g *growing
+		n, err := m.store.ingestNamed(d, max, func(w io.Writer, tmp string) error {
+			if size >= 0 && size <= max {
+				// Peers may read it as it lands (stream.go).
+				g = &growing{tmp: tmp, size: size, upstream: up.host + "/" + repo, changed: make(chan struct{})}
+				m.mu.Lock()
+				m.growing[d] = g
+				m.mu.Unlock()
+				w = growingWriter{w: w, g: g}
+			}
+			_, err := io.Copy(w, rc)
+			return err
+		})
+		if g != nil {
+			m.mu.Lock()
+			delete(m.growing, d)
+			m.mu.Unlock()
+			g.end(err)
+		}
 		m.upstreamBytes.Add(n)
 		return err
 	})

@@ -110,6 +110,12 @@ var errTooLarge = errors.New("larger than allowed")
 // content as d only if fill succeeded and the bytes hash to d. It returns the number of bytes
 // fill wrote. The temporary file is removed on every failure.
 func (s *store) ingest(d digest.Digest, max int64, fill func(w io.Writer) error) (int64, error) {
+	return s.ingestNamed(d, max, func(w io.Writer, _ string) error { return fill(w) })
+}
+
+// ingestNamed is ingest, telling fill the temporary file's path (readers of a growing blob
+// open it).
+func (s *store) ingestNamed(d digest.Digest, max int64, fill func(w io.Writer, tmp string) error) (int64, error) {
 	tmp, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), d.Encoded()+".*")
 	if err != nil {
 		return 0, fmt.Errorf("mirror store: blob %s: %w", d, err)
@@ -117,7 +123,7 @@ func (s *store) ingest(d digest.Digest, max int64, fill func(w io.Writer) error)
 	defer os.Remove(tmp.Name()) // a no-op once renamed
 	v := d.Verifier()
 	w := &limitWriter{w: io.MultiWriter(tmp, v), left: max}
-	ferr := fill(w)
+	ferr := fill(w, tmp.Name())
 	cerr := tmp.Close()
 	switch {
 	case ferr != nil:

@@ -444,6 +444,9 @@ func (r *Registry) Open(ctx context.Context, dgst digest.Digest) (io.ReadCloser,
 	return b, nil
 }
 
+// Size is the blob's size as the registry announced it (Content-Length), -1 if it did not.
+func (b *blobReader) Size() int64 { return b.size }
+
 // blobReader reads a blob, resuming after failures, and verifies it at the end.
 type blobReader struct {
 	r        *Registry

@@ -51,6 +51,20 @@ type BlobFetcher interface {
 	FetchBlobFor(ctx context.Context, d digest.Digest, manifest bool, upstream, repo string, max int64) error
 }
 
+// GrowingBlobs is an optional capability of the LocalChunks given to New, beside BlobFetcher:
+// a blob this host is downloading from an upstream, readable as its bytes arrive, with its size
+// (the upstream's). The owner then answers a blob-through request as soon as the download has
+// begun and sends the bytes as they come, instead of after the whole blob: the asker's download
+// overlaps the owner's. The owner still hashes what it sends and holds the last slice back until
+// the whole copy matched the digest (sendBlob); the asker verifies everything before use. The
+// reader ends when ctx does. While the bytes stream no StatusWait can be sent: a download that
+// stalls for RequestTimeout breaks the stream off, and the asker goes to its upstream. ok
+// false: no such download now (or it may not go to peers; with pull rights, one of a private
+// repository), and the request waits for the fetch as before.
+type GrowingBlobs interface {
+	OpenGrowing(ctx context.Context, d digest.Digest) (rc io.ReadCloser, size int64, ok bool)
+}
+
 // BlobThroughRequest asks the owner to fetch a blob through.
 type BlobThroughRequest struct {
 	Digest     digest.Digest
@@ -240,16 +254,26 @@ func (n *Node) openBlobThroughFor(s network.Stream, p peer.ID) (Status, digest.D
 	}
 	rc, size, ok, err := lb.OpenBlob(req.Digest)
 	if err == nil && !ok {
-		if err := n.fetchBlobFor(s, p, bf, req); err != nil {
+		grc, gsize, ferr := n.fetchBlobFor(s, p, bf, req)
+		if grc != nil {
+			if gsize > req.Max {
+				release()
+				grc.Close()
+				return StatusError, "", nil, 0, fmt.Sprintf("blob is %d bytes, over the %d asked for", gsize, req.Max)
+			}
+			n.log.Debug("streaming a blob to a peer while it downloads", "blob", req.Digest, "peer", p, "bytes", gsize)
+			return StatusOK, req.Digest, &releasingReader{ReadCloser: grc, release: release}, gsize, ""
+		}
+		if ferr != nil {
 			release()
-			if errors.Is(err, errAskerLeft) {
+			if errors.Is(ferr, errAskerLeft) {
 				return 0xff, "", nil, 0, ""
 			}
-			n.log.Debug("fetch-through of a blob", "blob", req.Digest, "peer", p, "upstream", req.Upstream, "err", err)
-			if errors.Is(err, ErrObjectNotFound) {
-				return StatusNotFound, "", nil, 0, truncateName(err.Error())
+			n.log.Debug("fetch-through of a blob", "blob", req.Digest, "peer", p, "upstream", req.Upstream, "err", ferr)
+			if errors.Is(ferr, ErrObjectNotFound) {
+				return StatusNotFound, "", nil, 0, truncateName(ferr.Error())
 			}
-			return StatusError, "", nil, 0, truncateName(err.Error())
+			return StatusError, "", nil, 0, truncateName(ferr.Error())
 		}
 		rc, size, ok, err = lb.OpenBlob(req.Digest)
 	}
@@ -271,9 +295,15 @@ func (n *Node) openBlobThroughFor(s network.Stream, p peer.ID) (Status, digest.D
 
 var errAskerLeft = errors.New("the asker left")
 
+// growingPoll is how often a blob-through request waiting for the owner's download looks for
+// its bytes to begin (GrowingBlobs).
+const growingPoll = 10 * time.Millisecond
+
 // fetchBlobFor runs the local fetch of req's blob, writing a StatusWait byte every
-// RequestTimeout/3 until it ends; a failed write means the asker left.
-func (n *Node) fetchBlobFor(s network.Stream, p peer.ID, bf BlobFetcher, req BlobThroughRequest) error {
+// RequestTimeout/3 until it ends; a failed write means the asker left. With GrowingBlobs, it
+// returns a reader of the download as soon as it has begun (rc not nil); the fetch goes on
+// (it is shared, on its own context, in the mirror), and this request no longer waits for it.
+func (n *Node) fetchBlobFor(s network.Stream, p peer.ID, bf BlobFetcher, req BlobThroughRequest) (rc io.ReadCloser, size int64, err error) {
 	ctx, cancel := context.WithCancel(n.scope.Context())
 	defer cancel()
 	res := make(chan error, 1)
@@ -282,15 +312,27 @@ func (n *Node) fetchBlobFor(s network.Stream, p peer.ID, bf BlobFetcher, req Blo
 	}()
 	tick := time.NewTicker(max(n.cfg.RequestTimeout/3, time.Millisecond))
 	defer tick.Stop()
+	var poll <-chan time.Time
+	gb, _ := n.local.(GrowingBlobs)
+	if gb != nil && req.Flags&BlobThroughManifest == 0 {
+		pt := time.NewTicker(growingPoll)
+		defer pt.Stop()
+		poll = pt.C
+	}
 	for {
 		select {
 		case err := <-res:
-			return err
+			return nil, 0, err
+		case <-poll:
+			// The reader outlives this request's wait, not the node: Close ends it.
+			if rc, size, ok := gb.OpenGrowing(n.scope.Context(), req.Digest); ok {
+				return rc, size, nil
+			}
 		case <-tick.C:
 			_ = s.SetWriteDeadline(time.Now().Add(n.cfg.RequestTimeout))
 			if _, err := s.Write([]byte{byte(StatusWait)}); err != nil {
 				n.log.Debug("blob-through asker left", "blob", req.Digest, "peer", p, "err", err)
-				return errAskerLeft
+				return nil, 0, errAskerLeft
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"time"
 
@@ -42,6 +43,14 @@ type Config struct {
 	// "/dnsaddr/cluster.example.com"), resolved every DNSInterval.
 	DNSAddr     string
 	DNSInterval time.Duration
+	// DiscoverDNS is NAME:PORT: a DNS name with an A or AAAA record for every host (a
+	// Kubernetes headless Service over the DaemonSet's pods) and the port of their identity
+	// endpoint (IdentityListen), re-resolved every DNSInterval (identity.go). No record lists
+	// peer IDs: each host is asked for its own.
+	DiscoverDNS string
+	// IdentityListen, if set (host:port), serves this host's peer ID and listen addresses over
+	// HTTP at IdentityPath, for other hosts' DiscoverDNS.
+	IdentityListen string
 	// MDNS turns on multicast DNS discovery on the LAN.
 	MDNS bool
 	// DHT turns on the Kademlia DHT (LAN mode, protocol prefix /shoal): blob-level provider
@@ -147,6 +156,9 @@ type Config struct {
 	// chunkVersion, if not 0, is the newest chunk protocol version this host serves and asks
 	// for: tests run a real node of an earlier release's protocol (2 is ChunkProtocolV2).
 	chunkVersion int
+	// netResolver resolves DiscoverDNS (nil: the system's); the p2p tests point it at a DNS
+	// server of their own.
+	netResolver *net.Resolver
 	// hostFunc, if set, makes the libp2p host instead of newHost: the cluster simulator
 	// (clustersim_test.go) runs real nodes on hosts of go-libp2p's mock network. The host it
 	// returns has no connection gater, so bans there close connections but do not refuse new ones.
@@ -222,8 +234,18 @@ func (c *Config) Validate() error {
 	pos("HedgeDelay", c.HedgeDelay)
 	pos("BanDuration", c.BanDuration)
 	pos("RedialInterval", c.RedialInterval)
-	if c.DNSAddr != "" {
+	if c.DNSAddr != "" || c.DiscoverDNS != "" {
 		pos("DNSInterval", c.DNSInterval)
+	}
+	if c.DiscoverDNS != "" {
+		if _, _, err := splitDiscoverDNS(c.DiscoverDNS); err != nil {
+			bad("%v", err)
+		}
+	}
+	if c.IdentityListen != "" {
+		if _, _, err := net.SplitHostPort(c.IdentityListen); err != nil {
+			bad("IdentityListen %q is not host:port, e.g. 0.0.0.0:7481", c.IdentityListen)
+		}
 	}
 	if c.DHT {
 		pos("DHTFindInterval", c.DHTFindInterval)

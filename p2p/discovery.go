@@ -96,6 +96,13 @@ func (n *Node) startDiscovery(ctx context.Context, h host.Host) error {
 			})
 		})
 	}
+	if n.cfg.DiscoverDNS != "" {
+		d, err := newDNSDiscovery(n, h)
+		if err != nil {
+			return err
+		}
+		n.goFn(func() { n.redial(ctx, h, FoundDiscoverDNS, d.peers) })
+	}
 	if n.cfg.MDNS {
 		svc := mdns.NewMdnsService(h, MDNSService, mdnsNotifee{n, ctx, h})
 		if err := svc.Start(); err != nil {

@@ -32,8 +32,14 @@
 //
 // # Design
 //
+// Preheat (preheat.go, PreheatProtocol): a host asks a peer to warm an image, or how far it got;
+// the peer's Preheater (the daemon) prefetches it by its own fetch path, so a cluster-wide
+// preheat (`shoal prefetch --cluster`) keeps the origin-once rule of every other fetch.
+//
 // Discovery: static peers (redialled every RedialInterval, and within about a second after a
-// disconnection, so a peer that restarts is back before readers miss it), a /dnsaddr name (re-resolved), mDNS on the LAN, and a
+// disconnection, so a peer that restarts is back before readers miss it), a /dnsaddr name (re-resolved),
+// a DNS name of every host's IP (DiscoverDNS: a Kubernetes headless Service; each IP's identity
+// endpoint, IdentityListen, says its peer ID and addresses, identity.go), mDNS on the LAN, and a
 // Kademlia DHT in LAN mode under the /shoal prefix, which never meets the public IPFS DHT. The DHT
 // holds one provider record per blob and host (BlobCID), never one per chunk; hosts that share a
 // blob find each other through it and connect.
@@ -226,7 +232,12 @@
 // registry and repository; the owner's mirror fetches the blob once from there (BlobFetcher,
 // shared with its own clients and every other asker, and never itself asking a peer, so two
 // owners cannot wait on each other), sending a StatusWait byte at least every RequestTimeout/3
-// meanwhile, then streams it as on BlobProtocol. The asker verifies the whole blob as from any
+// meanwhile, then streams it as on BlobProtocol. With GrowingBlobs (the mirror's downloads
+// read as they land, when the upstream announced the size) the owner answers as soon as its
+// download has begun and sends the bytes as they arrive, so the asker's copy overlaps the
+// owner's download; the owner still holds the last slice back until its whole copy matched the
+// digest, and a download that stalls for RequestTimeout breaks the stream off (no StatusWait
+// can go inside a body). The asker verifies the whole blob as from any
 // holder: wrong bytes are a strike against the owner, a stall or a broken stream counts against
 // its standing, and on any failure the asker's mirror goes to the upstream itself. Hosts that see
 // the same peers agree on the owner, so hosts pulling one image at the same moment cause one

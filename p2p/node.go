@@ -139,6 +139,8 @@ type Node struct {
 	// lost has one channel per redial loop, woken when a peer disconnects: a peer that restarts
 	// (a daemon upgrade) is dialled again within a second or so, not after RedialInterval.
 	lost []chan struct{}
+	// preheater warms images for peers (PreheatProtocol); nil: refused.
+	preheater Preheater
 	// resolver resolves DNSAddr; nil: the system's (tests inject a mock).
 	resolver *madns.Resolver
 	ready    chan struct{}
@@ -284,6 +286,7 @@ func (n *Node) Run(ctx context.Context) error {
 	h.SetStreamHandler(ObjectThroughProtocol, n.handleObject)
 	h.SetStreamHandler(RightsProtocol, n.handleRights)
 	h.SetStreamHandler(BlobProtocol, n.handleBlob)
+	h.SetStreamHandler(PreheatProtocol, n.handlePreheat)
 	if n.cfg.BlobThrough {
 		h.SetStreamHandler(BlobThroughProtocol, n.handleBlobThrough)
 	}
@@ -291,6 +294,12 @@ func (n *Node) Run(ctx context.Context) error {
 	n.host = h
 	n.mu.Unlock()
 	n.scope.Go(n.drainRecent)
+	if n.cfg.IdentityListen != "" {
+		if err := n.serveIdentity(life, h); err != nil {
+			n.shutdown(h)
+			return err
+		}
+	}
 	if err := n.startDiscovery(life, h); err != nil {
 		n.shutdown(h)
 		return err

@@ -16,18 +16,20 @@ import (
 
 // How a peer was found, as shown by `shoal peers`.
 const (
-	FoundStatic  = "static"
-	FoundDNS     = "dns"
-	FoundMDNS    = "mdns"
-	FoundDHT     = "dht"
-	FoundInbound = "inbound"
+	FoundStatic = "static"
+	FoundDNS    = "dns"
+	// FoundDiscoverDNS: the DiscoverDNS name resolved to its IP, and it told its peer ID.
+	FoundDiscoverDNS = "discover-dns"
+	FoundMDNS        = "mdns"
+	FoundDHT         = "dht"
+	FoundInbound     = "inbound"
 )
 
 // PeerStats is what this host knows about one peer.
 type PeerStats struct {
 	ID        peer.ID
 	Addrs     []ma.Multiaddr
-	FoundBy   []string // FoundStatic, FoundDNS, FoundMDNS, FoundDHT, FoundInbound
+	FoundBy   []string // FoundStatic, FoundDNS, FoundDiscoverDNS, FoundMDNS, FoundDHT, FoundInbound
 	Connected bool
 	// Blobs is how many blobs the peer has sent presence maps for.
 	Blobs int

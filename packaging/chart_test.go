@@ -145,6 +145,10 @@ type container struct {
 		MountPath        string `yaml:"mountPath"`
 		MountPropagation string `yaml:"mountPropagation"`
 	} `yaml:"volumeMounts"`
+	Ports []struct {
+		Name          string `yaml:"name"`
+		ContainerPort int    `yaml:"containerPort"`
+	} `yaml:"ports"`
 }
 
 func pod(t *testing.T, ds object) podSpec {
@@ -166,9 +170,28 @@ func pod(t *testing.T, ds object) podSpec {
 // own loader), the metrics Service, the ServiceMonitor when asked for and the dashboard.
 func TestChartRenders(t *testing.T) {
 	defaults := parse(t, render(t))
-	want := []string{"ConfigMap/shoal", "ConfigMap/shoal-dashboard", "DaemonSet/shoal", "Service/shoal-metrics"}
+	want := []string{"ConfigMap/shoal", "ConfigMap/shoal-dashboard", "DaemonSet/shoal", "Service/shoal-metrics", "Service/shoal-peers"}
 	if got := kinds(defaults); !slices.Equal(got, want) {
 		t.Errorf("default render has %v, want %v", got, want)
+	}
+	// Discovery with no hand-kept records: a headless Service over the daemon pods, ready or
+	// not, whose port is the daemons' identity endpoint.
+	var peers struct {
+		ClusterIP                string            `yaml:"clusterIP"`
+		PublishNotReadyAddresses bool              `yaml:"publishNotReadyAddresses"`
+		Selector                 map[string]string `yaml:"selector"`
+		Ports                    []struct {
+			Port       int    `yaml:"port"`
+			TargetPort string `yaml:"targetPort"`
+		} `yaml:"ports"`
+	}
+	svc := find(t, defaults, "Service", "shoal-peers")
+	if err := svc.Spec.Decode(&peers); err != nil {
+		t.Fatal(err)
+	}
+	if peers.ClusterIP != "None" || !peers.PublishNotReadyAddresses || len(peers.Selector) == 0 ||
+		len(peers.Ports) != 1 || peers.Ports[0].Port != 7481 || peers.Ports[0].TargetPort != "identity" {
+		t.Errorf("the peers Service is not a headless Service over every daemon pod on the identity port: %+v", peers)
 	}
 
 	all := parse(t, render(t,
@@ -275,6 +298,16 @@ func TestChartRenders(t *testing.T) {
 		if cfg.AdminListen != "0.0.0.0:9480" || cfg.APISocket != "/run/shoal/shoal.sock" {
 			t.Errorf("%s: admin %q, api %q", name, cfg.AdminListen, cfg.APISocket)
 		}
+		if cfg.Discover != "shoal-peers.kube-system.svc.cluster.local:7481" || cfg.Identity != "0.0.0.0:7481" {
+			t.Errorf("%s: discover_dns %q, identity_listen %q; want the peers Service's name and its port", name, cfg.Discover, cfg.Identity)
+		}
+		identityPort := false
+		for _, cp := range byName["daemon"].Ports {
+			identityPort = identityPort || cp.Name == "identity" && cp.ContainerPort == 7481
+		}
+		if !identityPort {
+			t.Errorf("%s: the daemon container has no port named identity (7481): %+v", name, byName["daemon"].Ports)
+		}
 		if name == "every option" {
 			if cfg.Mode != "fscache" || cfg.PeerDNS != "shoal.example.com" || len(cfg.Peers) != 1 || cfg.MirrorListen != "127.0.0.1:5005" ||
 				cfg.PSKFile == "" || cfg.DockerConfig == "" || cfg.RegistryPass == "" || cfg.RegistryCA == "" || !slices.Equal(cfg.Insecure, []string{"registry.local:5000"}) ||
@@ -322,7 +355,10 @@ func TestChartRenders(t *testing.T) {
 
 	// Turned off, they go.
 	off := parse(t, render(t, "--set", "metrics.dashboard.enabled=false", "--set", "metrics.service.enabled=false",
-		"--set", "containerd.configure=false", "--set", "devices.cachefiles=false"))
+		"--set", "containerd.configure=false", "--set", "devices.cachefiles=false", "--set", "discovery.service.enabled=false"))
+	if cm := find(t, off, "ConfigMap", "shoal"); strings.Contains(cm.Data["shoal.yaml"], "discover_dns") {
+		t.Errorf("discovery.service.enabled=false still configures discover_dns:\n%s", cm.Data["shoal.yaml"])
+	}
 	if got := kinds(off); !slices.Equal(got, []string{"ConfigMap/shoal", "DaemonSet/shoal"}) {
 		t.Errorf("with the dashboard and service off: %v", got)
 	}

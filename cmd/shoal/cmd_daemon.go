@@ -292,18 +292,25 @@ func runPeers(ctx context.Context, args []string) error {
 }
 
 func runPrefetch(ctx context.Context, args []string) error {
-	fs := newFlags("prefetch", "REF|LAYOUT_DIR [--wait]", "Warms this host's cache with a whole image without mounting it (preheat).")
+	fs := newFlags("prefetch", "REF|LAYOUT_DIR [--wait] | --cluster REF [--percent P] [--wait]", "Warms this host's cache with a whole image without mounting it (preheat).\n"+
+		"--cluster asks this host and its connected peers (--percent: that share of them) to warm it,\n"+
+		"each by its own fetch path (peers first: the origin serves the image about once); progress in `shoal stats`.")
 	api := apiFlag(fs)
-	wait := fs.Bool("wait", false, "wait until the image is local, showing progress")
+	wait := fs.Bool("wait", false, "wait until the image is local (with --cluster: on every host asked), showing progress")
+	cluster := fs.Bool("cluster", false, "warm the image on hosts of the cluster")
+	percent := fs.Int("percent", 0, "with --cluster: the share of hosts, 1..100 (default: all)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
+	if len(pos) != 1 || (*percent != 0 && !*cluster) {
 		fs.Usage()
 		return errUsage
 	}
 	c := daemon.NewClient(*api)
+	if *cluster {
+		return clusterPrefetch(ctx, c, pos[0], *percent, *wait)
+	}
 	resp, err := c.Prefetch(ctx, absIfLayout(pos[0]))
 	if err != nil {
 		return err
@@ -394,4 +401,56 @@ func runStatus(ctx context.Context, args []string) error {
 		fmt.Printf("addr     %s\n", a)
 	}
 	return nil
+}
+
+// clusterPrefetch runs `shoal prefetch --cluster`.
+func clusterPrefetch(ctx context.Context, c *daemon.Client, ref string, percent int, wait bool) error {
+	resp, err := c.ClusterPrefetch(ctx, ref, percent)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("cluster prefetch %d of %s: asking %d hosts\n", resp.Cluster, ref, len(resp.Hosts))
+	if !wait {
+		return nil
+	}
+	last := ""
+	for {
+		st, err := c.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		var job *daemon.ClusterPrefetchReport
+		for i := range st.ClusterPrefetch {
+			if st.ClusterPrefetch[i].ID == resp.Cluster {
+				job = &st.ClusterPrefetch[i]
+			}
+		}
+		if job == nil {
+			return fmt.Errorf("cluster prefetch %d disappeared from the daemon", resp.Cluster)
+		}
+		line := fmt.Sprintf("%s %3d%% %s of %s on %d hosts, %d done, %d failed", daemon.Bar(job.BytesPresent, job.Bytes, 30),
+			pct(job.BytesPresent, job.Bytes), units.Bytes(job.BytesPresent), units.Bytes(job.Bytes), len(job.Hosts), job.Done, job.Failed)
+		if line != last {
+			fmt.Fprintln(os.Stderr, line)
+			last = line
+		}
+		switch job.State {
+		case "done":
+			fmt.Printf("%s is local on %d hosts\n", ref, job.Done)
+			return nil
+		case "failed", "stopped":
+			var why []string
+			for _, h := range job.Hosts {
+				if h.State != "done" {
+					why = append(why, fmt.Sprintf("%s: %s %s", h.Peer, h.State, h.Error))
+				}
+			}
+			return fmt.Errorf("cluster prefetch %s: %d of %d hosts did not complete:\n  %s", job.State, len(why), len(job.Hosts), strings.Join(why, "\n  "))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }

@@ -107,6 +107,13 @@ func (c *Client) Mount(ctx context.Context, req MountRequest) (MountResponse, er
 	return r, c.do(ctx, http.MethodPost, "/images", req, &r)
 }
 
+// ClusterPrefetch asks the daemon to have hosts of the cluster (percent of them, 0: all) warm
+// an image.
+func (c *Client) ClusterPrefetch(ctx context.Context, ref string, percent int) (MountResponse, error) {
+	var r MountResponse
+	return r, c.do(ctx, http.MethodPost, "/prefetch", PrefetchRequest{Ref: ref, Cluster: true, Percent: percent}, &r)
+}
+
 // Prefetch asks the daemon to fetch a whole image.
 func (c *Client) Prefetch(ctx context.Context, ref string) (MountResponse, error) {
 	var r MountResponse

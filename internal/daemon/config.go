@@ -28,6 +28,8 @@ type Config struct {
 	Listen    []string `yaml:"listen" flag:"listen" help:"libp2p listen multiaddr (repeatable)"`
 	Peers     []string `yaml:"peers" flag:"peer" help:"static peer multiaddr ending in /p2p/<peer ID> (repeatable)"`
 	PeerDNS   string   `yaml:"peer_dns" flag:"peer-dns" help:"DNS name whose _dnsaddr TXT records list peers"`
+	Discover  string   `yaml:"discover_dns" flag:"discover-dns" help:"NAME:PORT: a DNS name with an A/AAAA record per host (a Kubernetes headless Service over the daemons) and the port of their identity endpoint (identity_listen); re-resolved every minute, each new IP asked for its peer ID"`
+	Identity  string   `yaml:"identity_listen" flag:"identity-listen" help:"address serving this host's peer ID and libp2p addresses over HTTP for other hosts' discover_dns, e.g. 0.0.0.0:7481 (empty: off)"`
 	MDNS      bool     `yaml:"mdns" flag:"mdns" help:"discover peers on the LAN with multicast DNS"`
 	DHT       bool     `yaml:"dht" flag:"dht" help:"run the Kademlia DHT (LAN mode, /shoal prefix) for blob provider records"`
 	PSKFile   string   `yaml:"psk_file" flag:"psk-file" help:"file with a 32-byte pre-shared key (64 hex digits): a private network"`
@@ -125,6 +127,16 @@ func (c *Config) Validate() error {
 	for _, p := range c.Peers {
 		if !strings.Contains(p, "/p2p/") {
 			bad("peers (--peer)", "%q has no /p2p/<peer ID> part; copy it from `shoal peers --self` on that host", p)
+		}
+	}
+	if c.Discover != "" {
+		if h, p, err := net.SplitHostPort(c.Discover); err != nil || h == "" || p == "" {
+			bad("discover_dns (--discover-dns)", "%q is not NAME:PORT, e.g. shoal-peers.kube-system.svc.cluster.local:7481", c.Discover)
+		}
+	}
+	if c.Identity != "" {
+		if _, _, err := net.SplitHostPort(c.Identity); err != nil {
+			bad("identity_listen (--identity-listen)", "%q is not host:port, e.g. 0.0.0.0:7481", c.Identity)
 		}
 	}
 	if c.Domain == "" || strings.ContainsAny(c.Domain, "/,") {

@@ -86,6 +86,8 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	pcfg.IdentityKeyPath = filepath.Join(cfg.DataDir, "identity.key")
 	pcfg.StaticPeers = cfg.Peers
 	pcfg.DNSAddr = cfg.PeerDNS
+	pcfg.DiscoverDNS = cfg.Discover
+	pcfg.IdentityListen = cfg.Identity
 	pcfg.MDNS = cfg.MDNS
 	pcfg.DHT = cfg.DHT
 	pcfg.WireCompression = cfg.WireZstd
@@ -210,9 +212,11 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 			},
 			CleanStale:   func(mp string) { unmountStale(log, mp) },
 			PrefetchRate: cfg.PrefetchRate(),
+			Preheat:      node,
 			Mirror:       mirrorStatser(d.mirror),
 			Log:          log,
 		})
+	node.SetPreheater(d.svc) // peers' cluster prefetches (Run starts the node)
 	return d, nil
 }
 

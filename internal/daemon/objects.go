@@ -286,6 +286,26 @@ func (n nodeLocal) FetchBlobFor(ctx context.Context, d digest.Digest, manifest b
 	return err
 }
 
+// OpenGrowing lets a peer that asked this host as a blob's owner read it while the mirror
+// downloads it (p2p.GrowingBlobs): with pull rights on, only a download from a public
+// repository, as FetchBlobFor fetches for peers only from those.
+func (n nodeLocal) OpenGrowing(ctx context.Context, d digest.Digest) (io.ReadCloser, int64, bool) {
+	if n.blobs == nil || n.blobs.m == nil {
+		return nil, 0, false
+	}
+	rc, size, from, ok := n.blobs.m.OpenGrowing(ctx, d)
+	if !ok {
+		return nil, 0, false
+	}
+	if b := n.blobs; b.rights != nil {
+		if pub, _ := b.rights.Public(ctx, from); !pub {
+			rc.Close()
+			return nil, 0, false
+		}
+	}
+	return rc, size, true
+}
+
 // mirrorBlobs is the registry mirror as the node's local side sees it; m, mark and repos are set
 // once, in New, before the node runs (the mirror is built after the node, which it fetches
 // through).
@@ -402,6 +422,7 @@ func mirrorStatser(m *mirror.Mirror) func() *mirror.Stats {
 var (
 	_ p2p.LocalBlobs   = nodeLocal{}
 	_ p2p.BlobFetcher  = nodeLocal{}
+	_ p2p.GrowingBlobs = nodeLocal{}
 	_ mirror.Coalescer = (*p2p.Node)(nil)
 	_ mirror.Peers     = (*p2p.Node)(nil)
 	_ p2p.LocalObjects = nodeLocal{}

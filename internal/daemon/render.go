@@ -76,6 +76,23 @@ func RenderStats(w io.Writer, r StatsReport) {
 	}
 	tw.Flush()
 
+	if len(r.ClusterPrefetch) > 0 {
+		fmt.Fprintln(w, "\nCLUSTER PREFETCH")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		for _, j := range r.ClusterPrefetch {
+			fmt.Fprintf(tw, "  #%d %s\t%d hosts: %d done, %d failed\t%s %s\t%s\n", j.ID, j.Ref, len(j.Hosts), j.Done, j.Failed,
+				Bar(j.BytesPresent, j.Bytes, 20), percent(j.BytesPresent, j.Bytes), j.State)
+			for _, h := range j.Hosts {
+				who := short(h.Peer)
+				if h.Self {
+					who += " (this host)"
+				}
+				fmt.Fprintf(tw, "    %s	%s	%s of %s	%s\n", who, h.State, units.Bytes(h.BytesPresent), units.Bytes(h.Bytes), h.Error)
+			}
+		}
+		tw.Flush()
+	}
+
 	fmt.Fprintln(w, "\nPEERS")
 	if len(r.Peers) == 0 {
 		fmt.Fprintln(w, "  (none)")

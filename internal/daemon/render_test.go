@@ -26,6 +26,10 @@ func sampleReport() StatsReport {
 		Latency: map[string]Lat{"peers": {P50: 12.5, P99: 80.25}, "origin": {P50: 30, P99: 120}, "dedup": {P50: 1, P99: 2}},
 		Images: []ImageReport{{Ref: "127.0.0.1:5000/img:latest", Digest: "sha256:acc91784e7df340fbb7d571b4cc386ae9d9ecb0af1f55a7cea42d0a0f2308da1",
 			Mounts: map[string]string{"/mnt/a": "fuse"}, Bytes: 80 << 20, BytesPresent: 60 << 20, Chunks: 80, ChunksPresent: 60, Prefetch: "running"}},
+		ClusterPrefetch: []ClusterPrefetchReport{{ID: 1, Ref: "127.0.0.1:5000/img:latest", Percent: 50, Started: "2026-12-04T20:00:00Z", State: "running",
+			Done: 1, Bytes: 160 << 20, BytesPresent: 100 << 20, Hosts: []ClusterHostReport{
+				{Peer: "12D3KooWLZ3zdwc9trZmGaxCpNhyhhQTwwvZXyG5QMS8nz6ZxR6N", Self: true, Image: "sha256:acc9", State: "done", Bytes: 80 << 20, BytesPresent: 80 << 20},
+				{Peer: "12D3KooWRz6hfEF3pmXq5dFu4v8DyjP1JGLfXrvAzw6KnLRq2wGm", Image: "sha256:acc9", State: "running", Bytes: 80 << 20, BytesPresent: 20 << 20}}}},
 		Peers: []PeerReport{
 			{ID: "12D3KooWQDy8mRSx4U3h1TQGP6VcJxJ5NnTz8kHPXb9zDMNNs", Addrs: []string{"/ip4/127.0.0.1/tcp/7602"}, FoundBy: []string{"static"}, Connected: true,
 				BytesUp: 33 << 20, BytesDown: 50 << 20, RequestsIn: 33, RequestsOut: 50, P50: 10, P99: 40, Standing: "good"},
@@ -82,7 +86,8 @@ func TestStatsJSONSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string][]string{
-		"":                       {"peerID", "bytes", "chunks", "wireBytes", "originOffload", "verifyFailures", "verifyFailuresBySource", "fetchFailures", "bans", "cache", "latency", "images", "peers", "uptimeSeconds", "rights"},
+		"":                       {"peerID", "bytes", "chunks", "wireBytes", "originOffload", "verifyFailures", "verifyFailuresBySource", "fetchFailures", "bans", "cache", "latency", "images", "peers", "uptimeSeconds", "rights", "clusterPrefetch"},
+		"clusterPrefetch":        {"id", "ref", "percent", "started", "state", "done", "failed", "bytes", "bytesPresent", "hosts"},
 		"rights":                 {"enabled", "denied", "granted", "refused", "presentedOK", "presentedDenied"},
 		"bytes":                  {"local", "dedup", "peers", "origin", "servedToPeers"},
 		"chunks":                 {"dedup", "peers", "origin", "servedToPeers"},

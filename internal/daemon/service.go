@@ -46,6 +46,7 @@ type service struct {
 	probe       func(mount.Mode) error
 	pins        pinner
 	prefetch    *prefetcher
+	cluster     *clusterPrefetcher
 	orders      readOrders
 	readOrder   prefetchResolver // the resolver's read orders, saved at unmount and stop
 	cleanStale  func(mountpoint string)
@@ -96,6 +97,8 @@ type serviceDeps struct {
 	// CleanStale unmounts whatever a killed daemon left at a mountpoint about to be restored.
 	CleanStale   func(mountpoint string)
 	PrefetchRate int64
+	// Preheat asks peers to warm images (cluster prefetch); nil: refused.
+	Preheat preheatPeers
 	// Mirror returns the registry mirror's counters; nil when the mirror is off.
 	Mirror func() *mirror.Stats
 	Log    *slog.Logger
@@ -112,6 +115,7 @@ func newService(cfg serviceConfig, deps serviceDeps) *service {
 	}
 	s.orders = readOrders{dir: filepath.Join(cfg.DataDir, "readorder"), log: s.log}
 	s.prefetch = newPrefetcher(deps.Resolver, s.orders, deps.PrefetchRate, s.log)
+	s.cluster = &clusterPrefetcher{svc: s, peers: deps.Preheat, log: s.log}
 	// The registry tells the frontends when a blob is gone; the frontends look bootstraps up in
 	// the registry.
 	var fronts *frontendSet
@@ -256,6 +260,10 @@ func (s *service) Prefetch(ctx context.Context, req PrefetchRequest) (MountRespo
 		return MountResponse{}, errStopping
 	}
 	defer s.ops.Done()
+	if req.Cluster {
+		id, hosts, err := s.cluster.Start(ctx, req.Ref, req.Percent)
+		return MountResponse{Cluster: id, Hosts: hosts}, err
+	}
 	im, err := s.add(ctx, req.Ref)
 	if err != nil {
 		return MountResponse{}, err
@@ -319,6 +327,7 @@ func (s *service) shutdown(restart bool) {
 	s.opsMu.Lock()
 	s.stopping = true
 	s.opsMu.Unlock()
+	s.cluster.Close() // its jobs' own prefetches are operations: they end with it
 	s.ops.Wait()
 	s.prefetch.Close()
 	s.orders.save(s.reg.Blobs(), s.readOrder.ReadOrder)

@@ -73,6 +73,7 @@ func (s *service) Stats() StatsReport {
 		Images:           []ImageReport{},
 		Peers:            []PeerReport{},
 		Uptime:           time.Since(s.started).Seconds(),
+		ClusterPrefetch:  s.cluster.Reports(),
 	}
 	if s.mirrorStats != nil {
 		rep.Mirror = s.mirrorStats()

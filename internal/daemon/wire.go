@@ -22,11 +22,19 @@ type MountResponse struct {
 	Mountpoint string `json:"mountpoint,omitempty"`
 	Mode       string `json:"mode,omitempty"`
 	Reason     string `json:"reason,omitempty"` // why auto picked this mode
+	// Cluster is the cluster prefetch's job (StatsReport.ClusterPrefetch) and Hosts the peer IDs
+	// it asks.
+	Cluster int      `json:"cluster,omitempty"`
+	Hosts   []string `json:"hosts,omitempty"`
 }
 
 // PrefetchRequest asks for a whole image to be made local without mounting it.
 type PrefetchRequest struct {
 	Ref string `json:"ref"`
+	// Cluster asks hosts of the cluster (this one and its connected peers) to warm the image,
+	// each by its own prefetch; Percent, if in 1..99, only that share of them.
+	Cluster bool `json:"cluster,omitempty"`
+	Percent int  `json:"percent,omitempty"`
 }
 
 // RemoveRequest asks the daemon to forget an image (by ref or manifest digest). Its data stays in
@@ -89,6 +97,38 @@ type StatsReport struct {
 	Mirror *mirror.Stats `json:"mirror,omitempty"`
 	// Rights counts the pull-rights exchange with peers (docs/privacy.md).
 	Rights RightsReport `json:"rights"`
+	// ClusterPrefetch is the cluster prefetches this host started (`shoal prefetch --cluster`),
+	// oldest first, with each asked host's progress.
+	ClusterPrefetch []ClusterPrefetchReport `json:"clusterPrefetch"`
+}
+
+// ClusterPrefetchReport is one cluster prefetch: the hosts it asked and how far each got.
+type ClusterPrefetchReport struct {
+	ID      int    `json:"id"`
+	Ref     string `json:"ref"`
+	Percent int    `json:"percent"` // 0: every host
+	Started string `json:"started"` // RFC 3339
+	// State is running until every host's prefetch ended, then done (all hold the image) or
+	// failed (some did not: see their state and error).
+	State string `json:"state"`
+	// Done and Failed count hosts; Bytes and BytesPresent sum the hosts' image bytes and what
+	// they hold of them.
+	Done         int                 `json:"done"`
+	Failed       int                 `json:"failed"`
+	Bytes        int64               `json:"bytes"`
+	BytesPresent int64               `json:"bytesPresent"`
+	Hosts        []ClusterHostReport `json:"hosts"`
+}
+
+// ClusterHostReport is one host of a cluster prefetch.
+type ClusterHostReport struct {
+	Peer         string `json:"peer"`
+	Self         bool   `json:"self"`
+	Image        string `json:"image"` // manifest digest, once the host resolved the reference
+	State        string `json:"state"` // asking, the host's prefetch state (running, done, failed, ...), or unreachable
+	Bytes        int64  `json:"bytes"`
+	BytesPresent int64  `json:"bytesPresent"`
+	Error        string `json:"error,omitempty"`
 }
 
 // RightsReport counts the pull-rights exchange: requests refused to peers without rights,
