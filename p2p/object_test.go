@@ -111,7 +111,7 @@ func TestObjectRequestBytes(t *testing.T) {
 		t.Fatalf("decode: %+v, %v", got, err)
 	}
 	for _, bad := range []ObjectRequest{
-		{Kind: 3, Name: "x", Max: 1},
+		{Kind: 4, Name: "x", Max: 1}, // 1-3 are ByDigest, Tag, Through
 		{Kind: ObjectTag, Name: "", Max: 1},
 		{Kind: ObjectTag, Name: strings.Repeat("a", maxObjectName+1), Max: 1},
 		{Kind: ObjectTag, Name: "a", Max: 0},
@@ -122,7 +122,7 @@ func TestObjectRequestBytes(t *testing.T) {
 		}
 	}
 	// Frames that break a rule: unknown kind, trailing bytes, zero max, an oversized frame.
-	for _, raw := range []string{"0303" + "0161" + "01", "0501" + "0161" + "0100", "0401" + "0161" + "00", "ffff03"} {
+	for _, raw := range []string{"0404" + "0161" + "01", "0501" + "0161" + "0100", "0401" + "0161" + "00", "ffff03"} {
 		b, _ := hex.DecodeString(raw)
 		if _, err := ReadObjectRequest(bufio.NewReader(bytes.NewReader(b))); !errors.Is(err, ErrMalformed) {
 			t.Errorf("decode %s: %v, want ErrMalformed", raw, err)
