@@ -166,14 +166,11 @@ func (l originLoader) metadataFromPeers(mb []byte) bool {
 	return false
 }
 
-// expect makes the image's metadata objects (every layer of manifest mb but its data blobs)
-// known to the metadata flights until release, marked private or public first, so that a peer
+// expect marks the image's metadata objects (every layer of manifest mb but its data blobs)
+// private or public, and makes them known to the metadata flights until release, so that a peer
 // that loads the image at the same moment and asks this host as an object's owner shares this
 // host's origin fetch of it.
 func (f *fetcher) expect(mb []byte) (release func()) {
-	if f.l.flights == nil {
-		return func() {}
-	}
 	var m ocispec.Manifest
 	if json.Unmarshal(mb, &m) != nil {
 		return func() {} // ParseImage says what is wrong with it
@@ -185,7 +182,12 @@ func (f *fetcher) expect(mb []byte) (release func()) {
 			continue
 		}
 		d, size := l.Digest, l.Size
+		// Every object the image names is marked, kept or not, fetched or not (a plain form
+		// whose compressed form is fetched instead may be kept from an earlier run).
 		f.mark(d)
+		if f.l.flights == nil {
+			continue
+		}
 		rels = append(rels, f.l.flights.expect(d, size, func(ctx context.Context) ([]byte, error) {
 			return fetchAll(ctx, f.src, d, size)
 		}))
