@@ -177,15 +177,14 @@ func (f *fetcher) expect(mb []byte) (release func()) {
 	}
 	var rels []func()
 	for _, l := range m.Layers {
-		if l.MediaType == bootstrap.MediaTypeBlob || l.Digest.Validate() != nil || l.Digest.Algorithm() != digest.SHA256 ||
-			l.Size <= 0 || l.Size > p2p.MaxObjectSize {
+		if l.MediaType == bootstrap.MediaTypeBlob || l.Digest.Validate() != nil || l.Digest.Algorithm() != digest.SHA256 {
 			continue
 		}
 		d, size := l.Digest, l.Size
 		// Every object the image names is marked, kept or not, fetched or not (a plain form
 		// whose compressed form is fetched instead may be kept from an earlier run).
 		f.mark(d)
-		if f.l.flights == nil {
+		if f.l.flights == nil || size <= 0 || size > p2p.MaxObjectSize {
 			continue
 		}
 		rels = append(rels, f.l.flights.expect(d, size, func(ctx context.Context) ([]byte, error) {
