@@ -202,26 +202,27 @@ func (l originLoader) metadataFromPeers(mb []byte) bool {
 	return false
 }
 
-// expect makes the image's metadata objects (every layer of manifest mb but its data blobs)
-// known to the metadata flights until release, marked private or public first, so that a peer
+// expect marks the image's metadata objects (every layer of manifest mb but its data blobs)
+// private or public, and makes them known to the metadata flights until release, so that a peer
 // that loads the image at the same moment and asks this host as an object's owner shares this
 // host's origin fetch of it.
 func (f *fetcher) expect(mb []byte) (release func()) {
-	if f.l.flights == nil {
-		return func() {}
-	}
 	var m ocispec.Manifest
 	if json.Unmarshal(mb, &m) != nil {
 		return func() {} // ParseImage says what is wrong with it
 	}
 	var rels []func()
 	for _, l := range m.Layers {
-		if l.MediaType == bootstrap.MediaTypeBlob || l.Digest.Validate() != nil || l.Digest.Algorithm() != digest.SHA256 ||
-			l.Size <= 0 || l.Size > p2p.MaxObjectSize {
+		if l.MediaType == bootstrap.MediaTypeBlob || l.Digest.Validate() != nil || l.Digest.Algorithm() != digest.SHA256 {
 			continue
 		}
 		d, size := l.Digest, l.Size
+		// Every object the image names is marked, kept or not, fetched or not (a plain form
+		// whose compressed form is fetched instead may be kept from an earlier run).
 		f.mark(d)
+		if f.l.flights == nil || size <= 0 || size > p2p.MaxObjectSize {
+			continue
+		}
 		rels = append(rels, f.l.flights.expect(d, size, func(ctx context.Context) ([]byte, error) {
 			return fetchAll(ctx, f.src, d, size)
 		}))
