@@ -175,17 +175,14 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 			}
 			var st *statusError
 			if errors.As(err, &st) && st.st == StatusBusy {
-				// The owner holds the chunk and its upload slots stayed full: the chunk is in
-				// the cluster, so its holders (the owner and whoever it served, which are
-				// announcing it) are asked again before the origin is.
-				n.met.ownerBusy.Inc()
 				cause = causeOwnerBusy
-				if f, err := n.fromHolders(ctx, h, blob, c, nil, prog); err == nil {
-					return f, nil
-				} else if ctx.Err() != nil {
-					return fetched{}, err
+				f, err := n.whileOwnerBusy(ctx, h, blob, c, owner, req, prog, err)
+				if err == nil || ctx.Err() != nil {
+					return f, err
 				}
-				break
+				if errors.As(err, &st) && st.st == StatusBusy {
+					break
+				}
 			}
 			n.log.Debug("fetch-through failed", "chunk", c.CID, "peer", owner, "err", err)
 			failed = append(failed, owner)
@@ -204,6 +201,47 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 		n.recent.add(c.CID, f.data, f.frame, chunk.SourcePeer)
 	}
 	return f, nil
+}
+
+// ownerBusyRounds bounds how often a fetch asks the holders and then the owner again while the
+// owner answers busy (whileOwnerBusy) before this host goes to the origin itself.
+const ownerBusyRounds = 6
+
+// whileOwnerBusy gets c while its rendezvous owner answers busy: the owner holds the chunk and
+// its upload slots stayed full, so the chunk is in the cluster, and the origin would serve a
+// copy the cluster already has. This host asks the holders it knows (the owner and whoever it
+// served are announcing the chunk), waits up to the slow threshold for a new one to announce
+// it, asks the owner again, and so on, up to ownerBusyRounds times or until ctx (the shared
+// fetch's lifetime) ends. It returns the last busy answer (busy, at first) if every round
+// failed, or the owner's error if it failed otherwise.
+func (n *Node) whileOwnerBusy(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, owner peer.ID, req Request, prog *chunk.Progress, busy error) (fetched, error) {
+	for range ownerBusyRounds {
+		n.met.ownerBusy.Inc()
+		f, err := n.fromHolders(ctx, h, blob, c, nil, prog)
+		if err == nil || ctx.Err() != nil {
+			return f, err
+		}
+		n.mu.Lock()
+		known := n.holdersLocked(c.CID, time.Now())
+		n.mu.Unlock()
+		if more := n.awaitNewHolder(ctx, c.CID, known); len(more) > 0 {
+			continue // ask the holders again, the new one among them
+		}
+		if ctx.Err() != nil {
+			return fetched{}, ctx.Err()
+		}
+		if f, err = n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout, nil); err == nil {
+			f.src = chunk.SourceCoalesced
+			n.recent.add(c.CID, f.data, f.frame, f.src)
+			return f, nil
+		}
+		var st *statusError
+		if ctx.Err() != nil || !errors.As(err, &st) || st.st != StatusBusy {
+			return fetched{}, err
+		}
+		busy = err
+	}
+	return fetched{}, busy
 }
 
 // ownedFetch gets a chunk this host is responsible for: from a holder if one appeared, else from
