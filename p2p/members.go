@@ -8,6 +8,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"math/rand/v2"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -219,7 +220,10 @@ func (n *Node) startMembership(ctx context.Context) error {
 				}
 				last = time.Now()
 			}
-			t := time.NewTimer(n.cfg.RedialInterval)
+			// Jittered: hosts that start together and were refused together (memberlist
+			// serves at most 128 push-pulls at once, and a seed that every host of a large
+			// cluster joins through refuses the rest) do not all retry in the same instant.
+			t := time.NewTimer(time.Duration(float64(n.cfg.RedialInterval) * (0.5 + rand.Float64())))
 			select {
 			case <-ctx.Done():
 				t.Stop()
