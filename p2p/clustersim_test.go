@@ -249,6 +249,21 @@ func (s *shapedStream) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// simGossipTiming slows memberlist's failure detector to what one machine's cores can carry
+// for every host at once: with the LAN defaults (a probe answered within 500 ms) hundreds of
+// hosts on 2 shared cores miss each other's probes, suspect and declare each other dead, and
+// the refutations keep the cluster churning (300 hosts at load 30 stopped gaining members at
+// about 235 of 299, and with a 3 s probe timeout at load 35 it lost members again after
+// three minutes). A real host answers a probe in well under a millisecond. The simulator's
+// hosts leave gracefully (a leave broadcast), so a slow failure detector costs it nothing;
+// the gossip rounds that spread joins and leaves are left at memberlist's defaults.
+func simGossipTiming(c *memberlist.Config) {
+	c.ProbeInterval = 20 * time.Second
+	c.ProbeTimeout = 10 * time.Second
+	c.SuspicionMult = 8
+	c.TCPTimeout = 30 * time.Second
+}
+
 // simNode is one host of the simulated cluster.
 type simNode struct {
 	*Node
@@ -299,7 +314,7 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 			return &shapedHost{Host: h, sc: sc, up: rate.NewLimiter(rate.Limit(hostRate), burst), down: rate.NewLimiter(rate.Limit(hostRate), burst)}, nil
 		}
 		if members {
-			mcs[i] = &MembershipConfig{probeInterval: 5 * time.Second, RejoinInterval: time.Hour,
+			mcs[i] = &MembershipConfig{tune: simGossipTiming, RejoinInterval: time.Hour,
 				transport: func(name string) memberlist.Transport { return transports[name] }}
 			cfg.Membership = mcs[i]
 		}

@@ -43,10 +43,10 @@ type MembershipConfig struct {
 	NoOrigin bool
 
 	// transport, if set, makes the transport that replaces memberlist's UDP/TCP one, for the
-	// member name given (tests and the cluster simulator use memberlist's in-memory
-	// MockNetwork); probeInterval, if set, is memberlist's ProbeInterval.
-	transport     func(name string) memberlist.Transport
-	probeInterval time.Duration
+	// member name given (the cluster simulator's in-memory network); tune, if set, adjusts
+	// memberlist's timing (the simulator runs every host on one machine's cores).
+	transport func(name string) memberlist.Transport
+	tune      func(*memberlist.Config)
 }
 
 // member is what this host knows of another host through membership.
@@ -187,8 +187,8 @@ func (n *Node) startMembership(ctx context.Context) error {
 	if mc.transport != nil {
 		c.Transport = mc.transport(c.Name)
 	}
-	if mc.probeInterval > 0 {
-		c.ProbeInterval = mc.probeInterval
+	if mc.tune != nil {
+		mc.tune(c)
 	}
 	switch {
 	case len(mc.SecretKey) > 0:
