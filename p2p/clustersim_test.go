@@ -377,20 +377,23 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 		progress := os.Getenv("SHOAL_CLUSTERSIM_PROGRESS") != ""
 		last := time.Now()
 		waitFor(t, 2*time.Minute+time.Duration(size)*time.Second, "every host to know every other through membership", func() bool {
-			low, sum, health := size, 0, 0
+			low, sum, health, lowML := size, 0, 0, 0
 			for _, n := range sc.nodes {
 				k := n.Members()
-				low, sum = min(low, k), sum+k
 				n.mu.Lock()
 				if n.ml != nil {
 					health = max(health, n.ml.GetHealthScore())
+					if k < low {
+						lowML = n.ml.NumMembers() - 1
+					}
 				}
 				n.mu.Unlock()
+				low, sum = min(low, k), sum+k
 			}
 			if progress && time.Since(last) > 10*time.Second {
 				last = time.Now()
-				fmt.Fprintf(os.Stderr, "membership after %v: fewest known %d, mean %.1f of %d; worst health %d; %d datagrams lost\n",
-					time.Since(began).Round(time.Second), low, float64(sum)/float64(size), size-1, health, mlNet.dropped.Load())
+				fmt.Fprintf(os.Stderr, "membership after %v: fewest known %d (memberlist says %d alive), mean %.1f of %d; worst health %d; %d datagrams lost\n",
+					time.Since(began).Round(time.Second), low, lowML, float64(sum)/float64(size), size-1, health, mlNet.dropped.Load())
 			}
 			return low == size-1
 		})
