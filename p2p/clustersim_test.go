@@ -380,14 +380,17 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 			low, sum, health, lowML := size, 0, 0, 0
 			for _, n := range sc.nodes {
 				k := n.Members()
+				// memberlist calls memberUp (which takes n.mu) holding its node lock: ask it
+				// nothing while holding n.mu.
 				n.mu.Lock()
-				if n.ml != nil {
-					health = max(health, n.ml.GetHealthScore())
+				ml := n.ml
+				n.mu.Unlock()
+				if ml != nil {
+					health = max(health, ml.GetHealthScore())
 					if k < low {
-						lowML = n.ml.NumMembers() - 1
+						lowML = ml.NumMembers() - 1
 					}
 				}
-				n.mu.Unlock()
 				low, sum = min(low, k), sum+k
 			}
 			if progress && time.Since(last) > 10*time.Second {
