@@ -148,7 +148,8 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 			cause = causeOwnerHedge
 		}
 		// An owner that cannot be reached or fails (it left, it restarted, its connection
-		// broke mid-answer) is passed over for the next in rendezvous order, once: every
+		// broke mid-answer, its origin fetch failed) is passed over for the next in
+		// rendezvous order, once: every
 		// host that saw it fail picks the same next owner, so the chunk still leaves the
 		// origin about once rather than once per asker.
 		var failed []peer.ID
@@ -185,6 +186,12 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 				}
 			}
 			n.log.Debug("fetch-through failed", "chunk", c.CID, "peer", owner, "err", err)
+			if errors.As(err, &st) && st.st != StatusError {
+				// It answered: it has not registered the blob or has no origin for it
+				// (not found), or refuses this host (denied). The next owner is no likelier
+				// to, and a dial to it costs a connection.
+				break
+			}
 			failed = append(failed, owner)
 		}
 		return n.ownedFetch(ctx, h, blob, c, fromOrigin, false, len(failed) == 0, cause)
