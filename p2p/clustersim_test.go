@@ -284,8 +284,8 @@ type simCluster struct {
 // startSimCluster starts size real nodes on a mock network and connects each to degree random
 // others (so a host has about 2 × degree connections).
 //
-// members: every host runs membership (memberlist over its in-memory MockNetwork: gossip is not
-// shaped, like presence), joining through host 0 and a random earlier host.
+// members: every host runs membership (memberlist over simGossipNet, datagrams queued or
+// lost; gossip is not shaped, like presence), joining through host 0 and a random earlier host.
 func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint64, members bool, mutate func(*Config)) *simCluster {
 	t.Helper()
 	mn := mocknet.New()
