@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net"
@@ -248,6 +249,21 @@ func (s *shapedStream) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// simGossipTiming slows memberlist's failure detector to what one machine's cores can carry
+// for every host at once: with the LAN defaults (a probe answered within 500 ms) hundreds of
+// hosts on 2 shared cores miss each other's probes, suspect and declare each other dead, and
+// the refutations keep the cluster churning (300 hosts at load 30 stopped gaining members at
+// about 235 of 299, and with a 3 s probe timeout at load 35 it lost members again after
+// three minutes). A real host answers a probe in well under a millisecond. The simulator's
+// hosts leave gracefully (a leave broadcast), so a slow failure detector costs it nothing;
+// the gossip rounds that spread joins and leaves are left at memberlist's defaults.
+func simGossipTiming(c *memberlist.Config) {
+	c.ProbeInterval = 20 * time.Second
+	c.ProbeTimeout = 10 * time.Second
+	c.SuspicionMult = 8
+	c.TCPTimeout = 30 * time.Second
+}
+
 // simNode is one host of the simulated cluster.
 type simNode struct {
 	*Node
@@ -257,17 +273,19 @@ type simNode struct {
 }
 
 type simCluster struct {
-	mn       mocknet.Mocknet
-	linkMu   sync.Mutex
-	nodes    []*simNode
-	hostRate float64
+	mn        mocknet.Mocknet
+	gossip    *simGossipNet
+	converged time.Duration // how long membership took to converge (0: no membership)
+	linkMu    sync.Mutex
+	nodes     []*simNode
+	hostRate  float64
 }
 
 // startSimCluster starts size real nodes on a mock network and connects each to degree random
 // others (so a host has about 2 × degree connections).
 //
-// members: every host runs membership (memberlist over its in-memory MockNetwork: gossip is not
-// shaped, like presence), joining through host 0 and a random earlier host.
+// members: every host runs membership (memberlist over simGossipNet, datagrams queued or
+// lost; gossip is not shaped, like presence), joining through host 0 and a random earlier host.
 func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint64, members bool, mutate func(*Config)) *simCluster {
 	t.Helper()
 	mn := mocknet.New()
@@ -277,9 +295,7 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 	var wg sync.WaitGroup
 	errs := make([]error, size)
 	sc.nodes = make([]*simNode, size)
-	// memberlist's MockNetwork has no lock: every transport is made (named by its node's peer
-	// ID) before any node runs, so the network's maps are only read while members gossip.
-	var mlNet memberlist.MockNetwork
+	mlNet := &simGossipNet{}
 	transports := map[string]memberlist.Transport{}
 	mcs := make([]*MembershipConfig, size)
 	ctxs := make([]context.Context, size)
@@ -298,7 +314,7 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 			return &shapedHost{Host: h, sc: sc, up: rate.NewLimiter(rate.Limit(hostRate), burst), down: rate.NewLimiter(rate.Limit(hostRate), burst)}, nil
 		}
 		if members {
-			mcs[i] = &MembershipConfig{probeInterval: 5 * time.Second, RejoinInterval: time.Hour,
+			mcs[i] = &MembershipConfig{tune: simGossipTiming, RejoinInterval: time.Hour,
 				transport: func(name string) memberlist.Transport { return transports[name] }}
 			cfg.Membership = mcs[i]
 		}
@@ -316,10 +332,11 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 		sc.nodes[i] = &simNode{Node: n, store: st, cancel: cancel}
 	}
 	if members {
+		sc.gossip = mlNet
 		jrng := rand.New(rand.NewPCG(seed, 6))
 		var addrs []string
 		for i, n := range sc.nodes {
-			tr := mlNet.NewTransport(n.ID().String())
+			tr := mlNet.newTransport(n.ID().String())
 			transports[n.ID().String()] = tr
 			ip, port, err := tr.FinalAdvertiseAddr("", 0)
 			if err != nil {
@@ -351,18 +368,37 @@ func startSimCluster(t testing.TB, size, degree int, hostRate float64, seed uint
 	if members {
 		began := time.Now()
 		defer func() {
+			sc.converged = time.Since(began)
 			if !t.Failed() {
-				t.Logf("%d hosts: membership converged in %v", size, time.Since(began).Round(time.Second))
+				t.Logf("%d hosts: membership converged in %v (%d gossip datagrams lost to full queues)", size, sc.converged.Round(time.Second), mlNet.dropped.Load())
 			}
 		}()
 		// A loaded machine slows memberlist's gossip rounds for every host at once.
+		progress := os.Getenv("SHOAL_CLUSTERSIM_PROGRESS") != ""
+		last := time.Now()
 		waitFor(t, 2*time.Minute+time.Duration(size)*time.Second, "every host to know every other through membership", func() bool {
+			low, sum, health, lowML := size, 0, 0, 0
 			for _, n := range sc.nodes {
-				if n.Members() < size-1 {
-					return false
+				k := n.Members()
+				// memberlist calls memberUp (which takes n.mu) holding its node lock: ask it
+				// nothing while holding n.mu.
+				n.mu.Lock()
+				ml := n.ml
+				n.mu.Unlock()
+				if ml != nil {
+					health = max(health, ml.GetHealthScore())
+					if k < low {
+						lowML = ml.NumMembers() - 1
+					}
 				}
+				low, sum = min(low, k), sum+k
 			}
-			return true
+			if progress && time.Since(last) > 10*time.Second {
+				last = time.Now()
+				fmt.Fprintf(os.Stderr, "membership after %v: fewest known %d (memberlist says %d alive), mean %.1f of %d; worst health %d; %d datagrams lost\n",
+					time.Since(began).Round(time.Second), low, lowML, float64(sum)/float64(size), size-1, health, mlNet.dropped.Load())
+			}
+			return low == size-1
 		})
 	}
 	rng := rand.New(rand.NewPCG(seed, 5))
@@ -408,7 +444,8 @@ type simOutcome struct {
 	origin                    float64 // origin bytes ÷ image
 	hedges, fallbacks, bans   float64
 	wall                      time.Duration
-	missingMaps               int // presence maps not received when the clock started
+	missingMaps               int                // presence maps not received when the clock started
+	originCauses              map[string]float64 // origin fetches over every host, by cause
 	errs                      []error
 }
 
@@ -498,6 +535,7 @@ func (sc *simCluster) run(t testing.TB, img *simImage, s simScenario, seed uint6
 	}
 	upBefore := make([]int64, len(live))
 	var hedges0, fall0, bans0 float64
+	causes0 := simOriginCauses(live)
 	for i, n := range live {
 		upBefore[i] = n.met.served.Load()
 		bans0 += testutil.ToFloat64(n.met.bans)
@@ -562,6 +600,13 @@ func (sc *simCluster) run(t testing.TB, img *simImage, s simScenario, seed uint6
 		out.bans += testutil.ToFloat64(n.met.bans)
 	}
 	out.bans -= bans0
+	out.originCauses = simOriginCauses(live)
+	for k, v := range causes0 {
+		out.originCauses[k] -= v
+		if out.originCauses[k] == 0 {
+			delete(out.originCauses, k)
+		}
+	}
 	out.hedges -= hedges0
 	out.fallbacks -= fall0
 	slices.Sort(times)
@@ -574,6 +619,25 @@ func (sc *simCluster) run(t testing.TB, img *simImage, s simScenario, seed uint6
 		out.origin = float64(org.bytes.Load()) / imgBytes
 	}
 	return out
+}
+
+// simOriginCauses sums shoal_p2p_origin_fetches_total over nodes, by cause.
+func simOriginCauses(nodes []*simNode) map[string]float64 {
+	causes := map[string]float64{}
+	for _, n := range nodes {
+		for _, c := range []originCause{causeOwner, causeOwnerHedge, causeForPeer, causeOwnerUnreachable, causeOwnerBusy, causeOwnerFailed, causeNoNetwork} {
+			causes[string(c)] += testutil.ToFloat64(n.met.originFetches.WithLabelValues(string(c)))
+		}
+	}
+	return causes
+}
+
+func (o simOutcome) causes() string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(o.originCauses)) {
+		parts = append(parts, fmt.Sprintf("%s %.0f", k, o.originCauses[k]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // simRead reads every chunk of m on n in a random order with simWorkers fetches at once. A
@@ -608,9 +672,15 @@ func simRead(ctx context.Context, n *simNode, m *chunk.Manifest, seed uint64) er
 				c := queue[0]
 				queue = queue[1:]
 				mu.Unlock()
-				data, _, err := n.Fetch(ctx, m.Blob, c, nil)
-				if err == nil {
-					err = n.store.PutChunk(ctx, m.Blob, c, data)
+				// As demand does, a chunk already stored (fetched through for a peer) is not
+				// fetched again.
+				held, err := n.store.HasCID(c.CID)
+				if err == nil && !held {
+					var data chunk.Verified
+					data, _, err = n.Fetch(ctx, m.Blob, c, nil)
+					if err == nil {
+						err = n.store.PutChunk(ctx, m.Blob, c, data)
+					}
 				}
 				mu.Lock()
 				if err == nil {
@@ -657,7 +727,7 @@ func simScenarios(p simParams) []simScenario {
 
 // simulate runs every scenario on one cluster (each on an image of its own) and returns the
 // outcomes with their table rows.
-func simulate(t testing.TB, p simParams, mutate func(*Config)) ([]simOutcome, []string) {
+func simulate(t testing.TB, p simParams, mutate func(*Config)) ([]simOutcome, []string, *simCluster) {
 	sc := startSimCluster(t, p.hosts, p.degree, p.hostRate, uint64(p.hosts), p.members, mutate)
 	var outs []simOutcome
 	var rows []string
@@ -667,7 +737,7 @@ func simulate(t testing.TB, p simParams, mutate func(*Config)) ([]simOutcome, []
 		outs = append(outs, o)
 		rows = append(rows, o.row(s, p))
 	}
-	return outs, rows
+	return outs, rows, sc
 }
 
 func simMemory() string {
@@ -691,9 +761,10 @@ func TestClusterSim(t *testing.T) {
 				// The race detector makes every host several times slower on shared cores.
 				p.hosts, p.degree, p.chunks = 12, 3, 16
 			}
-			outs, rows := simulate(t, p, nil)
+			outs, rows, _ := simulate(t, p, nil)
 			t.Log("\n" + simTableHeader + "\n" + strings.Join(rows, "\n") + "\n" + simMemory())
 			for k, o := range outs {
+				t.Logf("%s: origin fetches by cause (%d chunks): %s", simScenarios(p)[k].name, p.chunks, o.causes())
 				if err := errors.Join(o.errs...); err != nil {
 					t.Errorf("%s: %d of %d hosts completed: %v", simScenarios(p)[k].name, o.completed, o.readers, err)
 				}
@@ -742,12 +813,19 @@ func BenchmarkClusterSim(b *testing.B) {
 					members:   own == "members",
 				}
 				b.Run(fmt.Sprintf("hosts=%d/owners=%s", hosts, own), func(b *testing.B) {
-					outs, rows := simulate(b, p, nil)
+					outs, rows, sc := simulate(b, p, nil)
 					for _, r := range rows {
 						fmt.Println(r)
 					}
+					if sc.gossip != nil {
+						fmt.Printf("(%d hosts: membership converged in %v, %d gossip datagrams lost to full queues)\n",
+							hosts, sc.converged.Round(time.Second), sc.gossip.dropped.Load())
+					}
 					fmt.Printf("(%d hosts, owners among %s: %s)\n", hosts, own, simMemory())
 					for k, o := range outs {
+						if len(o.originCauses) > 0 {
+							fmt.Printf("(%s: origin fetches by cause, %d chunks: %s)\n", simScenarios(p)[k].name, p.chunks, o.causes())
+						}
 						if o.missingMaps > 0 {
 							fmt.Printf("(%s: %d presence maps missing when the clock started)\n", simScenarios(p)[k].name, o.missingMaps)
 						}

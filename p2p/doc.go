@@ -48,7 +48,9 @@
 // a bitmap over the manifest's chunk indexes of what the sender holds, and whether it can fetch
 // the blob from an origin. Frames carry full state, not deltas, so they are idempotent and a burst
 // of announcements collapses into one frame per blob and peer; one writer goroutine per peer sends
-// them as soon as they change (milliseconds on a LAN). Lookup maps a chunk CID to the peers whose
+// them as soon as they change (milliseconds on a LAN). A write can succeed on a stream that has
+// already died (the writer learns it at its next write), so when a write fails the next stream
+// starts with the full state of every registered blob, as a new connection does. Lookup maps a chunk CID to the peers whose
 // maps hold it, across every registered blob that contains it.
 //
 // Exchange: ChunkProtocol to ChunkProtocolV4 (wire.go) are one request per stream,
@@ -251,8 +253,12 @@
 // host and the connected peers that can fetch the blob (rendezvous hashing) fetches it from its
 // origin; the others ask it with FlagFetchThrough and it streams the bytes back. Concurrent asks
 // share one origin fetch (singleflight), and the owner keeps recent chunks in memory while they
-// are being stored. If the owner fails or leaves, the asker goes to its own origin after
-// CoalesceTimeout at most. Hosts agree on the owner without talking as long as they agree on the
+// are being stored. If the owner cannot be reached or fails (it left, its connection broke, its
+// origin erred), the asker passes it over for the next host in rendezvous order, once
+// (maxOwnerTries), and only then goes to its own origin: every host that saw the first owner
+// fail picks the same second one, so churn does not turn into one origin fetch per asker. An
+// owner asked for a chunk it has stored meanwhile serves it from its store. Every origin fetch
+// is counted by why it happened (shoal_p2p_origin_fetches_total{cause}). Hosts agree on the owner without talking as long as they agree on the
 // swarm, so a cluster reading one image pulls each chunk from the origin about once.
 //
 // That holds in a full mesh only. With connection limits each host sees a few dozen peers, and
@@ -271,10 +277,13 @@
 // that has just died costs a dial, not CoalesceTimeout) and stays connected like any peer, so
 // it sends presence maps and is a holder candidate from then on. An owner is one host that
 // every reader without a holder asks at once: once it holds the chunk, their fetch-throughs
-// queue for its upload slots, and one answered busy asks the holders again (the owner and
-// those it served are announcing the chunk) before going to its own origin. In the simulator
-// at 100 hosts this took the origin from 11.75 images to 9.6 with membership alone and 1.8
-// with both.
+// queue for its upload slots, and one answered busy keeps to the cluster (whileOwnerBusy): it
+// asks the holders it knows (the owner and those it served are announcing the chunk), waits up
+// to the slow threshold for a new holder, asks the owner again, up to ownerBusyRounds times,
+// and goes to its own origin only after that. In the simulator at 100 hosts membership alone
+// took the origin from 11.75 images to 9.6; asking the holders once after a busy answer took
+// it to 1.8, and at 300 hosts busy owners were still 560 of 615 origin fetches, which keeping
+// to the cluster removes (BENCHMARKS.md, "Cluster simulator").
 // Hosts agree on owners once their member lists agree, which memberlist reaches within a few
 // gossip rounds (about log(N) × GossipInterval) of a join or leave. Member metadata is
 // decoded defensively (decodeMemberMeta, fuzzed); it carries no chunk state, which stays in
@@ -283,8 +292,8 @@
 // Churn: a host that stops gracefully leaves (a leave broadcast: others drop it at once); one
 // that dies is suspected after failed probes and dropped after memberlist's suspicion timeout
 // (seconds). Until then hosts may still pick it: their fetch-through dial or request fails and
-// they go to their own origin, so churn costs origin bytes for the dead host's share of chunks
-// for that window, never availability. Only the chunks a host joining or leaving wins or won
+// they ask the next owner in rendezvous order, so churn costs little origin, never
+// availability. Only the chunks a host joining or leaving wins or won
 // change owner (rendezvous hashing). Partitions: each side marks the other dead and picks owners
 // among its own members, so the origin serves each chunk about once per side; when the
 // partition heals the sides merge again through MembershipConfig.Join, retried every

@@ -25,6 +25,23 @@ import (
 
 var errNoHolders = errors.New("no peer holds the chunk")
 
+// maxOwnerTries is how many rendezvous owners, in order, a fetch asks to fetch through before
+// this host goes to the origin itself.
+const maxOwnerTries = 2
+
+// originCause is why a host fetched a chunk from the origin (shoal_p2p_origin_fetches_total).
+type originCause string
+
+const (
+	causeOwner            originCause = "owner"             // this host is the rendezvous owner; no holder answered
+	causeOwnerHedge       originCause = "owner_hedge"       // this host is the owner; a holder ran past the slow threshold
+	causeForPeer          originCause = "for_peer"          // a peer's fetch-through
+	causeOwnerUnreachable originCause = "owner_unreachable" // the owner could not be dialled
+	causeOwnerBusy        originCause = "owner_busy"        // the owner stayed busy and its holders failed
+	causeOwnerFailed      originCause = "owner_failed"      // the owner's fetch-through failed or timed out
+	causeNoNetwork        originCause = "no_network"        // the node is not running
+)
+
 // statusError is a peer's non-OK answer.
 type statusError struct {
 	st  Status
@@ -121,16 +138,32 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 		fromOrigin = func(ctx context.Context) ([]byte, error) { return lb.origin(ctx, c) }
 	}
 	if h == nil {
-		return n.ownedFetch(ctx, h, blob, c, fromOrigin, false, false)
+		return n.ownedFetch(ctx, h, blob, c, fromOrigin, false, false, causeNoNetwork)
 	}
-	// The fallback, after the holders or as a hedge against a slow last one: the rendezvous
-	// owner fetches through for the cluster, else (or if it fails) the origin.
-	fallback := func(ctx context.Context) (fetched, error) {
-		if owner := n.rendezvous(blob, c.CID); owner != n.id {
+	// The fallback, after the holders or as a hedge against a slow last one (hedge): the
+	// rendezvous owner fetches through for the cluster, else (or if it fails) the origin.
+	fallback := func(ctx context.Context, hedge bool) (fetched, error) {
+		cause := causeOwner
+		if hedge {
+			cause = causeOwnerHedge
+		}
+		// An owner that cannot be reached or fails (it left, it restarted, its connection
+		// broke mid-answer, its origin fetch failed) is passed over for the next in
+		// rendezvous order, once: every
+		// host that saw it fail picks the same next owner, so the chunk still leaves the
+		// origin about once rather than once per asker.
+		var failed []peer.ID
+		for len(failed) < maxOwnerTries {
+			owner := n.rendezvous(blob, c.CID, failed...)
+			if owner == n.id {
+				break
+			}
 			req := Request{Flags: FlagFetchThrough, Blob: blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
 			var f fetched
 			err := n.dialMember(ctx, h, owner)
+			cause = causeOwnerUnreachable
 			if err == nil {
+				cause = causeOwnerFailed
 				f, err = n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout, nil)
 			}
 			if err == nil {
@@ -143,19 +176,25 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 			}
 			var st *statusError
 			if errors.As(err, &st) && st.st == StatusBusy {
-				// The owner holds the chunk and its upload slots stayed full: the chunk is in
-				// the cluster, so its holders (the owner and whoever it served, which are
-				// announcing it) are asked again before the origin is.
-				n.met.ownerBusy.Inc()
-				if f, err := n.fromHolders(ctx, h, blob, c, nil, prog); err == nil {
-					return f, nil
-				} else if ctx.Err() != nil {
-					return fetched{}, err
+				cause = causeOwnerBusy
+				f, err := n.whileOwnerBusy(ctx, h, blob, c, owner, req, prog, err)
+				if err == nil || ctx.Err() != nil {
+					return f, err
+				}
+				if errors.As(err, &st) && st.st == StatusBusy {
+					break
 				}
 			}
-			n.log.Debug("fetch-through failed, going to the origin", "chunk", c.CID, "peer", owner, "err", err)
+			n.log.Debug("fetch-through failed", "chunk", c.CID, "peer", owner, "err", err)
+			if errors.As(err, &st) && st.st != StatusError {
+				// It answered: it has not registered the blob or has no origin for it
+				// (not found), or refuses this host (denied). The next owner is no likelier
+				// to, and a dial to it costs a connection.
+				break
+			}
+			failed = append(failed, owner)
 		}
-		return n.ownedFetch(ctx, h, blob, c, fromOrigin, false, true)
+		return n.ownedFetch(ctx, h, blob, c, fromOrigin, false, len(failed) == 0, cause)
 	}
 	n.awaitRights(ctx, blob, c)
 	f, err := n.fromHolders(ctx, h, blob, c, fallback, prog)
@@ -171,17 +210,67 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 	return f, nil
 }
 
+// ownerBusyRounds bounds how often a fetch asks the holders and then the owner again while the
+// owner answers busy (whileOwnerBusy) before this host goes to the origin itself.
+const ownerBusyRounds = 6
+
+// whileOwnerBusy gets c while its rendezvous owner answers busy: the owner holds the chunk and
+// its upload slots stayed full, so the chunk is in the cluster, and the origin would serve a
+// copy the cluster already has. This host asks the holders it knows (the owner and whoever it
+// served are announcing the chunk), waits up to the slow threshold for a new one to announce
+// it, asks the owner again, and so on, up to ownerBusyRounds times or until ctx (the shared
+// fetch's lifetime) ends. It returns the last busy answer (busy, at first) if every round
+// failed, or the owner's error if it failed otherwise.
+func (n *Node) whileOwnerBusy(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, owner peer.ID, req Request, prog *chunk.Progress, busy error) (fetched, error) {
+	for range ownerBusyRounds {
+		n.met.ownerBusy.Inc()
+		f, err := n.fromHolders(ctx, h, blob, c, nil, prog)
+		if err == nil || ctx.Err() != nil {
+			return f, err
+		}
+		n.mu.Lock()
+		known := n.holdersLocked(c.CID, time.Now())
+		n.mu.Unlock()
+		if more := n.awaitNewHolder(ctx, c.CID, known); len(more) > 0 {
+			continue // ask the holders again, the new one among them
+		}
+		if ctx.Err() != nil {
+			return fetched{}, ctx.Err()
+		}
+		if f, err = n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout, nil); err == nil {
+			f.src = chunk.SourceCoalesced
+			n.recent.add(c.CID, f.data, f.frame, f.src)
+			return f, nil
+		}
+		var st *statusError
+		if ctx.Err() != nil || !errors.As(err, &st) || st.st != StatusBusy {
+			return fetched{}, err
+		}
+		busy = err
+	}
+	return fetched{}, busy
+}
+
 // ownedFetch gets a chunk this host is responsible for: from a holder if one appeared, else from
 // the origin. It never asks another host to fetch through, so fetch-through requests cannot form
 // a cycle. store: write the result through ChunkWriter (a fetch-through for a peer).
 //
-// skipHolders: the caller has just asked them (a hedge or a fallback): go to the origin.
-func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error), store, skipHolders bool) (fetched, error) {
+// skipHolders: the caller has just asked them (a hedge or a fallback): go to the origin. cause
+// is why, counted if the origin is asked (shoal_p2p_origin_fetches_total).
+func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, fromOrigin func(context.Context) ([]byte, error), store, skipHolders bool, cause originCause) (fetched, error) {
 	ch := n.owned.DoChan(c.CID.KeyString(), func() (any, error) {
 		fctx, cancel := n.flightContext(ctx, n.cfg.CoalesceTimeout+time.Duration(n.cfg.MaxAttempts)*n.cfg.RequestTimeout)
 		defer cancel()
 		if data, src := n.recent.get(c.CID); !data.IsZero() { // a flight that just ended
 			return fetched{data: data, src: src}, nil
+		}
+		// A fetch-through for a peer may have stored it since the caller looked.
+		if n.local != nil {
+			if held, err := n.local.HasCID(c.CID); err == nil && held {
+				if data, err := n.local.ReadChunk(fctx, c.CID); err == nil {
+					return fetched{data: data, src: chunk.SourceLocal}, nil
+				}
+			}
 		}
 		if h != nil && !skipHolders {
 			if f, err := n.fromHolders(fctx, h, blob, c, nil, nil); err == nil {
@@ -191,6 +280,7 @@ func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, 
 		if fromOrigin == nil {
 			return nil, fmt.Errorf("fetch chunk %s of %s: no peer holds it and no origin: %w", c.CID, blob, ErrUnknownBlob)
 		}
+		n.met.originFetches.WithLabelValues(string(cause)).Inc()
 		raw, err := fromOrigin(fctx)
 		if err != nil {
 			return nil, fmt.Errorf("fetch chunk %s of %s from origin: %w", c.CID, blob, err)
@@ -226,7 +316,9 @@ func (n *Node) ownedFetch(ctx context.Context, h host.Host, blob digest.Digest, 
 // With membership (Config.Membership) the candidates are also every member that says it can
 // fetch from an origin, connected or not: hosts that see different peers then still agree, as
 // long as their member lists agree, and the asker connects to the owner on demand.
-func (n *Node) rendezvous(blob digest.Digest, c cid.Cid) peer.ID {
+//
+// skip are owners that have just failed this host: the next in order is picked instead.
+func (n *Node) rendezvous(blob digest.Digest, c cid.Cid, skip ...peer.ID) peer.ID {
 	now := time.Now()
 	n.mu.Lock()
 	cands := n.fetchersLocked(blob, now)
@@ -238,6 +330,9 @@ func (n *Node) rendezvous(blob digest.Digest, c cid.Cid) peer.ID {
 	n.mu.Unlock()
 	best, bestScore := n.id, rendezvousScore(c, n.id)
 	for _, p := range cands {
+		if slices.Contains(skip, p) {
+			continue
+		}
 		if s := rendezvousScore(c, p); s > bestScore {
 			best, bestScore = p, s
 		}
@@ -278,7 +373,7 @@ func rendezvousScore(c cid.Cid, p peer.ID) uint64 {
 // others are cancelled.
 //
 // prog, if not nil, is handed the sub-blocks a V4 holder sends first (FetchProgressive).
-func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, fallback func(context.Context) (fetched, error), prog *chunk.Progress) (fetched, error) {
+func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, fallback func(ctx context.Context, hedge bool) (fetched, error), prog *chunk.Progress) (fetched, error) {
 	now := time.Now()
 	n.mu.Lock()
 	holders := n.holdersLocked(c.CID, now)
@@ -292,7 +387,7 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 		if fallback == nil {
 			return fetched{}, errNoHolders
 		}
-		return fallback(ctx)
+		return fallback(ctx, false)
 	}
 	sort.SliceStable(holders, func(i, j int) bool { return scores[holders[i]] < scores[holders[j]] })
 	holders = holders[:min(len(holders), n.cfg.MaxAttempts)]
@@ -367,7 +462,7 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 			fellBack = true
 			inflight++
 			go func() {
-				f, err := fallback(ctx)
+				f, err := fallback(ctx, false)
 				results <- result{f: f, err: err}
 			}()
 		}
@@ -404,7 +499,7 @@ func (n *Node) fromHolders(ctx context.Context, h host.Host, blob digest.Digest,
 					fellBack = true
 					inflight++
 					go func() {
-						f, err := fallback(ctx)
+						f, err := fallback(ctx, true)
 						results <- result{f: f, err: err}
 					}()
 				} else {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"math/rand/v2"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -42,10 +43,10 @@ type MembershipConfig struct {
 	NoOrigin bool
 
 	// transport, if set, makes the transport that replaces memberlist's UDP/TCP one, for the
-	// member name given (tests and the cluster simulator use memberlist's in-memory
-	// MockNetwork); probeInterval, if set, is memberlist's ProbeInterval.
-	transport     func(name string) memberlist.Transport
-	probeInterval time.Duration
+	// member name given (the cluster simulator's in-memory network); tune, if set, adjusts
+	// memberlist's timing (the simulator runs every host on one machine's cores).
+	transport func(name string) memberlist.Transport
+	tune      func(*memberlist.Config)
 }
 
 // member is what this host knows of another host through membership.
@@ -186,8 +187,8 @@ func (n *Node) startMembership(ctx context.Context) error {
 	if mc.transport != nil {
 		c.Transport = mc.transport(c.Name)
 	}
-	if mc.probeInterval > 0 {
-		c.ProbeInterval = mc.probeInterval
+	if mc.tune != nil {
+		mc.tune(c)
 	}
 	switch {
 	case len(mc.SecretKey) > 0:
@@ -219,7 +220,10 @@ func (n *Node) startMembership(ctx context.Context) error {
 				}
 				last = time.Now()
 			}
-			t := time.NewTimer(n.cfg.RedialInterval)
+			// Jittered: hosts that start together and were refused together (memberlist
+			// serves at most 128 push-pulls at once, and a seed that every host of a large
+			// cluster joins through refuses the rest) do not all retry in the same instant.
+			t := time.NewTimer(time.Duration(float64(n.cfg.RedialInterval) * (0.5 + rand.Float64())))
 			select {
 			case <-ctx.Done():
 				t.Stop()

@@ -31,6 +31,7 @@ type metrics struct {
 	slots, slotsBusy, slotsQueued prometheus.GaugeFunc
 	memberDials                   *prometheus.CounterVec // dials of rendezvous owners known through membership, by result
 	ownerBusy                     prometheus.Counter     // fetch-throughs the owner answered busy (it holds the chunk)
+	originFetches                 *prometheus.CounterVec // chunk fetches from the origin, by why this host made them (originCause)
 
 	// Wire bytes: what chunk transfers took on the network (compressed or raw), beside the
 	// data bytes above.
@@ -103,6 +104,9 @@ func newMetrics(reg prometheus.Registerer, g nodeGauges) (*metrics, func(), erro
 		ownerBusy: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "shoal_p2p_owner_busy_total", Help: "Fetch-through requests the rendezvous owner answered busy (it holds the chunk, every upload slot stayed full); the holders are asked again before the origin.",
 		}),
+		originFetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_p2p_origin_fetches_total", Help: "Chunks this host fetched from the origin, by cause: owner (it is the chunk's rendezvous owner and no holder answered), owner_hedge (it is the owner and a holder ran past the slow threshold), for_peer (a peer's fetch-through), owner_unreachable, owner_busy, owner_failed (the owner could not be dialled, stayed busy, or failed or timed out), no_network.",
+		}, []string{"cause"}),
 		peers: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "shoal_p2p_connected_peers", Help: "Peers with an open connection.",
 		}, g.connected),
@@ -121,7 +125,7 @@ func newMetrics(reg prometheus.Registerer, g nodeGauges) (*metrics, func(), erro
 	unregister, err := shoalmetrics.RegisterOwned(reg, m.fetches, m.fetchBytes, m.fetchSeconds, m.servedRequests, m.servedBytes,
 		m.fetchWireBytes, m.servedWireBytes, m.compressSeconds,
 		m.peerFailures, m.hedges, m.hedgeFallback, m.holderWaits, m.standing, m.bans, m.presenceIn, m.presenceOut, m.peers,
-		m.slots, m.slotsBusy, m.slotsQueued, m.memberDials, m.ownerBusy)
+		m.slots, m.slotsBusy, m.slotsQueued, m.memberDials, m.ownerBusy, m.originFetches)
 	if err != nil {
 		return nil, nil, fmt.Errorf("p2p: %w", err)
 	}

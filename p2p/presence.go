@@ -167,7 +167,13 @@ func (n *Node) sendPresence(ps *peerState) {
 			return
 		}
 		n.log.Debug("sending presence failed", "peer", ps.id, "err", err)
+		// The stream may have died before this write: frames written to it earlier, which
+		// the writer took as sent, can be lost too. The next stream starts with the full
+		// state of every blob, as a new connection does.
 		n.mu.Lock()
+		for b := range n.blobs {
+			ps.dirty[b] = true
+		}
 		for _, b := range sent {
 			ps.dirty[b] = true
 		}

@@ -396,7 +396,7 @@ func (n *Node) serve(s network.Stream, p peer.ID, ver int, reqOut *Request, slot
 	_ = s.SetDeadline(time.Now().Add(n.cfg.CoalesceTimeout))
 	ctx, cancel := context.WithTimeout(rctx, n.cfg.CoalesceTimeout)
 	defer cancel()
-	f, err := n.ownedFetch(ctx, h, req.Blob, c, func(ctx context.Context) ([]byte, error) { return lb.origin(ctx, c) }, true, false)
+	f, err := n.ownedFetch(ctx, h, req.Blob, c, func(ctx context.Context) ([]byte, error) { return lb.origin(ctx, c) }, true, false, causeForPeer)
 	if err != nil {
 		return StatusError, nil, err.Error()
 	}

@@ -9,8 +9,12 @@
 # Environment: SHOAL_CLUSTERSIM_HOSTS (default "100,300,1000"), SHOAL_CLUSTERSIM_OWNERS
 # (default "connected,members"), SHOAL_CLUSTERSIM_DEGREE (links each host opens, default 8),
 # SHOAL_CLUSTERSIM_CHUNKS (32), SHOAL_CLUSTERSIM_CHUNK_KIB (8), SHOAL_CLUSTERSIM_HOST_KIBS (NIC
-# rate each way, 16), SHOAL_CLUSTERSIM_ORIGIN_LINKS (origin egress in NICs, 4). The 1000-host
-# run takes a few hundred MiB of heap and tens of minutes on 2 shared cores.
+# rate each way, 16), SHOAL_CLUSTERSIM_ORIGIN_LINKS (origin egress in NICs, 4),
+# SHOAL_CLUSTERSIM_PROGRESS (non-empty: print membership's progress to stderr while it
+# converges). With membership each size prints how long memberlist took to converge and the
+# origin fetches by cause (shoal_p2p_origin_fetches_total). The 1000-host run takes about
+# 4 GiB of heap and tens of minutes on 2 shared cores (BENCHMARKS.md used
+# SHOAL_CLUSTERSIM_CHUNKS=16 for it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec go test -run '^$' -bench '^BenchmarkClusterSim$' -benchtime 1x -timeout 180m ./p2p/
