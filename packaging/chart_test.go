@@ -239,6 +239,10 @@ func TestChartRenders(t *testing.T) {
 		if _, ok := byName["configure-containerd"]; !ok || len(p.InitContainers) != 1 {
 			t.Errorf("%s: init containers %v, want configure-containerd", name, p.InitContainers)
 		}
+		// The mirror (on by default) reaches containerd's hosts.toml with no manual step.
+		if cc := byName["configure-containerd"]; len(cc.Command) == 0 || !strings.Contains(cc.Command[len(cc.Command)-1], `"$arch" "127.0.0.1:5005"`) {
+			t.Errorf("%s: configure-containerd does not pass the mirror's address: %v", name, cc.Command)
+		}
 		// containerd restarts only once the snapshotter runs: before, with CRI's snapshotter
 		// set to shoal, it could not create this pod's own containers.
 		if _, ok := byName["restart-containerd"]; !ok {

@@ -229,3 +229,135 @@ func TestConfigureContainerd(t *testing.T) {
 		})
 	}
 }
+
+// configureMirror runs the chart's containerd script with the registry mirror at mirror.
+func configureMirror(t *testing.T, config, version, mirror string) (string, error) {
+	t.Helper()
+	var stderr bytes.Buffer
+	cmd := exec.Command("sh", script, config, version, "/run/shoal/snapshotter.sock", "true", "amd64", mirror)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return stderr.String(), err
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// TestConfigureContainerdMirror: with the mirror on, the script sets CRI's registry
+// config_path (read back by the real containerd 1.6 and 2.x) and writes its
+// _default/hosts.toml pointing at the mirror, idempotently; it keeps a config_path the file
+// already names, leaves a hosts.toml that is not its own alone, and refuses old-style
+// registry.mirrors entries (containerd does not take them beside config_path) without changing
+// the file.
+func TestConfigureContainerdMirror(t *testing.T) {
+	const mirror = "127.0.0.1:5005"
+	wantHosts := "[host.\"http://" + mirror + "\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+	for _, tc := range []struct {
+		name, table string
+		bin         func() string
+		initial     []string // `config default` args, or nil for a fixed text
+		text        string
+		certs       string // the config_path expected
+	}{
+		{name: "containerd 1.x default", table: `plugins."io.containerd.grpc.v1.cri".registry`, bin: func() string { p, _ := exec.LookPath("containerd"); return p },
+			initial: []string{"config", "default"}, certs: "/etc/containerd/certs.d"},
+		{name: "containerd 2.x default", table: `plugins."io.containerd.cri.v1.images".registry`, bin: containerd2,
+			initial: []string{"config", "default"}, certs: "/etc/containerd/certs.d"},
+		{name: "v2 with its own config_path", table: `plugins."io.containerd.grpc.v1.cri".registry`, bin: func() string { p, _ := exec.LookPath("containerd"); return p },
+			text: "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = '/etc/containerd/registries'\n", certs: "/etc/containerd/registries"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bin := tc.bin()
+			text := tc.text
+			if tc.initial != nil {
+				if bin == "" {
+					t.Skip("that containerd is not installed here (Debian's is 1.6; 2.x: scripts/containerd/build.sh)")
+				}
+				out, err := exec.Command(bin, tc.initial...).Output()
+				if err != nil {
+					t.Fatalf("%s config default: %v", bin, err)
+				}
+				text = string(out)
+			}
+			etc := filepath.Join(t.TempDir(), "etc", "containerd")
+			config := filepath.Join(etc, "config.toml")
+			if err := os.MkdirAll(etc, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := configureMirror(t, config, "auto", mirror); err != nil || out != "changed" {
+				t.Fatalf("first run: %q, %v", out, err)
+			}
+			hosts := filepath.Join(etc, strings.TrimPrefix(tc.certs, "/etc/containerd/"), "_default", "hosts.toml")
+			if got := readFile(t, hosts); !strings.HasPrefix(got, "# Written by Shoal") || !strings.HasSuffix(got, wantHosts) {
+				t.Errorf("%s:\n%s", hosts, got)
+			}
+			first := readFile(t, config)
+			if out, err := configureMirror(t, config, "auto", mirror); err != nil || out != "unchanged" {
+				t.Errorf("second run: %q, %v", out, err)
+			}
+			if again := readFile(t, config); again != first {
+				t.Errorf("second run changed the file:\n%s", again)
+			}
+			if bin == "" {
+				t.Logf("no containerd here to parse the result; checked the text only")
+				return
+			}
+			dump := containerdDump(t, bin, config)
+			if got, _ := dumpValue(dump, tc.table, "config_path"); got != `"`+tc.certs+`"` {
+				t.Errorf("containerd reads [%s] config_path = %s, want %q", tc.table, got, tc.certs)
+			}
+		})
+	}
+
+	t.Run("hosts.toml not Shoal's", func(t *testing.T) {
+		etc := filepath.Join(t.TempDir(), "etc", "containerd")
+		config := filepath.Join(etc, "config.toml")
+		hosts := filepath.Join(etc, "certs.d", "_default", "hosts.toml")
+		if err := os.MkdirAll(filepath.Dir(hosts), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		mine := "server = \"https://registry.example\"\n"
+		if err := os.WriteFile(hosts, []byte(mine), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(config, []byte("version = 2\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := configureMirror(t, config, "auto", mirror); err != nil || out != "changed" {
+			t.Fatalf("run: %q, %v", out, err)
+		}
+		if got := readFile(t, hosts); got != mine {
+			t.Errorf("an operator's hosts.toml was rewritten:\n%s", got)
+		}
+	})
+
+	for name, text := range map[string]string{
+		"registry.mirrors entries": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n  endpoint = [\"https://mirror.example\"]\n",
+		"config_path elsewhere":    "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/srv/registries\"\n",
+		"bad mirror address":       "version = 2\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			config := filepath.Join(t.TempDir(), "config.toml")
+			if err := os.WriteFile(config, []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			m := mirror
+			if name == "bad mirror address" {
+				m = "127.0.0.1:5005;rm -rf /"
+			}
+			msg, err := configureMirror(t, config, "auto", m)
+			if err == nil {
+				t.Fatalf("accepted; wrote:\n%s", readFile(t, config))
+			}
+			if !strings.Contains(msg, "configure-containerd:") {
+				t.Errorf("error without a message naming the script: %q", msg)
+			}
+			if got := readFile(t, config); got != text {
+				t.Errorf("a refused config was changed:\n%s", got)
+			}
+		})
+	}
+}

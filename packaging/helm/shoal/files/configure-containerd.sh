@@ -1,5 +1,5 @@
 #!/bin/sh
-# configure-containerd.sh CONFIG VERSION SOCKET CRI ARCH
+# configure-containerd.sh CONFIG VERSION SOCKET CRI ARCH [MIRROR]
 #
 # Adds Shoal's snapshotter to a containerd config.toml, as nydus-snapshotter's chart does:
 # the proxy plugin [proxy_plugins.shoal] at SOCKET and, with CRI=true, `snapshotter = "shoal"`
@@ -8,13 +8,21 @@
 # `version`). ARCH is the platform's architecture (amd64, arm64) for 2.x's
 # transfer-service unpack_config.
 #
+# MIRROR (host:port of the daemon's registry mirror, docs/mirror.md), if given: CRI's registry
+# config_path is set to /etc/containerd/certs.d (or kept, if the file names another directory
+# under /etc/containerd), and its _default/hosts.toml sends every registry's pulls to the mirror
+# first, then to the registry itself. A hosts.toml there that Shoal did not write is left alone
+# (with a note); a config with old-style `registry.mirrors."<host>"` entries, which containerd
+# does not accept beside config_path, is refused (the empty table 1.6's default has is fine). containerd reads hosts.toml on each pull: only the
+# config.toml change needs a restart, and only it counts as "changed".
+#
 # Idempotent: keys that already hold Shoal's values are left as they are, keys that hold other
 # values are rewritten in place (so no table is defined twice), missing tables are appended.
 # Running it again changes nothing. Prints "changed" or "unchanged"; exits non-zero, changing
 # nothing, on a config it cannot edit safely.
 set -eu
 
-config=$1 version=$2 sock=$3 cri=$4 arch=${5:-amd64}
+config=$1 version=$2 sock=$3 cri=$4 arch=${5:-amd64} mirror=${6:-}
 
 if [ ! -s "$config" ]; then
 	[ "$version" = auto ] && version=2 # containerd 2.x reads (and migrates) version 2 too
@@ -61,6 +69,37 @@ plugins.\"io.containerd.cri.v1.images\"	disable_snapshot_annotations	false"
 	exit 1
 	;;
 esac
+
+# The registry mirror: CRI's config_path, and later its _default/hosts.toml.
+certs=/etc/containerd/certs.d
+if [ -n "$mirror" ]; then
+	case $mirror in
+	*[!A-Za-z0-9.:\[\]-]* | "" | :* | *:)
+		echo "configure-containerd: mirror address $mirror is not host:port" >&2
+		exit 1
+		;;
+	esac
+	if [ "$version" = 2 ]; then regtab='plugins."io.containerd.grpc.v1.cri".registry'; else regtab='plugins."io.containerd.cri.v1.images".registry'; fi
+	if grep -Eq "^[[:space:]]*\[+[[:space:]]*plugins\.[\"']io\.containerd\.(grpc\.v1\.cri|cri\.v1\.images)[\"']\.registry\.mirrors\." "$config"; then
+		echo "configure-containerd: $config has registry.mirrors tables, which containerd does not accept beside config_path: move them to hosts.toml files (https://github.com/containerd/containerd/blob/main/docs/hosts.md), or turn mirror.enabled off" >&2
+		exit 1
+	fi
+	# A config_path the file already sets is kept.
+	have_certs=$(awk -v want="$regtab" '
+		/^[ \t]*\[/ { h = $0; gsub(/^[ \t]*\[+[ \t]*/, "", h); sub(/[ \t]*\]+.*$/, "", h); gsub(/\047/, "\"", h); gsub(/[ \t]*\.[ \t]*/, ".", h); cur = h; next }
+		cur == want && /^[ \t]*config_path[ \t]*=/ { v = $0; sub(/^[^=]*=[ \t]*/, "", v); sub(/[ \t]+#.*$/, "", v); gsub(/["\047]/, "", v); print v; exit }
+	' "$config")
+	[ -n "$have_certs" ] && certs=$have_certs
+	case $certs in
+	/etc/containerd/*) ;;
+	*)
+		echo "configure-containerd: $config sets CRI's registry config_path to $certs, outside /etc/containerd, where this script cannot write the mirror's hosts.toml" >&2
+		exit 1
+		;;
+	esac
+	settings="$settings
+$regtab	config_path	\"$certs\""
+fi
 
 tmp="$config.shoal-tmp"
 trap 'rm -f "$tmp"' EXIT
@@ -130,6 +169,20 @@ END {
 	}
 }
 ' "$config" "$config" >"$tmp"
+
+if [ -n "$mirror" ]; then
+	hosts=$(dirname "$config")/${certs#/etc/containerd/}/_default/hosts.toml
+	want="# Written by Shoal (packaging/helm/shoal): every registry's pulls go to the node's registry
+# mirror first (docs/mirror.md), then to the registry itself.
+[host.\"http://$mirror\"]
+  capabilities = [\"pull\", \"resolve\"]"
+	if [ -e "$hosts" ] && ! head -n 1 "$hosts" | grep -q '^# Written by Shoal'; then
+		echo "configure-containerd: $hosts is not Shoal's: left as it is (add [host.\"http://$mirror\"] to it for the mirror)" >&2
+	elif [ "$(cat "$hosts" 2>/dev/null)" != "$want" ]; then
+		mkdir -p "$(dirname "$hosts")"
+		printf '%s\n' "$want" >"$hosts"
+	fi
+fi
 
 if cmp -s "$config" "$tmp"; then
 	echo unchanged
