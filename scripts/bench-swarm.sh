@@ -14,7 +14,10 @@
 # bound (image / link rate), the most any host uploaded / image and what the seed (host 1)
 # uploaded / image (Shoal: bytes served to peers; kubo: `ipfs stats bw` TotalOut; and, for both,
 # "wire": bytes sent on the host's veth, headers and all), origin bytes / image (cold start), and
-# the CPU the daemons used (cores, over the measured phase) to show whether the CPU kept up.
+# the CPU the daemons used (cores, over the measured phase) and how busy the seed's (host 1's)
+# uplink was (its wire bytes against the link rate over the phase), to show that the links and
+# not the CPU were the bottleneck. A host whose read fails is reported with its last line of
+# output, and the run goes on.
 #
 # Environment: SHOAL_SWARM_HOSTS (default "8 16"), SHOAL_SWARM_MBIT (default 20),
 # SHOAL_SWARM_MIB (image size, default 32), SHOAL_SWARM_RUNS (runs per scenario, default 1),
@@ -200,7 +203,8 @@ run_all() {
 		pids+=($!)
 	done
 	for p in "${pids[@]}"; do wait "$p" || fail=1; done
-	CORES=$(awk -v a="$CPU0" -v b="$(cpu "${CPUPIDS[@]}")" -v t="$(elapsed)" 'BEGIN { printf "%.2f", (b - a) / t }')
+	ELAPSED=$(elapsed)
+	CORES=$(awk -v a="$CPU0" -v b="$(cpu "${CPUPIDS[@]}")" -v t="$ELAPSED" 'BEGIN { printf "%.2f", (b - a) / t }')
 	FAILED=0
 	for i in $(seq "$first" "$last"); do
 		[ -f "$WORK/end$i.ok" ] && continue
@@ -222,9 +226,9 @@ shoal_prefetch() { "$SHOAL" prefetch "$REF" --wait --api "$WORK/d$1.sock"; }
 # report scenario system n p50 max most mosthost seed origin wiremost wireseed cores
 report() {
 	awk -v sc="$1" -v sys="$2" -v n="$3" -v p50="$4" -v mx="$5" -v lb="$LB" -v m="$6" -v mh="$7" -v sd="$8" -v o="$9" \
-		-v wm="${10}" -v ws="${11}" -v c="${12}" -v f="$FAILED" -v i="$IMG_BYTES" 'BEGIN {
-		printf "%-6s %-5s %3d hosts  %s p50 %6.1f s %5.2fx  max %6.1f s %5.2fx (bound %.1f s)  most uploaded %.2fx (host %d)  seed %.2fx  wire most %.2fx seed %.2fx  origin %s  cpu %.2f cores\n",
-			sc, sys, n, (f > 0 ? sprintf("(%d FAILED, times of the rest)", f) : ""), p50, p50 / lb, mx, mx / lb, lb, m / i, mh, sd / i, wm / i, ws / i,
+		-v wm="${10}" -v ws="${11}" -v c="${12}" -v f="$FAILED" -v el="$ELAPSED" -v mbit="$MBIT" -v i="$IMG_BYTES" 'BEGIN {
+		printf "%-6s %-5s %3d hosts  %s p50 %6.1f s %5.2fx  max %6.1f s %5.2fx (bound %.1f s)  most uploaded %.2fx (host %d)  seed %.2fx  wire most %.2fx seed %.2fx (seed link busy %.0f%%)  origin %s  cpu %.2f cores\n",
+			sc, sys, n, (f > 0 ? sprintf("(%d FAILED, times of the rest)", f) : ""), p50, p50 / lb, mx, mx / lb, lb, m / i, mh, sd / i, wm / i, ws / i, 100 * ws * 8 / (mbit * 1e6 * el),
 			(o == "" ? "-" : sprintf("%.3fx", o / i)), c }'
 }
 # shoal_report scenario n origin: the report line for hosts 1..n after a Shoal run.
