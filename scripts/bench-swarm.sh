@@ -49,19 +49,30 @@ WORK=$(mktemp -d /tmp/shoal-swarm.XXXXXX)
 MAXN=0
 for h in $HOSTS_LIST; do [ "$h" -gt "$MAXN" ] && MAXN=$h; done
 
-del_namespaces() { # every shoal-swarm-* namespace, after killing what runs in it
+kill_in_namespaces() { # sig: every process in a shoal-swarm-* namespace
 	local ns
 	for ns in $(ip netns list | awk '{print $1}' | grep "^$NS-"); do
-		ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null
-		sleep 0.2
-		ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
-		ip netns del "$ns"
+		ip netns pids "$ns" 2>/dev/null | xargs -r kill "-$1" 2>/dev/null
 	done
+}
+del_namespaces() { # every shoal-swarm-* namespace, after killing what runs in it
+	local ns
+	kill_in_namespaces TERM
+	sleep 0.5
+	kill_in_namespaces KILL
+	for ns in $(ip netns list | awk '{print $1}' | grep "^$NS-"); do ip netns del "$ns"; done
 }
 cleanup() {
 	set +e
-	# Only the jobs still running (a finished job's id may since belong to someone else's process).
-	for p in $(jobs -p); do kill "$p" 2>/dev/null; done
+	trap - INT TERM
+	# The daemons first (they run in the namespaces), so clients waiting on them return; then the
+	# jobs still running and their children (a finished job's id may since belong to someone
+	# else's process, so only live jobs), then the namespaces with their veths.
+	kill_in_namespaces TERM
+	for p in $(jobs -p); do
+		pgrep -P "$p" | xargs -r kill 2>/dev/null
+		kill "$p" 2>/dev/null
+	done
 	wait 2>/dev/null
 	del_namespaces
 	rm -rf "$WORK"
