@@ -115,8 +115,8 @@
 // chunk), one sha256, no store write here (the caller stores it). On the sending side: one
 // verified store read (its sha256), at most one zstd encode per chunk while its frame stays in
 // the recent buffer, one write to the stream. Wrong or truncated bytes are strikes; BanAfter strikes
-// ban the peer (its connections are closed and the gater refuses it), and so do StallBanAfter
-// bad requests in a row (below). Holders are ranked by
+// ban the peer (its connections are closed and the gater refuses it); StallBanAfter bad
+// requests in a row ban it for slowness (below). Holders are ranked by
 // (requests in flight + 1) × recent median latency, and a request that runs past min(its peer's
 // p90, the slow threshold) is hedged to the next holder. Each peer's served requests are bounded
 // in concurrency, rate and upload bytes; a peer that keeps exceeding its rate is banned.
@@ -134,6 +134,13 @@
 // so a peer that stalls every other request or answers just inside RequestTimeout costs a reader
 // about HedgeFactor × p99 per chunk until it is demoted (a few requests), then MinHedgeDelay, then
 // nothing once banned; what it costs in bytes is the hedged duplicate of each such chunk.
+// A ban for slowness alone (SlowBanRate, StallBanAfter) passes the peer over but keeps it
+// connected, with its presence maps, unlike a ban for bad data: an honest seed that every
+// reader's requests queue on answers late until its readers ban it, and it may hold the only
+// copy. When every other source of a chunk has failed (its holders, the owner, the origin: the
+// registry down), lastResort asks the connected holders of it, those banned for slowness
+// included, one at a time with lastResortTimeouts × RequestTimeout
+// (shoal_p2p_last_resort_chunks_total), so a slow copy is never a lost one.
 //
 // Swarm: hosts reading one image together spread the upload instead of forming a star around the
 // first holder (a seed) or the rendezvous owner. Demand reads go first; a prefetch fetches the

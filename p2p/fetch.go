@@ -198,6 +198,12 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 	}
 	n.awaitRights(ctx, blob, c)
 	f, err := n.fromHolders(ctx, h, blob, c, fallback, prog)
+	if err != nil && ctx.Err() == nil {
+		if lf, lerr := n.lastResort(ctx, h, blob, c, prog); lerr == nil {
+			n.log.Info("chunk from a slow holder as a last resort, every other source having failed", "chunk", c.CID, "blob", blob, "err", err)
+			return lf, nil
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return fetched{}, fmt.Errorf("fetch chunk %s of %s: %w", c.CID, blob, ctx.Err())
@@ -208,6 +214,43 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 		n.recent.add(c.CID, f.data, f.frame, chunk.SourcePeer)
 	}
 	return f, nil
+}
+
+// lastResortTimeouts is how many RequestTimeouts a last-resort request (lastResort) may take.
+const lastResortTimeouts = 3
+
+// lastResort is the last try for c, once its holders, its owner and the origin have all failed:
+// every connected holder of it, those banned for slowness alone (peerState.slowBan) included,
+// one at a time, each given lastResortTimeouts × RequestTimeout. A seed that every reader's
+// requests queue on answers late, past RequestTimeout, until readers ban it; without this, a
+// chunk only it holds could not be had while the origin is down, however long the reader would
+// wait.
+func (n *Node) lastResort(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, prog *chunk.Progress) (fetched, error) {
+	n.mu.Lock()
+	now := time.Now()
+	var cands []peer.ID
+	for _, r := range n.cids[c.CID] {
+		for _, ps := range n.peers {
+			if ps.connected && (!ps.banned(now) || ps.slowBan) && ps.blobs[r.blob].has(r.idx) && !slices.Contains(cands, ps.id) {
+				cands = append(cands, ps.id)
+			}
+		}
+	}
+	n.mu.Unlock()
+	err := fmt.Errorf("fetch chunk %s of %s: no connected peer holds it: %w", c.CID, blob, ErrUnknownBlob)
+	for _, p := range cands {
+		req := Request{Blob: blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
+		var f fetched
+		if f, err = n.request(ctx, h, p, req, lastResortTimeouts*n.cfg.RequestTimeout, prog); err == nil {
+			n.met.lastResort.Inc()
+			f.src = chunk.SourcePeer
+			return f, nil
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return fetched{}, err
 }
 
 // ownerBusyRounds bounds how often a fetch asks the holders and then the owner again while the

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -381,5 +382,48 @@ func TestSlowPeers(t *testing.T) {
 				t.Errorf("late peer served %d bytes: reads waited for it rather than hedging", st.BytesDown)
 			}
 		})
+	}
+}
+
+// TestSlowSeedLastResort: the only holder of an image answers correctly but later than the
+// request timeout (an honest seed whose uplink every reader shares), and the origin is down.
+// Every request to it times out, so the reader bans it for slowness, as TestSlowPeers does; but
+// once every other source has failed a holder is asked as a last resort with a longer timeout,
+// and a ban for slowness alone keeps the seed connected with its presence maps for that: the
+// read completes. (Before, every such chunk failed with the origin down; the swarm benchmark's
+// seeded start stranded 3 of 7 hosts so, their readers having banned the seed.)
+func TestSlowSeedLastResort(t *testing.T) {
+	const n = 12
+	m, o := makeImage(t, n, 16<<10, 17)
+	down := &countingOrigin{chunks: map[cid.Cid][]byte{}} // has nothing: the registry is down
+	cfg := testConfig()
+	cfg.RequestTimeout = 300 * time.Millisecond
+	cfg.CoalesceTimeout = time.Second
+	cfg.HedgeDelay = 50 * time.Millisecond
+	reader := startNode(t, cfg)
+	if err := reader.RegisterBlob(m, down.fetch); err != nil {
+		t.Fatal(err)
+	}
+	seed := startHostileLate(t, "late", cfg.RequestTimeout*3/2, m, o, reader)
+	waitFor(t, 30*time.Second, "the reader to see the seed's claim", func() bool {
+		return len(reader.Lookup(m.Chunks[0].CID)) == 1
+	})
+	srcs, err := readImage(t.Context(), reader, m, down, 2)
+	if err != nil {
+		t.Fatalf("read from a late seed with the origin down: %v", err)
+	}
+	var st PeerStats
+	for _, s := range reader.Peers() {
+		if s.ID == seed.ID() {
+			st = s
+		}
+	}
+	last := testutil.ToFloat64(reader.met.lastResort)
+	t.Logf("sources %v; seed: standing %s, connected %v; last-resort chunks %v", srcs, st.Standing, st.Connected, last)
+	if st.Standing != StandingBanned || !st.Connected {
+		t.Errorf("seed ends %q, connected %v: want banned for slowness and still connected", st.Standing, st.Connected)
+	}
+	if last != n || srcs[chunk.SourcePeer] != n {
+		t.Errorf("%v chunks through the last resort, sources %v: want all %d from the seed", last, srcs, n)
 	}
 }

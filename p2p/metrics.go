@@ -23,6 +23,7 @@ type metrics struct {
 	holderWaits    *prometheus.CounterVec // waits for a chunk's next holder, by end: announced, timeout
 	standing       *prometheus.CounterVec // changes of standing, by new standing
 	bans           prometheus.Counter
+	lastResort     prometheus.Counter // chunks from slow holders as a last resort (lastResort)
 	presenceIn     prometheus.Counter
 	presenceOut    prometheus.Counter
 	peers          prometheus.GaugeFunc
@@ -90,7 +91,10 @@ func newMetrics(reg prometheus.Registerer, g nodeGauges) (*metrics, func(), erro
 			Name: "shoal_p2p_standing_changes_total", Help: "Peers whose standing changed, by new standing (good, demoted, banned).",
 		}, []string{"standing"}),
 		bans: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "shoal_p2p_bans_total", Help: "Peers banned for corrupt or truncated data or flooding.",
+			Name: "shoal_p2p_bans_total", Help: "Peers banned for corrupt or truncated data, flooding, or slowness (those stay connected, asked only as a last resort).",
+		}),
+		lastResort: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_p2p_last_resort_chunks_total", Help: "Chunks fetched from a slow holder (given lastResortTimeouts × the request timeout; peers banned for slowness alone included) once every other holder, the rendezvous owner and the origin had failed.",
 		}),
 		presenceIn: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "shoal_p2p_presence_received_total", Help: "Presence maps received from peers.",
@@ -124,7 +128,7 @@ func newMetrics(reg prometheus.Registerer, g nodeGauges) (*metrics, func(), erro
 	// node's lifetime (Close unregisters them), not shared with another node.
 	unregister, err := shoalmetrics.RegisterOwned(reg, m.fetches, m.fetchBytes, m.fetchSeconds, m.servedRequests, m.servedBytes,
 		m.fetchWireBytes, m.servedWireBytes, m.compressSeconds,
-		m.peerFailures, m.hedges, m.hedgeFallback, m.holderWaits, m.standing, m.bans, m.presenceIn, m.presenceOut, m.peers,
+		m.peerFailures, m.hedges, m.hedgeFallback, m.holderWaits, m.standing, m.bans, m.lastResort, m.presenceIn, m.presenceOut, m.peers,
 		m.slots, m.slotsBusy, m.slotsQueued, m.memberDials, m.ownerBusy, m.originFetches)
 	if err != nil {
 		return nil, nil, fmt.Errorf("p2p: %w", err)

@@ -118,6 +118,11 @@ type peerState struct {
 	demoted      bool
 	refusedSince time.Time
 	bannedUntil  time.Time
+	// slowBan: the ban is for slowness alone (record), not for bad data: the peer stays
+	// connected and keeps its presence maps, is passed over like any banned peer, and is asked
+	// only as a last resort (lastResort), so an honest seed whose uplink every reader
+	// shares is never a chunk's lost only copy.
+	slowBan bool
 }
 
 func (n *Node) newPeerState(p peer.ID) *peerState {
@@ -258,10 +263,10 @@ func (n *Node) record(p peer.ID, o outcome) {
 	switch {
 	case n.cfg.StallBanAfter > 0 && stalls >= n.cfg.StallBanAfter:
 		n.met.standing.WithLabelValues(StandingBanned).Inc()
-		n.ban(p, fmt.Sprintf("%d requests in a row timed out or lost to a hedge after running past the slow threshold", stalls))
+		n.banFor(p, fmt.Sprintf("%d requests in a row timed out or lost to a hedge after running past the slow threshold", stalls), true)
 	case ban:
 		n.met.standing.WithLabelValues(StandingBanned).Inc()
-		n.ban(p, fmt.Sprintf("%.0f%% of its last %d requests timed out or ran %v× past the cluster's p99", 100*bad, k, n.cfg.HedgeFactor))
+		n.banFor(p, fmt.Sprintf("%.0f%% of its last %d requests timed out or ran %v× past the cluster's p99", 100*bad, k, n.cfg.HedgeFactor), true)
 	case demoted && !was:
 		n.met.standing.WithLabelValues(StandingDemoted).Inc()
 		n.log.Info("demoting slow peer", "peer", p, "slow", slow, "bad", bad, "requests", k)
@@ -305,22 +310,32 @@ func (n *Node) slowAfterLocked(now time.Time) time.Duration {
 }
 
 // ban bans p for BanDuration and drops its connections; n.mu must not be held.
-func (n *Node) ban(p peer.ID, why string) {
+func (n *Node) ban(p peer.ID, why string) { n.banFor(p, why, false) }
+
+// banFor bans p for BanDuration. A ban for bad data (slow false) drops its connections and
+// presence maps and refuses it; a ban for slowness (slow) only passes it over: it stays
+// connected, with its maps, for the last resort (lastResort), and a later ban for bad data
+// replaces it. n.mu must not be held.
+func (n *Node) banFor(p peer.ID, why string, slow bool) {
 	n.mu.Lock()
 	ps := n.peerLocked(p)
-	already := ps.banned(time.Now())
-	ps.bannedUntil = time.Now().Add(n.cfg.BanDuration)
+	now := time.Now()
+	already := ps.banned(now) && (slow || !ps.slowBan)
+	ps.bannedUntil = now.Add(n.cfg.BanDuration)
 	ps.strikes, ps.refused, ps.stalls = 0, 0, 0 // a peer back from a ban starts afresh
 	ps.nout, ps.demoted = 0, false
-	ps.blobs = map[digest.Digest]*remoteBlob{}
+	ps.slowBan = slow
+	if !slow {
+		ps.blobs = map[digest.Digest]*remoteBlob{}
+	}
 	h := n.host
 	n.mu.Unlock()
 	if already {
 		return
 	}
 	n.met.bans.Inc()
-	n.log.Warn("banning peer", "peer", p, "reason", why, "for", n.cfg.BanDuration)
-	if h != nil {
+	n.log.Warn("banning peer", "peer", p, "reason", why, "for", n.cfg.BanDuration, "slowness_only", slow)
+	if h != nil && !slow {
 		_ = h.Network().ClosePeer(p)
 	}
 }
@@ -347,7 +362,7 @@ func (n *Node) allowed(p peer.ID) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ps := n.peers[p]
-	return ps == nil || !ps.banned(time.Now())
+	return ps == nil || !ps.banned(time.Now()) || ps.slowBan
 }
 
 // Peers returns the stats of every peer this host has seen, sorted by ID.
