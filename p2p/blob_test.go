@@ -47,22 +47,8 @@ func startBlobNode(t *testing.T, peers ...*Node) (*Node, *blobStore) {
 	t.Helper()
 	st := &blobStore{memStore: newMemStore(), blobs: map[digest.Digest][]byte{}}
 	cfg := testConfig()
-	for _, p := range peers {
-		cfg.StaticPeers = append(cfg.StaticPeers, p.Addrs()[0].String())
-	}
-	n, err := New(cfg, st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.node = n
-	errc := make(chan error, 1)
-	go func() { errc <- n.Run(t.Context()) }()
-	select {
-	case <-n.Ready():
-	case err := <-errc:
-		t.Fatalf("node did not start: %v", err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
+	cfg.StaticPeers = append(cfg.StaticPeers, peerAddrs(peers)...)
+	n := runNode(t, cfg, st, st.memStore)
 	return n, st
 }
 

@@ -141,6 +141,13 @@ func skipWaits(s network.Stream, br *bufio.Reader, timeout time.Duration) error 
 // allowed, unbanned peers that speak BlobThroughProtocol. self is true when it is this host.
 // Hosts that see the same peers pick the same owner without talking.
 func (n *Node) BlobOwner(d digest.Digest) (owner peer.ID, self bool) {
+	owner = n.digestOwner(d, BlobThroughProtocol, n.cfg.BlobThrough)
+	return owner, owner == n.id
+}
+
+// digestOwner is the rendezvous owner of content d among this host (if withSelf) and the
+// connected, allowed, unbanned peers that speak proto: the highest blobScore; "" if none.
+func (n *Node) digestOwner(d digest.Digest, proto protocol.ID, withSelf bool) peer.ID {
 	n.mu.Lock()
 	h := n.host
 	now := time.Now()
@@ -153,21 +160,21 @@ func (n *Node) BlobOwner(d digest.Digest) (owner peer.ID, self bool) {
 	n.mu.Unlock()
 	var best peer.ID
 	var bestScore uint64
-	if n.cfg.BlobThrough {
+	if withSelf {
 		best, bestScore = n.id, blobScore(d, n.id)
 	}
 	for _, p := range cands {
-		if !n.allowed(p) || h == nil {
+		if h == nil || !n.allowed(p) {
 			continue
 		}
-		if ok, err := h.Peerstore().SupportsProtocols(p, BlobThroughProtocol); err != nil || len(ok) == 0 {
+		if ok, err := h.Peerstore().SupportsProtocols(p, proto); err != nil || len(ok) == 0 {
 			continue
 		}
 		if s := blobScore(d, p); best == "" || s > bestScore {
 			best, bestScore = p, s
 		}
 	}
-	return best, best == n.id
+	return best
 }
 
 func blobScore(d digest.Digest, p peer.ID) uint64 {

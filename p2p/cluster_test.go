@@ -146,11 +146,19 @@ type testNode struct {
 func startNode(t testing.TB, cfg Config) *testNode {
 	t.Helper()
 	st := newMemStore()
-	n, err := New(cfg, st)
+	n := runNode(t, cfg, st, st)
+	return &testNode{n, st}
+}
+
+// runNode runs a node over local (whose memStore ms announces what it stores to the node) until
+// the test ends.
+func runNode(t testing.TB, cfg Config, local LocalChunks, ms *memStore) *Node {
+	t.Helper()
+	n, err := New(cfg, local)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.node = n
+	ms.node = n
 	errc := make(chan error, 1)
 	go func() { errc <- n.Run(t.Context()) }()
 	select {
@@ -159,7 +167,16 @@ func startNode(t testing.TB, cfg Config) *testNode {
 		t.Fatalf("node did not start: %v", err)
 	}
 	t.Cleanup(func() { _ = n.Close() })
-	return &testNode{n, st}
+	return n
+}
+
+// peerAddrs is each node's first listen address, as static peers.
+func peerAddrs(nodes []*Node) []string {
+	var out []string
+	for _, p := range nodes {
+		out = append(out, p.Addrs()[0].String())
+	}
+	return out
 }
 
 // startCluster starts size nodes, each given the earlier ones as static peers: a full mesh.

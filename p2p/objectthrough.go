@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -56,29 +55,8 @@ func (n *Node) fetchObjectFor(d digest.Digest, max int64) ([]byte, bool, error) 
 // unbanned peers that speak ObjectThroughProtocol (the blob-through owner's rule, BlobOwner).
 // self is true when it is this host.
 func (n *Node) ObjectOwner(d digest.Digest) (owner peer.ID, self bool) {
-	n.mu.Lock()
-	h := n.host
-	now := time.Now()
-	var cands []peer.ID
-	for _, ps := range n.peers {
-		if ps.connected && !ps.banned(now) {
-			cands = append(cands, ps.id)
-		}
-	}
-	n.mu.Unlock()
-	best, bestScore := n.id, blobScore(d, n.id)
-	for _, p := range cands {
-		if h == nil || !n.allowed(p) {
-			continue
-		}
-		if ok, err := h.Peerstore().SupportsProtocols(p, ObjectThroughProtocol); err != nil || len(ok) == 0 {
-			continue
-		}
-		if s := blobScore(d, p); s > bestScore {
-			best, bestScore = p, s
-		}
-	}
-	return best, best == n.id
+	owner = n.digestOwner(d, ObjectThroughProtocol, true)
+	return owner, owner == n.id
 }
 
 // FetchObjectThrough asks the rendezvous owner of object d (ObjectOwner) for it, at most max
