@@ -15,6 +15,7 @@ import (
 
 	"github.com/shoal-p2p/shoal/chunk"
 	"github.com/shoal-p2p/shoal/chunk/zchunk"
+	"github.com/shoal-p2p/shoal/chunkstore"
 	"github.com/shoal-p2p/shoal/chunkstore/storetest"
 )
 
@@ -174,24 +175,7 @@ func TestHostileStoredOrigin(t *testing.T) {
 				t.Fatalf("%d bytes for a %d-byte stored range", len(tc.bytes), target.StoredLength)
 			}
 			copy(hostile[target.StoredOffset:], tc.bytes)
-			s := openStore(t)
-			if err := s.AddBlob(context.Background(), sb.m); err != nil {
-				t.Fatal(err)
-			}
-			r, err := New(s, nil, DefaultConfig())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			o := &rangeOrigin{stored: hostile}
-			r.AddBlob(sb.m, StoredOrigin(o, sb.m))
-			err = r.Ensure(context.Background(), sb.m.Blob, target.Offset, 100)
-			if !errors.Is(err, chunk.ErrCorrupt) || !strings.Contains(err.Error(), target.CID.String()) || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("err %v: want ErrCorrupt naming chunk %s and saying %q", err, target.CID, tc.want)
-			}
-			if storetest.Has(t, s, sb.m.Blob, target) {
-				t.Fatal("hostile chunk marked present")
-			}
+			r, s, o := ensureHostile(t, sb, target, hostile, tc.want)
 			if o.calls != DefaultConfig().CorruptAttempts {
 				t.Errorf("origin asked %d times, want %d (CorruptAttempts)", o.calls, DefaultConfig().CorruptAttempts)
 			}
@@ -207,6 +191,33 @@ func TestHostileStoredOrigin(t *testing.T) {
 			}
 		})
 	}
+}
+
+// ensureHostile reads target through a resolver whose origin serves hostile as sb's stored blob,
+// and checks that the read fails as corrupt, naming the chunk and saying want, and that nothing
+// was marked present. It returns the resolver (closed when the test ends), its store and the
+// origin, which the caller can heal.
+func ensureHostile(t *testing.T, sb storedBlob, target chunk.Chunk, hostile []byte, want string) (*Resolver, *chunkstore.Store, *rangeOrigin) {
+	t.Helper()
+	s := openStore(t)
+	if err := s.AddBlob(context.Background(), sb.m); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(s, nil, DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	o := &rangeOrigin{stored: hostile}
+	r.AddBlob(sb.m, StoredOrigin(o, sb.m))
+	err = r.Ensure(context.Background(), sb.m.Blob, target.Offset, 100)
+	if !errors.Is(err, chunk.ErrCorrupt) || !strings.Contains(err.Error(), target.CID.String()) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("err %v: want ErrCorrupt naming chunk %s and saying %q", err, target.CID, want)
+	}
+	if storetest.Has(t, s, sb.m.Blob, target) {
+		t.Fatal("hostile chunk marked present")
+	}
+	return r, s, o
 }
 
 // newDictStoredBlob is newStoredBlob with its text chunks compressed with a dictionary trained
@@ -278,24 +289,7 @@ func TestHostileStoredOriginDict(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			hostile := append([]byte(nil), sb.stored...)
 			copy(hostile[target.StoredOffset:], padFrame(t, tc.frame, target.StoredLength))
-			s := openStore(t)
-			if err := s.AddBlob(context.Background(), sb.m); err != nil {
-				t.Fatal(err)
-			}
-			r, err := New(s, nil, DefaultConfig())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			o := &rangeOrigin{stored: hostile}
-			r.AddBlob(sb.m, StoredOrigin(o, sb.m))
-			err = r.Ensure(context.Background(), sb.m.Blob, target.Offset, 100)
-			if !errors.Is(err, chunk.ErrCorrupt) || !strings.Contains(err.Error(), target.CID.String()) || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("err %v: want ErrCorrupt naming chunk %s and saying %q", err, target.CID, tc.want)
-			}
-			if storetest.Has(t, s, sb.m.Blob, target) {
-				t.Fatal("hostile chunk marked present")
-			}
+			r, s, o := ensureHostile(t, sb, target, hostile, tc.want)
 			o.mu.Lock()
 			o.stored = sb.stored
 			o.mu.Unlock()
