@@ -223,3 +223,24 @@ func FuzzDecompressMeta(f *testing.F) {
 		}
 	})
 }
+
+// TestBuildNoDictPossible: a tree whose files make no dictionary (each one run of one byte:
+// compressible, but nothing repeats across them) still builds, without one, and reads back
+// byte-identical. (It failed before: `scripts/bench-fusetree.sh`'s tree of 100,000 such files.)
+func TestBuildNoDictPossible(t *testing.T) {
+	src := t.TempDir()
+	for i := range 3000 {
+		d := filepath.Join(src, fmt.Sprintf("d%02d", i/1000))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, fmt.Sprintf("f%04d", i)), bytes.Repeat([]byte("x"), 64+i%200), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	im := buildImageOpts(t, src, BuildOptions{Compression: CompressionZstd, DictSize: zchunk.MinDictSize}) // enough sample to train on
+	if m := im.res.Image.Blobs[0].Manifest; len(m.Dict) != 0 {
+		t.Fatalf("a dictionary of %d bytes from samples that share nothing", len(m.Dict))
+	}
+	compareTree(t, im, src)
+}

@@ -33,7 +33,7 @@ const (
 )
 
 // ErrNoDict is returned by Train when the samples do not make a dictionary worth storing.
-var ErrNoDict = errors.New("no dictionary: too little compressible sample")
+var ErrNoDict = errors.New("no dictionary: too little compressible sample, or nothing in it repeats")
 
 // Dict is a blob's zstd dictionary (chunk.Manifest.Dict), parsed, with the decoder that uses it.
 // It is safe for concurrent use.

@@ -299,3 +299,16 @@ func BenchmarkDecodeTree(b *testing.B) {
 		})
 	}
 }
+
+// TestTrainNothingRepeats: samples that are compressible but share nothing a dictionary could
+// hold (each one run of one byte, as in a tree of files of "xxx…") make no dictionary:
+// ErrNoDict, which builds take as "none" rather than a failure.
+func TestTrainNothingRepeats(t *testing.T) {
+	var samples [][]byte
+	for i := range 40000 {
+		samples = append(samples, bytes.Repeat([]byte("x"), 64+i%136))
+	}
+	if d, err := Train(samples, MinDictSize, DefaultLevel); !errors.Is(err, ErrNoDict) {
+		t.Fatalf("Train = %v, %v; want ErrNoDict", d, err)
+	}
+}

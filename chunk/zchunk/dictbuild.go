@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"slices"
 	"sort"
 
@@ -77,7 +78,7 @@ func buildZstdDict(input [][]byte, wantLen int, id uint32, level zstd.EncoderLev
 		}
 	}
 	if len(matches) == 0 {
-		return nil, errors.New("input too short")
+		return nil, fmt.Errorf("input too short: %w", ErrNoDict)
 	}
 	threshold := uint32(total / uint64(len(matches)))
 	sorted := make([]dictMatch, 0, len(matches)/2)
@@ -87,7 +88,7 @@ func buildZstdDict(input [][]byte, wantLen int, id uint32, level zstd.EncoderLev
 		}
 	}
 	if len(sorted) == 0 {
-		return nil, errors.New("nothing repeats in the input")
+		return nil, fmt.Errorf("nothing repeats across the samples: %w", ErrNoDict) // e.g. every sample one run of a byte
 	}
 	sort.SliceStable(sorted, func(i, j int) bool {
 		// Group very similar counts together and emit low offsets first: keeps together strings
