@@ -159,17 +159,14 @@ func (n *Node) fetch(ctx context.Context, blob digest.Digest, c chunk.Chunk, fro
 				break
 			}
 			req := Request{Flags: FlagFetchThrough, Blob: blob, CID: c.CID, Offset: c.Offset, Length: c.Length}
-			var f fetched
 			err := n.dialMember(ctx, h, owner)
 			cause = causeOwnerUnreachable
 			if err == nil {
 				cause = causeOwnerFailed
-				f, err = n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout, nil)
-			}
-			if err == nil {
-				f.src = chunk.SourceCoalesced
-				n.recent.add(c.CID, f.data, f.frame, f.src)
-				return f, nil
+				var f fetched
+				if f, err = n.throughOwner(ctx, h, owner, req); err == nil {
+					return f, nil
+				}
 			}
 			if ctx.Err() != nil {
 				return fetched{}, err
@@ -228,14 +225,7 @@ const lastResortTimeouts = 3
 func (n *Node) lastResort(ctx context.Context, h host.Host, blob digest.Digest, c chunk.Chunk, prog *chunk.Progress) (fetched, error) {
 	n.mu.Lock()
 	now := time.Now()
-	var cands []peer.ID
-	for _, r := range n.cids[c.CID] {
-		for _, ps := range n.peers {
-			if ps.connected && (!ps.banned(now) || ps.slowBan) && ps.blobs[r.blob].has(r.idx) && !slices.Contains(cands, ps.id) {
-				cands = append(cands, ps.id)
-			}
-		}
-	}
+	cands := n.holdersWhereLocked(c.CID, func(ps *peerState) bool { return !ps.banned(now) || ps.slowBan })
 	n.mu.Unlock()
 	err := fmt.Errorf("fetch chunk %s of %s: no connected peer holds it: %w", c.CID, blob, ErrUnknownBlob)
 	for _, p := range cands {
@@ -251,6 +241,18 @@ func (n *Node) lastResort(ctx context.Context, h host.Host, blob digest.Digest, 
 		}
 	}
 	return fetched{}, err
+}
+
+// throughOwner asks owner to fetch req's chunk through for this host (FlagFetchThrough), within
+// CoalesceTimeout; what it sends is kept in the recent buffer like any fetched chunk.
+func (n *Node) throughOwner(ctx context.Context, h host.Host, owner peer.ID, req Request) (fetched, error) {
+	f, err := n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout, nil)
+	if err != nil {
+		return fetched{}, err
+	}
+	f.src = chunk.SourceCoalesced
+	n.recent.add(req.CID, f.data, f.frame, f.src)
+	return f, nil
 }
 
 // ownerBusyRounds bounds how often a fetch asks the holders and then the owner again while the
@@ -271,18 +273,13 @@ func (n *Node) whileOwnerBusy(ctx context.Context, h host.Host, blob digest.Dige
 		if err == nil || ctx.Err() != nil {
 			return f, err
 		}
-		n.mu.Lock()
-		known := n.holdersLocked(c.CID, time.Now())
-		n.mu.Unlock()
-		if more := n.awaitNewHolder(ctx, c.CID, known); len(more) > 0 {
+		if more := n.awaitNewHolder(ctx, c.CID, n.Lookup(c.CID)); len(more) > 0 {
 			continue // ask the holders again, the new one among them
 		}
 		if ctx.Err() != nil {
 			return fetched{}, ctx.Err()
 		}
-		if f, err = n.request(ctx, h, owner, req, n.cfg.CoalesceTimeout, nil); err == nil {
-			f.src = chunk.SourceCoalesced
-			n.recent.add(c.CID, f.data, f.frame, f.src)
+		if f, err = n.throughOwner(ctx, h, owner, req); err == nil {
 			return f, nil
 		}
 		var st *statusError

@@ -466,13 +466,19 @@ func (n *Node) Lookup(c cid.Cid) []peer.ID {
 }
 
 func (n *Node) holdersLocked(c cid.Cid, now time.Time) []peer.ID {
+	return n.holdersWhereLocked(c, func(ps *peerState) bool { return !ps.banned(now) })
+}
+
+// holdersWhereLocked is the connected peers for which ok holds whose presence maps say they
+// hold c; n.mu must be held.
+func (n *Node) holdersWhereLocked(c cid.Cid, ok func(*peerState) bool) []peer.ID {
 	refs := n.cids[c]
 	if len(refs) == 0 {
 		return nil
 	}
 	var out []peer.ID
 	for _, ps := range n.peers {
-		if !ps.connected || ps.banned(now) {
+		if !ps.connected || !ok(ps) {
 			continue
 		}
 		for _, r := range refs {

@@ -314,6 +314,16 @@ func (n *Node) serveObject(s network.Stream, p peer.ID) (Status, []byte, string)
 	return StatusOK, data, ""
 }
 
+// matchesDigest checks an answer for object d: its bytes must hash to d.
+func matchesDigest(d digest.Digest) func([]byte) error {
+	return func(b []byte) error {
+		if got := digest.SHA256.FromBytes(b); got != d {
+			return fmt.Errorf("object %s: %d bytes hashing to %s: %w", d, len(b), got, chunk.ErrCorrupt)
+		}
+		return nil
+	}
+}
+
 func parseSHA256(s string) (digest.Digest, error) {
 	d, err := digest.Parse(s)
 	if err != nil {
@@ -338,12 +348,7 @@ func (n *Node) FetchObject(ctx context.Context, d digest.Digest, max int64) ([]b
 		max = MaxObjectSize
 	}
 	req := ObjectRequest{Kind: ObjectByDigest, Name: d.String(), Max: max}
-	data, p, err := n.askPeers(ctx, req, func(b []byte) error {
-		if got := digest.SHA256.FromBytes(b); got != d {
-			return fmt.Errorf("object %s: %d bytes hashing to %s: %w", d, len(b), got, chunk.ErrCorrupt)
-		}
-		return nil
-	})
+	data, p, err := n.askPeers(ctx, req, matchesDigest(d))
 	if err != nil {
 		return nil, fmt.Errorf("fetch object %s from peers: %w", d, err)
 	}

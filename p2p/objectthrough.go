@@ -8,8 +8,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/opencontainers/go-digest"
-
-	"github.com/shoal-p2p/shoal/chunk"
 )
 
 // ObjectThroughProtocol is ObjectProtocol with one more request kind, ObjectThrough: hosts that
@@ -83,12 +81,7 @@ func (n *Node) FetchObjectThrough(ctx context.Context, d digest.Digest, max int6
 		return nil, owner, true, ErrClosed
 	}
 	req := ObjectRequest{Kind: ObjectThrough, Name: d.String(), Max: max}
-	data, err = n.objectRequest(ctx, h, owner, req, func(b []byte) error {
-		if got := digest.SHA256.FromBytes(b); got != d {
-			return fmt.Errorf("object %s: %d bytes hashing to %s: %w", d, len(b), got, chunk.ErrCorrupt)
-		}
-		return nil
-	})
+	data, err = n.objectRequest(ctx, h, owner, req, matchesDigest(d))
 	var se *statusError
 	switch {
 	case err == nil:

@@ -151,8 +151,11 @@ func (l originLoader) newFetcher(ctx context.Context, src origin.Source) *fetche
 }
 
 func (l originLoader) load(ctx context.Context, ref string, f *fetcher, mb []byte) (*image, error) {
-	f.peersFirst = l.metadataFromPeers(mb)
-	defer f.expect(mb)()
+	// The layers, read once for both (ParseImage says what is wrong with a bad manifest).
+	var m ocispec.Manifest
+	_ = json.Unmarshal(mb, &m)
+	f.peersFirst = l.metadataFromPeers(m.Layers)
+	defer f.expect(m.Layers)()
 	im, err := bootstrap.ParseImage(mb, func(desc ocispec.Descriptor) ([]byte, error) {
 		return f.object(ctx, desc.Digest, bootstrap.MaxMetadataSize, func(ctx context.Context) ([]byte, error) {
 			return fetchAll(ctx, f.src, desc.Digest, bootstrap.MaxMetadataSize)
@@ -177,24 +180,16 @@ func (l originLoader) logger() *slog.Logger {
 	return l.log
 }
 
-// metadataFromPeers reports whether some connected peer registered a layer of the image whose
-// manifest is mb: it then holds the image's chunk manifests and bootstrap, and serves them, so
+// metadataFromPeers reports whether some connected peer registered one of an image's layers:
+// it then holds the image's chunk manifests and bootstrap, and serves them, so
 // a cluster's hosts take them from the origin about once rather than once each (the bootstrap
 // and chunk manifests of a large tree are megabytes). Peers are asked only then, so a host whose
 // peers do not have the image pays no round trip.
-func (l originLoader) metadataFromPeers(mb []byte) bool {
+func (l originLoader) metadataFromPeers(layers []ocispec.Descriptor) bool {
 	if l.peers == nil {
 		return false
 	}
-	var m struct {
-		Layers []struct {
-			Digest digest.Digest `json:"digest"`
-		} `json:"layers"`
-	}
-	if json.Unmarshal(mb, &m) != nil {
-		return false
-	}
-	for _, layer := range m.Layers {
+	for _, layer := range layers {
 		if layer.Digest.Validate() == nil && l.peers.BlobPeers(layer.Digest) > 0 {
 			return true
 		}
@@ -202,17 +197,13 @@ func (l originLoader) metadataFromPeers(mb []byte) bool {
 	return false
 }
 
-// expect marks the image's metadata objects (every layer of manifest mb but its data blobs)
+// expect marks the image's metadata objects (every one of its layers but the data blobs)
 // private or public, and makes them known to the metadata flights until release, so that a peer
 // that loads the image at the same moment and asks this host as an object's owner shares this
 // host's origin fetch of it.
-func (f *fetcher) expect(mb []byte) (release func()) {
-	var m ocispec.Manifest
-	if json.Unmarshal(mb, &m) != nil {
-		return func() {} // ParseImage says what is wrong with it
-	}
+func (f *fetcher) expect(layers []ocispec.Descriptor) (release func()) {
 	var rels []func()
-	for _, l := range m.Layers {
+	for _, l := range layers {
 		if l.MediaType == bootstrap.MediaTypeBlob || l.Digest.Validate() != nil || l.Digest.Algorithm() != digest.SHA256 {
 			continue
 		}
@@ -256,7 +247,7 @@ func (f *fetcher) fromOrigin(ctx context.Context, d digest.Digest, max int64, fe
 // it from the origin. A private image's objects are not asked for: the owner would serve them
 // only to a host that has presented pull rights, which a host does only once it has the image.
 func (f *fetcher) fromOwner(ctx context.Context, d digest.Digest, max int64) []byte {
-	if f.l.peers == nil || f.l.flights == nil || f.peersFirst || f.private || max > p2p.MaxObjectSize || !f.l.flights.knows(d) {
+	if f.l.peers == nil || f.peersFirst || f.private || max > p2p.MaxObjectSize || !f.l.flights.knows(d) {
 		return nil
 	}
 	b, owner, delegated, err := f.l.peers.FetchObjectThrough(ctx, d, max)
